@@ -1,0 +1,31 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export ANONYMIZED_TELEMETRY := False
+# Tests never reach a model hub (the demo may: it tries the default models first, then falls back).
+test: export HF_HUB_OFFLINE := 1
+test: export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test bench clean
+
+$(BIN)/mmrag: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	# pip (not uv/poetry): it takes torch 2.14.1 from this machine's local wheel folder.
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[offline,dev]'
+	touch $(BIN)/mmrag
+
+install: $(BIN)/mmrag
+
+demo: install
+	$(BIN)/python ingest/demo.py
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python eval/bench/ingest.py
+
+clean:
+	rm -rf .mmrag .demo .pytest_cache

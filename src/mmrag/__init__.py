@@ -1,0 +1,39 @@
+"""mmrag: multimodal retrieval-augmented generation.
+
+Public API::
+
+    from mmrag import KnowledgeBase, Indexer, Searcher, Query, Settings, resolve_models
+"""
+
+from mmrag.chunking import ChunkSpec, SentenceChunker
+from mmrag.config import Settings
+from mmrag.embedders.openclip import ClipSpec, OpenClipEmbedder
+from mmrag.embedders.sentence import SentenceTransformerEmbedder
+from mmrag.stores.chroma import ChromaStore, open_client
+from mmrag.errors import (
+    ConfigError,
+    EmbedderMismatchError,
+    InvalidInputError,
+    LoadError,
+    MissingDependencyError,
+    MmragError,
+    ModelUnavailableError,
+    NotFoundError,
+    StoreError,
+    UpstreamError,
+)
+from mmrag.evaluation import EvalQuery, evaluate_retrieval, load_dataset, ndcg_at, precision_at
+from mmrag.indexing import Indexer, IngestSummary
+from mmrag.kb import KnowledgeBase
+from mmrag.registry import ModelChoice, resolve_models
+from mmrag.retrieval import Searcher, rrf
+from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
+
+__all__ = [
+    "Chunk", "ChunkSpec", "ChromaStore", "ClipSpec", "OpenClipEmbedder", "SentenceTransformerEmbedder", "open_client", "ConfigError", "Document", "EmbedderMismatchError", "EvalQuery", "Hit", "ImageAsset",
+    "Indexer", "IngestSummary", "InvalidInputError", "KnowledgeBase", "LoadError", "MissingDependencyError",
+    "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "Query", "Record", "Searcher",
+    "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "evaluate_retrieval",
+    "load_dataset", "ndcg_at", "precision_at", "resolve_models", "rrf",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""Settings, read once at the edge (CLI callback, app factory) and passed down as plain values.
+
+Environment variables use the ``MMRAG_`` prefix and ``__`` for nesting, e.g.
+``MMRAG_DATA_DIR=/srv/kb``, ``MMRAG_PROFILE=offline``, ``MMRAG_CLIP__MODEL=ViT-B-16``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["default", "offline"]
+
+
+class ClipSettings(BaseModel):
+    """The joint text/image model. ``None`` fields take the profile's choice."""
+
+    model: str | None = None
+    pretrained: str | None = None
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    batch_size: int = Field(32, ge=1, le=1024)
+
+
+class TextSettings(BaseModel):
+    """The prose text model (sentence-transformers name or local folder)."""
+
+    model: str | None = None
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
+class StoreSettings(BaseModel):
+    """Where vectors live: embedded Chroma under the data dir, or a Chroma server URL."""
+
+    url: str | None = None
+
+
+class ChunkSettings(BaseModel):
+    """Chunk size and overlap in word/punctuation tokens."""
+
+    size: int = Field(200, ge=16)
+    overlap: int = Field(40, ge=0)
+
+
+class Settings(BaseSettings):
+    """All of mmrag's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="MMRAG_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Path(".mmrag")
+    profile: Profile = "default"
+    collection: str = "default"
+    max_file_mb: int = Field(200, ge=1)
+    clip: ClipSettings = ClipSettings()
+    text: TextSettings = TextSettings()
+    store: StoreSettings = StoreSettings()
+    chunk: ChunkSettings = ChunkSettings()

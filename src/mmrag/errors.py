@@ -1,0 +1,113 @@
+"""mmrag's exception hierarchy.
+
+Every error mmrag raises derives from :class:`MmragError`; third-party exceptions are translated at
+the backend edge (``raise XError(...) from exc``) and never cross a module boundary untranslated.
+
+Tree::
+
+    MmragError
+    ├── ConfigError
+    │   └── ModelUnavailableError       weights/model could not be loaded (offline? wrong path?)
+    ├── MissingDependencyError (ImportError)
+    ├── NotFoundError
+    ├── InvalidInputError (ValueError)
+    │   └── LoadError                    a file could not be read/parsed; carries ``path`` and ``reason``
+    ├── EmbedderMismatchError            a collection was built with another embedding model
+    ├── StoreError                       the vector store failed (Chroma)
+    └── UpstreamError
+        ├── RateLimitedError
+        └── UpstreamTimeoutError
+"""
+
+from __future__ import annotations
+
+
+class MmragError(Exception):
+    """Root of mmrag's errors. ``code`` is stable; ``status_code`` maps to HTTP."""
+
+    code = "mmrag_error"
+    status_code = 500
+
+
+class ConfigError(MmragError):
+    """The configuration is invalid or inconsistent."""
+
+    code = "config_error"
+    status_code = 500
+
+
+class ModelUnavailableError(ConfigError):
+    """A model's weights could not be loaded (no network, bad path, bad checkpoint)."""
+
+    code = "model_unavailable"
+    status_code = 503
+
+
+class MissingDependencyError(MmragError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    code = "missing_dependency"
+    status_code = 500
+
+
+class NotFoundError(MmragError):
+    """A document, collection or file does not exist."""
+
+    code = "not_found"
+    status_code = 404
+
+
+class InvalidInputError(MmragError, ValueError):
+    """The caller passed something mmrag cannot use."""
+
+    code = "invalid_input"
+    status_code = 400
+
+
+class LoadError(InvalidInputError):
+    """A file could not be loaded. ``path`` names it, ``reason`` says why in plain words."""
+
+    code = "load_error"
+    status_code = 422
+
+    def __init__(self, path: str, reason: str, *, skipped: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        #: True when the file is not an error but has nothing to index (empty, image-only scan).
+        self.skipped = skipped
+
+
+class EmbedderMismatchError(MmragError):
+    """A collection was built with a different embedding model than the one configured."""
+
+    code = "embedder_mismatch"
+    status_code = 409
+
+
+class StoreError(MmragError):
+    """The vector store failed."""
+
+    code = "store_error"
+    status_code = 503
+
+
+class UpstreamError(MmragError):
+    """A remote service (LLM provider, Chroma server) failed."""
+
+    code = "upstream_error"
+    status_code = 502
+
+
+class RateLimitedError(UpstreamError):
+    """The upstream service refused the call for rate limits."""
+
+    code = "rate_limited"
+    status_code = 429
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream service did not answer in time."""
+
+    code = "upstream_timeout"
+    status_code = 504

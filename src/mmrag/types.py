@@ -1,0 +1,106 @@
+"""Plain, immutable data passed between mmrag's layers.
+
+Nothing here does I/O except :meth:`ImageAsset.read_bytes`, which reads the file an asset points to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping, Union
+
+MetaValue = Union[str, int, float, bool]
+Metadata = Mapping[str, MetaValue]
+Modality = Literal["text", "image"]
+
+
+@dataclass(frozen=True)
+class TextBlock:
+    """A run of extracted text: a whole file, or one PDF page / slide."""
+
+    text: str
+    page: int | None = None  # 1-based page or slide number; None for formats without pages
+
+
+@dataclass(frozen=True)
+class ImageAsset:
+    """An image to embed: a file on disk, or bytes pulled out of a PDF, DOCX, PPTX or HTML file.
+
+    Exactly one of ``data`` and ``path`` is set. Decoding is left to the embedding pipeline, which
+    does it in parallel with the model and reports undecodable images as a failure of their document.
+    """
+
+    data: bytes | None = None
+    path: str | None = None
+    page: int | None = None  # 1-based page/slide of the parent document, when it has pages
+    index: int = 0  # position among the parent document's images
+    name: str | None = None  # the name inside the container (e.g. "image1.png"), if any
+
+    def read_bytes(self) -> bytes:
+        """Return the encoded image bytes."""
+        if self.data is not None:
+            return self.data
+        if self.path is None:
+            raise ValueError("ImageAsset has neither data nor path")
+        return Path(self.path).read_bytes()
+
+
+@dataclass(frozen=True)
+class Document:
+    """One loaded document, ready to chunk and embed.
+
+    ``doc_id`` is the file's path relative to the ingested root (POSIX separators) or a JSONL
+    record's id. ``source`` is the absolute path of the file it came from.
+    """
+
+    doc_id: str
+    source: str
+    doc_type: str  # txt, markdown, html, pdf, docx, pptx, image, jsonl
+    content_hash: str
+    texts: tuple[TextBlock, ...] = ()
+    images: tuple[ImageAsset, ...] = ()
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document's text with its position: ``text == block_text[start:end]``."""
+
+    doc_id: str
+    text: str
+    index: int  # position among the document's chunks
+    page: int | None
+    start: int  # character offsets into the page's (or file's) extracted text
+    end: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a vector store holds: an id, a vector, the text (if any) and flat metadata."""
+
+    id: str
+    embedding: tuple[float, ...] | list[float]
+    metadata: Metadata
+    document: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    id: str
+    doc_id: str
+    source: str
+    modality: Modality
+    score: float  # cosine similarity for vector indexes, BM25 score for the keyword index
+    page: int | None = None
+    text: str | None = None
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A search request: text, an image, or both."""
+
+    text: str | None = None
+    image: ImageAsset | None = None
