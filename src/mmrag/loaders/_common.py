@@ -1,0 +1,304 @@
+"""Types and helpers shared by the per-format loaders.
+
+The public names here are re-exported from :mod:`mmrag.loaders`; import them from there.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import math
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmrag.errors import LoadError
+
+#: File suffix (lower case) -> ``Document.doc_type``.
+DOC_TYPES: dict[str, str] = {
+    ".txt": "txt",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
+    ".pptx": "pptx",
+    ".png": "image",
+    ".jpg": "image",
+    ".jpeg": "image",
+    ".webp": "image",
+    ".gif": "image",
+    ".bmp": "image",
+    ".tiff": "image",
+    ".tif": "image",
+    ".jsonl": "jsonl",
+}
+
+SUPPORTED_SUFFIXES: frozenset[str] = frozenset(DOC_TYPES)
+
+# Pillow format names of raster images the embedding pipeline can decode. Vector formats that
+# Office files carry (EMF/WMF) open as a header in Pillow but cannot be rasterised on Linux.
+RASTER_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP", "TIFF", "WEBP", "JPEG2000"})
+
+# Embedded images smaller than this on either side are bullets, spacers and rules: useless as
+# retrieval targets and noise in the joint embedding space.
+MIN_IMAGE_SIDE = 16
+
+
+@dataclass(frozen=True)
+class JsonlFields:
+    """Field names of a JSONL corpus (the defaults match BEIR's ``corpus.jsonl``).
+
+    When ``id`` is the default ``"_id"`` and a record has no ``_id``, its ``id`` field is used.
+
+    Attributes:
+        id: Field holding the record's unique id (a string or integer).
+        title: Optional field prepended to the text and stored as ``metadata["title"]``.
+        text: Field holding the record's text.
+    """
+
+    id: str = "_id"
+    title: str = "title"
+    text: str = "text"
+
+
+@dataclass(frozen=True)
+class LoaderLimits:
+    """Resource limits that keep one hostile or huge file from exhausting the process.
+
+    Attributes:
+        max_file_bytes: Files larger than this are refused before they are read.
+        max_image_pixels: Images (files or embedded) with more pixels are refused or skipped.
+            Pillow itself refuses anything over twice ``PIL.Image.MAX_IMAGE_PIXELS`` whatever
+            this says, so raising it past that has no effect.
+        max_text_chars: Limit on the extracted text of one document (one file, or one JSONL
+            record).
+    """
+
+    max_file_bytes: int = 200 * 1024 * 1024
+    max_image_pixels: int = 89_478_485
+    max_text_chars: int = 20_000_000
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file found by :func:`~mmrag.loaders.discover`, ready for :func:`~mmrag.loaders.load`.
+
+    Attributes:
+        path: Absolute path of the file (symlinks are not resolved, so it stays under ``root``).
+        root: Absolute path of the ingested root; for a file given directly, its parent.
+        doc_id: ``path`` relative to ``root`` with POSIX separators.
+        suffix: The file's suffix in lower case, e.g. ``".pdf"``.
+    """
+
+    path: Path
+    root: Path
+    doc_id: str
+    suffix: str
+
+    @classmethod
+    def from_path(cls, path: Path | str, root: Path | str | None = None) -> FileRef:
+        """Build a reference to one file.
+
+        Args:
+            path: The file.
+            root: The directory ids are relative to; defaults to the file's parent, so the id
+                is the file name.
+
+        Returns:
+            The reference. The file is not opened.
+
+        Raises:
+            ValueError: If ``path`` is not inside ``root``.
+
+        Example:
+            >>> FileRef.from_path("/data/docs/a/b.PDF", "/data/docs").doc_id
+            'a/b.PDF'
+        """
+        abs_path = Path(os.path.abspath(path))
+        abs_root = Path(os.path.abspath(root)) if root is not None else abs_path.parent
+        doc_id = abs_path.relative_to(abs_root).as_posix()
+        return cls(path=abs_path, root=abs_root, doc_id=doc_id, suffix=abs_path.suffix.lower())
+
+
+def mb(n_bytes: int) -> str:
+    """Format a byte count as megabytes for messages ("12.3 MB", "200 MB")."""
+    value = n_bytes / (1024 * 1024)
+    return f"{value:.0f} MB" if value == int(value) else f"{value:.1f} MB"
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line, bounded description of a third-party exception for a ``LoadError`` reason."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextmanager
+def translating(path: str, what: str) -> Iterator[None]:
+    """Turn any exception raised by a parser into a :class:`LoadError` naming ``path``.
+
+    Parsers (pypdf, python-docx, python-pptx, lxml, Pillow) raise a long tail of exception types
+    on malformed input (``KeyError``, ``AssertionError``, ``struct.error``...), so this catches
+    ``Exception`` deliberately: a bad file must never take the ingest run down with it.
+
+    Args:
+        path: The file being read, for the error.
+        what: What was being parsed, e.g. ``"PDF"``; used in the reason.
+
+    Raises:
+        LoadError: For every exception raised inside the block.
+    """
+    try:
+        yield
+    except LoadError:
+        raise
+    except MemoryError as exc:
+        raise LoadError(path, f"ran out of memory reading the {what}; it is too large or malformed") from exc
+    except RecursionError as exc:
+        raise LoadError(path, f"the {what} is nested too deeply to parse (malformed?)") from exc
+    except Exception as exc:
+        raise LoadError(path, f"not a readable {what} ({type(exc).__name__}: {describe(exc)})") from exc
+
+
+def check_text_size(path: str, n_chars: int, limits: LoaderLimits) -> None:
+    """Raise :class:`LoadError` if ``n_chars`` exceeds ``limits.max_text_chars``."""
+    if n_chars > limits.max_text_chars:
+        raise LoadError(
+            path,
+            f"extracted text is {n_chars:,} characters, over the {limits.max_text_chars:,} "
+            "character limit; split the file",
+        )
+
+
+def normalize_newlines(text: str) -> str:
+    """Convert CRLF and lone CR line ends to LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+# UTF-32 before UTF-16: the UTF-32-LE BOM starts with the UTF-16-LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def bom_encoding(data: bytes) -> tuple[str, int] | None:
+    """Return ``(encoding, bom_length)`` when ``data`` starts with a Unicode BOM."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return encoding, len(bom)
+    return None
+
+
+def _utf16_without_bom(data: bytes) -> str | None:
+    # ASCII-heavy UTF-16 without a BOM is also valid UTF-8 (with a NUL in every other byte), so
+    # it has to be recognised before the UTF-8 attempt.
+    sample = data[:4096]
+    half = len(sample) // 2
+    if half < 4:
+        return None
+    even, odd = sample[0::2].count(0), sample[1::2].count(0)
+    if odd > 0.4 * half and even < 0.05 * half:
+        return "utf-16-le"
+    if even > 0.4 * half and odd < 0.05 * half:
+        return "utf-16-be"
+    return None
+
+
+def decode_text(path: str, data: bytes) -> tuple[str, str]:
+    """Decode a text file's bytes, guessing the encoding.
+
+    Order: a BOM (UTF-8, UTF-16 and UTF-32, either byte order), BOM-less UTF-16, strict UTF-8,
+    charset-normalizer's best guess, then Latin-1, which cannot fail.
+
+    Args:
+        path: The file, for errors.
+        data: Its bytes.
+
+    Returns:
+        ``(text, encoding)``; newlines are not normalised here.
+
+    Raises:
+        LoadError: If the bytes look binary (NUL bytes in a file that is not UTF-16/32).
+    """
+    found = bom_encoding(data)
+    if found is not None:
+        encoding, skip = found
+        # A BOM is strong evidence: a stray bad byte later should not sink the whole file.
+        return data[skip:].decode(encoding, errors="replace").replace("\x00", ""), encoding
+    candidates: list[str] = []
+    utf16 = _utf16_without_bom(data)
+    if utf16 is not None:
+        candidates.append(utf16)
+    candidates.append("utf-8")
+    text: str | None = None
+    encoding = ""
+    for candidate in candidates:
+        try:
+            text, encoding = data.decode(candidate), candidate
+            break
+        except UnicodeDecodeError:
+            continue
+    if text is None:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data).best()
+        if best is not None:
+            text, encoding = str(best), best.encoding
+        else:
+            text, encoding = data.decode("latin-1"), "latin-1"
+    if "\x00" in text:
+        raise LoadError(path, "file contains binary data (NUL bytes), not text; is the suffix wrong?")
+    return text, encoding
+
+
+def image_header_ok(data: bytes, limits: LoaderLimits) -> bool:
+    """Whether embedded image bytes are worth keeping, judged from the header only.
+
+    Rules: Pillow recognises a raster format (:data:`RASTER_FORMATS`), both sides are at least
+    :data:`MIN_IMAGE_SIDE` pixels, and the pixel count is within ``limits.max_image_pixels``.
+    Pixels are not decoded.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            fmt = img.format or ""
+    except Exception:  # unreadable header, or a decompression bomb: drop this embedded image
+        return False
+    if fmt not in RASTER_FORMATS:
+        return False
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return False
+    return width * height <= limits.max_image_pixels
+
+
+def flat_metadata(values: dict[str, object]) -> dict[str, str | int | float | bool]:
+    """Keep only flat, storable metadata values: no ``None``, no containers, no NaN."""
+    out: dict[str, str | int | float | bool] = {}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                continue
+        if isinstance(value, (str, int, float, bool)):
+            out[key] = value
+    return out
+
+
+_WS_RUN = re.compile(r"\n{3,}")
+
+
+def tidy_blank_lines(text: str) -> str:
+    """Collapse runs of blank lines to one and strip the ends."""
+    return _WS_RUN.sub("\n\n", text).strip()

@@ -1,0 +1,250 @@
+"""Word (``.docx``) and PowerPoint (``.pptx``) files, through python-docx and python-pptx."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+from mmrag.errors import LoadError
+from mmrag.loaders._common import (
+    FileRef,
+    LoaderLimits,
+    check_text_size,
+    flat_metadata,
+    image_header_ok,
+    mb,
+    normalize_newlines,
+    tidy_blank_lines,
+    translating,
+)
+from mmrag.types import Document, ImageAsset, TextBlock
+
+# XML parts compress about tenfold and media hardly at all, so an archive that expands past
+# this multiple of the file-size limit is a zip bomb rather than a document.
+_MAX_EXPANSION = 5
+
+
+def _check_archive(path: str, limits: LoaderLimits, what: str) -> None:
+    """Refuse files that are not ZIP archives, or that would expand to an absurd size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as exc:
+        raise LoadError(path, f"not a valid {what} file (not a ZIP archive; an old binary format or damaged?)") from exc
+    except OSError as exc:
+        raise LoadError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    cap = _MAX_EXPANSION * limits.max_file_bytes
+    if total > cap:
+        raise LoadError(path, f"archive expands to {mb(total)}, over {mb(cap)} (possible zip bomb)")
+
+
+def _natural_key(name: str) -> list[object]:
+    # image2.png sorts before image10.png
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+# --- DOCX -----------------------------------------------------------------------------------
+
+
+def _docx_table_lines(table: Any) -> Iterator[str]:
+    for row in table.rows:
+        cells: list[str] = []
+        previous = None
+        for cell in row.cells:
+            # python-docx repeats a merged cell once per grid column it spans.
+            if cell._tc is previous:
+                continue
+            previous = cell._tc
+            cells.append(" ".join(" / ".join(_docx_block_lines(cell)).split()))
+        if any(cells):
+            yield " | ".join(cells)
+
+
+def _docx_block_lines(container: Any) -> Iterator[str]:
+    from docx.table import Table
+
+    for item in container.iter_inner_content():
+        if isinstance(item, Table):
+            yield from _docx_table_lines(item)
+        else:
+            text = item.text.strip()
+            if text:
+                yield text
+
+
+def _docx_images(document: Any, limits: LoaderLimits) -> tuple[list[ImageAsset], int]:
+    # /docProps/thumbnail.* is a preview of the first page that Word saves, not content.
+    parts = [
+        p
+        for p in document.part.package.iter_parts()
+        if str(p.content_type).startswith("image/") and not str(p.partname).startswith("/docProps/")
+    ]
+    parts.sort(key=lambda p: _natural_key(str(p.partname)))
+    images: list[ImageAsset] = []
+    skipped = 0
+    for part in parts:
+        data = part.blob
+        if not image_header_ok(data, limits):
+            skipped += 1
+            continue
+        images.append(ImageAsset(data=data, index=len(images), name=posixpath.basename(str(part.partname))))
+    return images, skipped
+
+
+def load_docx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Document:
+    """Load a Word document: body paragraphs and tables in order, and the embedded images.
+
+    Table rows become lines with cells joined by ``" | "`` (merged cells once). Headers,
+    footers, text boxes and comments are not read. Every raster image part in the package (but
+    the saved page thumbnail) is an image asset, in part-name order; vector (EMF/WMF), tiny and
+    unreadable images are skipped and counted in ``metadata["images_skipped"]``.
+
+    Args:
+        ref: The file.
+        content_hash: The file's hash.
+        limits: Resource limits.
+
+    Returns:
+        One document with a single text block (``page`` is ``None``: DOCX has no fixed pages).
+
+    Raises:
+        LoadError: If the file is not a readable DOCX, or has neither text nor images
+            (``skipped=True``).
+    """
+    path = str(ref.path)
+    _check_archive(path, limits, "DOCX")
+    with translating(path, "DOCX file"):
+        import docx
+
+        document = docx.Document(path)
+        text = normalize_newlines(tidy_blank_lines("\n\n".join(_docx_block_lines(document))))
+        images, skipped = _docx_images(document, limits)
+        title = document.core_properties.title
+    return _office_document(ref, "docx", content_hash, [TextBlock(text=text)] if text else [], images, limits,
+                            {"title": title, "images_skipped": skipped or None})
+
+
+# --- PPTX -----------------------------------------------------------------------------------
+
+
+def _pptx_shapes(shapes: Any) -> Iterator[Any]:
+    from pptx.enum.shapes import MSO_SHAPE_TYPE
+
+    stack = [iter(shapes)]
+    while stack:
+        shape = next(stack[-1], None)
+        if shape is None:
+            stack.pop()
+            continue
+        yield shape
+        if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
+            stack.append(iter(shape.shapes))
+
+
+def _pptx_slide(
+    slide: Any, slide_no: int, start: int, seen: set[str], limits: LoaderLimits
+) -> tuple[str, list[ImageAsset], int]:
+    """Text, pictures and the skipped-picture count of one slide."""
+    from pptx.shapes.picture import Picture
+
+    lines: list[str] = []
+    images: list[ImageAsset] = []
+    skipped = 0
+    for shape in _pptx_shapes(slide.shapes):
+        if getattr(shape, "has_text_frame", False) and shape.has_text_frame:
+            text = shape.text_frame.text.strip()
+            if text:
+                lines.append(text)
+        if getattr(shape, "has_table", False) and shape.has_table:
+            for row in shape.table.rows:
+                cells = [" ".join(cell.text.split()) for cell in row.cells]
+                if any(cells):
+                    lines.append(" | ".join(cells))
+        if isinstance(shape, Picture):
+            try:
+                image = shape.image
+                data, sha1, filename = image.blob, image.sha1, image.filename
+            except Exception:  # a linked (not embedded) or missing picture
+                skipped += 1
+                continue
+            if sha1 in seen:
+                continue  # the same picture on many slides is one image
+            if not image_header_ok(data, limits):
+                skipped += 1
+                continue
+            seen.add(sha1)
+            name = filename or f"slide{slide_no}-image{len(images)}.{image.ext}"
+            images.append(ImageAsset(data=data, page=slide_no, index=start + len(images), name=name))
+    if slide.has_notes_slide:
+        notes = slide.notes_slide.notes_text_frame
+        if notes is not None and notes.text.strip():
+            lines.append(notes.text.strip())
+    return normalize_newlines("\n\n".join(lines)).replace("\x0b", "\n"), images, skipped
+
+
+def load_pptx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Document:
+    """Load a PowerPoint deck: one text block per slide, and the slides' pictures.
+
+    A slide's text is its text frames (grouped shapes included), tables (cells joined with
+    ``" | "``) and speaker notes, in shape order. Picture shapes become image assets with
+    ``page`` set to the slide number; a picture used on several slides is kept once.
+
+    Args:
+        ref: The file.
+        content_hash: The file's hash.
+        limits: Resource limits.
+
+    Returns:
+        The document; ``metadata["n_slides"]`` is the slide count.
+
+    Raises:
+        LoadError: If the file is not a readable PPTX, or has neither text nor pictures
+            (``skipped=True``).
+    """
+    path = str(ref.path)
+    _check_archive(path, limits, "PPTX")
+    texts: list[TextBlock] = []
+    images: list[ImageAsset] = []
+    seen: set[str] = set()
+    skipped = 0
+    with translating(path, "PPTX file"):
+        import pptx
+
+        deck = pptx.Presentation(path)
+        slides = list(deck.slides)
+        for slide_no, slide in enumerate(slides, start=1):
+            text, slide_images, slide_skipped = _pptx_slide(slide, slide_no, len(images), seen, limits)
+            if text:
+                texts.append(TextBlock(text=text, page=slide_no))
+            images.extend(slide_images)
+            skipped += slide_skipped
+        title = deck.core_properties.title
+    return _office_document(ref, "pptx", content_hash, texts, images, limits,
+                            {"n_slides": len(slides), "title": title, "images_skipped": skipped or None})
+
+
+def _office_document(
+    ref: FileRef,
+    doc_type: str,
+    content_hash: str,
+    texts: list[TextBlock],
+    images: list[ImageAsset],
+    limits: LoaderLimits,
+    meta: dict[str, object],
+) -> Document:
+    path = str(ref.path)
+    if not texts and not images:
+        raise LoadError(path, f"the {doc_type.upper()} file has no text and no images", skipped=True)
+    check_text_size(path, sum(len(block.text) for block in texts), limits)
+    return Document(
+        doc_id=ref.doc_id,
+        source=path,
+        doc_type=doc_type,
+        content_hash=content_hash,
+        texts=tuple(texts),
+        images=tuple(images),
+        metadata=flat_metadata(meta),
+    )
