@@ -1,0 +1,78 @@
+"""Sentence-aware chunking with overlap, on llama-index's SentenceSplitter.
+
+The splitter counts tokens with a plain word/punctuation regex instead of its default tiktoken
+encoding: it needs no encoding file (offline-safe), is fast, and tracks the word-piece counts of
+MiniLM-class text models closely enough for sizing chunks to their 256-token window.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from mmrag.errors import InvalidInputError
+from mmrag.types import Chunk, TextBlock
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def count_tokens(text: str) -> list[str]:
+    """The tokenizer handed to SentenceSplitter (it only uses ``len`` of the result)."""
+    return _TOKEN.findall(text)
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """Chunk size and overlap, in regex tokens (see module docstring)."""
+
+    size: int = 200
+    overlap: int = 40
+
+    def __post_init__(self) -> None:
+        if self.size < 16:
+            raise InvalidInputError(f"chunk size must be >= 16 tokens, got {self.size}")
+        if not 0 <= self.overlap < self.size:
+            raise InvalidInputError(f"chunk overlap must be in [0, size), got {self.overlap}")
+
+
+class SentenceChunker:
+    """Splits text blocks into overlapping, sentence-aligned chunks with character offsets."""
+
+    def __init__(self, spec: ChunkSpec = ChunkSpec()) -> None:
+        from llama_index.core.node_parser import SentenceSplitter
+
+        self.spec = spec
+        self._splitter = SentenceSplitter(
+            chunk_size=spec.size, chunk_overlap=spec.overlap, tokenizer=count_tokens
+        )
+
+    def chunk(self, doc_id: str, blocks: Sequence[TextBlock]) -> list[Chunk]:
+        """Chunk every block; chunks never span pages. ``block.text[start:end] == chunk.text``."""
+        chunks: list[Chunk] = []
+        for block in blocks:
+            text = block.text
+            if not text.strip():
+                continue
+            cursor = 0
+            for piece in self._splitter.split_text(text):
+                piece = piece.strip()
+                if not piece:
+                    continue
+                start = _locate(text, piece, cursor)
+                if start < 0:
+                    # The splitter normalised whitespace; keep the piece, mark offsets unknown-exact
+                    # by anchoring on its first words so they still point at the right place.
+                    start = max(cursor, _locate(text, piece[:40], cursor))
+                    end = min(len(text), start + len(piece))
+                else:
+                    end = start + len(piece)
+                chunks.append(Chunk(doc_id=doc_id, text=piece, index=len(chunks), page=block.page, start=start, end=end))
+                # Overlap means the next chunk starts before this one ends.
+                cursor = start + 1
+        return chunks
+
+
+def _locate(text: str, piece: str, cursor: int) -> int:
+    pos = text.find(piece, cursor)
+    return pos if pos >= 0 else text.find(piece)

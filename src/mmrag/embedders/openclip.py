@@ -1,0 +1,308 @@
+"""open_clip backend: one joint text/image space.
+
+Speed choices, each measured in ``eval/bench/ingest.py``:
+
+* inference under ``torch.inference_mode()`` in batches;
+* bf16 weights where the CPU has native bf16 (``precision="auto"``), kept only if a probe batch
+  agrees with fp32 (cosine >= ``BF16_MIN_COSINE``), because some CPUs emulate bf16 slowly or badly;
+* text batches are cut to their longest sequence: the text tower is causal and pooled at the
+  end-of-text token, so the padding past it changes nothing but costs time;
+* images are decoded and preprocessed in a thread pool while the model runs on the previous batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from mmrag.errors import LoadError, MissingDependencyError, ModelUnavailableError
+from mmrag.types import ImageAsset
+
+BF16_MIN_COSINE = 0.99
+#: Where the offline profile's CLIP model (trained by ingest/train_offline_clip.py) lives.
+OFFLINE_CLIP_DIR = Path(__file__).resolve().parent.parent / "assets" / "offline_clip"
+OFFLINE_CLIP_NAME = "mmrag-easyvqa-tiny"
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _import_torch() -> tuple[Any, Any]:
+    try:
+        import open_clip
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise MissingDependencyError(
+            "open_clip and torch are required for CLIP embeddings: pip install 'mmrag[clip]'"
+        ) from exc
+    return torch, open_clip
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def decode_image(data: bytes, *, label: str, max_pixels: int = MAX_IMAGE_PIXELS, draft: int = 0) -> Any:
+    """Decode image bytes to an RGB PIL image, refusing bombs and truncated data.
+
+    Args:
+        data: encoded bytes (PNG, JPEG, ...).
+        label: what to call the image in errors (a path, or ``file.pdf#page=2,image=1``).
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+        draft: if > 0, let JPEG decoding shrink the image towards this edge size (much faster).
+
+    Raises:
+        LoadError: the bytes are not a decodable image, or the image is too large.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise LoadError(
+                label,
+                f"image too large ({width}x{height} = {width * height:,} pixels > {max_pixels:,}): "
+                "possible decompression bomb",
+            )
+        if draft and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))
+        img.load()
+        return img.convert("RGB")
+    except LoadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise LoadError(label, f"not a readable image ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise LoadError(label, f"truncated or corrupt image ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which open_clip model to load.
+
+    Attributes:
+        model: an open_clip architecture name (``ViT-B-32``), or a registered custom config.
+        pretrained: an open_clip pretrained tag (downloads when online), a local checkpoint path,
+            or ``None``/"" for random weights (benchmarks only).
+        config_dir: a folder of extra model-config JSON files to register first.
+        precision: ``auto`` (bf16 where the CPU supports it and agrees with fp32), ``bf16``, ``fp32``.
+    """
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "laion2b_s34b_b79k"
+    config_dir: str | None = None
+    precision: str = "auto"
+    batch_size: int = 32
+    device: str = "cpu"
+
+
+class OpenClipEmbedder:
+    """Text and image embeddings in one open_clip space, L2-normalised.
+
+    Example:
+        >>> emb = OpenClipEmbedder(ClipSpec("ViT-B-32", "laion2b_s34b_b79k"))  # doctest: +SKIP
+        >>> emb.embed_texts(["a red circle"]).shape  # doctest: +SKIP
+        (1, 512)
+    """
+
+    def __init__(self, spec: ClipSpec) -> None:
+        torch, open_clip = _import_torch()
+        self.spec = spec
+        self._torch = torch
+        if spec.config_dir:
+            open_clip.add_model_config(spec.config_dir)
+        pretrained = spec.pretrained or None
+        local = pretrained is not None and Path(pretrained).suffix in {".safetensors", ".pt", ".bin", ".pth"}
+        if local and not Path(pretrained).is_file():  # type: ignore[arg-type]
+            raise ModelUnavailableError(f"CLIP checkpoint not found: {pretrained}")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.model, pretrained=pretrained, device=spec.device
+            )
+        except Exception as exc:  # noqa: BLE001 - hub, network and checkpoint errors come in many types
+            raise ModelUnavailableError(_unavailable_message(spec, exc)) from exc
+        model.eval()
+        self._model = model
+        self._preprocess = preprocess
+        self._tokenizer = open_clip.get_tokenizer(spec.model)
+        self.image_size = _image_size(preprocess)
+        self.weights_id = sha256_file(pretrained)[:16] if local else (pretrained or "random")
+        with torch.inference_mode():
+            probe = self._encode_text_tokens(self._tokenizer(["probe"]))
+        self.dim = int(probe.shape[-1])
+        self.precision = self._choose_precision(spec.precision)
+        self.name = f"open_clip:{spec.model}:{self.weights_id}"
+
+    # -- identity -----------------------------------------------------------------------------
+    def identity(self) -> dict[str, str | int]:
+        """What must match for two runs to share a collection (stored with it)."""
+        return {
+            "embedder": "open_clip",
+            "model": self.spec.model,
+            "weights": self.weights_id,
+            "dim": self.dim,
+            "preprocess": f"size={self.image_size}",
+            "precision": self.precision,
+        }
+
+    # -- precision ----------------------------------------------------------------------------
+    def _choose_precision(self, wanted: str) -> str:
+        torch = self._torch
+        if wanted == "fp32":
+            return "fp32"
+        if wanted not in {"auto", "bf16"}:
+            raise ModelUnavailableError(f"Unknown precision {wanted!r}. Known: auto, bf16, fp32")
+        supported = self.spec.device != "cpu" or torch.cpu._is_avx512_bf16_supported()
+        if wanted == "auto" and not supported:
+            return "fp32"
+        # Agreement probe: a fixed synthetic image batch and a few texts, fp32 vs bf16.
+        gen = torch.Generator().manual_seed(0)
+        pixels = torch.rand(4, 3, self.image_size, self.image_size, generator=gen)
+        tokens = self._tokenizer(["a photo of a dog", "a red circle", "quarterly revenue grew 4%"])
+        with torch.inference_mode():
+            ref_i = self._model.encode_image(pixels, normalize=True)
+            ref_t = self._encode_text_tokens(tokens)
+            self._model.to(torch.bfloat16)
+            low_i = self._model.encode_image(pixels.to(torch.bfloat16), normalize=True).float()
+            low_t = self._encode_text_tokens(tokens).float()
+        agree = min(
+            float((ref_i * low_i).sum(-1).min()),
+            float((torch.nn.functional.normalize(ref_t, dim=-1) * torch.nn.functional.normalize(low_t, dim=-1)).sum(-1).min()),
+        )
+        if agree >= BF16_MIN_COSINE:
+            return "bf16"
+        self._model.to(torch.float32)
+        if wanted == "bf16":
+            raise ModelUnavailableError(f"bf16 disagrees with fp32 on this machine (cosine {agree:.4f}); use fp32")
+        return "fp32"
+
+    @property
+    def _dtype(self) -> Any:
+        return self._torch.bfloat16 if self.precision == "bf16" else self._torch.float32
+
+    # -- text ---------------------------------------------------------------------------------
+    def _encode_text_tokens(self, tokens: Any) -> Any:
+        """encode_text, but cut to the batch's longest sequence (see module docstring)."""
+        model = self._model
+        torch = self._torch
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+        if not all(getattr(model, name, None) is not None for name in needed) or getattr(model, "text_pool_type", "argmax") != "argmax":
+            return model.encode_text(tokens)
+        from open_clip.transformer import text_global_pool
+
+        length = int((tokens != 0).sum(dim=1).max())
+        tokens = tokens[:, :length]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(tokens).to(cast)
+        x = x + model.positional_embedding[:length].to(cast)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = model.ln_final(x)
+        x = text_global_pool(x, tokens, model.text_pool_type)
+        if model.text_projection is not None:
+            x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+        return x
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts (each cut at CLIP's 77 tokens). Returns float32 [n, dim], unit rows."""
+        torch = self._torch
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # Sorting by length keeps short texts together, so trimming to the longest pays off.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        bs = self.spec.batch_size
+        with torch.inference_mode():
+            for lo in range(0, len(order), bs):
+                idx = order[lo : lo + bs]
+                tokens = self._tokenizer([texts[i] for i in idx]).to(self.spec.device)
+                feats = torch.nn.functional.normalize(self._encode_text_tokens(tokens).float(), dim=-1)
+                out[idx] = feats.cpu().numpy()
+        return out
+
+    # -- images -------------------------------------------------------------------------------
+    def preprocess(self, asset: ImageAsset, label: str = "image") -> Any:
+        """Decode and transform one image to a model-ready tensor. Raises LoadError."""
+        img = decode_image(asset.read_bytes(), label=label, draft=self.image_size * 2)
+        return self._preprocess(img)
+
+    def embed_pixels(self, batch: Any) -> np.ndarray:
+        """Embed a preprocessed [n, 3, H, W] batch."""
+        torch = self._torch
+        with torch.inference_mode():
+            feats = self._model.encode_image(batch.to(self.spec.device, self._dtype), normalize=True)
+        return feats.float().cpu().numpy()
+
+    def iter_image_embeddings(
+        self, assets: Sequence[ImageAsset], labels: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, np.ndarray | LoadError]]:
+        """Yield ``(i, vector or LoadError)`` for every asset; decoding overlaps with the model.
+
+        Decode/preprocess runs in a thread pool one batch ahead of the model (PIL and the
+        torchvision resize release the GIL), so image I/O hides behind inference.
+        """
+        torch = self._torch
+        labels = list(labels) if labels is not None else [a.path or f"image#{i}" for i, a in enumerate(assets)]
+        bs = self.spec.batch_size
+
+        def prep(i: int) -> Any:
+            try:
+                return self.preprocess(assets[i], labels[i])
+            except LoadError as exc:
+                return exc
+            except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's failure
+                return LoadError(labels[i], f"could not decode image ({type(exc).__name__}: {exc})")
+
+        workers = max(1, min(4, (os.cpu_count() or 2)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmrag-img") as pool:
+            batches = [list(range(lo, min(lo + bs, len(assets)))) for lo in range(0, len(assets), bs)]
+            pending: list[list[Future[Any]]] = []
+            for b in batches[:2]:
+                pending.append([pool.submit(prep, i) for i in b])
+            for n, b in enumerate(batches):
+                results = [f.result() for f in pending.pop(0)]
+                if n + 2 < len(batches):
+                    pending.append([pool.submit(prep, i) for i in batches[n + 2]])
+                good = [(i, t) for i, t in zip(b, results) if not isinstance(t, LoadError)]
+                for i, t in zip(b, results):
+                    if isinstance(t, LoadError):
+                        yield i, t
+                if good:
+                    vecs = self.embed_pixels(torch.stack([t for _, t in good]))
+                    for (i, _), v in zip(good, vecs):
+                        yield i, v
+
+    def embed_images(self, assets: Sequence[ImageAsset]) -> np.ndarray:
+        """Embed images. Returns float32 [n, dim]. Raises LoadError for the first bad image."""
+        out = np.zeros((len(assets), self.dim), dtype=np.float32)
+        for i, vec in self.iter_image_embeddings(assets):
+            if isinstance(vec, LoadError):
+                raise vec
+            out[i] = vec
+        return out
+
+
+def _image_size(preprocess: Callable[..., Any]) -> int:
+    for t in getattr(preprocess, "transforms", []):
+        size = getattr(t, "size", None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, (tuple, list)) and size:
+            return int(size[0])
+    return 224
+
+
+def _unavailable_message(spec: ClipSpec, exc: BaseException) -> str:
+    return (
+        f"Could not load CLIP model {spec.model!r} with weights {spec.pretrained!r} "
+        f"({type(exc).__name__}: {exc}). If this machine is offline, use the offline profile "
+        "(--profile offline or MMRAG_PROFILE=offline), or point --clip-pretrained at a local checkpoint."
+    )

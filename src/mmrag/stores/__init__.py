@@ -1,0 +1,1 @@
+"""Vector store backends: ``chroma`` (the product) and ``memory`` (a test fake)."""

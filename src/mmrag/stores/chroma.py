@@ -1,0 +1,177 @@
+"""Chroma backend. Every chromadb exception is translated to :class:`StoreError` here.
+
+Collections are opened with ``embedding_function=None`` every time (chroma would otherwise
+download an ONNX model) and created in cosine space, with the embedder's identity stored in the
+collection metadata so a different model is refused instead of silently mixing spaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+
+from mmrag.errors import EmbedderMismatchError, InvalidInputError, StoreError
+from mmrag.types import Hit, Record
+
+IDENTITY_PREFIX = "mmrag:"
+#: Keys of the identity that must match; precision is recorded but not enforced, because bf16
+#: and fp32 vectors of the same weights agree (cosine >= 0.99, checked at load).
+ENFORCED_IDENTITY = ("embedder", "model", "weights", "dim", "preprocess")
+
+
+@contextlib.contextmanager
+def _translate(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (StoreError, EmbedderMismatchError, InvalidInputError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - chromadb raises many exception types; none may leak
+        raise StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}") from exc
+
+
+def open_client(data_dir: Path, url: str | None = None) -> Any:
+    """Return an embedded ``PersistentClient`` under ``data_dir/chroma``, or an ``HttpClient`` for ``url``."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    with _translate("open the store"):
+        if url:
+            parsed = urlparse(url)
+            if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+                raise InvalidInputError(f"store URL must look like http://host:port, got {url!r}")
+            return chromadb.HttpClient(
+                host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                ssl=parsed.scheme == "https", settings=settings,
+            )
+        (data_dir / "chroma").mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(data_dir / "chroma"), settings=settings)
+
+
+class ChromaStore:
+    """One Chroma collection holding vectors of one embedder."""
+
+    def __init__(self, client: Any, name: str, identity: Mapping[str, str | int] | None) -> None:
+        """Open (or create) collection ``name``.
+
+        Args:
+            client: a chromadb client from :func:`open_client`.
+            name: the collection name.
+            identity: the embedder's identity; ``None`` opens without checking it (status, delete).
+
+        Raises:
+            EmbedderMismatchError: the collection was built by an embedder with another identity.
+            StoreError: Chroma failed.
+        """
+        self.name = name
+        self._client = client
+        wanted = {f"{IDENTITY_PREFIX}{k}": v for k, v in (identity or {}).items()}
+        with _translate(f"open collection {name!r}"):
+            self._max_batch = int(client.get_max_batch_size())
+            self._col = client.get_or_create_collection(
+                name=name, embedding_function=None, metadata=wanted or None,
+                configuration={"hnsw": {"space": "cosine"}},
+            )
+            stored = dict(self._col.metadata or {})
+            if identity and not any(k.startswith(IDENTITY_PREFIX) for k in stored):
+                # Created by a reader that had no embedder loaded: claim it now.
+                self._col.modify(metadata={**stored, **wanted})
+                stored.update(wanted)
+        identity = identity or {}
+        mismatched = {
+            k: (stored.get(f"{IDENTITY_PREFIX}{k}"), identity.get(k))
+            for k in ENFORCED_IDENTITY
+            if f"{IDENTITY_PREFIX}{k}" in stored and stored.get(f"{IDENTITY_PREFIX}{k}") != identity.get(k)
+        }
+        if mismatched:
+            detail = ", ".join(f"{k}: stored {a!r} vs configured {b!r}" for k, (a, b) in mismatched.items())
+            raise EmbedderMismatchError(
+                f"Collection {name!r} was built with a different embedding model ({detail}). "
+                "Re-index into a new collection (--collection NEW) or data directory (--data-dir NEW), "
+                "or delete this one with `mmrag reset --collection ...`, then run `mmrag ingest` again."
+            )
+        self.identity = {k[len(IDENTITY_PREFIX):]: v for k, v in stored.items() if k.startswith(IDENTITY_PREFIX)}
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        """Insert or replace records, in batches Chroma accepts."""
+        for lo in range(0, len(records), self._max_batch):
+            part = records[lo : lo + self._max_batch]
+            with _translate(f"write to {self.name!r}"):
+                self._col.upsert(
+                    ids=[r.id for r in part],
+                    embeddings=np.asarray([r.embedding for r in part], dtype=np.float32),
+                    metadatas=[dict(r.metadata) or None for r in part],  # type: ignore[misc]
+                    documents=[r.document or "" for r in part],
+                )
+
+    def delete_docs(self, doc_ids: Sequence[str]) -> None:
+        """Delete every record of the given documents."""
+        for lo in range(0, len(doc_ids), 1000):
+            with _translate(f"delete from {self.name!r}"):
+                self._col.delete(where={"doc_id": {"$in": list(doc_ids[lo : lo + 1000])}})
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete records by id."""
+        for lo in range(0, len(ids), self._max_batch):
+            with _translate(f"delete from {self.name!r}"):
+                self._col.delete(ids=list(ids[lo : lo + self._max_batch]))
+
+    def count(self) -> int:
+        """Number of records."""
+        with _translate(f"count {self.name!r}"):
+            return int(self._col.count())
+
+    def query(self, vector: Sequence[float], k: int, where: Mapping[str, Any] | None = None) -> list[Hit]:
+        """Return the ``k`` nearest records; ``score`` is cosine similarity (1 - distance)."""
+        n = self.count()
+        if n == 0 or k <= 0:
+            return []
+        with _translate(f"query {self.name!r}"):
+            res = self._col.query(
+                query_embeddings=np.asarray([vector], dtype=np.float32), n_results=min(k, n),
+                where=dict(where) if where else None, include=["metadatas", "documents", "distances"],
+            )
+        hits = []
+        for rid, meta, doc, dist in zip(res["ids"][0], res["metadatas"][0], res["documents"][0], res["distances"][0]):
+            hits.append(hit_from(rid, meta or {}, doc, 1.0 - float(dist)))
+        return hits
+
+    def iter_all(self, include: Sequence[str] = ("metadatas",), page: int = 5000) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+        """Yield ``(id, metadata, document)`` for every record, a page at a time."""
+        offset = 0
+        while True:
+            with _translate(f"read {self.name!r}"):
+                res = self._col.get(include=list(include), limit=page, offset=offset)
+            ids = res["ids"]
+            if not ids:
+                return
+            metas = res.get("metadatas") or [None] * len(ids)
+            docs = res.get("documents") or [None] * len(ids)
+            for rid, meta, doc in zip(ids, metas, docs):
+                yield rid, dict(meta or {}), doc
+            offset += len(ids)
+
+
+def hit_from(rid: str, meta: Mapping[str, Any], text: str | None, score: float) -> Hit:
+    """Build a :class:`Hit` from a stored record's metadata."""
+    modality = "image" if meta.get("modality") == "image" else "text"
+    page = meta.get("page")
+    return Hit(
+        id=rid, doc_id=str(meta.get("doc_id", rid)), source=str(meta.get("source", "")),
+        modality=modality, score=score, page=int(page) if isinstance(page, (int, float)) else None,
+        text=text or None if modality == "text" else None, metadata=dict(meta),
+    )
+
+
+def delete_collection(client: Any, name: str) -> bool:
+    """Drop a collection; True if it existed."""
+    with _translate(f"delete collection {name!r}"):
+        names = {c if isinstance(c, str) else c.name for c in client.list_collections()}
+        if name not in names:
+            return False
+        client.delete_collection(name)
+        return True
