@@ -1,0 +1,115 @@
+"""KnowledgeBase: one named collection's indexes, manifest and models, opened lazily.
+
+Opening is cheap; models load on first use, so ``status``, ``delete`` and BM25 search never pay
+for loading CLIP.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from mmrag.chunking import ChunkSpec
+from mmrag.embedders.openclip import OpenClipEmbedder
+from mmrag.embedders.sentence import SentenceTransformerEmbedder
+from mmrag.keyword import KeywordIndex
+from mmrag.manifest import Manifest
+from mmrag.registry import ModelChoice, check_collection_name
+from mmrag.stores.chroma import ChromaStore, delete_collection, open_client
+
+
+class KnowledgeBase:
+    """The three indexes of one collection (joint CLIP, text model, BM25) plus its manifest.
+
+    Args:
+        data_dir: where the manifest, keyword index and (embedded) Chroma live.
+        collection: the knowledge base's name.
+        models: which models to embed with.
+        store_url: a Chroma server URL; ``None`` for the embedded store under ``data_dir``.
+        chunk: chunk sizing.
+        clip: an already-built CLIP embedder (tests, benchmarks); else built from ``models``.
+        text: likewise for the text embedder.
+    """
+
+    def __init__(self, data_dir: Path, collection: str, models: ModelChoice, *, store_url: str | None = None,
+                 chunk: ChunkSpec = ChunkSpec(), clip: Any = None, text: Any = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.collection = check_collection_name(collection)
+        self.models = models
+        self.store_url = store_url
+        self.chunk_spec = chunk
+        if clip is not None:
+            self.__dict__["clip"] = clip
+        if text is not None:
+            self.__dict__["text"] = text
+
+    # -- models ---------------------------------------------------------------------------------
+    @cached_property
+    def clip(self) -> OpenClipEmbedder:
+        """The joint text/image embedder."""
+        return OpenClipEmbedder(self.models.clip)
+
+    @cached_property
+    def text(self) -> SentenceTransformerEmbedder:
+        """The prose embedder."""
+        return SentenceTransformerEmbedder(self.models.text_model)
+
+    # -- stores ---------------------------------------------------------------------------------
+    @cached_property
+    def client(self) -> Any:
+        """The Chroma client."""
+        return open_client(self.data_dir, self.store_url)
+
+    @property
+    def clip_name(self) -> str:
+        """Chroma collection of the joint space."""
+        return f"{self.collection}-clip"
+
+    @property
+    def text_name(self) -> str:
+        """Chroma collection of the text model."""
+        return f"{self.collection}-text"
+
+    @cached_property
+    def clip_store(self) -> ChromaStore:
+        """Joint-space collection, identity-checked against the CLIP model."""
+        return ChromaStore(self.client, self.clip_name, self.clip.identity())
+
+    @cached_property
+    def text_store(self) -> ChromaStore:
+        """Text-model collection, identity-checked against the text model."""
+        return ChromaStore(self.client, self.text_name, self.text.identity())
+
+    def raw_store(self, which: str) -> ChromaStore:
+        """A collection opened without loading its model (for status, delete and rebuilds)."""
+        if which == "clip" and "clip_store" in self.__dict__:
+            return self.clip_store
+        if which == "text" and "text_store" in self.__dict__:
+            return self.text_store
+        return ChromaStore(self.client, self.clip_name if which == "clip" else self.text_name, None)
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        """The per-document state."""
+        return Manifest(self.data_dir / "manifest.sqlite3")
+
+    @property
+    def keyword_dir(self) -> Path:
+        """Folder of the BM25 index."""
+        return self.data_dir / "bm25" / self.collection
+
+    def keyword(self) -> KeywordIndex | None:
+        """The saved BM25 index, or None if it was never built."""
+        return KeywordIndex.load(self.keyword_dir)
+
+    def drop(self) -> None:
+        """Delete the collection everywhere: both Chroma collections, BM25 and its manifest rows."""
+        import shutil
+
+        delete_collection(self.client, self.clip_name)
+        delete_collection(self.client, self.text_name)
+        shutil.rmtree(self.keyword_dir, ignore_errors=True)
+        self.manifest.remove_collection(self.collection)
+        for name in ("clip_store", "text_store"):
+            self.__dict__.pop(name, None)
