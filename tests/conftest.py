@@ -1,0 +1,83 @@
+"""Shared fixtures: environment isolation, a network guard, fakes, and session-wide real models."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLE_CORPUS = REPO / "ingest" / "sample_corpus"
+
+# Set before any library import reads them (chroma telemetry, HF hub, litellm, ragas).
+for key, value in {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True", "RAGAS_DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(key, value)
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; skips the test when the folder is absent (a user's clone)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (only CI and developers have ../shared)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("MMRAG_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MMRAG_DATA_DIR", str(tmp_path / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse non-loopback connections so a hidden download fails fast instead of hanging."""
+    real_connect = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> object:
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and host not in {"127.0.0.1", "::1", "localhost"}:
+            raise OSError(f"network access blocked in tests: {address}")
+        return real_connect(self, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+@pytest.fixture
+def hashing_kb(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A KnowledgeBase on real Chroma with the deterministic hashing fake for both models."""
+    from mmrag.embedders.hashing import HashingEmbedder
+    from mmrag.kb import KnowledgeBase
+    from mmrag.registry import resolve_models
+    from mmrag.config import Settings
+
+    return KnowledgeBase(tmp_path / "kb", "test", resolve_models(Settings()), clip=HashingEmbedder(16),
+                         text=HashingEmbedder(8))
+
+
+@pytest.fixture(scope="session")
+def offline_models():  # type: ignore[no-untyped-def]
+    """The real offline-profile models, loaded once per session."""
+    from mmrag.config import Settings
+    from mmrag.embedders.openclip import OpenClipEmbedder
+    from mmrag.embedders.sentence import SentenceTransformerEmbedder
+    from mmrag.registry import resolve_models
+
+    choice = resolve_models(Settings(profile="offline"))
+    return choice, OpenClipEmbedder(choice.clip), SentenceTransformerEmbedder(choice.text_model)
+
+
+@pytest.fixture
+def offline_kb(tmp_path: Path, offline_models):  # type: ignore[no-untyped-def]
+    """A KnowledgeBase with the real offline models (session-shared) in a fresh data dir."""
+    from mmrag.kb import KnowledgeBase
+
+    choice, clip, text = offline_models
+    return KnowledgeBase(tmp_path / "kb", "test", choice, clip=clip, text=text)
