@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from mmrag import (ImageAsset, Indexer, KnowledgeBase, MissingDependencyError, ModelUnavailableError, Query,
+from mmrag import (ImageAsset, Indexer, configure_logging, KnowledgeBase, MissingDependencyError, ModelUnavailableError, Query,
                    Searcher, Settings, resolve_models)
 
 ROOT = Path(__file__).resolve().parent
@@ -22,6 +22,9 @@ def open_kb(settings: Settings) -> KnowledgeBase:
     """Open the demo's knowledge base, falling back to the offline profile loudly."""
     explicit = "MMRAG_PROFILE" in os.environ
     kb = KnowledgeBase(settings.data_dir, settings.collection, resolve_models(settings))
+    if settings.profile == "default" and not explicit:
+        print(f"loading the default models ({kb.models.describe()}); a machine that cannot download "
+              "them falls back to the offline profile once the download fails (up to a minute)", file=sys.stderr)
     try:
         kb.clip, kb.text  # noqa: B018 - load both models now, so a failure shows here
     except (ModelUnavailableError, MissingDependencyError) as exc:
@@ -47,6 +50,7 @@ def show(title: str, hits: list) -> None:
 
 
 def main() -> int:
+    configure_logging()
     settings = Settings(data_dir=Path(os.environ.get("MMRAG_DATA_DIR", ".demo")), collection="demo")
     kb = open_kb(settings)
     summary = Indexer(kb).ingest([CORPUS])

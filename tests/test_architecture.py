@@ -9,7 +9,7 @@ import mmrag
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = {
-    "mmrag.types": 0, "mmrag.errors": 0, "mmrag.protocols": 1, "mmrag.config": 2,
+    "mmrag.types": 0, "mmrag.errors": 0, "mmrag.logs": 0, "mmrag.protocols": 1, "mmrag.config": 2,
     "mmrag.embedders": 3, "mmrag.stores": 3, "mmrag.loaders": 3, "mmrag.keyword": 3, "mmrag.manifest": 3,
     "mmrag.chunking": 3, "mmrag.registry": 4, "mmrag.kb": 5, "mmrag.indexing": 6, "mmrag.retrieval": 6,
     "mmrag.evaluation": 7, "mmrag.cli": 9,

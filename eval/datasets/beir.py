@@ -1,6 +1,6 @@
 """Convert a BEIR folder into mmrag's inputs: a corpus to ingest and a retrieval dataset.
 
-    .venv/bin/python eval/datasets/beir.py ../shared/data/scifact --split train --out eval/datasets/scifact
+    .venv/bin/python -m eval.datasets.beir ../shared/data/scifact --split train --out eval/datasets/scifact
 
 writes ``OUT/corpus/corpus.jsonl`` (every ``corpus*.jsonl`` part, concatenated; BEIR's fields
 ``_id``/``title``/``text``, which ``mmrag ingest`` reads by default) and ``OUT/<split>.jsonl`` with one

@@ -25,6 +25,7 @@ from mmrag.errors import (
 from mmrag.evaluation import EvalQuery, evaluate_retrieval, load_dataset, ndcg_at, precision_at
 from mmrag.indexing import Indexer, IngestSummary
 from mmrag.kb import KnowledgeBase
+from mmrag.logs import configure_logging
 from mmrag.registry import ModelChoice, resolve_models
 from mmrag.retrieval import Searcher, rrf
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
@@ -33,7 +34,7 @@ __all__ = [
     "Chunk", "ChunkSpec", "ChromaStore", "ClipSpec", "OpenClipEmbedder", "SentenceTransformerEmbedder", "open_client", "ConfigError", "Document", "EmbedderMismatchError", "EvalQuery", "Hit", "ImageAsset",
     "Indexer", "IngestSummary", "InvalidInputError", "KnowledgeBase", "LoadError", "MissingDependencyError",
     "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "Query", "Record", "Searcher",
-    "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "evaluate_retrieval",
+    "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "configure_logging", "evaluate_retrieval",
     "load_dataset", "ndcg_at", "precision_at", "resolve_models", "rrf",
 ]
 __version__ = "0.1.0"

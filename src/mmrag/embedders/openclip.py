@@ -26,7 +26,7 @@ from mmrag.errors import LoadError, MissingDependencyError, ModelUnavailableErro
 from mmrag.types import ImageAsset
 
 BF16_MIN_COSINE = 0.99
-#: Where the offline profile's CLIP model (trained by ingest/train_offline_clip.py) lives.
+#: Where the offline profile's CLIP model (trained by eval/offline_clip/train.py) lives.
 OFFLINE_CLIP_DIR = Path(__file__).resolve().parent.parent / "assets" / "offline_clip"
 OFFLINE_CLIP_NAME = "mmrag-easyvqa-tiny"
 MAX_IMAGE_PIXELS = 89_478_485

@@ -36,6 +36,13 @@ class SentenceTransformerEmbedder:
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise MissingDependencyError("sentence-transformers is required: pip install 'mmrag[text]'") from exc
         try:
+            from transformers.utils import logging as hf_logging
+
+            # transformers draws a "Loading weights" bar on stderr; mmrag reports its own progress.
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - sentence-transformers always brings transformers
+            pass
+        try:
             self._model: Any = SentenceTransformer(model, device=device)
         except Exception as exc:  # noqa: BLE001 - hub/network/file errors come in many types
             raise ModelUnavailableError(

@@ -81,11 +81,11 @@ class ChromaStore:
                 # Created by a reader that had no embedder loaded: claim it now.
                 self._col.modify(metadata={**stored, **wanted})
                 stored.update(wanted)
-        identity = identity or {}
+        wanted_plain = dict(identity or {})
         mismatched = {
-            k: (stored.get(f"{IDENTITY_PREFIX}{k}"), identity.get(k))
+            k: (stored.get(f"{IDENTITY_PREFIX}{k}"), wanted_plain.get(k))
             for k in ENFORCED_IDENTITY
-            if f"{IDENTITY_PREFIX}{k}" in stored and stored.get(f"{IDENTITY_PREFIX}{k}") != identity.get(k)
+            if identity and f"{IDENTITY_PREFIX}{k}" in stored and stored.get(f"{IDENTITY_PREFIX}{k}") != wanted_plain.get(k)
         }
         if mismatched:
             detail = ", ".join(f"{k}: stored {a!r} vs configured {b!r}" for k, (a, b) in mismatched.items())
