@@ -8,6 +8,7 @@ It is saved to a temporary folder and swapped into place, so readers never see a
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +33,9 @@ def _bm25s() -> Any:
         import bm25s
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise MissingDependencyError("bm25s is required for the keyword index: pip install mmrag") from exc
+    # bm25s sets its own logger to DEBUG at import time, overriding the application's choice.
+    if logging.getLogger("bm25s").level == logging.DEBUG:
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
     return bm25s
 
 

@@ -28,7 +28,7 @@ MUST_INDEX = {
     "unstructured/example-docs/example-steelJIS-datasheet-utf-16.html": "text",
     "unstructured/example-docs/fake-text-utf-16.txt": "text",
     "unstructured/example-docs/umlauts-non-utf8.md": "text",
-    "unstructured/example-docs/picture.pptx": "both",
+    "unstructured/example-docs/picture.pptx": "image",  # a slide holding only a picture
     "unstructured/example-docs/pdf/copy-protected.pdf": "text",
     "unstructured/example-docs/pdf/embedded-images.pdf": "both",
     "unstructured/example-docs/pdf/layout-parser-paper-fast.pdf": "text",

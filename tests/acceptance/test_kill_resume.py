@@ -42,6 +42,18 @@ def _ingest(corpus: Path, data_dir: Path) -> subprocess.Popen:  # type: ignore[t
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _done_count(data_dir: Path) -> int:
+    import sqlite3
+
+    if not (data_dir / "manifest.sqlite3").exists():
+        return 0
+    db = sqlite3.connect(data_dir / "manifest.sqlite3")
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM documents WHERE status='done'").fetchone()[0])
+    finally:
+        db.close()
+
+
 def _snapshot(data_dir: Path) -> dict:  # type: ignore[type-arg]
     import chromadb
     from chromadb.config import Settings
@@ -99,6 +111,7 @@ def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Pa
     rng = random.Random(seed)
     killed = tmp_path / "killed"
     kills = 0
+    mid_run = 0  # kills that landed after some documents were written and before all were
     for attempt in range(4):
         # Moments spread over the whole run: model loading, embedding, writes, the keyword index.
         delay = rng.uniform(0.3, 0.8) * duration
@@ -109,9 +122,12 @@ def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Pa
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
+            done = _done_count(killed)
+            mid_run += 0 < done < N_IMAGES + N_RECORDS
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
     assert kills >= 1, f"no run was killed (seed {seed})"
+    assert mid_run >= 1, f"no kill landed while documents were being written (seed {seed})"
     proc = _ingest(corpus, killed)
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err.decode()[-2000:]

@@ -238,8 +238,10 @@ class OpenClipEmbedder:
         """Embed a preprocessed [n, 3, H, W] batch."""
         torch = self._torch
         with torch.inference_mode():
-            feats = self._model.encode_image(batch.to(self.spec.device, self._dtype), normalize=True)
-        return feats.float().cpu().numpy()
+            feats = self._model.encode_image(batch.to(self.spec.device, self._dtype))
+            # Normalise in fp32: a bf16 norm is off by up to ~0.5%.
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu().numpy()
 
     def iter_image_embeddings(
         self, assets: Sequence[ImageAsset], labels: Sequence[str] | None = None
