@@ -44,3 +44,16 @@ def test_offline_embedder_identity_pins_the_weights(offline_models) -> None:  # 
     vecs = clip.embed_texts(["a red circle", "a blue triangle"])
     assert vecs.shape == (2, clip.dim)
     assert abs(float((vecs * vecs).sum(1).mean()) - 1.0) < 1e-4
+
+
+def test_fast_text_path_matches_open_clip_encode_text() -> None:
+    """Trimming to the longest text and the SDPA causal blocks change speed, not results (fp32)."""
+    import torch
+
+    spec = resolve_models(Settings(profile="offline")).clip
+    emb = OpenClipEmbedder(ClipSpec(spec.model, spec.pretrained, spec.config_dir, precision="fp32"))
+    texts = ["a red circle", "a photo of a small teal triangle on a plain background", "x"]
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(emb._model.encode_text(emb._tokenizer(texts)), dim=-1).numpy()
+    got = emb.embed_texts(texts)
+    assert abs(ref - got).max() < 1e-5

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmrag.embedders.openclip import BF16_MIN_COSINE
 from mmrag.errors import MissingDependencyError, ModelUnavailableError
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -30,7 +31,8 @@ def offline_minilm_dir() -> Path:
 class SentenceTransformerEmbedder:
     """Dense text embeddings from a sentence-transformers model (hub name or local folder)."""
 
-    def __init__(self, model: str = DEFAULT_TEXT_MODEL, *, batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(self, model: str = DEFAULT_TEXT_MODEL, *, batch_size: int = 64, device: str = "cpu",
+                 precision: str = "auto") -> None:
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:  # pragma: no cover - depends on the install
@@ -56,11 +58,39 @@ class SentenceTransformerEmbedder:
         local = Path(model)
         self.weights_id = _folder_weights_id(local) if local.is_dir() else model
         self.name = f"sentence-transformers:{self.weights_id}"
+        self.precision = self._choose_precision(precision)
+
+    def _choose_precision(self, wanted: str) -> str:
+        """bf16 where the CPU has it natively and a probe agrees with fp32 (about 3x faster)."""
+        import torch
+
+        if wanted == "fp32":
+            return "fp32"
+        if wanted not in {"auto", "bf16"}:
+            raise ModelUnavailableError(f"Unknown precision {wanted!r}. Known: auto, bf16, fp32")
+        if wanted == "auto" and self._model.device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+            return "fp32"
+        probe = ["What is the boiling point of water at sea level?",
+                 "Insulin resistance precedes type 2 diabetes by several years in most patients.",
+                 "The quarterly report shows revenue grew four percent."]
+        ref = self.embed_texts(probe)
+        self._model.to(torch.bfloat16)
+        low = self.embed_texts(probe)
+        agree = float((ref * low).sum(-1).min())
+        if agree >= BF16_MIN_COSINE:
+            return "bf16"
+        # .to(bf16) rounded the weights in place; casting back cannot undo that, so reload them.
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(self.model_ref, device=str(self._model.device))
+        if wanted == "bf16":
+            raise ModelUnavailableError(f"bf16 disagrees with fp32 on this machine (cosine {agree:.4f}); use fp32")
+        return "fp32"
 
     def identity(self) -> dict[str, str | int]:
         """What must match for two runs to share a collection (stored with it)."""
         return {"embedder": "sentence-transformers", "model": self.weights_id, "dim": self.dim,
-                "preprocess": f"max_seq_length={self.max_seq_length}", "precision": "fp32"}
+                "preprocess": f"max_seq_length={self.max_seq_length}", "precision": self.precision}
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts. Returns float32 [n, dim], unit rows."""
@@ -70,7 +100,9 @@ class SentenceTransformerEmbedder:
             list(texts), batch_size=self.batch_size, normalize_embeddings=True,
             convert_to_numpy=True, show_progress_bar=False,
         )
-        return np.asarray(vecs, dtype=np.float32)
+        vecs = np.asarray(vecs, dtype=np.float32)
+        # Renormalise in fp32: under bf16 the unit norm is only good to ~0.5%.
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
 
 
 def _folder_weights_id(folder: Path) -> str:
