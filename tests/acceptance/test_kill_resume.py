@@ -97,10 +97,8 @@ def _assert_same(a: dict, b: dict, context: str) -> None:  # type: ignore[type-a
 def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path / "corpus")
     reference = tmp_path / "reference"
-    started = time.monotonic()
     proc = _ingest(corpus, reference)
     out, err = proc.communicate(timeout=900)
-    duration = time.monotonic() - started
     assert proc.returncode == 0, err.decode()[-2000:]
     summary = json.loads(out)
     assert summary["indexed"] == N_IMAGES + N_RECORDS
@@ -110,23 +108,31 @@ def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Pa
     seed = int(os.environ.get("MMRAG_KILL_SEED", time.time()))
     rng = random.Random(seed)
     killed = tmp_path / "killed"
-    kills = 0
-    mid_run = 0  # kills that landed after some documents were written and before all were
-    for attempt in range(4):
-        # Moments spread over the whole run: model loading, embedding, writes, the keyword index.
-        delay = rng.uniform(0.3, 0.8) * duration
+    total = N_IMAGES + N_RECORDS
+    # One kill at a random moment of start-up (model loading, discovery), then kills at random
+    # points of the writing phase: wait until a random share of the documents is done, then a
+    # random extra moment, so the kill can land inside a batch's delete/upsert/manifest steps.
+    plans = [("startup", rng.uniform(0.2, 3.0), 0.0)]
+    plans += [("writing", rng.uniform(0.0, 1.0), rng.uniform(0.05, 0.9)) for _ in range(4)]
+    kills, mid_run = 0, 0
+    for phase, extra, share in plans:
+        base = _done_count(killed)
+        target = base + max(1, int(share * (total - base))) if phase == "writing" else 0
         proc = _ingest(corpus, killed)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline and _done_count(killed) < target:
+            time.sleep(0.02)
         try:
-            proc.wait(timeout=delay)
+            proc.wait(timeout=extra)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            done = _done_count(killed)
-            mid_run += 0 < done < N_IMAGES + N_RECORDS
+            mid_run += phase == "writing" and 0 < _done_count(killed) < total
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
-    assert kills >= 1, f"no run was killed (seed {seed})"
+    print(f"kill seed {seed}: {kills} kills, {mid_run} while writing")
+    assert kills >= 2, f"too few runs were killed (seed {seed})"
     assert mid_run >= 1, f"no kill landed while documents were being written (seed {seed})"
     proc = _ingest(corpus, killed)
     out, err = proc.communicate(timeout=900)
