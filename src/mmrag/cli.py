@@ -128,7 +128,7 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     if not as_json and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=0, unit="file", file=sys.stderr)
+        bar = tqdm(total=0, unit="file", file=sys.stderr, disable=False)
 
     def progress(done: int, total: int) -> None:
         if bar is not None:
@@ -241,6 +241,55 @@ def reset(yes: bool, as_json: bool, **opts: Any) -> None:
         click.confirm(f"Delete collection {kb.collection!r} in {kb.data_dir}?", abort=True)
     kb.drop()
     _emit({"reset": kb.collection}) if as_json else click.echo(f"collection {kb.collection} deleted")
+
+
+@main.command()
+@click.argument("question")
+@click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Ask about an image too.")
+@click.option("--model", envvar="MMRAG_LLM__MODEL", default=None,
+              help="Any LiteLLM model (openai/..., ollama_chat/...); default the offline mmrag-local/smollm2-135m.")
+@click.option("--k", type=click.IntRange(1, 50), default=5, show_default=True, help="Context blocks to retrieve.")
+@click.option("--stream", is_flag=True, help="Print the answer as it is generated.")
+@_common
+@_errors
+def ask(question: str, image: Path | None, model: str | None, k: int, stream: bool, as_json: bool, **opts: Any) -> None:
+    """Answer QUESTION from the knowledge base, citing the documents it stands on."""
+    import dataclasses
+
+    from mmrag.answering import Answerer
+    from mmrag.llms.litellm import LiteLLMChatModel
+    from mmrag.retrieval import Searcher
+    from mmrag.types import ImageAsset
+
+    s = _settings(opts)
+    name = model or s.llm.model
+    chat = LiteLLMChatModel(name, timeout=s.llm.timeout, num_retries=s.llm.num_retries, fallbacks=tuple(s.llm.fallbacks))
+    # The 135M offline model answers on its first line and rambles after it.
+    answerer = Answerer(chat, Searcher(_kb(opts)), k=k, retriever="hybrid",
+                        stop=["\n"] if name.startswith("mmrag-local/") else None)
+    query_image = ImageAsset(path=str(image)) if image else None
+    if stream and not as_json:
+        deltas, holder = answerer.stream(question, image=query_image)
+        for delta in deltas:
+            click.echo(delta, nl=False)
+        click.echo()
+        answer = holder.answer
+        if answer is not None and answer.abstained:
+            click.echo(f"(grounding check: {answer.guard}) {answer.text}")
+    else:
+        answer = answerer.answer(question, image=query_image)
+    if answer is None:
+        return
+    if as_json:
+        data = dataclasses.asdict(answer)
+        data.pop("blocks", None)
+        _emit(data)
+        return
+    if not stream:
+        click.echo(answer.text)
+    for c in answer.citations:
+        page = f" p.{c.page}" if c.page is not None else ""
+        click.echo(f"  [{c.n}] {c.doc_id}{page} ({c.modality}) {c.source}")
 
 
 @main.group(name="eval")

@@ -37,6 +37,15 @@ class StoreSettings(BaseModel):
     url: str | None = None
 
 
+class LLMSettings(BaseModel):
+    """The chat model: any LiteLLM model string; ``mmrag-local/...`` is the in-process offline model."""
+
+    model: str = "mmrag-local/smollm2-135m"
+    timeout: float = Field(60.0, gt=0)
+    num_retries: int = Field(2, ge=0)
+    fallbacks: list[str] = []
+
+
 class ChunkSettings(BaseModel):
     """Chunk size and overlap in word/punctuation tokens."""
 
@@ -57,3 +66,4 @@ class Settings(BaseSettings):
     text: TextSettings = TextSettings()
     store: StoreSettings = StoreSettings()
     chunk: ChunkSettings = ChunkSettings()
+    llm: LLMSettings = LLMSettings()

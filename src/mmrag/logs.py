@@ -17,5 +17,7 @@ def configure_logging(level: int = logging.WARNING) -> None:
     for name, floor in NOISY.items():
         logging.getLogger(name).setLevel(max(level, floor))
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Libraries' own tqdm bars (e.g. transformers' GGUF conversion); mmrag's bar passes disable=False.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
