@@ -149,9 +149,9 @@ class Indexer:
         manifest, col = self.kb.manifest, self.kb.collection
         try:
             digest = file_sha256(ref.path)
-        except OSError as exc:
+        except LoadError as exc:  # file_sha256 translates OSError (vanished, unreadable) itself
             seen.add(ref.doc_id)
-            self._record_problem(ref, "", Problem(str(ref.path), f"cannot read file: {exc.strerror or exc}", "failed"), summary)
+            self._record_problem(ref, "", Problem(str(ref.path), exc.reason, "failed"), summary)
             return []
         if ref.suffix != ".jsonl":
             seen.add(ref.doc_id)

@@ -110,3 +110,21 @@ def test_jsonl_records_are_documents(hashing_kb, tmp_path: Path) -> None:
     summary = Indexer(hashing_kb).ingest([corpus], prune=True)
     assert (summary.indexed, summary.unchanged, summary.pruned) == (1, 3, 1)
     assert sorted(s.doc_id for s in hashing_kb.manifest.all("test")) == ["d0", "d1", "d2", "d3"]
+
+
+def test_a_file_that_cannot_be_read_fails_alone(hashing_kb, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A file that vanishes or turns unreadable between discovery and hashing is one failure, not a crash."""
+    import mmrag.indexing as indexing
+    from mmrag.loaders import file_sha256
+
+    root = _corpus(tmp_path / "corpus")
+
+    def flaky(path: Path) -> str:
+        if path.name == "a.txt":
+            path.unlink()
+        return file_sha256(path)
+
+    monkeypatch.setattr(indexing, "file_sha256", flaky)
+    summary = Indexer(hashing_kb).ingest([root])
+    assert summary.indexed == 2
+    assert sorted(Path(p.path).name for p in summary.failed) == ["a.txt", "broken.png"]
