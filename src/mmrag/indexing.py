@@ -111,7 +111,7 @@ class Indexer:
                 progress(n, len(refs))
         self._flush(batch, summary)
         if prune:
-            summary.pruned = self._prune([Path(p) for p in paths], refs, seen)
+            summary.pruned = self._prune([Path(p) for p in paths], seen)
         self.rebuild_keyword_index(only_if_dirty=True)
         summary.seconds = time.monotonic() - started
         return summary
@@ -123,8 +123,7 @@ class Indexer:
         if not known:
             return 0
         kb.manifest.set_flag(col, BM25_DIRTY, "1")
-        kb.raw_store("clip").delete_docs(known)
-        kb.raw_store("text").delete_docs(known)
+        kb.delete_records(known)
         kb.manifest.remove(col, known)
         self.rebuild_keyword_index(only_if_dirty=True)
         return len(known)
@@ -183,8 +182,7 @@ class Indexer:
         old = manifest.get(col, ref.doc_id)
         if old is not None and old.status == "pending":
             # An interrupted write left partial records: they must not outlive the failure.
-            self.kb.raw_store("clip").delete_docs([ref.doc_id])
-            self.kb.raw_store("text").delete_docs([ref.doc_id])
+            self.kb.delete_records([ref.doc_id])
         kept = old is not None and old.status == "done" and (old.n_clip or old.n_text)
         reason = problem.reason + ("; the previously indexed version is kept" if kept else "")
         manifest.set_states(col, [DocState(
@@ -237,14 +235,16 @@ class Indexer:
                 clip_records.append(Record(f"{d.doc_id}#i{a.index}", image_vecs[i].tolist(), _image_meta(d, a), None))
                 counts[d.doc_id][0] += 1
 
+        # Open the identity-checked collections before touching anything, so a mismatched
+        # collection is refused before any record is deleted (delete_records then uses them).
+        clip_store, text_store = kb.clip_store, kb.text_store
         # 1) mark pending, 2) drop old records, 3) write new ones, 4) mark done.
         manifest = kb.manifest
         manifest.set_flag(col, BM25_DIRTY, "1")
         manifest.set_states(col, [DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "pending", "", 0, 0) for d in docs])
-        kb.clip_store.delete_docs([d.doc_id for d in docs])
-        kb.text_store.delete_docs([d.doc_id for d in docs])
-        kb.clip_store.upsert(clip_records)
-        kb.text_store.upsert(text_records)
+        kb.delete_records([d.doc_id for d in docs])
+        clip_store.upsert(clip_records)
+        text_store.upsert(text_records)
         final = []
         for d in docs:
             n_clip, n_text = counts[d.doc_id]
@@ -260,7 +260,7 @@ class Indexer:
                 summary.indexed += 1
         manifest.set_states(col, final)
 
-    def _prune(self, roots: list[Path], refs: list[FileRef], seen: set[str]) -> int:
+    def _prune(self, roots: list[Path], seen: set[str]) -> int:
         """Remove documents under ``roots`` that this run did not see."""
         col = self.kb.collection
         scopes = [os.path.abspath(p) for p in roots]  # the loaders' source paths are abspath'd too

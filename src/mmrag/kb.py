@@ -89,6 +89,16 @@ class KnowledgeBase:
             return self.text_store
         return ChromaStore(self.client, self.clip_name if which == "clip" else self.text_name, None)
 
+    def delete_records(self, doc_ids: list[str]) -> None:
+        """Delete every record of these documents from both Chroma collections.
+
+        Uses the identity-checked collections when they are open (so a caller that must refuse a
+        mismatched collection opens ``clip_store``/``text_store`` first), else opens them plainly.
+        """
+        if doc_ids:
+            self.raw_store("clip").delete_docs(doc_ids)
+            self.raw_store("text").delete_docs(doc_ids)
+
     @cached_property
     def manifest(self) -> Manifest:
         """The per-document state."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal, Mapping, Sequence
 
 from mmrag.errors import InvalidInputError
@@ -111,8 +112,6 @@ def rrf(ranked: Mapping[str, Sequence[Hit]], weights: Mapping[str, float], k: in
             scores[hit.id] = scores.get(hit.id, 0.0) + w / (k + rank + 1)
             best.setdefault(hit.id, hit)
     order = sorted(scores, key=lambda i: (-scores[i], i))
-    from dataclasses import replace
-
     return [replace(best[i], score=scores[i]) for i in order]
 
 

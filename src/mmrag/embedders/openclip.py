@@ -12,7 +12,6 @@ Speed choices, each measured in ``eval/bench/ingest.py``:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from mmrag.errors import LoadError, MissingDependencyError, ModelUnavailableError
+from mmrag.loaders import file_sha256
 from mmrag.types import ImageAsset
 
 BF16_MIN_COSINE = 0.99
@@ -41,15 +41,6 @@ def _import_torch() -> tuple[Any, Any]:
             "open_clip and torch are required for CLIP embeddings: pip install 'mmrag[clip]'"
         ) from exc
     return torch, open_clip
-
-
-def sha256_file(path: str | Path) -> str:
-    """Return the hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def decode_image(data: bytes, *, label: str, max_pixels: int = MAX_IMAGE_PIXELS, draft: int = 0) -> Any:
@@ -139,7 +130,7 @@ class OpenClipEmbedder:
         self._tokenizer = open_clip.get_tokenizer(spec.model)
         self._plain_causal_text = _is_plain_causal_text(model, torch)
         self.image_size = _image_size(preprocess)
-        self.weights_id = sha256_file(pretrained)[:16] if local else (pretrained or "random")
+        self.weights_id = file_sha256(Path(pretrained))[:16] if local else (pretrained or "random")
         with torch.inference_mode():
             probe = self._encode_text_tokens(self._tokenizer(["probe"]))
         self.dim = int(probe.shape[-1])

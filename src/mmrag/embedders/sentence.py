@@ -107,12 +107,12 @@ class SentenceTransformerEmbedder:
 
 def _folder_weights_id(folder: Path) -> str:
     """A local model's identity: its folder name plus the sha256 prefix of its weights."""
-    from mmrag.embedders.openclip import sha256_file
+    from mmrag.loaders import file_sha256
 
     for name in ("model.safetensors", "pytorch_model.bin"):
         weights = folder / name
         if weights.is_file():
-            return f"{_model_name(folder)}@{sha256_file(weights)[:16]}"
+            return f"{_model_name(folder)}@{file_sha256(weights)[:16]}"
     return _model_name(folder)
 
 
