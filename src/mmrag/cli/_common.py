@@ -1,0 +1,100 @@
+"""Shared pieces of the command line: the ``main`` group, common options, settings, error mapping.
+
+Exit status: 0 success; 1 error; 2 usage error; 3 ingest finished but some files failed
+(each is listed with its reason).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from mmrag.config import Settings
+from mmrag.errors import MmragError
+from mmrag.logs import configure_logging
+
+EXIT_PARTIAL = 3
+
+
+def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command takes; each also reads its MMRAG_* environment variable."""
+    options = [
+        click.option("--data-dir", type=click.Path(path_type=Path), envvar="MMRAG_DATA_DIR", default=None,
+                     help="Where all state lives (store, manifest, keyword index). [env MMRAG_DATA_DIR; default ./.mmrag]"),
+        click.option("--profile", type=click.Choice(["default", "offline"]), envvar="MMRAG_PROFILE", default=None,
+                     help="Model profile: default (ViT-B-32 laion2b + all-MiniLM-L6-v2, downloaded once) or offline "
+                          "(bundled models, no network). [env MMRAG_PROFILE]"),
+        click.option("--collection", envvar="MMRAG_COLLECTION", default=None, help="Knowledge base name. [default: default]"),
+        click.option("--clip-model", envvar="MMRAG_CLIP__MODEL", default=None, help="Any open_clip architecture, e.g. ViT-B-16."),
+        click.option("--clip-pretrained", envvar="MMRAG_CLIP__PRETRAINED", default=None,
+                     help="open_clip pretrained tag or a local checkpoint path."),
+        click.option("--text-model", envvar="MMRAG_TEXT__MODEL", default=None,
+                     help="sentence-transformers model name or local folder."),
+        click.option("--store-url", envvar="MMRAG_STORE__URL", default=None,
+                     help="Chroma server URL (http://host:port) instead of the embedded store."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def settings_from(opts: dict[str, Any]) -> Settings:
+    """Build settings: environment first, then explicit options."""
+    s = Settings()
+    if opts.get("data_dir"):
+        s.data_dir = opts["data_dir"]
+    if opts.get("profile"):
+        s.profile = opts["profile"]
+    if opts.get("collection"):
+        s.collection = opts["collection"]
+    if opts.get("clip_model"):
+        s.clip.model = opts["clip_model"]
+    if opts.get("clip_pretrained"):
+        s.clip.pretrained = opts["clip_pretrained"]
+    if opts.get("text_model"):
+        s.text.model = opts["text_model"]
+    if opts.get("store_url"):
+        s.store.url = opts["store_url"]
+    if s.profile == "offline":
+        # Belt and braces: the offline profile must never reach a hub, even by a library default.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return s
+
+
+def open_kb(opts: dict[str, Any]) -> Any:
+    from mmrag.chunking import ChunkSpec
+    from mmrag.kb import KnowledgeBase
+    from mmrag.registry import resolve_models
+
+    s = settings_from(opts)
+    return KnowledgeBase(s.data_dir, s.collection, resolve_models(s), store_url=s.store.url,
+                         chunk=ChunkSpec(s.chunk.size, s.chunk.overlap))
+
+
+def errors_to_click(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MmragError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmrag")
+def main() -> None:
+    """mmrag: multimodal retrieval-augmented generation over documents and images."""
+    configure_logging()

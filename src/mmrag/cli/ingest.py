@@ -1,0 +1,122 @@
+"""Commands that change or inspect a knowledge base: ingest, status, delete, reset."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_click, main, open_kb
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--prune", is_flag=True, help="Remove documents whose source file (or JSONL record) is gone.")
+@click.option("--jsonl-id", default="_id", show_default=True, help="JSONL field holding the document id.")
+@click.option("--jsonl-title", default="title", show_default=True, help="JSONL field holding the title.")
+@click.option("--jsonl-text", default="text", show_default=True, help="JSONL field holding the text.")
+@click.option("--max-file-mb", type=int, default=200, show_default=True, help="Refuse files larger than this.")
+@common_options
+@errors_to_click
+def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
+           max_file_mb: int, as_json: bool, **opts: Any) -> None:
+    """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
+
+    Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed.
+    """
+    from mmrag.indexing import Indexer
+    from mmrag.loaders import JsonlFields, LoaderLimits
+
+    kb = open_kb(opts)
+    if not as_json:
+        click.echo(f"mmrag: {kb.models.describe()}", err=True)
+    indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text),
+                      limits=LoaderLimits(max_file_bytes=max_file_mb * 1024 * 1024))
+    bar = None
+    if not as_json and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="file", file=sys.stderr, disable=False)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    summary = indexer.ingest(list(paths), prune=prune, progress=progress)
+    if bar is not None:
+        bar.close()
+    if as_json:
+        emit(summary.to_dict())
+    else:
+        click.echo(f"files seen {summary.files_seen}; indexed {summary.indexed}; unchanged {summary.unchanged}; "
+                   f"pruned {summary.pruned}; failed {len(summary.failed)}; skipped {len(summary.skipped)}; "
+                   f"embeddings computed: clip {summary.clip_embeddings}, text {summary.text_embeddings} "
+                   f"({summary.seconds:.1f}s)")
+        if summary.repaired:
+            click.echo(f"redid {summary.repaired} document(s) left incomplete by an earlier run")
+        for p in summary.failed:
+            click.echo(f"FAILED  {p.path}: {p.reason}")
+        for p in summary.skipped:
+            click.echo(f"skipped {p.path}: {p.reason}")
+        for w in summary.warnings:
+            click.echo(f"warning {w}")
+    if summary.failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@common_options
+@errors_to_click
+def status(as_json: bool, **opts: Any) -> None:
+    """Show what a collection holds (documents by state, records per index)."""
+    kb = open_kb(opts)
+    col = kb.collection
+    counts = kb.manifest.counts(col)
+    data = {
+        "collection": col, "data_dir": str(kb.data_dir), "documents": counts,
+        "records": {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count()},
+        "keyword_index": (len(idx) if (idx := kb.keyword()) is not None else None),
+        "identity": {"clip": kb.raw_store("clip").identity, "text": kb.raw_store("text").identity},
+        "failed": [{"doc_id": s.doc_id, "reason": s.reason} for s in kb.manifest.all(col, "failed")],
+    }
+    if as_json:
+        emit(data)
+        return
+    click.echo(f"collection {col} in {kb.data_dir}")
+    click.echo("documents: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    click.echo(f"records: clip {data['records']['clip']}, text {data['records']['text']}, bm25 {data['keyword_index']}")
+    for f in data["failed"]:
+        click.echo(f"FAILED  {f['doc_id']}: {f['reason']}")
+
+
+@main.command()
+@click.argument("doc_ids", nargs=-1, required=True)
+@common_options
+@errors_to_click
+def delete(doc_ids: tuple[str, ...], as_json: bool, **opts: Any) -> None:
+    """Delete documents (by doc id) from every index."""
+    from mmrag.errors import NotFoundError
+    from mmrag.indexing import Indexer
+
+    kb = open_kb(opts)
+    missing = [d for d in doc_ids if kb.manifest.get(kb.collection, d) is None]
+    if missing:
+        raise NotFoundError(f"Unknown doc id(s): {', '.join(missing)}. `mmrag status` lists the collection")
+    n = Indexer(kb).delete(list(doc_ids))
+    emit({"deleted": n}) if as_json else click.echo(f"deleted {n} document(s)")
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@common_options
+@errors_to_click
+def reset(yes: bool, as_json: bool, **opts: Any) -> None:
+    """Delete a whole collection (all three indexes and its manifest)."""
+    kb = open_kb(opts)
+    if not yes:
+        click.confirm(f"Delete collection {kb.collection!r} in {kb.data_dir}?", abort=True)
+    kb.drop()
+    emit({"reset": kb.collection}) if as_json else click.echo(f"collection {kb.collection} deleted")
