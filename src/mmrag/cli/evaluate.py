@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb
+from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb, settings_from
 
 
 @main.group(name="eval")
 def eval_group() -> None:
-    """Evaluate retrieval."""
+    """Evaluate retrieval, answers and hallucinations; compare runs."""
 
 
 @eval_group.command(name="retrieval")
@@ -37,3 +37,126 @@ def eval_retrieval(dataset: Path, retriever: str, k: int, as_json: bool, **opts:
     click.echo(f"{len(report.per_query)} queries, retriever {retriever}, collection {kb.collection}")
     for name, value in report.metrics.items():
         click.echo(f"{name:>14}: {value:.4f}")
+
+
+#: Exit status of `mmrag eval run` when a --fail-under gate fails (3 means a partial ingest).
+EXIT_GATE_FAILED = 4
+#: Exit status of `mmrag eval compare --fail-on-regression` when something regressed.
+EXIT_REGRESSED = 4
+
+
+@eval_group.command(name="run")
+@click.argument("dataset", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for report.html, report.json and report.md.")
+@click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True, help="Documents scored per query.")
+@click.option("--retriever", type=click.Choice(["clip", "text", "bm25", "hybrid"]), default="hybrid", show_default=True)
+@click.option("--model", envvar="MMRAG_LLM__MODEL", default=None,
+              help="LiteLLM model for the answers; default the offline mmrag-local/smollm2-135m.")
+@click.option("--no-answer", is_flag=True, help="Score retrieval only (no answers, no hallucination rate).")
+@click.option("--answer-k", type=click.IntRange(1, 50), default=5, show_default=True,
+              help="Top documents given to the answer model.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N queries.")
+@click.option("--sample", type=click.IntRange(1), default=None,
+              help="Answer (and judge) a random sample of N queries; retrieval is scored for all.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
+@click.option("--judge", envvar="MMRAG_JUDGE", default=None,
+              help="LiteLLM model that judges (ragas LLM metrics; its faithfulness decides the hallucination "
+                   "rate). Without it nothing is sent to a remote model. [env MMRAG_JUDGE]")
+@click.option("--judge-api-base", envvar="MMRAG_JUDGE_API_BASE", default=None,
+              help="OpenAI-compatible base URL for the judge. [env MMRAG_JUDGE_API_BASE]")
+@click.option("--judge-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds per judge call.")
+@click.option("--judge-vision/--judge-no-vision", default=None,
+              help="Whether the judge reads images (ragas multimodal metrics). [default: ask litellm]")
+@click.option("--fail-under", "gates", multiple=True, metavar="METRIC=VALUE",
+              help="CI gate, repeatable: exit 4 when METRIC's mean is below VALUE (above it for "
+                   "hallucination_rate and abstention_rate). Reports are written first.")
+@click.option("--max-rows", type=click.IntRange(1), default=200, show_default=True,
+              help="Queries shown in the HTML per-query table (report.json has all).")
+@common_options
+@errors_to_click
+def eval_run(dataset: Path, out_dir: Path, k: int, retriever: str, model: str | None, no_answer: bool, answer_k: int,
+             limit: int | None, sample: int | None, seed: int, judge: str | None, judge_api_base: str | None,
+             judge_timeout: float, judge_vision: bool | None, gates: tuple[str, ...], max_rows: int,
+             as_json: bool, **opts: Any) -> None:
+    """Evaluate DATASET.jsonl end to end and write HTML, JSON and Markdown reports to --out.
+
+    Each line holds a query (text and/or image), its relevant doc ids and optionally a reference
+    answer. Every query is retrieved and scored (rank metrics, ragas context precision/recall
+    from ids); the chosen ones are answered and checked for unsupported claims (offline detector,
+    or the judge's ragas faithfulness with --judge). The collection must already hold the corpus.
+
+    Exit status: 0 ok; 1 error; 4 a --fail-under gate failed.
+    """
+    from mmrag.evaluation import EvalConfig, JudgeConfig, check_gates, parse_gates, write_reports
+    from mmrag.evaluation.suite import DEFAULT_ANSWER_MODEL, evaluate_dataset
+
+    parsed = parse_gates(gates)  # fail on a typo before a long run, not after
+    s = settings_from(opts)
+    config = EvalConfig(k=k, retriever=retriever, answer=not no_answer, answer_k=answer_k, limit=limit,
+                        sample=sample, seed=seed)
+    judge_cfg = (JudgeConfig(judge, api_base=judge_api_base, timeout=judge_timeout, vision=judge_vision)
+                 if judge else None)
+    run = evaluate_dataset(open_kb(opts), dataset, config, answer_model=model or s.llm.model or DEFAULT_ANSWER_MODEL,
+                           answer_timeout=s.llm.timeout, answer_retries=s.llm.num_retries, judge=judge_cfg,
+                           progress=None if as_json else _progress)
+    paths = write_reports(run, out_dir, max_rows=max_rows)
+    results = check_gates(run, parsed)
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        emit({"reports": {k: str(v) for k, v in paths.items()}, "counts": run.counts,
+              "metrics": {n: {"mean": m["mean"], "n": m["n"], "producer": m["producer"]} for n, m in run.metrics.items()},
+              "gates": [{"metric": r.gate.metric, "value": r.gate.value, "actual": r.actual, "passed": r.passed}
+                        for r in results]})
+    else:
+        click.echo(f"{run.counts['queries']} queries; answered {run.counts['answered']} "
+                   f"({run.counts['answer_selection']}); {run.counts['failed_queries']} with errors")
+        for name, m in run.metrics.items():
+            mean = "—" if m["mean"] is None else f"{m['mean']:.4f}"
+            click.echo(f"{name:>24}: {mean:>7}  (n={m['n']}, {m['producer']})")
+        for label, path in paths.items():
+            click.echo(f"{label:>8}: {path}")
+        for r in results:
+            click.echo(f"gate {r.describe()}")
+    if failed:
+        click.echo("failed gates: " + ", ".join(r.gate.metric for r in failed), err=True)
+        raise SystemExit(EXIT_GATE_FAILED)
+
+
+def _progress(stage: str, done: int, total: int) -> None:
+    if done == total or done % 50 == 0 or stage in ("answer", "judge"):
+        click.echo(f"\r{stage}: {done}/{total}", nl=done == total, err=True)
+
+
+@eval_group.command(name="compare")
+@click.argument("base", type=click.Path(path_type=Path, exists=True))
+@click.argument("new", type=click.Path(path_type=Path, exists=True))
+@click.option("--tolerance", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="A metric regresses only when it worsens by more than this.")
+@click.option("--fail-on-regression", is_flag=True, help="Exit 4 when a metric regressed or a query lost a relevant document.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@errors_to_click
+def eval_compare(base: Path, new: Path, tolerance: float, fail_on_regression: bool, as_json: bool) -> None:
+    """Show what regressed from BASE to NEW (report.json files or the folders holding them).
+
+    Lists metric deltas and the queries whose relevant documents dropped out of the top k.
+    """
+    from mmrag.evaluation import compare_runs, load_report
+
+    result = compare_runs(load_report(base), load_report(new), tolerance=tolerance)
+    if as_json:
+        emit(result.to_dict())
+    else:
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}")
+        for name, m in result.metrics.items():
+            flag = "  REGRESSED" if m["regressed"] else ""
+            click.echo(f"{name:>24}: {m['base']:.4f} -> {m['new']:.4f} ({m['delta']:+.4f}){flag}")
+        click.echo(f"{len(result.lost)} queries lost relevant documents")
+        for qid, docs in sorted(result.lost.items()):
+            click.echo(f"  {qid}: lost {', '.join(docs)}")
+        if result.only_base or result.only_new:
+            click.echo(f"queries only in base: {len(result.only_base)}; only in new: {len(result.only_new)}")
+    if fail_on_regression and result.regressed:
+        raise SystemExit(EXIT_REGRESSED)

@@ -1,0 +1,72 @@
+"""Wiring for a whole evaluation: a knowledge base and a dataset in, an :class:`EvalRun` out.
+
+``mmrag eval run`` and the evaluation notebook both call :func:`evaluate_dataset`; it builds the
+answer model, the hallucination detector and the judge from plain arguments, so the CLI stays thin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmrag.evaluation.dataset import load_dataset
+from mmrag.evaluation.ragas_metrics import Judge, JudgeConfig
+from mmrag.evaluation.runner import EvalConfig, EvalRun, Progress, run_evaluation
+
+DEFAULT_ANSWER_MODEL = "mmrag-local/smollm2-135m"
+
+
+def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), *,
+                     answer_model: str = DEFAULT_ANSWER_MODEL, answer_timeout: float = 60.0,
+                     answer_retries: int = 2, judge: JudgeConfig | None = None, detector: Any = "offline",
+                     progress: Progress | None = None) -> EvalRun:
+    """Evaluate ``dataset`` against the knowledge base ``kb``.
+
+    Args:
+        kb: a :class:`~mmrag.kb.KnowledgeBase` that holds the dataset's corpus.
+        dataset: the JSONL dataset (see :mod:`mmrag.evaluation.dataset`).
+        config: what to run (k, retriever, answering, sampling).
+        answer_model: a LiteLLM model string for the answers; ``mmrag-local/...`` runs in-process.
+        answer_timeout: seconds per answer call.
+        answer_retries: litellm retries per answer call.
+        judge: the LLM judge; None runs no LLM metric (and nothing leaves the machine unless
+            ``answer_model`` is remote).
+        detector: ``"offline"`` for mmrag's hallucination detector on the collection's text model,
+            an object with ``verify(context, answer, question)``, or None. Ignored with a judge,
+            whose faithfulness then decides the hallucination rate.
+        progress: called with (stage, done, total).
+
+    Raises:
+        MissingDependencyError: ragas (the ``eval`` extra) is not installed.
+        InvalidInputError, NotFoundError: a bad dataset or config.
+    """
+    from mmrag.retrieval import Searcher
+
+    queries = load_dataset(Path(dataset))
+    searcher = Searcher(kb)
+    answerer = None
+    if config.answer:
+        from mmrag.answering import Answerer
+        from mmrag.llms.litellm import LiteLLMChatModel
+
+        chat = LiteLLMChatModel(answer_model, timeout=answer_timeout, num_retries=answer_retries)
+        # The 135M offline model answers on its first line and rambles after it (as `mmrag ask`).
+        answerer = Answerer(chat, searcher, k=config.answer_k, retriever=config.retriever,
+                            stop=["\n"] if answer_model.startswith("mmrag-local/") else None)
+    judge_obj = Judge(judge, embedder=kb.text) if judge is not None else None
+    if detector == "offline":
+        detector = offline_detector(kb) if config.answer and judge_obj is None else None
+    models = {"retrieval": kb.models.describe()}
+    if config.answer:
+        models["answers"] = answer_model
+    if judge is not None:
+        models["judge"] = judge.model
+    return run_evaluation(searcher, queries, config, answerer=answerer, detector=detector, judge=judge_obj,
+                          dataset=str(dataset), models=models, progress=progress)
+
+
+def offline_detector(kb: Any) -> Any:
+    """mmrag's offline hallucination detector on the collection's text model (MiniLM offline)."""
+    from mmrag.verification import HallucinationDetector
+
+    return HallucinationDetector(embedder=kb.text)
