@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -81,3 +86,58 @@ def offline_kb(tmp_path: Path, offline_models):  # type: ignore[no-untyped-def]
 
     choice, clip, text = offline_models
     return KnowledgeBase(tmp_path / "kb", "test", choice, clip=clip, text=text)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, seconds: float, proc: "subprocess.Popen[bytes] | None" = None) -> None:
+    """Poll ``url`` until it answers 2xx, the process dies, or ``seconds`` pass (then fail)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the server exited with status {proc.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"{url} did not answer within {seconds:.0f} s")
+
+
+def _start_chroma(path: Path):  # type: ignore[no-untyped-def]
+    exe = shutil.which("chroma", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("the chroma CLI is not installed")
+    port = free_port()
+    proc = subprocess.Popen([exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/api/v2/heartbeat", 60, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real `chroma run` server on loopback, for one test."""
+    proc, url = _start_chroma(tmp_path / "server")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def shared_chroma_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One `chroma run` server for the whole session (tests use distinct collection names)."""
+    proc, url = _start_chroma(tmp_path_factory.mktemp("chroma-server"))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -83,6 +83,7 @@ class Citation:
     modality: str
     excerpt: str
     score: float
+    record_id: str = ""  # the store record (for an image: where its pixels are served from)
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ def _render_block(block: ContextBlock) -> str:
 
 def _citation(block: ContextBlock) -> Citation:
     hit = block.hit
-    return Citation(block.n, hit.doc_id, hit.source, hit.page, hit.modality, block.content, hit.score)
+    return Citation(block.n, hit.doc_id, hit.source, hit.page, hit.modality, block.content, hit.score, hit.id)
 
 
 def _stem(word: str) -> str:

@@ -44,6 +44,8 @@ class LLMSettings(BaseModel):
     timeout: float = Field(60.0, gt=0)
     num_retries: int = Field(2, ge=0)
     fallbacks: list[str] = []
+    #: An OpenAI-compatible server's base URL (vLLM, llama.cpp server, LM Studio...).
+    api_base: str | None = None
 
 
 class ChunkSettings(BaseModel):
@@ -51,6 +53,23 @@ class ChunkSettings(BaseModel):
 
     size: int = Field(200, ge=16)
     overlap: int = Field(40, ge=0)
+
+
+class ApiSettings(BaseModel):
+    """``mmrag serve``: where it listens, who may call it, and how much it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    #: Bearer-token auth. Turning it off is for a laptop, never for a shared host.
+    auth: bool = True
+    #: The key file; default ``<data_dir>/api_keys.json``.
+    keys_file: Path | None = None
+    max_upload_mb: float = Field(50.0, gt=0)
+    #: LiteLLM models a request may pick with its ``model`` field, besides ``llm.model``.
+    models: list[str] = []
+    #: Seconds a request waits for the models to finish loading at start-up before a 503.
+    ready_timeout: float = Field(600.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -67,3 +86,4 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     chunk: ChunkSettings = ChunkSettings()
     llm: LLMSettings = LLMSettings()
+    api: ApiSettings = ApiSettings()

@@ -11,7 +11,11 @@ Tree::
     ├── MissingDependencyError (ImportError)
     ├── NotFoundError
     ├── InvalidInputError (ValueError)
-    │   └── LoadError                    a file could not be read/parsed; carries ``path`` and ``reason``
+    │   ├── LoadError                    a file could not be read/parsed; carries ``path`` and ``reason``
+    │   ├── PayloadTooLargeError         a request body or upload over the limit (413)
+    │   └── UnsupportedMediaTypeError    an upload of a type mmrag cannot ingest (415)
+    ├── UnauthorizedError                no or an unknown API key (401)
+    ├── ForbiddenError                   the key lacks the scope or the collection (403)
     ├── EmbedderMismatchError            a collection was built with another embedding model
     ├── StoreError                       the vector store failed (Chroma)
     └── UpstreamError
@@ -76,6 +80,34 @@ class LoadError(InvalidInputError):
         self.reason = reason
         #: True when the file is not an error but has nothing to index (empty, image-only scan).
         self.skipped = skipped
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A request body or uploaded file is larger than the server accepts."""
+
+    code = "payload_too_large"
+    status_code = 413
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    """An uploaded file is of a type mmrag cannot ingest."""
+
+    code = "unsupported_media_type"
+    status_code = 415
+
+
+class UnauthorizedError(MmragError):
+    """No API key, or one the server does not know."""
+
+    code = "unauthorized"
+    status_code = 401
+
+
+class ForbiddenError(MmragError):
+    """The API key is valid but lacks the scope or the collection the request needs."""
+
+    code = "forbidden"
+    status_code = 403
 
 
 class EmbedderMismatchError(MmragError):

@@ -87,6 +87,11 @@ class Indexer:
         Returns:
             The run's summary. Bad files are listed in it; they never stop the run.
         """
+        with self.kb.write_lock():
+            return self._ingest(paths, prune, progress)
+
+    def _ingest(self, paths: Sequence[Path], prune: bool,
+                progress: Callable[[int, int], None] | None) -> IngestSummary:
         started = time.monotonic()
         kb, col = self.kb, self.kb.collection
         summary = IngestSummary(collection=col)
@@ -118,6 +123,10 @@ class Indexer:
 
     def delete(self, doc_ids: Iterable[str]) -> int:
         """Remove documents from all three indexes and the manifest. Returns how many existed."""
+        with self.kb.write_lock():
+            return self._delete(list(doc_ids))
+
+    def _delete(self, doc_ids: list[str]) -> int:
         kb, col = self.kb, self.kb.collection
         known = [d for d in doc_ids if kb.manifest.get(col, d) is not None]
         if not known:

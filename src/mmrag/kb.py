@@ -6,9 +6,10 @@ for loading CLIP.
 
 from __future__ import annotations
 
+import contextlib
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mmrag.chunking import ChunkSpec
 from mmrag.embedders.openclip import OpenClipEmbedder
@@ -112,6 +113,25 @@ class KnowledgeBase:
     def keyword(self) -> KeywordIndex | None:
         """The saved BM25 index, or None if it was never built."""
         return KeywordIndex.load(self.keyword_dir)
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold this collection's writer lock (across threads and processes) for the block.
+
+        Ingestion, deletion and drops take it: with several server workers on one Chroma server,
+        two writers would otherwise rebuild the BM25 index from different snapshots. ``flock`` is
+        released by the kernel when a holder dies, so a killed job never leaves a stale lock.
+        """
+        import fcntl
+
+        path = self.data_dir / "locks" / f"{self.collection}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def drop(self) -> None:
         """Delete the collection everywhere: both Chroma collections, BM25 and its manifest rows."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from mmrag.config import Settings
 from mmrag.embedders.openclip import OFFLINE_CLIP_DIR, OFFLINE_CLIP_NAME, ClipSpec
@@ -68,3 +69,17 @@ def check_collection_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def build_chat_model(settings: Settings, model: str | None = None) -> Any:
+    """The configured chat model (``model`` overrides ``settings.llm.model``), through LiteLLM."""
+    from mmrag.llms.litellm import LiteLLMChatModel
+
+    llm = settings.llm
+    return LiteLLMChatModel(model or llm.model, timeout=llm.timeout, num_retries=llm.num_retries,
+                            fallbacks=tuple(llm.fallbacks), api_base=llm.api_base)
+
+
+def answer_stop(model: str) -> list[str] | None:
+    """Stop strings for a model: the offline 135M model answers on its first line and rambles after it."""
+    return ["\n"] if model.startswith("mmrag-local/") else None

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,38 +14,9 @@ from mmrag.kb import KnowledgeBase
 from mmrag.registry import resolve_models
 from mmrag.retrieval import Searcher
 from mmrag.types import Query
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def chroma_server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    exe = shutil.which("chroma", path=str(Path(sys.executable).parent))
-    if exe is None:
-        pytest.skip("the chroma CLI is not installed")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("chroma run did not start within 60 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def test_ingest_and_search_through_a_chroma_server(chroma_server: str, tmp_path: Path) -> None:
@@ -68,7 +33,7 @@ def test_ingest_and_search_through_a_chroma_server(chroma_server: str, tmp_path:
 
 
 def test_unreachable_server_is_a_store_error(tmp_path: Path) -> None:
-    kb = KnowledgeBase(tmp_path / "kb", "srv", resolve_models(Settings()), store_url=f"http://127.0.0.1:{_free_port()}",
+    kb = KnowledgeBase(tmp_path / "kb", "srv", resolve_models(Settings()), store_url=f"http://127.0.0.1:{free_port()}",
                        clip=HashingEmbedder(16), text=HashingEmbedder(8))
     with pytest.raises(StoreError, match="Chroma failed"):
         kb.raw_store("clip").count()

@@ -55,16 +55,13 @@ def ask(question: str, image: Path | None, model: str | None, k: int, stream: bo
     import dataclasses
 
     from mmrag.answering import Answerer
-    from mmrag.llms.litellm import LiteLLMChatModel
+    from mmrag.registry import answer_stop, build_chat_model
     from mmrag.retrieval import Searcher
     from mmrag.types import ImageAsset
 
     s = settings_from(opts)
-    name = model or s.llm.model
-    chat = LiteLLMChatModel(name, timeout=s.llm.timeout, num_retries=s.llm.num_retries, fallbacks=tuple(s.llm.fallbacks))
-    # The 135M offline model answers on its first line and rambles after it.
-    answerer = Answerer(chat, Searcher(open_kb(opts)), k=k, retriever="hybrid",
-                        stop=["\n"] if name.startswith("mmrag-local/") else None)
+    chat = build_chat_model(s, model)
+    answerer = Answerer(chat, Searcher(open_kb(opts)), k=k, retriever="hybrid", stop=answer_stop(chat.name))
     query_image = ImageAsset(path=str(image)) if image else None
     if stream and not as_json:
         deltas, holder = answerer.stream(question, image=query_image)

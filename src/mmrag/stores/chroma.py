@@ -140,6 +140,15 @@ class ChromaStore:
             hits.append(hit_from(rid, meta or {}, doc, 1.0 - float(dist)))
         return hits
 
+    def get(self, ids: Sequence[str]) -> list[Hit]:
+        """The records with these ids (missing ids are left out), with ``score`` 0."""
+        if not ids:
+            return []
+        with _translate(f"read {self.name!r}"):
+            res = self._col.get(ids=list(ids), include=["metadatas", "documents"])
+        docs = res.get("documents") or [None] * len(res["ids"])
+        return [hit_from(rid, meta or {}, doc, 0.0) for rid, meta, doc in zip(res["ids"], res["metadatas"], docs)]
+
     def iter_all(self, include: Sequence[str] = ("metadatas",), page: int = 5000) -> Iterator[tuple[str, dict[str, Any], str | None]]:
         """Yield ``(id, metadata, document)`` for every record, a page at a time."""
         offset = 0
@@ -165,6 +174,12 @@ def hit_from(rid: str, meta: Mapping[str, Any], text: str | None, score: float) 
         modality=modality, score=score, page=int(page) if isinstance(page, (int, float)) else None,
         text=text or None if modality == "text" else None, metadata=dict(meta),
     )
+
+
+def ping(client: Any) -> None:
+    """Raise :class:`StoreError` unless the store answers (a Chroma server may be down)."""
+    with _translate("reach the store"):
+        client.heartbeat()
 
 
 def delete_collection(client: Any, name: str) -> bool:

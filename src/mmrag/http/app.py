@@ -1,0 +1,122 @@
+"""The FastAPI application: :func:`create_app` wires settings, services, routes, auth and errors.
+
+One error handler turns every :class:`~mmrag.errors.MmragError` into
+``{"error": code, "message": text}`` with the error's status code; request-validation errors are
+``422 invalid_input`` in the same shape; anything unexpected is a logged ``500 internal_error``
+that shows no internals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mmrag.config import Settings
+from mmrag.errors import MmragError, UnauthorizedError
+from mmrag.http.limits import BodyLimit
+from mmrag.http.services import Services
+
+log = logging.getLogger("mmrag.http")
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+    """Build the API.
+
+    Args:
+        settings: read from the environment when None.
+        services: prebuilt services (tests pass fakes through it); else built from ``settings``.
+
+    Example:
+        >>> app = create_app(Settings(profile="offline"))  # doctest: +SKIP
+        >>> uvicorn.run(app, port=8080)                     # doctest: +SKIP
+    """
+    from mmrag import __version__
+    from mmrag.http.routes import documents, health, query
+
+    settings = settings or Settings()
+    services = services or Services(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.start()
+        yield
+        services.close()
+
+    app = FastAPI(
+        title="mmrag", version=__version__, lifespan=lifespan,
+        description="Multimodal retrieval-augmented generation: search, grounded answers with citations, "
+                    "an OpenAI-compatible chat endpoint, and document upload. Authenticate with "
+                    "`Authorization: Bearer <API key>` (create keys with `mmrag keys create`).",
+    )
+    app.state.services = services
+    upload_limit = int(settings.api.max_upload_mb * 1024 * 1024)
+    # Uploads get the configured limit plus room for the multipart framing; JSON bodies (which
+    # may carry a base64 image) get a fixed 32 MiB.
+    app.add_middleware(BodyLimit, default=32 * 1024 * 1024, per_path={"/v1/documents": upload_limit + 64 * 1024})
+    _install_metrics(app, services)
+    _install_errors(app, services)
+    app.include_router(query.router)
+    app.include_router(documents.router)
+    app.include_router(health.router)
+    return app
+
+
+def _install_metrics(app: FastAPI, services: Services) -> None:
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            services.metrics.requests.labels(request.method, route, str(status)).inc()
+            services.metrics.request_seconds.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    """The JSON shape of every error."""
+    body: dict[str, Any] = {"error": code, "message": message}
+    if detail is not None:
+        body["detail"] = detail
+    return body
+
+
+def _install_errors(app: FastAPI, services: Services) -> None:
+    @app.exception_handler(MmragError)
+    async def mmrag_error(request: Request, exc: MmragError) -> JSONResponse:
+        services.metrics.errors.labels(exc.code).inc()
+        if exc.status_code >= 500:
+            log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
+        return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        services.metrics.errors.labels("invalid_input").inc()
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        fields = ", ".join(".".join(str(p) for p in d["loc"]) for d in detail[:5])
+        return JSONResponse(error_body("invalid_input", f"invalid request: {fields}", detail), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        services.metrics.errors.labels("internal_error").inc()
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal_error", "internal server error; see the server log"),
+                            status_code=500)

@@ -1,0 +1,160 @@
+"""Write routes: upload documents (through the same ingestion path as the CLI), delete them, list and drop collections.
+
+Uploaded files are kept under ``<data_dir>/uploads/<collection>/``, named by their upload name
+reduced to a safe base name; the doc id is that name, so uploading the same name again replaces
+the document (and an unchanged file is skipped, as with ``mmrag ingest``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from mmrag.apikeys import ApiKey
+from mmrag.errors import InvalidInputError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError
+from mmrag.http.auth import allow_collection, require, services_of
+from mmrag.http.routes.query import ERRORS
+from mmrag.http.schemas import COLLECTION_PATTERN, CollectionList, CollectionOut, DeleteResponse, UploadResponse
+from mmrag.http.services import Services
+from mmrag.indexing import Indexer
+from mmrag.loaders import SUPPORTED_SUFFIXES
+from mmrag.registry import check_collection_name
+
+router = APIRouter(tags=["documents"])
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f<>:\"|?*]")
+_CHUNK = 1024 * 1024
+
+
+@router.post("/v1/documents", response_model=UploadResponse, status_code=201,
+             responses={**ERRORS, 415: {"model": ERRORS[400]["model"]}})
+async def upload(request: Request, files: list[UploadFile] = File(..., description="One or more files."),
+                 collection: str | None = Form(None, pattern=COLLECTION_PATTERN),
+                 key: ApiKey | None = Depends(require("write"))) -> UploadResponse:
+    """Upload files and index them; the response is the ingestion summary."""
+    services = services_of(request)
+    name = allow_collection(key, check_collection_name(collection or services.settings.collection))
+    if len(files) > 100:
+        raise InvalidInputError("files: at most 100 files per request")
+    limit = int(services.settings.api.max_upload_mb * 1024 * 1024)
+    folder = upload_dir(services, name)
+    checked = [(f, safe_name(f.filename or "")) for f in files]
+    for _, filename in checked:
+        if Path(filename).suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise UnsupportedMediaTypeError(
+                f"{filename}: mmrag cannot ingest '{Path(filename).suffix or 'no suffix'}' files; supported: "
+                f"{', '.join(sorted(SUPPORTED_SUFFIXES))}")
+    if len({n for _, n in checked}) != len(checked):
+        raise InvalidInputError("files: two uploads reduce to the same file name")
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for upload_file, filename in checked:
+            staged.append((await _stage(upload_file, folder, filename, limit), folder / filename))
+        paths = []
+        for tmp, dest in staged:
+            os.replace(tmp, dest)
+            paths.append(dest)
+        staged = []
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    kb = await run_in_threadpool(services.kb, name, create=True)
+    summary = await run_in_threadpool(lambda: Indexer(kb).ingest(paths))
+    services.metrics.ingested.labels(name).inc(summary.indexed)
+    data = summary.to_dict()
+    return UploadResponse(collection=name, doc_ids=[p.name for p in paths], indexed=summary.indexed,
+                          unchanged=summary.unchanged, failed=data["failed"], skipped=data["skipped"])
+
+
+@router.delete("/v1/documents/{doc_id:path}", response_model=DeleteResponse, responses=ERRORS)
+def delete(doc_id: str, request: Request, collection: str | None = None,
+           key: ApiKey | None = Depends(require("write"))) -> DeleteResponse:
+    """Delete a document from every index (and its uploaded file, if it was uploaded)."""
+    services = services_of(request)
+    name = allow_collection(key, check_collection_name(collection or services.settings.collection))
+    kb = services.kb(name)
+    if Indexer(kb).delete([doc_id]) == 0:
+        raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
+    folder = upload_dir(services, name)
+    uploaded = folder / doc_id
+    if "/" not in doc_id and uploaded.is_file() and uploaded.parent == folder:
+        uploaded.unlink()
+    return DeleteResponse(collection=name, doc_id=doc_id, deleted=True)
+
+
+@router.get("/v1/collections", response_model=CollectionList, responses=ERRORS)
+def collections(request: Request, key: ApiKey | None = Depends(require("read"))) -> CollectionList:
+    """The collections this key may read, with their sizes."""
+    services = services_of(request)
+    out = []
+    for name in services.collections():
+        if key is None or key.sees(name):
+            out.append(CollectionOut(name=name, **services.collection_sizes(name)))
+    return CollectionList(collections=out)
+
+
+@router.delete("/v1/collections/{collection}", response_model=CollectionOut, responses=ERRORS)
+def drop_collection(collection: str, request: Request, key: ApiKey | None = Depends(require("admin"))) -> CollectionOut:
+    """Delete a whole collection (all three indexes, its manifest rows and uploaded files)."""
+    import shutil
+
+    services = services_of(request)
+    name = allow_collection(key, check_collection_name(collection))
+    if name not in services.collections():
+        raise NotFoundError(f"no collection {name!r}")
+    sizes = services.collection_sizes(name)
+    services.drop(name)
+    shutil.rmtree(upload_dir(services, name, create=False), ignore_errors=True)
+    return CollectionOut(name=name, **sizes)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def safe_name(filename: str) -> str:
+    """Reduce an upload's file name to a safe base name, or refuse it.
+
+    Whatever the client sends (``../../etc/passwd``, ``C:\\x\\y.pdf``, ``/abs/path``), only the last
+    path component survives, stripped of control and reserved characters.
+
+    Raises:
+        InvalidInputError: nothing usable is left.
+    """
+    base = PureWindowsPath(PurePosixPath(filename).name).name
+    base = unicodedata.normalize("NFC", _UNSAFE.sub("", base)).strip().lstrip(".")
+    if not base or base in {".", ".."} or len(base.encode()) > 200:
+        raise InvalidInputError(f"files: unusable file name {filename!r}; send a plain name such as report.pdf")
+    return base
+
+
+def upload_dir(services: Services, collection: str, *, create: bool = True) -> Path:
+    """``<data_dir>/uploads/<collection>``, resolved."""
+    folder = (Path(services.data_dir) / "uploads" / collection).resolve()
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+async def _stage(upload_file: UploadFile, folder: Path, filename: str, limit: int) -> Path:
+    dest = (folder / filename).resolve()
+    if dest.parent != folder:  # belt and braces: safe_name already made this impossible
+        raise InvalidInputError(f"files: {filename!r} would leave the upload folder")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while chunk := await upload_file.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"{filename}: over the upload limit of {limit / 1024 / 1024:.1f} MiB")
+                out.write(chunk)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if size == 0:
+        Path(tmp).unlink(missing_ok=True)
+        raise InvalidInputError(f"{filename}: the file is empty")
+    return Path(tmp)

@@ -1,0 +1,42 @@
+"""Liveness, readiness and Prometheus metrics (no key needed: they reveal no documents)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from mmrag.errors import MmragError
+from mmrag.http.auth import services_of
+from mmrag.http.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+def readyz(request: Request) -> JSONResponse:
+    """The models are loaded and the store answers; 503 (with the reason) otherwise."""
+    services = services_of(request)
+    if not services.ready.is_set():
+        return JSONResponse(Health(status="loading", detail="loading models").model_dump(), status_code=503)
+    if services.load_error:
+        return JSONResponse(Health(status="failed", detail=services.load_error).model_dump(), status_code=503)
+    try:
+        services.collections()
+        services.ping_store()
+    except MmragError as exc:
+        return JSONResponse(Health(status="unavailable", detail=f"{type(exc).__name__}: {exc}").model_dump(),
+                            status_code=503)
+    return JSONResponse(Health(status="ready").model_dump())
+
+
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+def metrics(request: Request) -> Response:
+    """Prometheus metrics: request, retrieval and LLM latency, tokens, errors, index sizes."""
+    return Response(services_of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

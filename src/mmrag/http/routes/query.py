@@ -1,0 +1,281 @@
+"""Read routes: search, grounded answers (JSON or SSE), OpenAI-compatible chat completions, image bytes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import time
+import uuid
+from typing import Any, Iterator
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from mmrag.answering import Answer, Citation
+from mmrag.apikeys import ApiKey
+from mmrag.errors import InvalidInputError, NotFoundError
+from mmrag.http.auth import allow_collection, require, services_of
+from mmrag.http.schemas import (
+    AnswerRequest,
+    AnswerResponse,
+    ChatChoice,
+    ChatChoiceMessage,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CitationOut,
+    ErrorBody,
+    HitOut,
+    ModelList,
+    ModelOut,
+    QueryFields,
+    SearchRequest,
+    SearchResponse,
+    UsageOut,
+)
+from mmrag.http.services import Services
+from mmrag.types import Hit, ImageAsset, Query
+
+router = APIRouter(tags=["query"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
+}
+
+
+@router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
+def search(body: SearchRequest, request: Request, key: ApiKey | None = Depends(require("read"))) -> SearchResponse:
+    """Search a collection by text, by image, or both."""
+    services = services_of(request)
+    collection = _collection(services, key, body.collection)
+    started = time.perf_counter()
+    hits = _search(services, collection, body, body.query)
+    return SearchResponse(collection=collection, retriever=body.retriever,
+                          hits=[_hit_out(collection, h) for h in hits],
+                          took_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+@router.post("/v1/answer", response_model=AnswerResponse, responses=ERRORS)
+def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(require("read"))) -> Any:
+    """A grounded answer with citations; with ``stream: true``, server-sent events.
+
+    Events: ``delta`` (``{"text": ...}``, the model's raw reply as it is generated), then one
+    ``answer`` (the checked answer, same shape as the JSON response), then ``done``. The grounding
+    check judges the whole reply, so a streamed reply can still end as an abstention: clients show
+    the ``answer`` event's text.
+    """
+    services = services_of(request)
+    collection = _collection(services, key, body.collection)
+    started = time.perf_counter()
+    hits = _search(services, collection, body, body.question)
+    answerer = services.answerer(collection, model=body.model, k=body.k, retriever=body.retriever,
+                                 max_tokens=body.max_tokens)
+    llm_started = time.perf_counter()
+    if not body.stream:
+        result = answerer.answer(body.question, hits)
+        _record(services, result, llm_started)
+        return _answer_out(result, collection, started)
+
+    deltas, holder = answerer.stream(body.question, hits)
+
+    def events() -> Iterator[str]:
+        for delta in deltas:
+            yield _sse("delta", {"text": delta})
+        if holder.answer is not None:
+            _record(services, holder.answer, llm_started)
+            yield _sse("answer", _answer_out(holder.answer, collection, started).model_dump())
+        yield _sse("done", {})
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+def chat_completions(body: ChatCompletionRequest, request: Request,
+                     key: ApiKey | None = Depends(require("read"))) -> Any:
+    """OpenAI-compatible chat: the last user message is answered from the knowledge base.
+
+    The assistant message is the grounded answer; ``citations`` (an extra top-level field, also on
+    the last streamed chunk) lists what it stands on, and ``mmrag`` carries the grounding verdict.
+    Send ``collection`` (and ``k``) with the OpenAI client's ``extra_body``.
+    """
+    services = services_of(request)
+    collection = _collection(services, key, body.collection)
+    question, image = _last_user_turn(body)
+    fields = QueryFields(collection=collection, k=body.k, retriever="hybrid", image=None)
+    hits = _search(services, collection, fields, question, image=image)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    answerer = services.answerer(collection, model=body.model, k=body.k, retriever="hybrid", max_tokens=max_tokens)
+    created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+    llm_started = time.perf_counter()
+    if not body.stream:
+        result = answerer.answer(question, hits, image=image)
+        _record(services, result, llm_started)
+        cites = [_citation_out(collection, c) for c in result.citations]
+        return ChatCompletionResponse(
+            id=cid, created=created, model=result.model,
+            choices=[ChatChoice(message=ChatChoiceMessage(content=result.text))],
+            usage={"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
+                   "total_tokens": result.usage.total_tokens},
+            citations=cites, mmrag=_verdict(result, collection))
+
+    deltas, holder = answerer.stream(question, hits, image=image)
+
+    def chunks() -> Iterator[str]:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        for delta in deltas:
+            if delta:
+                yield chunk({"content": delta})
+        result = holder.answer
+        if result is not None:
+            _record(services, result, llm_started)
+            if result.abstained and result.raw_text.strip():
+                # The model said something the grounding check rejected: say so in the message.
+                yield chunk({"content": f"\n\n[mmrag grounding check: {result.text}]"})
+            cites = [_citation_out(collection, c).model_dump() for c in result.citations]
+            usage = {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
+                     "total_tokens": result.usage.total_tokens}
+            yield chunk({}, "stop", citations=cites, mmrag=_verdict(result, collection), usage=usage)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/models", response_model=ModelList, responses=ERRORS)
+def models(request: Request, key: ApiKey | None = Depends(require("read"))) -> ModelList:
+    """Models a chat request may name ("mmrag" is the server's default)."""
+    return ModelList(data=[ModelOut(id=m) for m in ["mmrag", *services_of(request).allowed_models()]])
+
+
+@router.get("/v1/collections/{collection}/images/{record_id:path}", responses={
+    **ERRORS, 200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "The image's bytes."}})
+def image(collection: str, record_id: str, request: Request,
+          key: ApiKey | None = Depends(require("read"))) -> Response:
+    """The pixels of an image record (a standalone image, or one inside a PDF, DOCX, PPTX or HTML file)."""
+    from mmrag.images import hit_image, sniff_mime
+
+    services = services_of(request)
+    collection = _collection(services, key, collection)
+    kb = services.kb(collection)
+    found = kb.clip_store.get([record_id])
+    if not found:
+        raise NotFoundError(f"no record {record_id!r} in collection {collection!r}")
+    data = hit_image(found[0]).read_bytes()
+    return Response(data, media_type=sniff_mime(data), headers={"Cache-Control": "private, max-age=300"})
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def _collection(services: Services, key: ApiKey | None, name: str | None) -> str:
+    return allow_collection(key, name or services.settings.collection)
+
+
+def _search(services: Services, collection: str, fields: QueryFields, text: str | None, *,
+            image: ImageAsset | None = None) -> list[Hit]:
+    image = image or (_decode_image(fields.image, "image") if fields.image else None)
+    query = Query(text=text if text and text.strip() else None, image=image)
+    kwargs: dict[str, Any] = {"modality": fields.modality, "retriever": fields.retriever}
+    if fields.filters is not None:
+        from mmrag.retrieval import SearchFilter
+
+        f = fields.filters
+        kwargs["filters"] = SearchFilter(source_prefix=f.source_prefix, doc_type=f.doc_type, page=f.page,
+                                         metadata=dict(f.metadata))
+    if fields.dedupe:
+        kwargs["dedupe"] = True
+    searcher = services.searcher(collection)
+    started = time.perf_counter()
+    hits = searcher.search(query, fields.k, **kwargs)
+    services.metrics.retrieval_seconds.labels(fields.retriever).observe(time.perf_counter() - started)
+    return hits
+
+
+def _decode_image(value: str, field: str) -> ImageAsset:
+    from PIL import Image, UnidentifiedImageError
+
+    raw = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"{field}: not valid base64 (send base64 bytes or a data: URI)") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidInputError(f"{field}: not an image Pillow can read ({exc})") from exc
+    return ImageAsset(data=data)
+
+
+def _last_user_turn(body: ChatCompletionRequest) -> tuple[str, ImageAsset | None]:
+    for i, message in enumerate(reversed(body.messages)):
+        if message.role != "user":
+            continue
+        where = f"messages[{len(body.messages) - 1 - i}]"
+        if isinstance(message.content, str):
+            return _question(message.content, where), None
+        texts, image = [], None
+        for part in message.content or []:
+            if part.type == "text" and part.text:
+                texts.append(part.text)
+            elif part.type == "image_url" and image is None:
+                url = part.image_url.get("url") if isinstance(part.image_url, dict) else part.image_url
+                if not isinstance(url, str) or not url.startswith("data:"):
+                    raise InvalidInputError(f"{where}: image_url must be a data: URI (the server fetches no URLs)")
+                image = _decode_image(url, f"{where}.image_url")
+        if not texts and image is None:
+            raise InvalidInputError(f"{where}: the user message has no text or image")
+        return " ".join(texts).strip(), image
+    raise InvalidInputError("messages: no user message to answer")
+
+
+def _question(text: str, where: str) -> str:
+    if not text.strip():
+        raise InvalidInputError(f"{where}: the user message is empty")
+    return text
+
+
+def _image_uri(collection: str, hit: Hit) -> str | None:
+    if hit.modality != "image":
+        return None
+    return f"/v1/collections/{quote(collection, safe='')}/images/{quote(hit.id, safe='')}"
+
+
+def _hit_out(collection: str, hit: Hit) -> HitOut:
+    return HitOut(id=hit.id, doc_id=hit.doc_id, source=hit.source, modality=hit.modality, score=hit.score,
+                  page=hit.page, text=hit.text, image_uri=_image_uri(collection, hit), metadata=dict(hit.metadata))
+
+
+def _citation_out(collection: str, c: Citation) -> CitationOut:
+    uri = None
+    if c.modality == "image" and c.record_id:
+        uri = f"/v1/collections/{quote(collection, safe='')}/images/{quote(c.record_id, safe='')}"
+    return CitationOut(n=c.n, doc_id=c.doc_id, source=c.source, page=c.page, modality=c.modality,
+                       excerpt=c.excerpt, image_uri=uri, score=c.score)
+
+
+def _answer_out(result: Answer, collection: str, started: float) -> AnswerResponse:
+    u = result.usage
+    return AnswerResponse(
+        question=result.question, answer=result.text, abstained=result.abstained, guard=result.guard,
+        citations=[_citation_out(collection, c) for c in result.citations], model=result.model,
+        usage=UsageOut(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                       total_tokens=u.total_tokens, cost_usd=u.cost_usd),
+        collection=collection, took_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def _verdict(result: Answer, collection: str) -> dict[str, Any]:
+    return {"collection": collection, "abstained": result.abstained, "guard": result.guard,
+            "answer": result.text, "cost_usd": result.usage.cost_usd}
+
+
+def _record(services: Services, result: Answer, llm_started: float) -> None:
+    if not result.guard.startswith(("abstained:no_context", "abstained:low_score")):  # those made no LLM call
+        services.metrics.record_usage(result.model, result.usage, time.perf_counter() - llm_started)
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"

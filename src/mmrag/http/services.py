@@ -1,0 +1,224 @@
+"""What the HTTP routes share: models loaded once, knowledge bases per collection, chat models, keys.
+
+Loading CLIP and the text model takes seconds to minutes, so :meth:`Services.start` loads them in a
+background thread: the server accepts connections at once, ``/readyz`` says 503 until the models
+are in, and requests that need a model wait for them (up to ``api.ready_timeout``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from mmrag.apikeys import KeyStore
+from mmrag.answering import Answerer
+from mmrag.chunking import ChunkSpec
+from mmrag.config import Settings
+from mmrag.errors import InvalidInputError, ModelUnavailableError, MmragError, NotFoundError
+from mmrag.http.metrics import Metrics
+from mmrag.kb import KnowledgeBase
+from mmrag.keyword import META_FILE
+from mmrag.llms import ChatModel
+from mmrag.registry import ModelChoice, answer_stop, build_chat_model, check_collection_name, resolve_models
+from mmrag.retrieval import Searcher
+
+log = logging.getLogger("mmrag.http")
+
+
+class Services:
+    """State of one server process.
+
+    Args:
+        settings: the server's settings (read once, at the edge).
+        clip: an already-built CLIP embedder (tests); else built from the settings.
+        text: likewise for the text embedder.
+        chat_models: already-built chat models by name (tests); others are built on first use.
+    """
+
+    def __init__(self, settings: Settings, *, clip: Any = None, text: Any = None,
+                 chat_models: dict[str, ChatModel] | None = None) -> None:
+        self.settings = settings
+        self.models: ModelChoice = resolve_models(settings)
+        self.data_dir = Path(settings.data_dir)
+        self.keys = KeyStore(settings.api.keys_file or self.data_dir / "api_keys.json")
+        self.metrics = Metrics(self)
+        self._clip, self._text = clip, text
+        self._chat: dict[str, ChatModel] = dict(chat_models or {})
+        self._kbs: dict[str, KnowledgeBase] = {}
+        self._searchers: dict[str, tuple[tuple[int, int] | None, Searcher]] = {}
+        self._lock = threading.Lock()
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self._loader: threading.Thread | None = None
+        self._manifest_kb: KnowledgeBase | None = None
+
+    # -- start-up -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the embedders in the background (idempotent)."""
+        if self._loader is not None or self.ready.is_set():
+            return
+        if self._clip is not None and self._text is not None:
+            self.ready.set()
+            return
+        self._loader = threading.Thread(target=self._load, name="mmrag-model-loader", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        from mmrag.embedders.openclip import OpenClipEmbedder
+        from mmrag.embedders.sentence import SentenceTransformerEmbedder
+
+        try:
+            if self._clip is None:
+                self._clip = OpenClipEmbedder(self.models.clip)
+            if self._text is None:
+                self._text = SentenceTransformerEmbedder(self.models.text_model)
+            log.info("models loaded: %s", self.models.describe())
+        except MmragError as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model loading failed: %s", self.load_error)
+        finally:
+            self.ready.set()
+
+    def wait_ready(self) -> None:
+        """Block until the models are loaded.
+
+        Raises:
+            ModelUnavailableError: loading failed, or did not finish within ``api.ready_timeout``.
+        """
+        self.start()
+        if not self.ready.wait(self.settings.api.ready_timeout):
+            raise ModelUnavailableError("the models are still loading; retry shortly (see /readyz)")
+        if self.load_error:
+            raise ModelUnavailableError(f"the server could not load its models: {self.load_error}")
+
+    # -- knowledge bases ------------------------------------------------------------------------
+    def collections(self) -> list[str]:
+        """Collections that hold (or held) documents."""
+        return sorted(self._manifest().manifest.collections())
+
+    def kb(self, collection: str | None, *, create: bool = False) -> KnowledgeBase:
+        """The knowledge base ``collection`` (default: the server's), models attached.
+
+        Raises:
+            NotFoundError: the collection does not exist and ``create`` is False.
+        """
+        name = check_collection_name(collection or self.settings.collection)
+        if not create and name not in self.collections():
+            raise NotFoundError(f"no collection {name!r}; upload documents to it first (POST /v1/documents)")
+        self.wait_ready()
+        with self._lock:
+            kb = self._kbs.get(name)
+            if kb is None:
+                s = self.settings
+                kb = KnowledgeBase(self.data_dir, name, self.models, store_url=s.store.url,
+                                   chunk=ChunkSpec(s.chunk.size, s.chunk.overlap), clip=self._clip, text=self._text)
+                self._kbs[name] = kb
+            return kb
+
+    def collection_sizes(self, name: str) -> dict[str, int]:
+        """Documents (indexed) and records per index, read without loading any model."""
+        kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url)
+        counts = kb.manifest.counts(name)
+        return {"documents": counts.get("done", 0), "clip_records": kb.raw_store("clip").count(),
+                "text_records": kb.raw_store("text").count()}
+
+    def drop(self, name: str) -> None:
+        """Delete collection ``name`` everywhere."""
+        kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url)
+        with kb.write_lock():
+            kb.drop()
+        with self._lock:
+            self._kbs.pop(name, None)
+            self._searchers.pop(name, None)
+
+    def searcher(self, collection: str | None) -> Searcher:
+        """A searcher over ``collection`` that sees the latest BM25 index (another worker may rebuild it)."""
+        kb = self.kb(collection)
+        signature = _keyword_signature(kb)
+        with self._lock:
+            cached = self._searchers.get(kb.collection)
+            if cached is None or cached[0] != signature:
+                cached = (signature, Searcher(kb))
+                self._searchers[kb.collection] = cached
+            return cached[1]
+
+    def _manifest(self) -> KnowledgeBase:
+        # A knowledge base with no models attached is enough to read the manifest.
+        if self._manifest_kb is None:
+            self._manifest_kb = KnowledgeBase(self.data_dir, self.settings.collection, self.models,
+                                              store_url=self.settings.store.url)
+        return self._manifest_kb
+
+    # -- chat -----------------------------------------------------------------------------------
+    def allowed_models(self) -> list[str]:
+        """Models a request may name: the configured one, its fallbacks and ``api.models``."""
+        s = self.settings
+        return list(dict.fromkeys([s.llm.model, *s.api.models]))
+
+    def chat_model(self, name: str | None) -> ChatModel:
+        """The chat model ``name`` (default: the configured one).
+
+        Raises:
+            InvalidInputError: the server does not allow that model.
+        """
+        allowed = self.allowed_models()
+        if name in (None, "", "mmrag"):
+            name = allowed[0]
+        if name not in allowed and name not in self._chat:
+            raise InvalidInputError(f"model {name!r} is not served here; allowed: {', '.join(allowed)} "
+                                    "(or 'mmrag' for the default)")
+        with self._lock:
+            model = self._chat.get(name)  # type: ignore[arg-type]
+            if model is None:
+                model = build_chat_model(self.settings, name)
+                self._chat[name] = model  # type: ignore[index]
+            return model
+
+    def answerer(self, collection: str | None, *, model: str | None, k: int, retriever: str,
+                 max_tokens: int | None) -> Answerer:
+        """An :class:`Answerer` over ``collection`` with ``model``."""
+        chat = self.chat_model(model)
+        opts: dict[str, Any] = {"k": k, "retriever": retriever, "stop": answer_stop(chat.name)}
+        if max_tokens:
+            opts["max_tokens"] = max_tokens
+        return Answerer(chat, self.searcher(collection), **opts)
+
+    def ping_store(self) -> None:
+        """Raise :class:`~mmrag.errors.StoreError` if the vector store does not answer."""
+        from mmrag.stores.chroma import ping
+
+        ping(self._manifest().client)
+
+    def index_sizes(self) -> dict[str, dict[str, int]]:
+        """Record counts of the collections this process has opened (for /metrics)."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            kbs = dict(self._kbs)
+            searchers = {name: s for name, (_, s) in self._searchers.items()}
+        for name, kb in kbs.items():
+            try:
+                sizes = {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count()}
+            except MmragError:  # a scrape must not fail because one store is down
+                continue
+            keyword = getattr(searchers.get(name), "_keyword", None)
+            if keyword is not None:  # only when already loaded: loading BM25 per scrape would be costly
+                sizes["bm25"] = len(keyword)
+            out[name] = sizes
+        return out
+
+    def close(self) -> None:
+        """Release what the process holds open."""
+        self._kbs.clear()
+        self._searchers.clear()
+
+
+def _keyword_signature(kb: KnowledgeBase) -> tuple[int, int] | None:
+    # The index is saved into a fresh folder that is renamed into place, so its rows file's inode
+    # changes on every rebuild.
+    try:
+        st = (kb.keyword_dir / META_FILE).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
