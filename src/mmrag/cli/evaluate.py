@@ -160,3 +160,61 @@ def eval_compare(base: Path, new: Path, tolerance: float, fail_on_regression: bo
             click.echo(f"queries only in base: {len(result.only_base)}; only in new: {len(result.only_new)}")
     if fail_on_regression and result.regressed:
         raise SystemExit(EXIT_REGRESSED)
+
+
+@eval_group.command(name="hallucination")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Score at or above which an answer is hallucinated. [default: 0.5, see mmrag.verification]")
+@click.option("--folds", type=click.IntRange(2, 100), default=5, show_default=True,
+              help="Cross-validation folds for the threshold (files with labels only).")
+@click.option("--lexical", is_flag=True, help="Lexical checks only: no text model (fast, a little less accurate).")
+@click.option("--profile", type=click.Choice(["default", "offline"]), envvar="MMRAG_PROFILE", default=None,
+              help="Model profile: default (all-MiniLM-L6-v2, downloaded once) or offline (bundled, no network). "
+                   "[env MMRAG_PROFILE]")
+@click.option("--text-model", envvar="MMRAG_TEXT__MODEL", default=None,
+              help="sentence-transformers model name or local folder.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (with a verdict per answer).")
+@errors_to_click
+def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical: bool, as_json: bool,
+                       **opts: Any) -> None:
+    """Detect hallucinated answers in FILE.jsonl, offline (no LLM).
+
+    Each line: {"context": str or [str], "answer": str, "question"?: str, "label"?: 0|1, "id"?: str}.
+    With labels, prints balanced accuracy, F1 and the confusion matrix at the threshold, and with
+    the threshold chosen by k-fold cross-validation (pooled out-of-fold predictions, seed 0).
+    """
+    import time
+
+    from mmrag.verification import DEFAULT_THRESHOLD, HallucinationDetector, evaluate_detector, load_answers
+
+    answers = load_answers(file)
+    embedder, model = None, "none (lexical only)"
+    if not lexical:
+        from mmrag.embedders.sentence import SentenceTransformerEmbedder
+        from mmrag.registry import resolve_models
+
+        model = resolve_models(settings_from(opts)).text_model
+        embedder = SentenceTransformerEmbedder(model)
+    detector = HallucinationDetector(embedder, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    start = time.perf_counter()
+    report = evaluate_detector(detector, answers, folds=folds)
+    report.update(file=str(file), text_model=model, seconds=round(time.perf_counter() - start, 2))
+    if as_json:
+        emit(report)
+        return
+    click.echo(f"{report['answers']} answers in {file}; text model {model}; {report['seconds']:.1f} s")
+    click.echo(f"flagged as hallucinated at threshold {detector.threshold:.2f}: {report['flagged']} "
+               f"({report['flagged'] / report['answers']:.1%}); mean score {report['mean_score']:.3f}")
+    if not report["labelled"]:
+        return
+    cv = report["cv"]
+    click.echo(f"{report['labelled']} labelled answers, {report['positives']} hallucinated")
+    click.echo(f"{'':28}{'bal. acc':>9}{'F1':>7}{'tn':>6}{'fp':>6}{'fn':>6}{'tp':>6}")
+    rows = [(f"threshold {detector.threshold:.2f}", report["default"]),
+            (f"{folds}-fold CV threshold", {**cv, **cv["confusion"]})]
+    for name, m in rows:
+        click.echo(f"{name:<28}{m['balanced_accuracy']:>9.3f}{m['f1']:>7.3f}"
+                   f"{m['tn']:>6}{m['fp']:>6}{m['fn']:>6}{m['tp']:>6}")
+    click.echo("CV thresholds per fold: " + ", ".join(f"{t:.3f}" for t in cv["thresholds"])
+               + "; balanced accuracy per fold: " + ", ".join(f"{b:.3f}" for b in cv["fold_balanced_accuracy"]))
