@@ -22,7 +22,23 @@ from mmrag.errors import (
     StoreError,
     UpstreamError,
 )
-from mmrag.evaluation import EvalQuery, evaluate_retrieval, load_dataset, ndcg_at, precision_at
+from mmrag.evaluation import (
+    EvalConfig,
+    EvalQuery,
+    EvalRun,
+    JudgeConfig,
+    check_gates,
+    compare_runs,
+    evaluate_dataset,
+    evaluate_retrieval,
+    load_dataset,
+    load_report,
+    ndcg_at,
+    parse_gates,
+    precision_at,
+    run_evaluation,
+    write_reports,
+)
 from mmrag.indexing import Indexer, IngestSummary
 from mmrag.kb import KnowledgeBase
 from mmrag.logs import configure_logging
@@ -31,6 +47,8 @@ from mmrag.retrieval import Searcher, rrf
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
 
 __all__ = [
+    "EvalConfig", "EvalRun", "JudgeConfig", "check_gates", "compare_runs", "evaluate_dataset", "load_report",
+    "parse_gates", "run_evaluation", "write_reports",
     "Chunk", "ChunkSpec", "ChromaStore", "ClipSpec", "OpenClipEmbedder", "SentenceTransformerEmbedder", "open_client", "ConfigError", "Document", "EmbedderMismatchError", "EvalQuery", "Hit", "ImageAsset",
     "Indexer", "IngestSummary", "InvalidInputError", "KnowledgeBase", "LoadError", "MissingDependencyError",
     "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "Query", "Record", "Searcher",

@@ -23,3 +23,9 @@ def test_notebook_runs(notebook: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             code = "".join(cell["source"])
             exec(compile(code, f"{notebook.name}[cell {n}]", "exec"), namespace)  # noqa: S102
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_both_walkthroughs_are_executed() -> None:
+    """The quickstart and the evaluation walkthrough are both run by test_notebook_runs (in CI too)."""
+    names = {p.name for p in (REPO / "notebooks").glob("*.ipynb")}
+    assert {"quickstart.ipynb", "evaluation.ipynb"} <= names
