@@ -61,8 +61,8 @@ EXIT_REGRESSED = 4
               help="Answer (and judge) a random sample of N queries; retrieval is scored for all.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --sample.")
 @click.option("--judge", envvar="MMRAG_JUDGE", default=None,
-              help="LiteLLM model that judges (ragas LLM metrics; its faithfulness decides the hallucination "
-                   "rate). Without it nothing is sent to a remote model. [env MMRAG_JUDGE]")
+              help="LiteLLM model that judges (ragas LLM metrics; its faithfulness then decides the "
+                   "hallucination rate). Unset: no judge, no LLM metric. [env MMRAG_JUDGE]")
 @click.option("--judge-api-base", envvar="MMRAG_JUDGE_API_BASE", default=None,
               help="OpenAI-compatible base URL for the judge. [env MMRAG_JUDGE_API_BASE]")
 @click.option("--judge-timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
