@@ -19,7 +19,7 @@ DEFAULT_ANSWER_MODEL = "mmrag-local/smollm2-135m"
 def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), *,
                      answer_model: str = DEFAULT_ANSWER_MODEL, answer_timeout: float = 60.0,
                      answer_retries: int = 2, judge: JudgeConfig | None = None, detector: Any = "offline",
-                     progress: Progress | None = None) -> EvalRun:
+                     searcher: Any = None, progress: Progress | None = None) -> EvalRun:
     """Evaluate ``dataset`` against the knowledge base ``kb``.
 
     Args:
@@ -34,6 +34,8 @@ def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), 
         detector: ``"offline"`` for mmrag's hallucination detector on the collection's text model,
             an object with ``verify(context, answer, question)``, or None. Ignored with a judge,
             whose faithfulness then decides the hallucination rate.
+        searcher: a configured :class:`~mmrag.retrieval.Searcher` over ``kb`` (fusion weights...);
+            None builds one with the defaults.
         progress: called with (stage, done, total).
 
     Raises:
@@ -43,7 +45,7 @@ def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), 
     from mmrag.retrieval import Searcher
 
     queries = load_dataset(Path(dataset))
-    searcher = Searcher(kb)
+    searcher = searcher if searcher is not None else Searcher(kb)
     answerer = None
     if config.answer:
         from mmrag.answering import Answerer
