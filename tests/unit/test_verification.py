@@ -102,8 +102,8 @@ def test_verify_many_embeds_each_distinct_text_once() -> None:
     items = [(CONTEXT, "The tower is 330 metres tall.", None)] * 3
     verdicts = detector.verify_many(items)
     assert len(embedder.calls) == 1
-    # 3 context sentences + 2 windows + 1 answer sentence, however many items share them.
-    assert embedder.calls[0] == 6
+    # 3 context sentences + 1 answer sentence, however many items share them.
+    assert embedder.calls[0] == 4
     assert verdicts[0] == verdicts[2] == detector.verify(*items[0])
 
 
