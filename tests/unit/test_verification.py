@@ -58,6 +58,11 @@ def test_number_absent_from_context_is_flagged(detector: HallucinationDetector) 
     assert verdict.hallucinated
 
 
+def test_one_wrong_number_is_enough(detector: HallucinationDetector) -> None:
+    verdict = detector.verify("The tower is 330 metres tall.", "The tower is 450 metres tall.")
+    assert verdict.hallucinated and not verdict.sentences[0].supported
+
+
 def test_invented_names_are_flagged() -> None:
     verdict = HallucinationDetector(None).verify(CONTEXT, "It was designed by Gustave Eiffel and Maurice Koechlin.")
     assert verdict.hallucinated
