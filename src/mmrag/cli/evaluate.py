@@ -211,10 +211,14 @@ def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical:
     cv = report["cv"]
     click.echo(f"{report['labelled']} labelled answers, {report['positives']} hallucinated")
     click.echo(f"{'':28}{'bal. acc':>9}{'F1':>7}{'tn':>6}{'fp':>6}{'fn':>6}{'tp':>6}")
-    rows = [(f"threshold {detector.threshold:.2f}", report["default"]),
-            (f"{folds}-fold CV threshold", {**cv, **cv["confusion"]})]
+    rows = [(f"threshold {detector.threshold:.2f}", report["default"])]
+    if cv:
+        rows.append((f"{folds}-fold CV threshold", {**cv, **cv["confusion"]}))
     for name, m in rows:
         click.echo(f"{name:<28}{m['balanced_accuracy']:>9.3f}{m['f1']:>7.3f}"
                    f"{m['tn']:>6}{m['fp']:>6}{m['fn']:>6}{m['tp']:>6}")
-    click.echo("CV thresholds per fold: " + ", ".join(f"{t:.3f}" for t in cv["thresholds"])
-               + "; balanced accuracy per fold: " + ", ".join(f"{b:.3f}" for b in cv["fold_balanced_accuracy"]))
+    if cv:
+        click.echo("CV thresholds per fold: " + ", ".join(f"{t:.3f}" for t in cv["thresholds"])
+                   + "; balanced accuracy per fold: " + ", ".join(f"{b:.3f}" for b in cv["fold_balanced_accuracy"]))
+    else:
+        click.echo(f"no cross-validation: {report['cv_skipped']}")
