@@ -507,6 +507,10 @@ def evaluate_detector(detector: HallucinationDetector, answers: Sequence[Labelle
         y = [label for _, label in labelled]
         report["positives"] = sum(y)
         report["default"] = confusion(y, [v.hallucinated for v, _ in labelled])
-        report["cv"] = cross_validate_threshold([v.score for v, _ in labelled], y, folds=folds, seed=seed).to_dict()
-        report["cv"].update(folds=folds, seed=seed, pooled="out-of-fold predictions of all folds, pooled")
+        try:
+            cv = cross_validate_threshold([v.score for v, _ in labelled], y, folds=folds, seed=seed).to_dict()
+        except InvalidInputError as exc:  # too few labels of one kind: report the fixed threshold only
+            report["cv"], report["cv_skipped"] = None, str(exc)
+        else:
+            report["cv"] = {**cv, "folds": folds, "seed": seed, "pooled": "out-of-fold predictions of all folds, pooled"}
     return report

@@ -189,6 +189,16 @@ def test_cli_reports_cv_and_default_threshold(tmp_path: Path) -> None:
     assert text.exit_code == 0 and "3-fold CV threshold" in text.output and "bal. acc" in text.output
 
 
+def test_cli_without_enough_labels_skips_cv(tmp_path: Path) -> None:
+    from mmrag.cli import main
+
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join(json.dumps(json.loads(line)) + "\n" for line in _labelled_file(tmp_path).read_text().splitlines()[:4]))
+    result = CliRunner().invoke(main, ["eval", "hallucination", str(path), "--lexical"])
+    assert result.exit_code == 0, result.output
+    assert "no cross-validation" in result.output and "threshold 0.50" in result.output
+
+
 def test_cli_error_names_line(tmp_path: Path) -> None:
     from mmrag.cli import main
 
