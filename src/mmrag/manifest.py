@@ -11,6 +11,7 @@ produces exactly what an uninterrupted run would.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,22 +58,45 @@ class DocState:
 
 
 class Manifest:
-    """Per-collection document states in ``DATA_DIR/manifest.sqlite3``."""
+    """Per-collection document states in ``DATA_DIR/manifest.sqlite3``.
+
+    Each thread gets its own connection (a sqlite3 connection may not be shared across threads,
+    and the HTTP server answers from a thread pool); WAL mode lets them read while one writes.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"Cannot open the manifest {path}: {exc}") from exc
-        self.path = path
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise StoreError(f"Cannot open the manifest {self.path}: {exc}") from exc
+            self._local.db = db
+            with self._guard:
+                self._all.append(db)
+        return db
 
     def close(self) -> None:
-        """Close the database."""
-        self._db.close()
+        """Close every thread's connection."""
+        with self._guard:
+            for db in self._all:
+                db.close()
+            self._all.clear()
+        self._local = threading.local()
 
     def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
         try:
@@ -147,6 +171,10 @@ class Manifest:
             self._write("DELETE FROM flags WHERE collection=? AND name=?", [(collection, name)])
         else:
             self._write("INSERT OR REPLACE INTO flags VALUES (?,?,?)", [(collection, name, value)])
+
+    def has_collection(self, collection: str) -> bool:
+        """Whether any document of ``collection`` is recorded (an index lookup, unlike :meth:`collections`)."""
+        return self._db.execute("SELECT 1 FROM documents WHERE collection=? LIMIT 1", (collection,)).fetchone() is not None
 
     def collections(self) -> list[str]:
         """Names of collections the manifest knows."""

@@ -60,6 +60,7 @@ class Services:
         if self._loader is not None or self.ready.is_set():
             return
         if self._clip is not None and self._text is not None:
+            self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             self.ready.set()
             return
         self._loader = threading.Thread(target=self._load, name="mmrag-model-loader", daemon=True)
@@ -74,6 +75,7 @@ class Services:
                 self._clip = OpenClipEmbedder(self.models.clip)
             if self._text is None:
                 self._text = SentenceTransformerEmbedder(self.models.text_model)
+            self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             log.info("models loaded: %s", self.models.describe())
         except MmragError as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -105,7 +107,7 @@ class Services:
             NotFoundError: the collection does not exist and ``create`` is False.
         """
         name = check_collection_name(collection or self.settings.collection)
-        if not create and name not in self.collections():
+        if not create and not self._manifest().manifest.has_collection(name):
             raise NotFoundError(f"no collection {name!r}; upload documents to it first (POST /v1/documents)")
         self.wait_ready()
         with self._lock:
@@ -212,6 +214,30 @@ class Services:
         """Release what the process holds open."""
         self._kbs.clear()
         self._searchers.clear()
+
+
+class _Serialized:
+    """An embedder whose forward passes run one at a time.
+
+    Requests arrive on a thread pool; torch already spreads one forward pass over every core, so
+    concurrent passes only fight over them (20 clients on 2 cores made each pass ~20x slower and
+    the tail latency unbounded). Queuing keeps each pass fast and the order fair.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed_texts(self, texts: Any) -> Any:
+        with self._lock:
+            return self._inner.embed_texts(texts)
+
+    def embed_images(self, images: Any) -> Any:
+        with self._lock:
+            return self._inner.embed_images(images)
 
 
 def _keyword_signature(kb: KnowledgeBase) -> tuple[int, int] | None:

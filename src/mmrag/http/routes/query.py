@@ -42,6 +42,9 @@ router = APIRouter(tags=["query"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 502, 503, 504)
 }
+#: With ``stream: true`` the answer routes reply with server-sent events instead of JSON.
+STREAMING = {**ERRORS, 200: {"content": {"text/event-stream": {"schema": {}}},
+                             "description": "JSON, or server-sent events when `stream` is true."}}
 
 
 @router.post("/v1/search", response_model=SearchResponse, responses=ERRORS)
@@ -56,7 +59,7 @@ def search(body: SearchRequest, request: Request, key: ApiKey | None = Depends(r
                           took_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-@router.post("/v1/answer", response_model=AnswerResponse, responses=ERRORS)
+@router.post("/v1/answer", response_model=AnswerResponse, responses=STREAMING)
 def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(require("read"))) -> Any:
     """A grounded answer with citations; with ``stream: true``, server-sent events.
 
@@ -90,7 +93,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMING)
 def chat_completions(body: ChatCompletionRequest, request: Request,
                      key: ApiKey | None = Depends(require("read"))) -> Any:
     """OpenAI-compatible chat: the last user message is answered from the knowledge base.
