@@ -21,6 +21,10 @@ own. How an answer is built:
    from words of the context (nor a model obeying an injected instruction using the injected words). If the reply is supported but cites nothing, or
    cites blocks that do not support it, the best-supporting block is cited instead, and
    :attr:`Answer.guard` says so.
+5. **Verification** (optional, ``verifier=``): the offline hallucination detector
+   (:mod:`mmrag.verification`) judges each sentence of a supported answer against the context;
+   unsupported sentences are marked (``verify_mode="mark"``) or dropped (``"drop"``; an answer
+   with nothing left abstains). The verdict is on :attr:`Answer.verification`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from mmrag.types import Hit, Query
 
 if TYPE_CHECKING:  # retrieval pulls in the knowledge base and its stores; only the type is needed
     from mmrag.retrieval import Searcher
+    from mmrag.verification import HallucinationDetector
 
 ABSTAIN_TEXT = "I don't know: the knowledge base does not contain the answer."
 
@@ -99,6 +104,8 @@ class Answer:
     usage: Usage = field(default_factory=Usage)
     raw_text: str = ""
     blocks: tuple[ContextBlock, ...] = ()
+    #: The detector's verdict when the answer was verified: score, hallucinated, unsupported sentences.
+    verification: dict[str, Any] | None = None
 
 
 class Answerer:
@@ -118,6 +125,8 @@ class Answerer:
         max_tokens: cap on the reply's length.
         stop: stop strings passed to the model. ``["\n"]`` suits SmolLM2-135M, whose first line is
             its answer and whose later lines ramble (the guard would reject the whole reply for them).
+        verifier: a :class:`~mmrag.verification.HallucinationDetector` run on every supported answer.
+        verify_mode: ``mark`` unsupported sentences, or ``drop`` them.
 
     Example:
         >>> answerer = Answerer(LiteLLMChatModel("mmrag-local/smollm2-135m"), Searcher(kb))  # doctest: +SKIP
@@ -128,9 +137,13 @@ class Answerer:
     def __init__(self, model: ChatModel, searcher: Searcher | None = None, *, k: int = 5,
                  retriever: str = "hybrid", budget_chars: int = 6000, max_block_chars: int = 1200,
                  min_score: float | None = None, min_support: float = 0.5, max_tokens: int = 256,
-                 stop: Sequence[str] | None = None) -> None:
+                 stop: Sequence[str] | None = None, verifier: HallucinationDetector | None = None,
+                 verify_mode: str = "mark") -> None:
         if budget_chars < 100 or max_block_chars < 50:
             raise InvalidInputError("budget_chars must be >= 100 and max_block_chars >= 50")
+        if verify_mode not in ("mark", "drop"):
+            raise InvalidInputError(f"verify_mode must be mark or drop, got {verify_mode!r}")
+        self.verifier, self.verify_mode = verifier, verify_mode
         self.model = model
         self.searcher = searcher
         self.k, self.retriever = k, retriever
@@ -214,7 +227,34 @@ class Answerer:
 
     def finish(self, question: str, blocks: Sequence[ContextBlock], raw: str, model: str,
                usage: Usage) -> Answer:
-        """Parse citations from a raw reply and apply the grounding guard."""
+        """Parse citations from a raw reply, apply the grounding guard, then the verifier if any."""
+        answer = self._guard(question, blocks, raw, model, usage)
+        if self.verifier is None or answer.abstained:
+            return answer
+        return self._verify(answer, blocks)
+
+    def _verify(self, answer: Answer, blocks: Sequence[ContextBlock]) -> Answer:
+        from dataclasses import replace as _replace
+
+        from mmrag.verification import mark_unsupported
+
+        # [n] markers are not claims: blank them (same length, so sentence offsets still fit).
+        plain = _MARKER.sub(lambda m: " " * len(m.group(0)), answer.text)
+        verdict = self.verifier.verify([b.content for b in blocks], plain, answer.question)  # type: ignore[union-attr]
+        info = {"score": round(verdict.score, 4), "hallucinated": verdict.hallucinated, "mode": self.verify_mode,
+                "unsupported": [{"text": answer.text[u.start:u.end], "start": u.start, "end": u.end,
+                                 "reasons": list(u.reasons)} for u in verdict.unsupported]}
+        if not verdict.unsupported:
+            return _replace(answer, verification=info)
+        marked = _AlignedVerdict(verdict, answer.text)
+        text = mark_unsupported(answer.text, marked, mode=self.verify_mode).strip()
+        if not _content_words(_MARKER.sub(" ", text)):
+            return Answer(answer.question, ABSTAIN_TEXT, (), True, "abstained:unverified", answer.model, answer.usage,
+                          answer.raw_text, answer.blocks, info)
+        return _replace(answer, text=text, verification=info)
+
+    def _guard(self, question: str, blocks: Sequence[ContextBlock], raw: str, model: str,
+               usage: Usage) -> Answer:
         by_n = {b.n: b for b in blocks}
 
         def result(text: str, cited: Sequence[ContextBlock], guard: str) -> Answer:
@@ -253,6 +293,15 @@ class Answerer:
             return Answer(question, ABSTAIN_TEXT, (), True, "abstained:low_score", self.model.name,
                           blocks=tuple(blocks))
         return None
+
+
+class _AlignedVerdict:
+    """A verdict on the marker-blanked text, re-pointed at the text with its markers."""
+
+    def __init__(self, verdict: Any, text: str) -> None:
+        from dataclasses import replace as _replace
+
+        self.unsupported = tuple(_replace(u, text=text[u.start:u.end]) for u in verdict.unsupported)
 
 
 class AnswerHolder:

@@ -22,8 +22,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
-def _ask(data_dir: str, question: str) -> dict:  # type: ignore[type-arg]
-    result = CliRunner().invoke(main, ["ask", question, "--profile", "offline", "--data-dir", data_dir, "--json"],
+def _ask(data_dir: str, question: str, *extra: str) -> dict:  # type: ignore[type-arg]
+    result = CliRunner().invoke(main, ["ask", question, "--profile", "offline", "--data-dir", data_dir, "--json", *extra],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
@@ -39,3 +39,11 @@ def test_answerable_question_cites_the_right_document(data_dir: str) -> None:
 def test_unanswerable_question_says_it_does_not_know(data_dir: str) -> None:
     answer = _ask(data_dir, "Who won the 1998 football world cup?")
     assert answer["abstained"] and "don't know" in answer["text"]
+
+
+def test_verify_runs_the_detector_on_the_answer(data_dir: str) -> None:
+    answer = _ask(data_dir, "When does the building close on weekdays?", "--verify")
+    assert not answer["abstained"] and "18" in answer["text"]
+    verdict = answer["verification"]
+    assert verdict is not None and verdict["mode"] == "mark" and 0.0 <= verdict["score"] <= 1.0
+    assert all(u["text"] in answer["text"] for u in verdict["unsupported"])

@@ -259,3 +259,15 @@ def test_sample_corpus_pdf_upload_indexes_its_images(api: Api) -> None:
     assert hits and all(h["modality"] == "image" and h["page"] for h in hits)
     pixels = api.client.get(hits[0]["image_uri"], headers=api.auth("reader"))
     assert pixels.status_code == 200 and pixels.headers["content-type"].startswith("image/")
+
+
+def test_answer_with_verify_marks_unsupported_sentences(api: Api) -> None:
+    a = _seed(api)
+    reply = "The Skerry lighthouse was built in 1858 and its keeper lit the lamp at dusk [1]. Admiral Nelson painted it red."
+    api.echo.enqueue(reply)
+    r = api.client.post("/v1/answer", headers=api.auth("reader"), json={
+        "question": "When was the lighthouse built?", "collection": a, "retriever": "bm25", "verify": "mark"})
+    body = r.json()
+    assert r.status_code == 200 and not body["abstained"], body
+    assert body["answer"].endswith("Admiral Nelson painted it red. [unsupported]")
+    assert body["verification"]["unsupported"][0]["text"] == "Admiral Nelson painted it red."

@@ -207,3 +207,34 @@ def test_no_litellm_pth_file_in_site_packages() -> None:
 
     dirs = [Path(p) for p in site.getsitepackages()]
     assert not [p for d in dirs if d.is_dir() for p in d.glob("*litellm*.pth")]
+
+
+VERIFY_REPLY = "The Eiffel Tower in Paris is 330 metres tall and was completed in 1889 [1]. Napoleon Bonaparte ordered golden paint."
+
+
+@pytest.mark.parametrize("mode", ["mark", "drop"])
+def test_verifier_marks_or_drops_unsupported_sentences(mode: str) -> None:
+    from mmrag.verification import HallucinationDetector
+
+    model = EchoChatModel()
+    model.enqueue(VERIFY_REPLY)
+    answer = Answerer(model, verifier=HallucinationDetector(None), verify_mode=mode).answer(
+        "How tall is the Eiffel Tower?", [EIFFEL, RIVER])
+    assert not answer.abstained and answer.citations[0].doc_id == "eiffel.txt"
+    assert answer.verification is not None and answer.verification["hallucinated"] is True
+    assert [u["text"] for u in answer.verification["unsupported"]] == ["Napoleon Bonaparte ordered golden paint."]
+    if mode == "mark":
+        assert answer.text == VERIFY_REPLY + " [unsupported]"
+    else:
+        assert answer.text == "The Eiffel Tower in Paris is 330 metres tall and was completed in 1889 [1]."
+
+
+def test_verifier_leaves_a_supported_answer_alone_and_checks_its_mode() -> None:
+    from mmrag.verification import HallucinationDetector
+
+    model = EchoChatModel()
+    model.enqueue("It is 330 metres tall [1].")
+    answer = Answerer(model, verifier=HallucinationDetector(None)).answer("How tall is the Eiffel Tower?", [EIFFEL])
+    assert answer.text == "It is 330 metres tall [1]." and answer.verification["unsupported"] == []  # type: ignore[index]
+    with pytest.raises(InvalidInputError):
+        Answerer(model, verify_mode="burn")

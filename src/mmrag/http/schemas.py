@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Retriever = Literal["clip", "text", "bm25", "hybrid"]
 Modality = Literal["text", "image", "all"]
+Verify = Literal["off", "mark", "drop"]
 MetaValue = str | int | float | bool
 #: Collection names, as registry.check_collection_name accepts them.
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$"
@@ -84,6 +85,7 @@ class AnswerRequest(QueryFields):
     model: str | None = Field(None, max_length=200, description="A LiteLLM model the server allows; default its own.")
     stream: bool = Field(False, description="Server-sent events: `delta` events, then one `answer` event.")
     max_tokens: int | None = Field(None, ge=1, le=4096)
+    verify: Verify = Field("off", description="Run the offline hallucination detector: mark or drop unsupported sentences.")
 
 
 class CitationOut(BaseModel):
@@ -116,6 +118,7 @@ class AnswerResponse(BaseModel):
     abstained: bool = Field(description="True when the context did not hold the answer (the text says so).")
     guard: str = Field(description="supported | citation_added | citation_replaced | abstained:<why>")
     citations: list[CitationOut]
+    verification: dict[str, Any] | None = Field(None, description="The detector's verdict when `verify` was on.")
     model: str
     usage: UsageOut
     collection: str
@@ -158,6 +161,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
     k: int = Field(5, ge=1, le=50)
+    verify: Verify = "off"
 
 
 class ChatChoiceMessage(BaseModel):

@@ -179,10 +179,14 @@ class Services:
             return model
 
     def answerer(self, collection: str | None, *, model: str | None, k: int, retriever: str,
-                 max_tokens: int | None) -> Answerer:
-        """An :class:`Answerer` over ``collection`` with ``model``."""
+                 max_tokens: int | None, verify: str = "off") -> Answerer:
+        """An :class:`Answerer` over ``collection`` with ``model`` (and the detector unless ``verify`` is off)."""
         chat = self.chat_model(model)
         opts: dict[str, Any] = {"k": k, "retriever": retriever, "stop": answer_stop(chat.name)}
+        if verify != "off":
+            from mmrag.verification import HallucinationDetector
+
+            opts["verifier"], opts["verify_mode"] = HallucinationDetector(self._text), verify
         if max_tokens:
             opts["max_tokens"] = max_tokens
         return Answerer(chat, self.searcher(collection), **opts)

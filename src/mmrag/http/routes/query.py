@@ -73,7 +73,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
     started = time.perf_counter()
     hits = _search(services, collection, body, body.question)
     answerer = services.answerer(collection, model=body.model, k=body.k, retriever=body.retriever,
-                                 max_tokens=body.max_tokens)
+                                 max_tokens=body.max_tokens, verify=body.verify)
     llm_started = time.perf_counter()
     if not body.stream:
         result = answerer.answer(body.question, hits)
@@ -108,7 +108,8 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     fields = QueryFields(collection=collection, k=body.k, retriever="hybrid", image=None)
     hits = _search(services, collection, fields, question, image=image)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    answerer = services.answerer(collection, model=body.model, k=body.k, retriever="hybrid", max_tokens=max_tokens)
+    answerer = services.answerer(collection, model=body.model, k=body.k, retriever="hybrid", max_tokens=max_tokens,
+                                 verify=body.verify)
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     llm_started = time.perf_counter()
     if not body.stream:
@@ -140,6 +141,9 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
             if result.abstained and result.raw_text.strip():
                 # The model said something the grounding check rejected: say so in the message.
                 yield chunk({"content": f"\n\n[mmrag grounding check: {result.text}]"})
+            elif result.verification and result.verification["unsupported"]:
+                flagged = "; ".join(u["text"] for u in result.verification["unsupported"])
+                yield chunk({"content": f"\n\n[mmrag verification: not supported by the sources: {flagged}]"})
             cites = [_citation_out(collection, c).model_dump() for c in result.citations]
             usage = {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
                      "total_tokens": result.usage.total_tokens}
@@ -265,6 +269,7 @@ def _answer_out(result: Answer, collection: str, started: float) -> AnswerRespon
     return AnswerResponse(
         question=result.question, answer=result.text, abstained=result.abstained, guard=result.guard,
         citations=[_citation_out(collection, c) for c in result.citations], model=result.model,
+        verification=result.verification,
         usage=UsageOut(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                        total_tokens=u.total_tokens, cost_usd=u.cost_usd),
         collection=collection, took_ms=round((time.perf_counter() - started) * 1000, 2))
@@ -272,7 +277,7 @@ def _answer_out(result: Answer, collection: str, started: float) -> AnswerRespon
 
 def _verdict(result: Answer, collection: str) -> dict[str, Any]:
     return {"collection": collection, "abstained": result.abstained, "guard": result.guard,
-            "answer": result.text, "cost_usd": result.usage.cost_usd}
+            "answer": result.text, "cost_usd": result.usage.cost_usd, "verification": result.verification}
 
 
 def _record(services: Services, result: Answer, llm_started: float) -> None:
