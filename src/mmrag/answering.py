@@ -171,7 +171,7 @@ class Answerer:
         early = self._precheck(question, hits, blocks)
         if early is not None:
             return early
-        completion = self.model.complete(self.messages(question, blocks), **self._opts())
+        completion = self.model.complete(self.messages(question, blocks, image), **self._opts())
         return self.finish(question, blocks, completion.text, completion.model, completion.usage)
 
     def stream(self, question: str, hits: Sequence[Hit] | None = None, *,
@@ -189,7 +189,7 @@ class Answerer:
         if early is not None:
             holder.answer = early
             return iter((early.text,)), holder
-        stream: CompletionStream = self.model.stream(self.messages(question, blocks), **self._opts())
+        stream: CompletionStream = self.model.stream(self.messages(question, blocks, image), **self._opts())
 
         def deltas() -> Iterator[str]:
             yield from stream
@@ -219,11 +219,32 @@ class Answerer:
                 break
         return blocks
 
-    def messages(self, question: str, blocks: Sequence[ContextBlock]) -> list[Message]:
-        """The system and user messages for ``question`` over ``blocks``."""
-        parts = [_render_block(b) for b in blocks]
-        user = "\n".join(parts) + f"\n\nQuestion: {_defang(question)}\nAnswer (cite blocks as [n]):"
-        return [Message("system", SYSTEM_PROMPT), Message("user", user)]
+    def messages(self, question: str, blocks: Sequence[ContextBlock], image: Any = None) -> list[Message]:
+        """The system and user messages for ``question`` over ``blocks``.
+
+        For a vision-capable model (``supports_vision`` true), image blocks also travel as image
+        parts, in block order after the text, each announced in its block ("shown as image part
+        k"); so does the question's own image. Text-only models get the description alone.
+        """
+        vision = bool(getattr(self.model, "supports_vision", False))
+        images: list[str] = []
+        parts = []
+        for b in blocks:
+            note = ""
+            if vision and b.hit.modality == "image":
+                uri = _image_uri_of(b.hit)
+                if uri:
+                    images.append(uri)
+                    note = f" (shown as image part {len(images)})"
+            parts.append(_render_block(b, note))
+        user = "\n".join(parts) + f"\n\nQuestion: {_defang(question)}"
+        if vision and image is not None:
+            from mmrag.images import data_uri
+
+            images.append(data_uri(image))
+            user += f" (the question's image is image part {len(images)})"
+        user += "\nAnswer (cite blocks as [n]):"
+        return [Message("system", SYSTEM_PROMPT), Message("user", user, tuple(images))]
 
     def finish(self, question: str, blocks: Sequence[ContextBlock], raw: str, model: str,
                usage: Usage) -> Answer:
@@ -348,11 +369,21 @@ def _attr(value: object) -> str:
     return _defang(str(value)).replace('"', "'").replace("\n", " ")
 
 
-def _render_block(block: ContextBlock) -> str:
+def _render_block(block: ContextBlock, note: str = "") -> str:
     hit = block.hit
     page = f' page="{hit.page}"' if hit.page is not None else ""
     return (f'<context id="{block.n}" doc="{_attr(hit.doc_id)}"{page} modality="{hit.modality}">\n'
-            f"{_defang(block.content)}\n</context>")
+            f"{_defang(block.content)}{note}\n</context>")
+
+
+def _image_uri_of(hit: Hit) -> str | None:
+    from mmrag.errors import MmragError
+    from mmrag.images import data_uri, hit_image
+
+    try:
+        return data_uri(hit_image(hit))
+    except MmragError:  # the source moved since ingestion: the description still stands in
+        return None
 
 
 def _citation(block: ContextBlock) -> Citation:

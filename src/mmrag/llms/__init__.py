@@ -13,21 +13,26 @@ Backends, one per module (import them directly; nothing heavy is imported here):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 Role = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True)
 class Message:
-    """One chat message (OpenAI shape)."""
+    """One chat message (OpenAI shape). ``images`` are ``data:`` URIs sent as image parts."""
 
     role: Role
     content: str
+    images: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, str]:
-        """The OpenAI/LiteLLM wire form."""
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI/LiteLLM wire form: plain text, or text plus ``image_url`` parts."""
+        if not self.images:
+            return {"role": self.role, "content": self.content}
+        parts: list[dict[str, Any]] = [{"type": "text", "text": self.content}]
+        parts += [{"type": "image_url", "image_url": {"url": uri}} for uri in self.images]
+        return {"role": self.role, "content": parts}
 
 
 @dataclass(frozen=True)

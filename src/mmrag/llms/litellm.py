@@ -138,6 +138,16 @@ class LiteLLMChatModel:
 
             register_local_provider(self._litellm)
 
+    @property
+    def supports_vision(self) -> bool:
+        """Whether the model takes image parts (litellm's model map; False when it does not know)."""
+        if self.name.startswith(LOCAL_PROVIDER + "/"):
+            return False
+        try:
+            return bool(self._litellm.supports_vision(model=self.name))
+        except Exception:  # noqa: BLE001 - an unmapped model is treated as text-only
+            return False
+
     def to_config(self) -> dict[str, Any]:
         """The settings that rebuild this model (never the API key)."""
         return {"model": self.name, "timeout": self.timeout, "num_retries": self.num_retries,
