@@ -56,3 +56,38 @@ def test_image_to_image_precision_at_5(easyvqa: tuple[Path, Path]) -> None:
     p5, n = _p_at_5(easyvqa, "image_to_image.jsonl")
     assert n == 1000
     assert p5 >= 0.80
+
+
+def test_eval_run_image_queries_render_with_thumbnails(easyvqa: tuple[Path, Path], tmp_path: Path) -> None:
+    """`mmrag eval run` over the 1,000 image queries writes the three reports; the HTML renders in
+    headless Chromium with its summary table, plots and thumbnails (evaluation suite, acceptance 1)."""
+    pytest.importorskip("ragas")
+    from tests.acceptance.eval_run import eval_run
+    from tests.eval.chromium import assert_renders
+
+    out, data_dir = easyvqa
+    report = eval_run(out / "image_to_image.jsonl", data_dir, "default", tmp_path / "out", "--retriever", "clip",
+                      "--k", "5", "--no-answer")
+    print({k: (m["mean"], m["n"]) for k, m in report["metrics"].items()}, report["timings"])
+    assert report["metrics"]["precision@5"]["n"] == 1000 and report["metrics"]["precision@5"]["mean"] >= 0.80
+    assert report["metrics"]["context_precision"]["producer"] == "ragas (ids, no LLM)"
+    html = tmp_path / "out" / "report.html"
+    assert html.stat().st_size < 5_000_000  # thumbnails stay small enough to open anywhere
+    assert_renders(html, tmp_path)
+
+
+def test_eval_run_text_queries_with_answers(easyvqa: tuple[Path, Path], tmp_path: Path) -> None:
+    """The 24 text->image queries, two of them answered offline and checked by the offline detector."""
+    pytest.importorskip("ragas")
+    from tests.acceptance.eval_run import eval_run
+    from tests.eval.chromium import assert_renders
+
+    out, data_dir = easyvqa
+    report = eval_run(out / "text_to_image.jsonl", data_dir, "default", tmp_path / "out", "--retriever", "clip",
+                      "--k", "5", "--sample", "2", "--seed", "0")
+    print({k: (m["mean"], m["n"]) for k, m in report["metrics"].items()}, report["counts"], report["timings"])
+    assert report["counts"]["queries"] == 24 and report["counts"]["answered"] == 2
+    assert report["metrics"]["precision@5"]["mean"] >= 0.80
+    assert report["metrics"]["abstention_rate"]["n"] == 2
+    assert report["config"]["hallucination_producer"] == "offline detector"
+    assert_renders(tmp_path / "out" / "report.html", tmp_path)

@@ -48,3 +48,23 @@ def _ndcg(scifact: tuple[Path, Path], retriever: str) -> dict[str, float]:
 
 def test_text_retriever_ndcg_at_10(scifact: tuple[Path, Path]) -> None:
     assert _ndcg(scifact, "text")["ndcg@10"] >= 0.65
+
+
+def test_eval_run_reports(scifact: tuple[Path, Path], tmp_path: Path) -> None:
+    """`mmrag eval run` on all 809 train queries (answers for a seeded sample of 3) writes the three
+    reports, and the HTML renders in headless Chromium (evaluation suite, acceptance 1)."""
+    pytest.importorskip("ragas")
+    from tests.acceptance.eval_run import eval_run
+    from tests.eval.chromium import assert_renders
+
+    dataset, data_dir = scifact
+    report = eval_run(dataset, data_dir, "scifact", tmp_path / "out", "--retriever", "text", "--k", "10",
+                      "--sample", "3", "--seed", "0")
+    metrics, counts = report["metrics"], report["counts"]
+    print({k: (m["mean"], m["n"]) for k, m in metrics.items()}, counts, report["timings"])
+    assert metrics["ndcg@10"]["n"] == 809 and metrics["ndcg@10"]["mean"] >= 0.65
+    assert counts["answered"] == 3 and "sampled with seed 0" in counts["answer_selection"]
+    assert metrics["hallucination_rate"]["producer"] == "offline detector"
+    assert metrics["abstention_rate"]["n"] == 3
+    assert "| ndcg@10 |" in (tmp_path / "out" / "report.md").read_text()
+    assert_renders(tmp_path / "out" / "report.html", tmp_path, thumbnails=False)
