@@ -34,7 +34,7 @@ class KeywordDetector:
 
     def verify(self, context: Any, answer: str, question: str | None = None) -> Any:
         bad = "moon" in answer.lower()
-        sentence = SimpleNamespace(text=answer, supported=not bad)
+        sentence = SimpleNamespace(text=answer, supported=not bad, support=0.2 if bad else 1.0, reasons=("says moon",))
         return SimpleNamespace(score=1.0 if bad else 0.0, hallucinated=bad, sentences=(sentence,))
 
 

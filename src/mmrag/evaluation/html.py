@@ -175,6 +175,10 @@ def _answer(row: dict[str, Any]) -> str:
         label = '<span class="bad">hallucinated</span>' if verdict["hallucinated"] else '<span class="ok">supported</span>'
         parts.append(f'<div>{label} <span class="small">({escape(verdict["producer"])})</span></div>')
         parts += [f'<div class="snip">unsupported: {escape(s)}</div>' for s in verdict.get("unsupported", [])[:3]]
+        if verdict["hallucinated"] and not verdict.get("unsupported"):
+            parts += [f'<div class="snip">least supported ({w["support"]:.2f}): {escape(w["text"])}'
+                      f'{" (" + escape("; ".join(w["reasons"])) + ")" if w["reasons"] else ""}</div>'
+                      for w in verdict.get("weakest", [])[:2]]
     parts += [f'<div class="err">{escape(e["stage"])}: {escape(e["message"][:300])}</div>' for e in row["errors"]]
     return "".join(parts) or '<span class="small">not answered</span>'
 

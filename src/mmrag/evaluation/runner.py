@@ -248,9 +248,14 @@ def _verify(detector: Any, q: EvalQuery, answer: Any, row: dict[str, Any]) -> No
     except MmragError as exc:
         _fail(row, "verify", exc)
         return
-    unsupported = [s.text for s in getattr(verdict, "sentences", ()) if not s.supported]
+    sentences = list(getattr(verdict, "sentences", ()))
+    # An answer can be hallucinated with no single sentence over the threshold (the score sums what
+    # every sentence adds), so the report also shows the least supported sentences and why.
+    weakest = sorted((x for x in sentences if x.support < 1.0), key=lambda x: x.support)[:3]
     row["hallucination"] = {"producer": OFFLINE_DETECTOR, "hallucinated": bool(verdict.hallucinated),
-                            "score": float(verdict.score), "unsupported": unsupported}
+                            "score": float(verdict.score), "unsupported": [x.text for x in sentences if not x.supported],
+                            "weakest": [{"text": x.text, "support": round(float(x.support), 4),
+                                         "reasons": list(getattr(x, "reasons", ()))} for x in weakest]}
     row["scores"]["hallucinated"] = 1.0 if verdict.hallucinated else 0.0
 
 
