@@ -37,3 +37,24 @@ def write_dataset(folder: Path, rows: list[dict[str, Any]] = SAMPLE_QUERIES) -> 
 def sample_corpus(tmp_path: Path) -> Path:
     """A private copy of the sample corpus (tests add or delete files in it)."""
     return Path(shutil.copytree(SAMPLE_CORPUS, tmp_path / "corpus"))
+
+
+@pytest.fixture(scope="package")
+def sample_kb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The sample corpus ingested once with the offline profile: (folder, data dir).
+
+    The folder holds ``corpus/`` and ``dataset.jsonl`` (:data:`SAMPLE_QUERIES`); the collection is
+    ``sample``. Tests that change the collection must copy the data dir first.
+    """
+    from click.testing import CliRunner
+
+    from mmrag.cli import main
+
+    root = tmp_path_factory.mktemp("sample-kb")
+    shutil.copytree(SAMPLE_CORPUS, root / "corpus")
+    data_dir = root / "data"
+    result = CliRunner().invoke(main, ["ingest", str(root / "corpus"), "--profile", "offline", "--data-dir",
+                                       str(data_dir), "--collection", "sample", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    write_dataset(root)
+    return root, data_dir

@@ -15,23 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from mmrag.cli import main
-from tests.conftest import SAMPLE_CORPUS
 from tests.eval.chromium import assert_renders
 from tests.eval.conftest import SAMPLE_QUERIES, write_dataset
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ragas")
 
-
-@pytest.fixture(scope="module")
-def sample_kb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("evalcli")
-    shutil.copytree(SAMPLE_CORPUS, root / "corpus")
-    data_dir = root / "data"
-    result = CliRunner().invoke(main, ["ingest", str(root / "corpus"), "--profile", "offline", "--data-dir",
-                                       str(data_dir), "--collection", "sample", "--json"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return root, data_dir
 
 
 def _mmrag(*args: str, data_dir: Path) -> Any:
@@ -42,7 +31,7 @@ def _mmrag(*args: str, data_dir: Path) -> Any:
 
 def test_run_writes_reports_that_render(sample_kb: tuple[Path, Path], tmp_path: Path) -> None:
     root, data_dir = sample_kb
-    dataset = write_dataset(root)
+    dataset = root / "dataset.jsonl"
     result = _mmrag("eval", "run", str(dataset), "--out", str(tmp_path / "out"), "--no-answer", "--k", "5",
                     data_dir=data_dir)
     assert result.exit_code == 0, result.output

@@ -4,7 +4,6 @@ run end to end and land in the reports, each named by its producer."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,24 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from mmrag.cli import main
-from tests.conftest import SAMPLE_CORPUS
-from tests.eval.conftest import write_dataset
 from tests.eval.judge_server import JudgeServer
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ragas")
 JUDGE = "openai/test-judge"
 
-
-@pytest.fixture(scope="module")
-def sample_kb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("judge")
-    shutil.copytree(SAMPLE_CORPUS, root / "corpus")
-    data_dir = root / "data"
-    result = CliRunner().invoke(main, ["ingest", str(root / "corpus"), "--profile", "offline", "--data-dir",
-                                       str(data_dir), "--collection", "sample", "--json"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return write_dataset(root), data_dir
 
 
 @pytest.fixture
@@ -42,7 +29,8 @@ def judge_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[JudgeServer]:
 
 
 def _run(sample_kb: tuple[Path, Path], out: Path, *extra: str) -> Any:
-    dataset, data_dir = sample_kb
+    root, data_dir = sample_kb
+    dataset = root / "dataset.jsonl"
     return CliRunner().invoke(main, ["eval", "run", str(dataset), "--out", str(out), "--k", "5", "--profile", "offline",
                                      "--data-dir", str(data_dir), "--collection", "sample", "--model",
                                      "openai/test-answerer", "--json", *extra], catch_exceptions=False)
