@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Sequence
 
 from mmrag.errors import InvalidInputError, MissingDependencyError, MmragError, UpstreamTimeoutError
-from mmrag.llms.litellm import import_litellm, map_litellm_exceptions
+from mmrag.llms.litellm import LOCAL_PROVIDER, import_litellm, map_litellm_exceptions
 
 #: Seconds allowed for one ID-based metric call (pure Python; a stuck call means a bug, not a slow model).
 ID_METRIC_TIMEOUT = 10.0
@@ -188,6 +188,10 @@ class Judge:
             MultiModalRelevance,
         )
 
+        if config.model.startswith(LOCAL_PROVIDER + "/"):
+            from mmrag.llms.smollm import register_local_provider
+
+            register_local_provider(litellm)  # an in-process judge: same call path as a hosted one
         kwargs: dict[str, Any] = {"timeout": config.timeout, "num_retries": config.num_retries,
                                   "max_tokens": config.max_tokens}
         if config.api_base:

@@ -128,13 +128,14 @@ def run_evaluation(searcher: Any, queries: Sequence[EvalQuery], config: EvalConf
     queries = list(queries)[: config.limit] if config.limit else list(queries)
     if not queries:
         raise InvalidInputError("No queries to evaluate")
+    id_metrics = IdMetrics()  # needs ragas: fail before the long part, not after it
     started = time.perf_counter()
     timings: dict[str, float] = {}
     tick = progress or (lambda stage, done, total: None)
 
     rows, hits_by_row = _retrieve(searcher, queries, config, tick)
     t = time.perf_counter()
-    _run_async(_id_scores(IdMetrics(), queries, rows))
+    _run_async(_id_scores(id_metrics, queries, rows))
     timings["retrieval_s"] = t - started
     timings["id_metrics_s"] = time.perf_counter() - t
 

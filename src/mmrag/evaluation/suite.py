@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrag.evaluation.dataset import load_dataset
-from mmrag.evaluation.ragas_metrics import Judge, JudgeConfig
+from mmrag.evaluation.ragas_metrics import Judge, JudgeConfig, import_ragas
 from mmrag.evaluation.runner import EvalConfig, EvalRun, Progress, run_evaluation
 
 DEFAULT_ANSWER_MODEL = "mmrag-local/smollm2-135m"
@@ -44,6 +44,7 @@ def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), 
     """
     from mmrag.retrieval import Searcher
 
+    import_ragas()  # a missing eval extra fails here, before any model loads
     queries = load_dataset(Path(dataset))
     searcher = searcher if searcher is not None else Searcher(kb)
     answerer = None
