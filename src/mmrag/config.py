@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["default", "offline"]
@@ -72,6 +72,32 @@ class ApiSettings(BaseModel):
     ready_timeout: float = Field(600.0, gt=0)
 
 
+class RetrievalWeights(BaseModel):
+    """Reciprocal-rank-fusion weight of each index in hybrid search (0 leaves an index out).
+
+    Plain RRF (all 1) is the default; why, and why CLIP votes only on images for text queries, is
+    in :mod:`mmrag.retrieval`. ``MMRAG_RETRIEVAL__WEIGHTS__CLIP=0.5`` changes one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    clip: float = Field(1.0, ge=0)
+    text: float = Field(1.0, ge=0)
+    bm25: float = Field(1.0, ge=0)
+
+
+class RetrievalSettings(BaseModel):
+    """Search defaults: fusion weights, hits per query, candidates per index, and the RRF constant.
+
+    ``rrf_k`` is 5, not the textbook 60: the reasoning and the cross-validation are in :mod:`mmrag.retrieval`.
+    """
+
+    weights: RetrievalWeights = RetrievalWeights()
+    k: int = Field(10, ge=1, le=1000)
+    depth: int = Field(100, ge=1, le=10_000)
+    rrf_k: int = Field(5, ge=0, le=1000)
+
+
 class Settings(BaseSettings):
     """All of mmrag's configuration."""
 
@@ -86,4 +112,5 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     chunk: ChunkSettings = ChunkSettings()
     llm: LLMSettings = LLMSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     api: ApiSettings = ApiSettings()

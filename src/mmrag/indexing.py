@@ -145,7 +145,8 @@ class Indexer:
         rows = sorted(kb.raw_store("text").iter_all(include=("metadatas", "documents")), key=lambda r: r[0])
         index = KeywordIndex.build(
             [r[0] for r in rows], [r[2] or "" for r in rows],
-            [{**{k: v for k, v in r[1].items() if k in {"doc_id", "source", "page", "doc_type", "title"}}, "text": r[2] or ""} for r in rows],
+            # All of a chunk's metadata, so search filters apply to BM25 exactly as to Chroma.
+            [{**r[1], "text": r[2] or ""} for r in rows],
         )
         index.save(kb.keyword_dir)
         kb.manifest.set_flag(col, BM25_DIRTY, None)

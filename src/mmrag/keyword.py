@@ -11,12 +11,16 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from mmrag.errors import MissingDependencyError, StoreError
+import numpy as np
+
+from mmrag.errors import InvalidInputError, MissingDependencyError, StoreError
 from mmrag.types import Hit
 
 META_FILE = "mmrag_rows.json"
+#: Filter masks kept per index (one per distinct ``where``).
+MASK_CACHE = 32
 
 
 def _stemmer() -> Any:
@@ -26,6 +30,13 @@ def _stemmer() -> Any:
         return Stemmer.Stemmer("english").stemWords
     except ImportError:  # PyStemmer is optional: unstemmed BM25 still works, a little worse
         return None
+
+
+def _with_title(text: str, title: Any) -> str:
+    """``title`` + text, unless the chunk already opens with its title (a first chunk, or "# Title")."""
+    if not isinstance(title, str) or not title.strip() or title.strip() in text[: len(title) + 16]:
+        return text
+    return f"{title.strip()}\n\n{text}"
 
 
 def _bm25s() -> Any:
@@ -40,24 +51,32 @@ def _bm25s() -> Any:
 
 
 class KeywordIndex:
-    """A BM25 index whose rows are ``(record id, metadata)`` of text chunks."""
+    """A BM25 index whose rows are ``(record id, metadata)`` of text chunks; it filters on that metadata."""
 
     def __init__(self, retriever: Any, rows: list[dict[str, Any]]) -> None:
         self._retriever = retriever
         self._rows = rows
         self._stem = _stemmer()
+        self._masks: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
 
     @classmethod
     def build(cls, ids: Sequence[str], texts: Sequence[str], metas: Sequence[dict[str, Any]]) -> "KeywordIndex":
-        """Index chunk texts."""
+        """Index chunk texts, each with its document's ``title`` (from ``metas``) in front.
+
+        A chunk inherits its document's title as a field, as BEIR's BM25 indexes title + text: only a
+        document's first chunk holds the title, and without it a later chunk of "Aspirin and stroke"
+        no longer matches "aspirin" (measured on SciFact train: nDCG@10 0.686 -> 0.689 alone, and
+        +0.006 in the hybrid fusion). Hits still carry the chunk's own text.
+        """
         bm25s = _bm25s()
         rows = [{"id": i, **m} for i, m in zip(ids, metas)]
         if not texts:
             return cls(None, [])
-        tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), show_progress=False)
+        titled = [_with_title(text, meta.get("title")) for text, meta in zip(texts, metas)]
+        tokens = bm25s.tokenize(titled, stopwords="en", stemmer=_stemmer(), show_progress=False)
         retriever = bm25s.BM25()
         retriever.index(tokens, show_progress=False)
         return cls(retriever, rows)
@@ -93,24 +112,124 @@ class KeywordIndex:
             raise StoreError(f"The keyword index in {folder} is unreadable ({exc}); rerun `mmrag ingest` to rebuild it") from exc
         return cls(retriever, rows)
 
-    def query(self, text: str, k: int) -> list[Hit]:
-        """Top ``k`` chunks by BM25 score (only chunks that share a term with the query)."""
+    def query(self, text: str, k: int, *, where: Mapping[str, Any] | None = None) -> list[Hit]:
+        """Top ``k`` chunks by BM25 score (only chunks that share a term with the query).
+
+        Args:
+            text: the query.
+            k: hits wanted.
+            where: a Chroma-style metadata filter, evaluated on each chunk's metadata before the
+                top ``k`` is taken, so a filter never leaves fewer than ``k`` hits that exist.
+        """
         if self._retriever is None or k <= 0:
             return []
         bm25s = _bm25s()
         tokens = bm25s.tokenize([text], stopwords="en", stemmer=self._stem, show_progress=False, return_ids=False)
         vocab = self._retriever.vocab_dict
-        known = [[t for t in tokens[0] if t in vocab]]
-        if not known[0]:
+        known = [t for t in tokens[0] if t in vocab]
+        if not known:
             return []
-        docs, scores = self._retriever.retrieve(known, k=min(k, len(self._rows)), show_progress=False, n_threads=1)
+        scores = np.asarray(self._retriever.get_scores(known), dtype=np.float64)
+        if where:
+            scores = np.where(self._mask(where), scores, 0.0)
+        n = min(k, int(np.count_nonzero(scores > 0)))
+        if n == 0:
+            return []
+        top = np.argpartition(-scores, n - 1)[:n]
+        top = top[np.lexsort((top, -scores[top]))]  # by score, ties by row: deterministic
         hits = []
-        for idx, score in zip(docs[0], scores[0]):
-            if score <= 0:
-                continue
+        for idx in top:
             row = self._rows[int(idx)]
             page = row.get("page")
             hits.append(Hit(id=row["id"], doc_id=row.get("doc_id", row["id"]), source=row.get("source", ""),
-                            modality="text", score=float(score), page=page if isinstance(page, int) else None,
+                            modality="text", score=float(scores[idx]), page=page if isinstance(page, int) else None,
                             text=row.get("text"), metadata={k2: v for k2, v in row.items() if k2 not in {"id", "text"}}))
         return hits
+
+    def _mask(self, where: Mapping[str, Any]) -> np.ndarray:
+        """Rows passing ``where`` (cached: one search asks several times, a server many)."""
+        key = json.dumps(where, sort_keys=True, default=str)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = np.fromiter((where_matches(row, where) for row in self._rows), dtype=bool, count=len(self._rows))
+            if len(self._masks) >= MASK_CACHE:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = mask
+        return mask
+
+
+# -- Chroma ``where`` semantics, for the BM25 index -------------------------------------------------
+_COMPARE = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b, "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}
+_OPERATORS = ("$eq", "$ne", "$in", "$nin", *_COMPARE)
+
+
+def check_where(where: Mapping[str, Any]) -> None:
+    """Refuse a ``where`` that BM25 could not evaluate as Chroma would (so no index disagrees).
+
+    Raises:
+        InvalidInputError: an unknown operator or a malformed clause.
+    """
+    if not isinstance(where, Mapping):
+        raise InvalidInputError("where must be a mapping (a Chroma metadata filter)")
+    for key, cond in where.items():
+        if not isinstance(key, str):
+            raise InvalidInputError(f"where: keys must be strings, got {key!r}")
+        if key in ("$and", "$or"):
+            if not isinstance(cond, (list, tuple)) or not cond:
+                raise InvalidInputError(f"where.{key} must be a non-empty list of filters")
+            for part in cond:
+                check_where(part)
+        elif key.startswith("$"):
+            raise InvalidInputError(f"where: unknown operator {key!r}. Known: $and, $or")
+        elif isinstance(cond, Mapping):
+            if len(cond) != 1 or next(iter(cond)) not in _OPERATORS:
+                raise InvalidInputError(f"where.{key}: one operator of {', '.join(_OPERATORS)}, got {dict(cond)!r}")
+
+
+def where_matches(meta: Mapping[str, Any], where: Mapping[str, Any] | None) -> bool:
+    """Whether a record's metadata passes a Chroma ``where``, with Chroma's semantics.
+
+    A missing key fails every operator but ``$ne``/``$nin``; ``1 == 1.0`` but ``True != 1``
+    (both as checked against Chroma 1.5.9).
+    """
+    if not where:
+        return True
+    for key, cond in where.items():
+        if key == "$and":
+            ok = all(where_matches(meta, c) for c in cond)
+        elif key == "$or":
+            ok = any(where_matches(meta, c) for c in cond)
+        else:
+            op, arg = next(iter(cond.items())) if isinstance(cond, Mapping) else ("$eq", cond)
+            ok = _compare(meta.get(key, _MISSING), op, arg)
+        if not ok:
+            return False
+    return True
+
+
+_MISSING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+def _compare(value: Any, op: str, arg: Any) -> bool:
+    if op == "$ne":
+        return value is _MISSING or not _same(value, arg)
+    if op == "$nin":
+        return value is _MISSING or not any(_same(value, a) for a in arg)
+    if value is _MISSING:
+        return False
+    if op == "$eq":
+        return _same(value, arg)
+    if op == "$in":
+        return any(_same(value, a) for a in arg)
+    numeric = (int, float)
+    if isinstance(value, bool) or isinstance(arg, bool) or not (isinstance(value, numeric) and isinstance(arg, numeric)):
+        return False
+    return bool(_COMPARE[op](value, arg))
