@@ -266,3 +266,24 @@ def test_cli_search_filters_and_dedupe(kb) -> None:  # type: ignore[no-untyped-d
     assert bad.exit_code == 1 and "doc_type" in bad.output
     bad = CliRunner().invoke(main, ["search", "lantern", *base, "--meta", "novalue"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
+
+
+def test_cli_eval_retrieval_weights(kb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--weights reaches the fusion (text and CLIP at 0 leave BM25 alone, so no model loads)."""
+    from click.testing import CliRunner
+
+    from mmrag.cli import main
+
+    dataset = tmp_path / "ds.jsonl"
+    dataset.write_text(json.dumps({"id": "1", "query": "lantern fair spring", "relevant": ["r1"]}) + "\n")
+    base = ["eval", "retrieval", str(dataset), "--retriever", "hybrid", "--data-dir", str(kb.data_dir),
+            "--collection", kb.collection, "--profile", "offline", "--json"]
+    result = CliRunner().invoke(main, [*base, "--weights", "clip=0, text=0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fusion"] == {"weights": {"clip": 0.0, "text": 0.0, "bm25": 1.0}, "rrf_k": retrieval.RRF_K, "depth": 100}
+    assert report["metrics"]["mrr"] == 1.0
+    bad = CliRunner().invoke(main, [*base, "--weights", "bm26=1"])
+    assert bad.exit_code == 1 and "bm26" in bad.output
+    bad = CliRunner().invoke(main, [*base, "--weights", "text"])
+    assert bad.exit_code == 2 and "NAME=NUMBER" in bad.output

@@ -19,9 +19,12 @@ def eval_group() -> None:
 @click.argument("dataset", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--retriever", type=click.Choice(["clip", "text", "bm25", "hybrid"]), default="clip", show_default=True)
 @click.option("--k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--weights", metavar="NAME=W,...", default=None,
+              help="Hybrid fusion weights, e.g. clip=0.5,text=1,bm25=1; unnamed ones keep their setting. "
+                   "[env MMRAG_RETRIEVAL__WEIGHTS__<NAME>; default all 1]")
 @common_options
 @errors_to_click
-def eval_retrieval(dataset: Path, retriever: str, k: int, as_json: bool, **opts: Any) -> None:
+def eval_retrieval(dataset: Path, retriever: str, k: int, weights: str | None, as_json: bool, **opts: Any) -> None:
     """Score document-level retrieval (precision@k, recall@k, MRR, nDCG@10) on DATASET.jsonl.
 
     Ingests nothing: the collection must already hold the corpus.
@@ -29,14 +32,33 @@ def eval_retrieval(dataset: Path, retriever: str, k: int, as_json: bool, **opts:
     from mmrag.evaluation import evaluate_retrieval, load_dataset
     from mmrag.retrieval import Searcher
 
-    kb = open_kb(opts)
-    report = evaluate_retrieval(Searcher(kb), load_dataset(dataset), retriever=retriever, k=k)
+    s = settings_from(opts)
+    searcher = Searcher(open_kb(opts), weights={**s.retrieval.weights.model_dump(), **_parse_weights(weights)},
+                        depth=s.retrieval.depth, rrf_k=s.retrieval.rrf_k)
+    report = evaluate_retrieval(searcher, load_dataset(dataset), retriever=retriever, k=k)
+    fusion = {"weights": searcher.weights, "rrf_k": searcher.rrf_k, "depth": searcher.depth}
     if as_json:
-        emit(report.to_dict())
+        emit({**report.to_dict(), **({"fusion": fusion} if retriever == "hybrid" else {})})
         return
-    click.echo(f"{len(report.per_query)} queries, retriever {retriever}, collection {kb.collection}")
+    click.echo(f"{len(report.per_query)} queries, retriever {retriever}, collection {searcher.kb.collection}")
+    if retriever == "hybrid":
+        click.echo("fusion: " + ", ".join(f"{name}={w:g}" for name, w in searcher.weights.items())
+                   + f"; rrf k={searcher.rrf_k}, depth {searcher.depth}")
     for name, value in report.metrics.items():
         click.echo(f"{name:>14}: {value:.4f}")
+
+
+def _parse_weights(spec: str | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise click.BadParameter(f"expected NAME=NUMBER, got {part!r}", param_hint="--weights")
+    return out  # names and ranges are checked by Searcher (InvalidInputError names the culprit)
 
 
 #: Exit status of `mmrag eval run` when a --fail-under gate fails (3 means a partial ingest).
