@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -151,7 +151,8 @@ class KeywordIndex:
         key = json.dumps(where, sort_keys=True, default=str)
         mask = self._masks.get(key)
         if mask is None:
-            mask = np.fromiter((where_matches(row, where) for row in self._rows), dtype=bool, count=len(self._rows))
+            keep = compile_where(where)
+            mask = np.fromiter((keep(row) for row in self._rows), dtype=bool, count=len(self._rows))
             if len(self._masks) >= MASK_CACHE:
                 self._masks.pop(next(iter(self._masks)))
             self._masks[key] = mask
@@ -192,19 +193,33 @@ def where_matches(meta: Mapping[str, Any], where: Mapping[str, Any] | None) -> b
     A missing key fails every operator but ``$ne``/``$nin``; ``1 == 1.0`` but ``True != 1``
     (both as checked against Chroma 1.5.9).
     """
+    return compile_where(where)(meta)
+
+
+def compile_where(where: Mapping[str, Any] | None) -> Callable[[Mapping[str, Any]], bool]:
+    """:func:`where_matches` as a predicate built once (a ``doc_id $in`` of thousands becomes a set)."""
     if not where:
-        return True
+        return lambda meta: True
+    tests: list[Callable[[Mapping[str, Any]], bool]] = []
     for key, cond in where.items():
-        if key == "$and":
-            ok = all(where_matches(meta, c) for c in cond)
-        elif key == "$or":
-            ok = any(where_matches(meta, c) for c in cond)
+        if key in ("$and", "$or"):
+            parts = [compile_where(c) for c in cond]
+            combine = all if key == "$and" else any
+            tests.append(lambda meta, parts=parts, combine=combine: combine(p(meta) for p in parts))
+            continue
+        op, arg = next(iter(cond.items())) if isinstance(cond, Mapping) else ("$eq", cond)
+        if op in ("$in", "$nin") and all(isinstance(a, str) for a in arg):
+            members, inside = frozenset(arg), op == "$in"
+            tests.append(lambda meta, key=key, members=members, inside=inside: _in_strings(meta.get(key, _MISSING), members, inside))
         else:
-            op, arg = next(iter(cond.items())) if isinstance(cond, Mapping) else ("$eq", cond)
-            ok = _compare(meta.get(key, _MISSING), op, arg)
-        if not ok:
-            return False
-    return True
+            tests.append(lambda meta, key=key, op=op, arg=arg: _compare(meta.get(key, _MISSING), op, arg))
+    return lambda meta: all(t(meta) for t in tests)
+
+
+def _in_strings(value: Any, members: frozenset[str], inside: bool) -> bool:
+    if value is _MISSING:
+        return not inside
+    return (isinstance(value, str) and value in members) == inside
 
 
 _MISSING = object()

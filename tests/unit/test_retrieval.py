@@ -141,7 +141,8 @@ def test_bm25_filter_matches_chroma_on_the_same_where(kb) -> None:  # type: igno
     rows = {rid: m for rid, m, _ in text_store.iter_all()}
     wheres = [{"page": 1}, {"page": 1.0}, {"fresh": True}, {"year": {"$gt": 2020}}, {"lang": {"$ne": "en"}},
               {"lang": {"$nin": ["en", "de"]}}, {"doc_type": {"$in": ["markdown", "jsonl"]}},
-              {"$or": [{"lang": "de"}, {"doc_type": "pdf"}]}, {"$and": [{"doc_type": "jsonl"}, {"year": {"$lte": 2020}}]}]
+              {"$or": [{"lang": "de"}, {"doc_type": "pdf"}]}, {"$and": [{"doc_type": "jsonl"}, {"year": {"$lte": 2020}}]},
+              {"doc_id": {"$in": ["r1", "docs/guide.md"]}}, {"lang": {"$nin": ["de"]}}, {"year": {"$in": [2021, 2022]}}]
     for where in wheres:
         chroma = set(text_store._col.get(where=where, include=[])["ids"])
         assert {rid for rid, m in rows.items() if where_matches(m, where)} == chroma, where
