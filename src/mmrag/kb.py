@@ -123,14 +123,27 @@ class KnowledgeBase:
         released by the kernel when a holder dies, so a killed job never leaves a stale lock.
         """
         import fcntl
+        import threading
 
+        # Re-entrant for the thread that holds it (an ingest with --prune deletes documents): a
+        # second flock on a new file descriptor would wait for the first one forever.
+        local = self.__dict__.setdefault("_lock_state", threading.local())
+        if getattr(local, "depth", 0):
+            local.depth += 1
+            try:
+                yield
+            finally:
+                local.depth -= 1
+            return
         path = self.data_dir / "locks" / f"{self.collection}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+b") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            local.depth = 1
             try:
                 yield
             finally:
+                local.depth = 0
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def drop(self) -> None:
