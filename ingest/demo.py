@@ -1,4 +1,4 @@
-"""`make demo`: ingest the sample corpus, then run a few searches and print the hits.
+"""`make demo`: ingest the sample corpus, run a few searches, then answer a question with citations.
 
 Uses the default models when they can be loaded (a machine that has them cached or can download
 them). When they cannot, it says so and switches to the offline profile, with a banner naming the
@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from mmrag import (ImageAsset, Indexer, configure_logging, KnowledgeBase, MissingDependencyError, ModelUnavailableError, Query,
-                   Searcher, Settings, resolve_models)
+from mmrag import (Answerer, ImageAsset, Indexer, KnowledgeBase, MissingDependencyError, ModelUnavailableError, MmragError,
+                   Query, Searcher, Settings, answer_stop, build_chat_model, configure_logging, resolve_models)
 
 ROOT = Path(__file__).resolve().parent
 CORPUS = ROOT / "sample_corpus"
@@ -66,7 +66,31 @@ def main() -> int:
          searcher.search(Query(text="how much does the exit sign cost?"), 3, retriever="hybrid"))
     image = CORPUS / "images" / "yellow-triangle.png"
     show(f"image -> all: {image.name}", searcher.search(Query(image=ImageAsset(path=str(image))), 3))
-    return 1 if summary.failed else 0
+    answered = ask(settings, searcher)
+    return 1 if summary.failed or not answered else 0
+
+
+def ask(settings: Settings, searcher: Searcher) -> bool:
+    """Answer one question the corpus holds and one it does not, printing citations."""
+    try:
+        chat = build_chat_model(settings)
+    except MmragError as exc:
+        print(f"\n!! no chat model: {exc}", file=sys.stderr)
+        return False
+    answerer = Answerer(chat, searcher, k=5, retriever="hybrid", stop=answer_stop(chat.name))
+    print(f"\n>> answers ({chat.name}; a tiny offline model, so short and sometimes wrong: "
+          "the grounding check abstains rather than guess)")
+    for question in ("When does the building close on weekdays?", "Who won the 1998 football world cup?"):
+        try:
+            answer = answerer.answer(question)
+        except MmragError as exc:
+            print(f"  Q: {question}\n  !! {type(exc).__name__}: {exc}")
+            return False
+        print(f"  Q: {question}\n  A: {answer.text}")
+        for c in answer.citations:
+            page = f" p.{c.page}" if c.page is not None else ""
+            print(f"     [{c.n}] {c.doc_id}{page} ({c.modality})")
+    return True
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ from mmrag.cli import main
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("command", [[], ["ingest"], ["eval", "run"]], ids=["mmrag", "mmrag ingest", "mmrag eval run"])
+COMMANDS = [[], ["ingest"], ["ask"], ["serve"], ["eval", "run"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(["mmrag", *c]) for c in COMMANDS])
 def test_readme_help_block_matches_cli(command: list[str]) -> None:
     name = " ".join(["mmrag", *command])
     readme = (REPO / "README.md").read_text()
@@ -25,7 +28,7 @@ def _write() -> None:
     """Rewrite README's help blocks from the CLI: `.venv/bin/python -m tests.cli.test_readme_help`."""
     path = REPO / "README.md"
     text = path.read_text()
-    for command in ([], ["ingest"], ["eval", "run"]):
+    for command in COMMANDS:
         name = " ".join(["mmrag", *command])
         out = CliRunner().invoke(main, [*command, "--help"], prog_name="mmrag", terminal_width=80).output.strip()
         text = re.sub(rf"(<!-- help:{name} -->\n```\n)(.*?)(\n```\n<!-- /help:{name} -->)",
