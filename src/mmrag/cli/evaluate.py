@@ -120,9 +120,12 @@ def eval_run(dataset: Path, out_dir: Path, k: int, retriever: str, model: str | 
                         sample=sample, seed=seed)
     judge_cfg = (JudgeConfig(judge, api_base=judge_api_base, timeout=judge_timeout, vision=judge_vision)
                  if judge else None)
-    run = evaluate_dataset(open_kb(opts), dataset, config, answer_model=model or s.llm.model or DEFAULT_ANSWER_MODEL,
+    from mmrag.retrieval import Searcher
+
+    kb = open_kb(opts)
+    run = evaluate_dataset(kb, dataset, config, answer_model=model or s.llm.model or DEFAULT_ANSWER_MODEL,
                            answer_timeout=s.llm.timeout, answer_retries=s.llm.num_retries, judge=judge_cfg,
-                           progress=None if as_json else _progress)
+                           searcher=Searcher.from_settings(kb, s.retrieval), progress=None if as_json else _progress)
     paths = write_reports(run, out_dir, max_rows=max_rows)
     results = check_gates(run, parsed)
     failed = [r for r in results if not r.passed]

@@ -113,7 +113,7 @@ def ask(question: str, image: Path | None, model: str | None, k: int, stream: bo
         from mmrag.verification import HallucinationDetector
 
         verifier = HallucinationDetector(kb.text)
-    answerer = Answerer(chat, Searcher(kb), k=k, retriever="hybrid", stop=answer_stop(chat.name),
+    answerer = Answerer(chat, Searcher.from_settings(kb, s.retrieval), k=k, retriever="hybrid", stop=answer_stop(chat.name),
                         verifier=verifier, verify_mode="drop" if drop_unsupported else "mark")
     query_image = ImageAsset(path=str(image)) if image else None
     if stream and not as_json:

@@ -142,7 +142,7 @@ class Services:
         with self._lock:
             cached = self._searchers.get(kb.collection)
             if cached is None or cached[0] != signature:
-                cached = (signature, Searcher(kb))
+                cached = (signature, Searcher.from_settings(kb, self.settings.retrieval))
                 self._searchers[kb.collection] = cached
             return cached[1]
 
