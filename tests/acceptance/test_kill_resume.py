@@ -52,6 +52,8 @@ def _done_count(data_dir: Path) -> int:
     db = sqlite3.connect(data_dir / "manifest.sqlite3")
     try:
         return int(db.execute("SELECT COUNT(*) FROM documents WHERE status='done'").fetchone()[0])
+    except sqlite3.OperationalError:  # the file exists but the ingest has not created its tables yet
+        return 0
     finally:
         db.close()
 
