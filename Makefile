@@ -7,7 +7,7 @@ export ANONYMIZED_TELEMETRY := False
 test: export HF_HUB_OFFLINE := 1
 test: export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-query clean
 
 $(BIN)/mmrag: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 
 bench: install
 	$(BIN)/python eval/bench/ingest.py
+
+# Query latency over a 10k-chunk index, then a 20-client load on a local `mmrag serve`.
+bench-query: install
+	$(BIN)/python eval/bench/query.py
 
 clean:
 	rm -rf .mmrag .demo .pytest_cache
