@@ -52,7 +52,7 @@ class Services:
         self.ready = threading.Event()
         self.load_error: str | None = None
         self._loader: threading.Thread | None = None
-        self._manifest_kb: KnowledgeBase | None = None
+        self._bare_kbs: dict[str, KnowledgeBase] = {}
 
     # -- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -98,7 +98,7 @@ class Services:
     # -- knowledge bases ------------------------------------------------------------------------
     def collections(self) -> list[str]:
         """Collections that hold (or held) documents."""
-        return sorted(self._manifest().manifest.collections())
+        return sorted(self._bare(self.settings.collection).manifest.collections())
 
     def kb(self, collection: str | None, *, create: bool = False) -> KnowledgeBase:
         """The knowledge base ``collection`` (default: the server's), models attached.
@@ -107,7 +107,7 @@ class Services:
             NotFoundError: the collection does not exist and ``create`` is False.
         """
         name = check_collection_name(collection or self.settings.collection)
-        if not create and not self._manifest().manifest.has_collection(name):
+        if not create and not self._bare(name).manifest.has_collection(name):
             raise NotFoundError(f"no collection {name!r}; upload documents to it first (POST /v1/documents)")
         self.wait_ready()
         with self._lock:
@@ -121,19 +121,20 @@ class Services:
 
     def collection_sizes(self, name: str) -> dict[str, int]:
         """Documents (indexed) and records per index, read without loading any model."""
-        kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url)
+        kb = self._bare(name)
         counts = kb.manifest.counts(name)
         return {"documents": counts.get("done", 0), "clip_records": kb.raw_store("clip").count(),
                 "text_records": kb.raw_store("text").count()}
 
     def drop(self, name: str) -> None:
         """Delete collection ``name`` everywhere."""
-        kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url)
+        kb = self._bare(name)
         with kb.write_lock():
             kb.drop()
         with self._lock:
             self._kbs.pop(name, None)
             self._searchers.pop(name, None)
+            self._bare_kbs.pop(name, None)
 
     def searcher(self, collection: str | None) -> Searcher:
         """A searcher over ``collection`` that sees the latest BM25 index (another worker may rebuild it)."""
@@ -146,12 +147,15 @@ class Services:
                 self._searchers[kb.collection] = cached
             return cached[1]
 
-    def _manifest(self) -> KnowledgeBase:
-        # A knowledge base with no models attached is enough to read the manifest.
-        if self._manifest_kb is None:
-            self._manifest_kb = KnowledgeBase(self.data_dir, self.settings.collection, self.models,
-                                              store_url=self.settings.store.url)
-        return self._manifest_kb
+    def _bare(self, name: str) -> KnowledgeBase:
+        # A knowledge base with no models attached reads the manifest and counts records; kept per
+        # collection so listings and existence checks do not reopen the manifest and store each time.
+        with self._lock:
+            kb = self._bare_kbs.get(name)
+            if kb is None:
+                kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url)
+                self._bare_kbs[name] = kb
+            return kb
 
     # -- chat -----------------------------------------------------------------------------------
     def allowed_models(self) -> list[str]:
@@ -195,7 +199,7 @@ class Services:
         """Raise :class:`~mmrag.errors.StoreError` if the vector store does not answer."""
         from mmrag.stores.chroma import ping
 
-        ping(self._manifest().client)
+        ping(self._bare(self.settings.collection).client)
 
     def index_sizes(self) -> dict[str, dict[str, int]]:
         """Record counts of the collections this process has opened (for /metrics)."""
