@@ -19,13 +19,10 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
-import mimetypes
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Awaitable, Sequence
 
 from mmrag.errors import InvalidInputError, MissingDependencyError, MmragError, UpstreamTimeoutError
@@ -283,21 +280,22 @@ def _supports_vision(litellm: Any, model: str) -> bool:
         return False
 
 
-def image_data_uri(path: str | None, max_bytes: int = 5_000_000) -> str | None:
-    """A ``data:`` URI for an image file, for the multimodal judge (None when unreadable or too big).
+def image_data_uri(hit: Any, max_bytes: int = 5_000_000) -> str | None:
+    """A ``data:`` URI of an image hit's pixels, for the multimodal judge (None when unreadable or too big).
 
-    Images go to the judge inline, never as paths or URLs, so ragas has nothing to fetch.
+    Images go to the judge inline, never as paths or URLs, so ragas has nothing to fetch. The pixels
+    come from :func:`mmrag.images.hit_image`, so an image inside a PDF, DOCX, PPTX or HTML file is
+    sent as itself, as the answering path sends it to vision models.
     """
-    if not path:
-        return None
-    p = Path(path)
+    from mmrag.images import data_uri, hit_image
+
     try:
-        if not p.is_file() or p.stat().st_size > max_bytes:
+        asset = hit_image(hit)
+        if asset.path is not None and os.path.getsize(asset.path) > max_bytes:
             return None
-        data = p.read_bytes()
-    except OSError:
+        if asset.data is not None and len(asset.data) > max_bytes:
+            return None
+        uri = data_uri(asset)
+    except (OSError, MmragError):
         return None
-    mime = mimetypes.guess_type(p.name)[0] or "image/png"
-    if not mime.startswith("image/"):
-        return None
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return uri if uri.startswith("data:image/") else None

@@ -275,7 +275,7 @@ async def _judge_all(judge: Judge, queries: Sequence[EvalQuery], chosen: Sequenc
             used = [b.hit for b in answer.blocks]
         else:
             contexts, used = [_context_text(h) for h in hits], hits
-        media = [(image_data_uri(h.source) if h.modality == "image" else None) or c for h, c in zip(used, contexts)]
+        media = [(image_data_uri(h) if h.modality == "image" else None) or c for h, c in zip(used, contexts)]
         text = answer.text if answer is not None and not answer.abstained else None
         async with gate:
             scores, errors = await judge.ascore(question=q.text, answer=text, contexts=contexts, media=media,
