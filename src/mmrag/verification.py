@@ -51,6 +51,7 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from mmrag.errors import InvalidInputError
+from mmrag.jsonlines import read_objects
 
 #: Default decision threshold on :attr:`Verdict.score` (see the module docstring for why 0.5).
 DEFAULT_THRESHOLD = 0.5
@@ -437,24 +438,11 @@ def load_answers(path: Any) -> list[LabelledAnswer]:
     ``context`` is a string or a list of passages.
 
     Raises:
+        NotFoundError: the file does not exist.
         InvalidInputError: a line is not a JSON object, or a field is missing or of the wrong type;
             the message names the line number and the field.
     """
-    import json
-    from pathlib import Path
-
-    out: list[LabelledAnswer] = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise InvalidInputError(f"{path}: line {lineno}: expected a JSON object")
-            out.append(_labelled(row, f"{path}: line {lineno}"))
+    out = [_labelled(row, where) for _, where, row in read_objects(path)]
     if not out:
         raise InvalidInputError(f"{path}: no answers (expected JSONL lines with context and answer)")
     return out

@@ -28,7 +28,7 @@ def test_perfect_and_empty_rankings() -> None:
 def test_dataset_errors_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"id": 1, "query": "q", "relevant": ["a"]}) + "\n" + json.dumps({"id": 2, "relevant": ["a"]}) + "\n")
-    with pytest.raises(InvalidInputError, match=r"d.jsonl:2: needs a 'query'"):
+    with pytest.raises(InvalidInputError, match=r"d.jsonl: line 2: needs a 'query'"):
         load_dataset(path)
 
 

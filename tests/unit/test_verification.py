@@ -230,3 +230,10 @@ def test_ragas_metric_scores_through_ragas() -> None:
     assert binary.score(response="It was built in 1700 by 90 Scottish masons.", retrieved_contexts=[CONTEXT]).value == 0.0
     with pytest.raises(InvalidInputError):
         metric.score(response="x", retrieved_contexts=[])
+
+
+def test_load_answers_on_a_missing_file_is_not_found(tmp_path: Path) -> None:
+    from mmrag.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="no such file"):
+        load_answers(tmp_path / "absent.jsonl")

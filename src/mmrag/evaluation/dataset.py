@@ -7,12 +7,12 @@ relative to the dataset file.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmrag.errors import InvalidInputError, NotFoundError
+from mmrag.errors import InvalidInputError
+from mmrag.jsonlines import read_objects
 
 
 @dataclass(frozen=True)
@@ -40,38 +40,27 @@ def load_dataset(path: Path) -> list[EvalQuery]:
         InvalidInputError: a line is not valid; the message names the file and line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"Dataset not found: {path}")
     out = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise InvalidInputError(f"{path}:{n}: each line must be a JSON object")
-            text, image = row.get("query"), row.get("query_image")
-            if not text and not image:
-                raise InvalidInputError(f"{path}:{n}: needs a 'query' (text) or 'query_image' (path)")
-            rel = row.get("relevant")
-            if not isinstance(rel, list) or not rel:
-                raise InvalidInputError(f"{path}:{n}: 'relevant' must be a non-empty list of doc ids")
-            reference = row.get("reference")
-            if reference is not None and not isinstance(reference, str):
-                raise InvalidInputError(f"{path}:{n}: 'reference' must be a string (a reference answer)")
-            if image:
-                image = os.path.abspath(path.parent / image)
-            qid = str(row.get("id", n))
-            if qid in seen:
-                # compare matches queries across runs by id: a duplicate would make that ambiguous.
-                raise InvalidInputError(f"{path}:{n}: duplicate id {qid!r}")
-            seen.add(qid)
-            out.append(EvalQuery(id=qid, relevant=frozenset(map(str, rel)), text=text, image=image,
-                                 reference=reference or None))
+    for n, where, row in read_objects(path):
+        text, image = row.get("query"), row.get("query_image")
+        if not text and not image:
+            raise InvalidInputError(f"{where}: needs a 'query' (text) or 'query_image' (path)")
+        rel = row.get("relevant")
+        if not isinstance(rel, list) or not rel:
+            raise InvalidInputError(f"{where}: 'relevant' must be a non-empty list of doc ids")
+        reference = row.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise InvalidInputError(f"{where}: 'reference' must be a string (a reference answer)")
+        if image:
+            image = os.path.abspath(path.parent / image)
+        qid = str(row.get("id", n))
+        if qid in seen:
+            # compare matches queries across runs by id: a duplicate would make that ambiguous.
+            raise InvalidInputError(f"{where}: duplicate id {qid!r}")
+        seen.add(qid)
+        out.append(EvalQuery(id=qid, relevant=frozenset(map(str, rel)), text=text, image=image,
+                             reference=reference or None))
     if not out:
         raise InvalidInputError(f"{path}: no queries")
     return out
