@@ -271,3 +271,15 @@ def test_answer_with_verify_marks_unsupported_sentences(api: Api) -> None:
     assert r.status_code == 200 and not body["abstained"], body
     assert body["answer"].endswith("Admiral Nelson painted it red. [unsupported]")
     assert body["verification"]["unsupported"][0]["text"] == "Admiral Nelson painted it red."
+
+
+def test_search_filters_and_dedupe(api: Api) -> None:
+    a = _seed(api)
+    r = api.client.post("/v1/search", headers=api.auth("reader"), json={
+        "query": "bread lighthouse", "collection": a, "retriever": "hybrid", "k": 5, "dedupe": True,
+        "filters": {"doc_type": "md"}})
+    assert r.status_code == 200, r.text
+    assert [h["doc_id"] for h in r.json()["hits"]] == ["bakery.md"]
+    r = api.client.post("/v1/search", headers=api.auth("reader"), json={
+        "query": "x", "collection": a, "filters": {"metadata": {"doc_id": "lighthouse.txt"}}, "retriever": "bm25"})
+    assert {h["doc_id"] for h in r.json()["hits"]} <= {"lighthouse.txt"}

@@ -189,9 +189,7 @@ def _search(services: Services, collection: str, fields: QueryFields, text: str 
     if fields.filters is not None:
         from mmrag.retrieval import SearchFilter
 
-        f = fields.filters
-        kwargs["filters"] = SearchFilter(source_prefix=f.source_prefix, doc_type=f.doc_type, page=f.page,
-                                         metadata=dict(f.metadata))
+        kwargs["filters"] = SearchFilter.from_dict(fields.filters.model_dump())
     if fields.dedupe:
         kwargs["dedupe"] = True
     searcher = services.searcher(collection)
