@@ -17,10 +17,18 @@ The key file is JSON, written atomically with mode 0600 (``mmrag keys create`` m
 
     {"keys": [{"id": "3f9c1a2b", "name": "chat-bot", "hash": "sha256:…", "scopes": ["read"],
                "collections": ["handbook"], "created": "2026-11-26T16:00:00+00:00"}]}
+
+Several processes share the file (``mmrag keys create`` and ``revoke`` while the server runs, and
+several server workers), so every change is a read-modify-write under an exclusive ``flock`` on
+``<key file>.lock`` beside it: without it, a revoke racing a create could write the revoked key
+back, and parallel creates lost each other's keys. Readers take no lock: a write replaces the file
+in one ``os.replace``, so a reader sees the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -28,16 +36,23 @@ import os
 import re
 import secrets
 import tempfile
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from mmrag.errors import ConfigError, InvalidInputError, NotFoundError
 
 SCOPES = ("read", "write", "admin")
 _IMPLIED = {"admin": {"admin", "write", "read"}, "write": {"write", "read"}, "read": {"read"}}
 _TOKEN = re.compile(r"^mmrag_([0-9a-f]{8})_([A-Za-z0-9_-]{20,})$")
+#: Seconds a cached key file is trusted while its (inode, size, mtime) stay the same. Timestamps
+#: are as coarse as the kernel's clock tick (or a second on some file systems), so two writes in
+#: one tick can leave the same size and mtime; re-reading now and then bounds how long a
+#: revocation can go unseen. Reading a few KB once a second costs nothing.
+RECHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,7 @@ class KeyStore:
 
     Args:
         path: the key file. A missing file means no keys (every request is refused).
+            ``<path>.lock`` beside it serialises writers across processes.
 
     Example:
         >>> store = KeyStore(Path("keys.json"))                                  # doctest: +SKIP
@@ -83,21 +99,32 @@ class KeyStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._mtime: tuple[int, int] | None = None
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._signature: tuple[int, int, int] | None = None
+        self._raw: bytes | None = None
+        self._checked = 0.0
         self._keys: dict[str, ApiKey] = {}
+        # Server threads authenticate through one store; the lock keeps a reload's fields together.
+        self._mutex = threading.Lock()
 
     def keys(self) -> list[ApiKey]:
-        """All keys, reloading the file when it changed (a key created or revoked while serving)."""
-        self._reload()
-        return list(self._keys.values())
+        """All keys, reloading the file when it changed (a key created or revoked while serving).
+
+        Raises:
+            ConfigError: the key file is unreadable.
+        """
+        return list(self._reload().values())
 
     def authenticate(self, token: str) -> ApiKey | None:
-        """The key a bearer token belongs to, or None."""
+        """The key a bearer token belongs to, or None.
+
+        Raises:
+            ConfigError: the key file is unreadable.
+        """
         match = _TOKEN.match(token.strip())
         if not match:
             return None
-        self._reload()
-        key = self._keys.get(match.group(1))
+        key = self._reload().get(match.group(1))
         if key is None or not hmac.compare_digest(key.hash, hash_token(token.strip())):
             return None
         return key
@@ -107,6 +134,7 @@ class KeyStore:
 
         Raises:
             InvalidInputError: an unknown scope, or no scope / collection at all.
+            ConfigError: the key file is unreadable.
         """
         scopes = tuple(dict.fromkeys(scopes))
         collections = tuple(dict.fromkeys(collections))
@@ -115,14 +143,14 @@ class KeyStore:
             raise InvalidInputError(f"scopes must be some of {', '.join(SCOPES)}; got {list(scopes)}")
         if not collections:
             raise InvalidInputError("a key needs at least one collection, or '*' for all")
-        self._reload()
-        key_id = secrets.token_hex(4)
-        while key_id in self._keys:
+        with self._exclusive():
+            keys = self._reload(force=True)
             key_id = secrets.token_hex(4)
-        token = f"mmrag_{key_id}_{secrets.token_urlsafe(32)}"
-        key = ApiKey(key_id, name, hash_token(token), scopes, collections)
-        self._keys[key_id] = key
-        self._save()
+            while key_id in keys:
+                key_id = secrets.token_hex(4)
+            token = f"mmrag_{key_id}_{secrets.token_urlsafe(32)}"
+            key = ApiKey(key_id, name, hash_token(token), scopes, collections)
+            self._save({**keys, key_id: key})
         return token, key
 
     def revoke(self, key_id: str) -> ApiKey:
@@ -130,38 +158,62 @@ class KeyStore:
 
         Raises:
             NotFoundError: no such key.
+            ConfigError: the key file is unreadable.
         """
-        self._reload()
-        key = self._keys.pop(key_id, None)
-        if key is None:
-            raise NotFoundError(f"no API key with id {key_id!r} in {self.path}")
-        self._save()
+        with self._exclusive():
+            keys = dict(self._reload(force=True))
+            key = keys.pop(key_id, None)
+            if key is None:
+                raise NotFoundError(f"no API key with id {key_id!r} in {self.path}")
+            self._save(keys)
         return key
 
     # -- file ---------------------------------------------------------------------------------
-    def _reload(self) -> None:
-        try:
-            st = self.path.stat()
-            mtime = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            self._keys, self._mtime = {}, None
-            return
-        if mtime == self._mtime:
-            return
-        try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            keys = [ApiKey(k["id"], k.get("name", ""), k["hash"], tuple(k["scopes"]), tuple(k.get("collections", ["*"])),
-                           k.get("created", "")) for k in raw["keys"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"API key file {self.path} is unreadable ({exc}); fix it or recreate it with "
-                              "`mmrag keys create`") from exc
-        self._keys = {k.id: k for k in keys}
-        self._mtime = mtime
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the writers' lock: other processes' (and threads') changes wait for this one.
 
-    def _save(self) -> None:
+        ``flock`` belongs to the open file, so the kernel releases it when the holder dies: a
+        killed ``mmrag keys create`` never leaves a stale lock.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _reload(self, *, force: bool = False) -> dict[str, ApiKey]:
+        """The keys on disk, re-read when the file changed (or ``force``: writers read under the lock)."""
+        with self._mutex:
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                self._keys, self._signature, self._raw = {}, None, None
+                return self._keys
+            # The inode changes with every write (os.replace of a fresh file), even when the size
+            # and the coarse mtime do not.
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+            now = time.monotonic()
+            if not force and signature == self._signature and now - self._checked < RECHECK_SECONDS:
+                return self._keys
+            try:
+                raw = self.path.read_bytes()
+                if raw != self._raw:
+                    self._keys = _parse(raw)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"API key file {self.path} is unreadable ({exc}); fix it or recreate it with "
+                                  "`mmrag keys create`") from exc
+            self._raw, self._signature, self._checked = raw, signature, now
+            return self._keys
+
+    def _save(self, keys: dict[str, ApiKey]) -> None:
+        """Replace the key file atomically (same-folder temp file, fsync, rename), mode 0600."""
         data = {"keys": [{**asdict(k), "scopes": list(k.scopes), "collections": list(k.collections)}
-                         for k in self._keys.values()]}
+                         for k in keys.values()]}
+        # mkstemp creates the file 0600, so the secrets' hashes are never readable by others, not
+        # even for the moment before the rename.
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keys-", suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -173,5 +225,23 @@ class KeyStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        st = self.path.stat()
-        self._mtime = (st.st_mtime_ns, st.st_size)
+        _fsync_dir(self.path.parent)
+        with self._mutex:
+            self._keys, self._signature, self._raw = dict(keys), None, None
+
+
+def _parse(raw: bytes) -> dict[str, ApiKey]:
+    data = json.loads(raw.decode("utf-8"))
+    keys = [ApiKey(k["id"], k.get("name", ""), k["hash"], tuple(k["scopes"]), tuple(k.get("collections", ["*"])),
+                   k.get("created", "")) for k in data["keys"]]
+    return {k.id: k for k in keys}
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the folder's entry is on disk: without this, a crash right
+    # after a revoke could bring the revoked key back.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
