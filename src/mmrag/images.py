@@ -1,4 +1,8 @@
-"""The pixels behind an image hit: re-read from its source file (a standalone image, or one inside a PDF/DOCX/PPTX/HTML).
+"""Image bytes at the API's edges: query images sent by clients, and the pixels behind an image hit.
+
+A query image (:func:`query_image`) arrives as base64 and is checked here, header first, so a
+decompression bomb or a file Pillow cannot read is an :class:`~mmrag.errors.InvalidInputError`
+naming the request field, never a Pillow exception.
 
 The vector store keeps vectors and metadata, not image bytes; the source file is the truth. So
 serving a thumbnail or showing a vision model the image re-reads that file. Documents are
@@ -8,19 +12,80 @@ re-extracted at most once per (path, mtime) thanks to a small cache.
 from __future__ import annotations
 
 import base64
+import binascii
+import io
 import os
+import re
+import struct
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping
 
-from mmrag.errors import LoadError, NotFoundError
-from mmrag.loaders import FileRef, load
+from mmrag.errors import InvalidInputError, LoadError, NotFoundError, PayloadTooLargeError
+from mmrag.loaders import FileRef, LoaderLimits, load
 from mmrag.types import Hit, ImageAsset
 
 _CACHE_SIZE = 32
 _cache: "OrderedDict[tuple[str, int], tuple[ImageAsset, ...]]" = OrderedDict()
 _lock = threading.Lock()
+#: The pixel limit of query images: the one ingestion applies to image files.
+MAX_QUERY_PIXELS = LoaderLimits.max_image_pixels
+
+
+def query_image(value: str, field: str, *, max_pixels: int = MAX_QUERY_PIXELS) -> ImageAsset:
+    """Check an image sent with a request (base64, or a ``data:`` URI) and wrap it as an asset.
+
+    Only the header is parsed and the file's structure verified: decoding the pixels is the
+    embedder's job, and a decompression bomb must be refused before anything allocates them.
+
+    Args:
+        value: base64 bytes, or a ``data:image/...;base64,`` URI.
+        field: the request field it came in (``image``, ``messages[0].image_url``), named in errors.
+        max_pixels: images with more pixels are refused.
+
+    Returns:
+        An :class:`ImageAsset` holding the bytes.
+
+    Raises:
+        InvalidInputError: not base64, or not an image Pillow can read.
+        PayloadTooLargeError: more than ``max_pixels`` pixels (a decompression bomb, or just too big).
+
+    Example:
+        >>> query_image("data:image/png;base64,iVBORw0KGgo...", "image")  # doctest: +SKIP
+    """
+    from PIL import Image
+
+    raw = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"{field}: not valid base64 (send base64 bytes or a data: URI)") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise PayloadTooLargeError(_too_many_pixels(field, width * height, max_pixels))
+            img.verify()
+    except PayloadTooLargeError:
+        raise  # an InvalidInputError, hence a ValueError: keep it out of the clause below
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own guard fires inside open(), before the size reaches us (the warning is an
+        # error only where warnings are errors); its message carries the pixel count.
+        match = re.search(r"\((\d+) pixels\)", str(exc))
+        raise PayloadTooLargeError(_too_many_pixels(field, int(match.group(1)) if match else None, max_pixels)) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        # Pillow's plugins report a bad file with any of these (UnidentifiedImageError is an OSError).
+        raise InvalidInputError(f"{field}: not an image Pillow can read ({exc}); send a PNG, JPEG, GIF, WebP, "
+                                "BMP or TIFF file") from exc
+    return ImageAsset(data=data)
+
+
+def _too_many_pixels(field: str, pixels: int | None, limit: int) -> str:
+    size = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    # CLIP looks at 224x224 (or so) pixels, so downscaling loses nothing the search could use.
+    return (f"{field}: the image has {size}, over the limit of {limit:,}; downscale it (1024 pixels on the "
+            "long side is plenty for search) and send it again")
 
 
 def hit_image(hit: Hit) -> ImageAsset:

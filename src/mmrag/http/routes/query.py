@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import time
 import uuid
@@ -36,6 +33,7 @@ from mmrag.http.schemas import (
     UsageOut,
 )
 from mmrag.http.services import Services
+from mmrag.images import query_image
 from mmrag.types import Hit, ImageAsset, Query
 
 router = APIRouter(tags=["query"])
@@ -183,7 +181,7 @@ def _collection(services: Services, key: ApiKey | None, name: str | None) -> str
 
 def _search(services: Services, collection: str, fields: QueryFields, text: str | None, *,
             image: ImageAsset | None = None) -> list[Hit]:
-    image = image or (_decode_image(fields.image, "image") if fields.image else None)
+    image = image or (query_image(fields.image, "image") if fields.image else None)
     query = Query(text=text if text and text.strip() else None, image=image)
     kwargs: dict[str, Any] = {"modality": fields.modality, "retriever": fields.retriever}
     if fields.filters is not None:
@@ -197,22 +195,6 @@ def _search(services: Services, collection: str, fields: QueryFields, text: str 
     hits = searcher.search(query, fields.k, **kwargs)
     services.metrics.retrieval_seconds.labels(fields.retriever).observe(time.perf_counter() - started)
     return hits
-
-
-def _decode_image(value: str, field: str) -> ImageAsset:
-    from PIL import Image, UnidentifiedImageError
-
-    raw = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
-    try:
-        data = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInputError(f"{field}: not valid base64 (send base64 bytes or a data: URI)") from exc
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InvalidInputError(f"{field}: not an image Pillow can read ({exc})") from exc
-    return ImageAsset(data=data)
 
 
 def _last_user_turn(body: ChatCompletionRequest) -> tuple[str, ImageAsset | None]:
@@ -230,7 +212,7 @@ def _last_user_turn(body: ChatCompletionRequest) -> tuple[str, ImageAsset | None
                 url = part.image_url.get("url") if isinstance(part.image_url, dict) else part.image_url
                 if not isinstance(url, str) or not url.startswith("data:"):
                     raise InvalidInputError(f"{where}: image_url must be a data: URI (the server fetches no URLs)")
-                image = _decode_image(url, f"{where}.image_url")
+                image = query_image(url, f"{where}.image_url")
         if not texts and image is None:
             raise InvalidInputError(f"{where}: the user message has no text or image")
         return " ".join(texts).strip(), image
