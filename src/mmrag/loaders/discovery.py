@@ -27,6 +27,34 @@ class DiscoveryProblem:
     reason: str
 
 
+def _printable(path: Path | str) -> str:
+    """``path`` as a string that always encodes: undecodable bytes become ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _not_utf8(path: Path | str) -> bool:
+    # Python decodes file names with surrogateescape: bytes that are not UTF-8 become lone
+    # surrogates, which sqlite, Chroma and JSON refuse to encode much later, mid-run, ending the
+    # whole ingest. So such names are stopped here, at the door.
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _encodable(problem: DiscoveryProblem) -> DiscoveryProblem:
+    # Other problems (a broken symlink, say) can name a non-UTF-8 path or link target too, and
+    # the caller prints and stores them.
+    if _not_utf8(problem.path) or _not_utf8(problem.reason):
+        return DiscoveryProblem(_printable(problem.path), _printable(problem.reason))
+    return problem
+
+
+_RENAME = "rename it (e.g. with convmv) to ingest it"
+_RENAME_DIR = "rename it (e.g. with convmv) to ingest the files in it"
+
+
 def _unsupported(suffix: str) -> str:
     kind = f"'{suffix}'" if suffix else "(no extension)"
     return f"unsupported file type {kind}; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}"
@@ -45,6 +73,9 @@ def _stat_problem(path: Path, exc: OSError) -> DiscoveryProblem:
 
 
 def _file(path: Path, root: Path, st: os.stat_result) -> FileRef | DiscoveryProblem:
+    if _not_utf8(path):
+        where = "file name" if _not_utf8(path.name) else "path"
+        return DiscoveryProblem(_printable(path), f"{where} is not valid UTF-8: {_RENAME}")
     if not stat.S_ISREG(st.st_mode):
         # Opening a FIFO would block forever; devices and sockets are not documents either.
         return DiscoveryProblem(str(path), "not a regular file (FIFO, socket or device)")
@@ -117,6 +148,11 @@ def _walk(root: Path, root_stat: os.stat_result, visited: set[_Key]) -> Iterator
         if not stat.S_ISDIR(st.st_mode):
             yield _file(path, root, st)
             continue
+        if _not_utf8(entry.name):
+            # One problem for the directory rather than one per file in it: none of their ids
+            # could be stored.
+            yield DiscoveryProblem(_printable(path), f"directory name is not valid UTF-8: {_RENAME_DIR}")
+            continue
         key = (st.st_dev, st.st_ino)
         if entry.is_symlink() or key in ancestors:
             deferred.append((path, ancestors))
@@ -140,6 +176,10 @@ def discover(paths: Sequence[Path]) -> Iterator[FileRef | DiscoveryProblem]:
     followed, to files and directories alike, but a directory is never walked twice, and a link
     back to an ancestor is reported as a loop instead of hanging.
 
+    A path that is not valid UTF-8 (a file or directory name in a legacy encoding) is reported
+    rather than yielded, since its id could not be stored; a problem's ``path`` and ``reason``
+    always encode as UTF-8 (undecodable bytes are written ``\\xNN``).
+
     A file's ``doc_id`` is its path relative to the directory argument it was found under; for a
     file given directly it is the file's name. A file reached twice is yielded once; two
     different files that would share a ``doc_id`` (``a/x.txt`` and ``b/x.txt`` given as ``a``
@@ -150,17 +190,26 @@ def discover(paths: Sequence[Path]) -> Iterator[FileRef | DiscoveryProblem]:
 
     Yields:
         A :class:`FileRef` per supported, readable file; a :class:`DiscoveryProblem` per path
-        that does not exist, cannot be read, is of an unsupported type, or is a symlink loop.
+        that does not exist, cannot be read, is of an unsupported type, is not valid UTF-8, or
+        is a symlink loop.
 
     Example:
         >>> for item in discover([Path("docs")]):  # doctest: +SKIP
         ...     print(item.doc_id if isinstance(item, FileRef) else item.reason)
     """
+    for item in _discover(paths):
+        yield _encodable(item) if isinstance(item, DiscoveryProblem) else item
+
+
+def _discover(paths: Sequence[Path]) -> Iterator[FileRef | DiscoveryProblem]:
     visited: set[_Key] = set()
     id_owner: dict[str, Path] = {}
     yielded: set[Path] = set()
     for raw in paths:
         given = Path(os.path.abspath(raw))
+        if _not_utf8(given) and given.is_dir():
+            yield DiscoveryProblem(_printable(given), f"path is not valid UTF-8: {_RENAME_DIR}")
+            continue
         try:
             st = os.stat(given)
         except OSError as exc:
