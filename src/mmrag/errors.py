@@ -17,7 +17,10 @@ Tree::
     ├── UnauthorizedError                no or an unknown API key (401)
     ├── ForbiddenError                   the key lacks the scope or the collection (403)
     ├── EmbedderMismatchError            a collection was built with another embedding model
-    ├── StoreError                       the vector store failed (Chroma)
+    ├── StoreError                       a store failed (Chroma, the keyword index, the manifest)
+    │   ├── StoreDamagedError            a store's files are damaged; the message names the rebuild
+    │   ├── StoreBusyError               another process holds the writer lock or the embedded store (409)
+    │   └── ForeignCollectionError       a shared server's collection belongs to another data dir (409)
     └── UpstreamError
         ├── RateLimitedError
         └── UpstreamTimeoutError
@@ -118,10 +121,31 @@ class EmbedderMismatchError(MmragError):
 
 
 class StoreError(MmragError):
-    """The vector store failed."""
+    """A store failed: Chroma, the keyword index or the manifest (the message names which)."""
 
     code = "store_error"
     status_code = 503
+
+
+class StoreDamagedError(StoreError):
+    """A store's files are damaged or disagree with the manifest; the message says how to rebuild."""
+
+    code = "store_damaged"
+    status_code = 503
+
+
+class StoreBusyError(StoreError):
+    """Another process holds what this one needs (the writer lock, an embedded store); names the holder."""
+
+    code = "store_busy"
+    status_code = 409
+
+
+class ForeignCollectionError(StoreError):
+    """A Chroma server's collection is owned by another mmrag data dir; this one will not write to it."""
+
+    code = "foreign_collection"
+    status_code = 409
 
 
 class UpstreamError(MmragError):

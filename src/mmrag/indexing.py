@@ -3,26 +3,51 @@
 Crash safety (see :mod:`mmrag.manifest`): a document's records are written only while its
 manifest row is ``pending``; record ids are deterministic (``doc_id#t<n>`` for chunks,
 ``doc_id#i<n>`` for images); a redo deletes a document's records before writing them again. So a
-run killed at any moment and rerun ends exactly as an uninterrupted run would.
+run killed at any moment and rerun ends exactly as an uninterrupted run would. The keyword index
+follows the same protocol: a batch's keyword rows are committed after its Chroma records and
+before its manifest rows say ``done``, so keyword search sees every ``done`` document during a run.
+
+Cost: a write of k documents does O(k) work in every index. Nothing re-reads the collection,
+except a repair that found the stores and the manifest disagree in their totals (a crash, a
+damaged store), and then only the documents involved (plus a scan for orphans when a store holds
+records no manifest row accounts for).
+
+What is never lost: a source that exists but fails to load (a corrupt PDF, an unreadable file, a
+JSONL with bad lines) keeps its previously indexed records, and ``prune`` removes only documents
+whose source is gone (or a JSONL record no longer in a file that loaded without problems). A doc
+id already held by another existing source is refused, not overwritten.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mmrag.chunking import SentenceChunker
 from mmrag.errors import LoadError
 from mmrag.kb import KnowledgeBase
-from mmrag.keyword import KeywordIndex
-from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits, discover, file_sha256, load
+from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits, discover, file_sha256
+
+try:  # TEMPORARY until the loaders' streaming API lands
+    from mmrag.loaders import RecordProblem, load_iter
+except ImportError:
+    from mmrag.loaders import load
+
+    class RecordProblem:  # type: ignore[no-redef]
+        source: str
+        line: int
+        reason: str
+
+    def load_iter(ref, **kw):  # type: ignore[no-redef]
+        yield from load(ref, **kw)
 from mmrag.manifest import DocState
 from mmrag.types import Chunk, Document, ImageAsset, Record
 
-BM25_DIRTY = "bm25_dirty"
+log = logging.getLogger(__name__)
 #: Items (chunks + images) embedded together before their documents are written.
 FLUSH_ITEMS = 256
 
@@ -64,6 +89,15 @@ class IngestSummary:
         }
 
 
+@dataclass
+class _Run:
+    """What one ingest run has seen, for id collisions and for a prune that deletes only what is gone."""
+
+    seen: dict[str, str] = field(default_factory=dict)  # doc id -> the source that claimed it
+    unsure: set[str] = field(default_factory=set)  # sources that exist but did not load completely
+    stamps: list[tuple[str, int, int, str]] = field(default_factory=list)  # file stamps to record
+
+
 class Indexer:
     """Ingests files into a :class:`KnowledgeBase`."""
 
@@ -93,31 +127,30 @@ class Indexer:
     def _ingest(self, paths: Sequence[Path], prune: bool,
                 progress: Callable[[int, int], None] | None) -> IngestSummary:
         started = time.monotonic()
-        kb, col = self.kb, self.kb.collection
-        summary = IngestSummary(collection=col)
+        summary = IngestSummary(collection=self.kb.collection)
         summary.repaired = self._repair()
         found = list(discover([Path(p) for p in paths]))
         refs = [r for r in found if isinstance(r, FileRef)]
+        run = _Run()
         for problem in (r for r in found if isinstance(r, DiscoveryProblem)):
             status = "skipped" if problem.reason.startswith("unsupported") else "failed"
             (summary.skipped if status == "skipped" else summary.failed).append(Problem(problem.path, problem.reason, status))
+            run.unsure.add(problem.path)
         summary.files_seen = len(refs)
-        seen: set[str] = set()
         batch: list[Document] = []
         items = 0
         for n, ref in enumerate(refs, 1):
-            for doc in self._changed_documents(ref, seen, summary):
+            for doc in self._changed_documents(ref, run, summary):
                 batch.append(doc)
                 items += sum(len(b.text) // 800 + 1 for b in doc.texts) + len(doc.images)
                 if items >= FLUSH_ITEMS:
-                    self._flush(batch, summary)
+                    self._flush(batch, summary, run)
                     batch, items = [], 0
             if progress:
                 progress(n, len(refs))
-        self._flush(batch, summary)
+        self._flush(batch, summary, run)
         if prune:
-            summary.pruned = self._prune([Path(p) for p in paths], seen)
-        self.rebuild_keyword_index(only_if_dirty=True)
+            summary.pruned = self._prune([Path(p) for p in paths], run)
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -131,60 +164,101 @@ class Indexer:
         known = [d for d in doc_ids if kb.manifest.get(col, d) is not None]
         if not known:
             return 0
-        kb.manifest.set_flag(col, BM25_DIRTY, "1")
-        kb.delete_records(known)
+        for store in (kb.raw_store("clip"), kb.raw_store("text")):
+            store.check_writable()  # refuse before the manifest forgets anything
+        # Manifest first: a crash after it leaves orphan records, which the next run's repair
+        # finds (the stores then hold more than the manifest accounts for) and deletes. The other
+        # order would leave rows whose records are gone, and a repair would index them again.
         kb.manifest.remove(col, known)
-        self.rebuild_keyword_index(only_if_dirty=True)
+        kb.delete_records(known)
+        kb.keyword.delete_docs(known)
         return len(known)
 
-    def rebuild_keyword_index(self, *, only_if_dirty: bool = False) -> int:
-        """Rebuild BM25 from the text collection. Returns the number of chunks indexed."""
-        kb, col = self.kb, self.kb.collection
-        if only_if_dirty and kb.manifest.flag(col, BM25_DIRTY) is None and kb.keyword_dir.exists():
-            return -1
-        rows = sorted(kb.raw_store("text").iter_all(include=("metadatas", "documents")), key=lambda r: r[0])
-        index = KeywordIndex.build(
-            [r[0] for r in rows], [r[2] or "" for r in rows],
-            # All of a chunk's metadata, so search filters apply to BM25 exactly as to Chroma.
-            [{**r[1], "text": r[2] or ""} for r in rows],
-        )
-        index.save(kb.keyword_dir)
-        kb.manifest.set_flag(col, BM25_DIRTY, None)
-        return len(rows)
+    def rebuild_keyword_index(self) -> int:
+        """Rebuild the keyword index from the text collection. Returns the number of chunks indexed.
+
+        Only for a damaged index: writes keep the index current in place.
+        """
+        with self.kb.write_lock():
+            return self.kb.rebuild_keyword_index()
 
     # -- steps --------------------------------------------------------------------------------
-    def _changed_documents(self, ref: FileRef, seen: set[str], summary: IngestSummary) -> list[Document]:
-        """Load ``ref`` unless unchanged; record failures in the manifest and the summary."""
-        manifest, col = self.kb.manifest, self.kb.collection
+    def _digest(self, ref: FileRef, run: _Run) -> str:
+        """The file's sha256, re-hashed only when its size or mtime changed since it was last hashed.
+
+        Like git and rsync, a file rewritten with the same size inside the same mtime tick is taken
+        as unchanged; ``mmrag reset`` (or touching the file) makes the next run hash it again.
+        """
+        source = str(ref.path)
         try:
-            digest = file_sha256(ref.path)
-        except LoadError as exc:  # file_sha256 translates OSError (vanished, unreadable) itself
-            seen.add(ref.doc_id)
-            self._record_problem(ref, "", Problem(str(ref.path), exc.reason, "failed"), summary)
-            return []
-        if ref.suffix != ".jsonl":
-            seen.add(ref.doc_id)
+            st = os.stat(ref.path)
+        except OSError as exc:
+            raise LoadError(source, f"cannot read file: {exc.strerror or exc}") from exc
+        stamp = self.kb.manifest.file_stamp(self.kb.collection, source)
+        if stamp is not None and stamp[:2] == (st.st_size, st.st_mtime_ns):
+            return stamp[2]
+        digest = file_sha256(ref.path)
+        run.stamps.append((source, st.st_size, st.st_mtime_ns, digest))
+        return digest
+
+    def _claim(self, doc_id: str, source: str, run: _Run, summary: IngestSummary) -> bool:
+        """Whether ``source`` may write ``doc_id``: no other source of this run or of the manifest holds it."""
+        holder = run.seen.get(doc_id)
+        if holder is None:
+            state = self.kb.manifest.get(self.kb.collection, doc_id)
+            if state is not None and state.source != source and os.path.exists(state.source):
+                holder = state.source
+            else:
+                run.seen[doc_id] = source
+                return True
+        if holder == source:
+            return True
+        summary.failed.append(Problem(source, (
+            f"doc id {doc_id!r} is already used by {holder}; the indexed one is kept. Doc ids are paths relative to "
+            "the ingested folder (or JSONL record ids): give this one another id, ingest the folders' common "
+            f"parent instead, or remove the other first (mmrag delete {doc_id})"), "failed"))
+        return False
+
+    def _changed_documents(self, ref: FileRef, run: _Run, summary: IngestSummary) -> Iterator[Document]:
+        """Yield the documents of ``ref`` that are new or changed; record failures in the manifest and the summary."""
+        manifest, col = self.kb.manifest, self.kb.collection
+        source = str(ref.path)
+        jsonl = ref.suffix == ".jsonl"
+        if not jsonl and not self._claim(ref.doc_id, source, run, summary):
+            return
+        try:
+            digest = self._digest(ref, run)
+        except LoadError as exc:  # _digest translates OSError (vanished, unreadable) itself
+            run.unsure.add(source)
+            self._record_problem(ref, "", Problem(source, exc.reason, "failed"), summary)
+            return
+        if not jsonl:
             state = manifest.get(col, ref.doc_id)
             if state and state.content_hash == digest and state.status != "pending":
                 summary.unchanged += 1
                 if state.status in {"failed", "skipped"}:
+                    run.unsure.add(source)
                     bucket = summary.failed if state.status == "failed" else summary.skipped
-                    bucket.append(Problem(str(ref.path), state.reason + " (unchanged since last run)", state.status))
-                return []
+                    bucket.append(Problem(source, state.reason + " (unchanged since last run)", state.status))
+                return
         try:
-            docs = load(ref, content_hash=digest, jsonl=self.jsonl, limits=self.limits)
+            for item in load_iter(ref, content_hash=digest, jsonl=self.jsonl, limits=self.limits):
+                if isinstance(item, RecordProblem):
+                    # The file's other records still load; its missing ones must not be pruned.
+                    run.unsure.add(source)
+                    summary.failed.append(Problem(f"{item.source}:{item.line}", item.reason, "failed"))
+                    continue
+                if jsonl and not self._claim(item.doc_id, source, run, summary):
+                    run.unsure.add(source)
+                    continue
+                state = manifest.get(col, item.doc_id)
+                if state and state.content_hash == item.content_hash and state.status == "done":
+                    summary.unchanged += 1
+                    continue
+                yield item
         except LoadError as exc:
-            self._record_problem(ref, digest, Problem(str(ref.path), exc.reason, "skipped" if exc.skipped else "failed"), summary)
-            return []
-        changed = []
-        for doc in docs:
-            seen.add(doc.doc_id)
-            state = manifest.get(col, doc.doc_id)
-            if state and state.content_hash == doc.content_hash and state.status == "done":
-                summary.unchanged += 1
-                continue
-            changed.append(doc)
-        return changed
+            run.unsure.add(source)
+            self._record_problem(ref, digest, Problem(source, exc.reason, "skipped" if exc.skipped else "failed"), summary)
 
     def _record_problem(self, ref: FileRef, digest: str, problem: Problem, summary: IngestSummary) -> None:
         manifest, col = self.kb.manifest, self.kb.collection
@@ -193,14 +267,20 @@ class Indexer:
         if old is not None and old.status == "pending":
             # An interrupted write left partial records: they must not outlive the failure.
             self.kb.delete_records([ref.doc_id])
-        kept = old is not None and old.status == "done" and (old.n_clip or old.n_text)
+            self.kb.keyword.delete_docs([ref.doc_id])
+        # Whatever version is indexed stays, also when an earlier update failed too: the row keeps
+        # its record counts, so a later repair does not take the kept records for damage.
+        kept = old is not None and old.status != "pending" and bool(old.n_clip or old.n_text)
         reason = problem.reason + ("; the previously indexed version is kept" if kept else "")
         manifest.set_states(col, [DocState(
             ref.doc_id, str(ref.path), ref.suffix.lstrip("."), digest, problem.status, reason,
             old.n_clip if kept and old else 0, old.n_text if kept and old else 0,
         )])
 
-    def _flush(self, docs: list[Document], summary: IngestSummary) -> None:
+    def _flush(self, docs: list[Document], summary: IngestSummary, run: _Run) -> None:
+        if run.stamps:
+            self.kb.manifest.set_file_stamps(self.kb.collection, run.stamps)
+            run.stamps.clear()
         if not docs:
             return
         kb, col = self.kb, self.kb.collection
@@ -248,13 +328,14 @@ class Indexer:
         # Open the identity-checked collections before touching anything, so a mismatched
         # collection is refused before any record is deleted (delete_records then uses them).
         clip_store, text_store = kb.clip_store, kb.text_store
-        # 1) mark pending, 2) drop old records, 3) write new ones, 4) mark done.
+        # 1) mark pending, 2) drop old records, 3) write new ones (Chroma, then the keyword index
+        # in one commit), 4) mark done.
         manifest = kb.manifest
-        manifest.set_flag(col, BM25_DIRTY, "1")
         manifest.set_states(col, [DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "pending", "", 0, 0) for d in docs])
         kb.delete_records([d.doc_id for d in docs])
         clip_store.upsert(clip_records)
         text_store.upsert(text_records)
+        kb.keyword.write(delete_docs=[d.doc_id for d in docs], records=text_records)
         final = []
         for d in docs:
             n_clip, n_text = counts[d.doc_id]
@@ -270,47 +351,75 @@ class Indexer:
                 summary.indexed += 1
         manifest.set_states(col, final)
 
-    def _prune(self, roots: list[Path], seen: set[str]) -> int:
-        """Remove documents under ``roots`` that this run did not see."""
+    def _prune(self, roots: list[Path], run: _Run) -> int:
+        """Remove documents under ``roots`` whose source is gone.
+
+        A document this run did not see is kept when its source still exists and did not load
+        completely (a corrupt file, a JSONL with bad lines): only a JSONL record missing from a
+        file that loaded without problems, or a document whose file is gone, is removed.
+        """
         col = self.kb.collection
-        scopes = [os.path.abspath(p) for p in roots]  # the loaders' source paths are abspath'd too
-        gone = [
-            s.doc_id for s in self.kb.manifest.all(col)
-            if s.doc_id not in seen and any(s.source == sc or s.source.startswith(sc.rstrip("/") + "/") for sc in scopes)
-        ]
-        return self.delete(gone) if gone else 0
+        gone: list[str] = []
+        for scope in {os.path.abspath(p) for p in roots}:  # the loaders' source paths are abspath'd too
+            for state in self.kb.manifest.under(col, scope):
+                inside = state.source == scope or state.source.startswith(scope.rstrip("/") + "/")
+                if not inside or state.doc_id in run.seen or state.source in run.unsure:
+                    continue
+                if os.path.exists(state.source) and not state.source.endswith(".jsonl"):
+                    continue  # a file that exists but was not discovered (now too big, unsupported): keep
+                gone.append(state.doc_id)
+        return self._delete(sorted(set(gone))) if gone else 0
 
     def _repair(self) -> int:
-        """Make the manifest and the stores agree before a run (the store is treated as fallible).
+        """Make the manifest and the stores agree before a run (the stores are treated as fallible).
 
-        Documents whose record counts differ from the manifest are set back to ``pending`` so this
-        run redoes them; records of documents the manifest does not know are deleted.
+        Totals first (one count per store): when they agree and nothing is pending, nothing is
+        read. Otherwise the per-document counts of the manifest's documents are compared, in
+        batches: documents whose Chroma records are off go back to ``pending`` and are redone;
+        documents whose keyword rows alone are off get them rewritten from the text store (no
+        embedding); records of documents the manifest does not know (orphans) are deleted.
+
+        Returns:
+            The number of documents redone or whose keyword rows were rewritten.
         """
         kb, col = self.kb, self.kb.collection
         manifest = kb.manifest
         want_clip, want_text = manifest.totals(col)
-        clip, text = kb.raw_store("clip"), kb.raw_store("text")
+        clip, text, keyword = kb.raw_store("clip"), kb.raw_store("text"), kb.keyword
         pending = list(manifest.all(col, "pending"))
-        if not pending and clip.count() == want_clip and text.count() == want_text:
+        have = (clip.count(), text.count(), keyword.count())
+        if not pending and have == (want_clip, want_text, want_text):
             return 0
-        known = {s.doc_id: s for s in manifest.all(col)}
+        known = {s.doc_id: s for s in manifest.all(col) if s.status != "pending"}
+        ids = sorted(known)
         redo: dict[str, DocState] = {s.doc_id: s for s in pending}
-        for store, attr in ((clip, "n_clip"), (text, "n_text")):
-            have: dict[str, int] = {}
-            for _, meta, _ in store.iter_all():
-                doc_id = str(meta.get("doc_id"))
-                have[doc_id] = have.get(doc_id, 0) + 1
-            orphans = [d for d in have if d not in known]
-            if orphans:
-                store.delete_docs(orphans)
-            for doc_id, state in known.items():
-                if state.status != "pending" and have.get(doc_id, 0) != getattr(state, attr):
-                    redo[doc_id] = state
+        for store, attr, total in ((clip, "n_clip", have[0]), (text, "n_text", have[1])):
+            counts: dict[str, int] = {}
+            for _, meta, _ in store.records_of(ids):
+                counts[str(meta.get("doc_id"))] = counts.get(str(meta.get("doc_id")), 0) + 1
+            redo.update({d: s for d, s in known.items() if counts.get(d, 0) != getattr(s, attr)})
+            if total > sum(counts.values()):
+                self._delete_orphans(store, set(known) | set(redo))
+        rows = keyword.doc_counts()
+        orphans = [d for d in rows if d not in known and d not in redo]
+        rewrite = [d for d, s in known.items() if d not in redo and rows.get(d, 0) != s.n_text]
+        if orphans:
+            keyword.delete_docs(orphans)
+        if rewrite:
+            records = [Record(rid, (), meta, doc or "") for rid, meta, doc in text.records_of(rewrite, ("metadatas", "documents"))]
+            keyword.write(delete_docs=rewrite, records=records)
         if redo:
+            log.warning("Collection %r: %d documents disagree with the stores and will be redone", col, len(redo))
             manifest.set_states(col, [DocState(s.doc_id, s.source, s.doc_type, "", "pending", "redo: store and manifest disagreed", 0, 0) for s in redo.values()])
-            manifest.set_flag(col, BM25_DIRTY, "1")
-        return len(redo)
+        return len(redo) + len(rewrite)
 
+    def _delete_orphans(self, store: Any, known: set[str]) -> None:
+        # The only full scan on the write path: reached when a store holds more records than the
+        # manifest accounts for, which only a crash inside a delete (or a foreign writer) leaves.
+        orphans = sorted({str(meta.get("doc_id")) for _, meta, _ in store.iter_all() if str(meta.get("doc_id")) not in known})
+        if orphans:
+            log.warning("Collection %r: deleting records of %d documents the manifest does not know", store.name, len(orphans))
+            store.delete_docs(orphans)
 
 def _image_label(doc: Document, asset: ImageAsset) -> str:
     if doc.doc_type == "image":

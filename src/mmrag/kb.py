@@ -2,22 +2,48 @@
 
 Opening is cheap; models load on first use, so ``status``, ``delete`` and BM25 search never pay
 for loading CLIP.
+
+Concurrency rules (see the README's robustness section):
+
+* Every writer of a collection (ingest, delete, reset, uploads, the HTTP deletes and drops) holds
+  its writer lock, across threads and processes; the lock names its holder and has a timeout.
+* The embedded Chroma store is opened by one process at a time (Chroma is not safe with two
+  processes on one folder): a second process is refused, with what to do instead.
+* On a shared Chroma server each collection records the data dir that owns it, and no other data
+  dir writes to it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
+from mmrag import locks
 from mmrag.chunking import ChunkSpec
 from mmrag.embedders.openclip import OpenClipEmbedder
 from mmrag.embedders.sentence import SentenceTransformerEmbedder
-from mmrag.keyword import KeywordIndex
+from mmrag.errors import StoreError
 from mmrag.manifest import Manifest
 from mmrag.registry import ModelChoice, check_collection_name
 from mmrag.stores.chroma import ChromaStore, delete_collection, open_client
+from mmrag.stores.probe import verify_once
+from mmrag.stores.tantivy import TantivyKeywordIndex
+from mmrag.types import Record
+
+log = logging.getLogger(__name__)
+#: Records read back per batch when the keyword index is rebuilt from the text store.
+REBUILD_BATCH = 5000
+
+#: Seconds a writer waits for another writer of the same collection before giving up.
+LOCK_TIMEOUT = 600.0
 
 
 class KnowledgeBase:
@@ -34,12 +60,15 @@ class KnowledgeBase:
     """
 
     def __init__(self, data_dir: Path, collection: str, models: ModelChoice, *, store_url: str | None = None,
-                 chunk: ChunkSpec = ChunkSpec(), clip: Any = None, text: Any = None) -> None:
+                 chunk: ChunkSpec = ChunkSpec(), clip: Any = None, text: Any = None,
+                 lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.data_dir = Path(data_dir)
         self.collection = check_collection_name(collection)
         self.models = models
         self.store_url = store_url
         self.chunk_spec = chunk
+        self.lock_timeout = lock_timeout
+        self._lock_state = threading.local()
         if clip is not None:
             self.__dict__["clip"] = clip
         if text is not None:
@@ -59,8 +88,45 @@ class KnowledgeBase:
     # -- stores ---------------------------------------------------------------------------------
     @cached_property
     def client(self) -> Any:
-        """The Chroma client."""
+        """The Chroma client; the embedded store is claimed for this process first.
+
+        Raises:
+            StoreBusyError: another process has the embedded store open.
+        """
+        if not self.store_url:
+            locks.claim(
+                self.data_dir / "locks" / "embedded-chroma.lock", what=f"The embedded store {self.data_dir / 'chroma'}",
+                hint="Two processes on one embedded store can corrupt it. Stop that process, send the work through "
+                     "its HTTP API (POST /v1/documents, DELETE /v1/documents/...), or run a Chroma server "
+                     f"(`chroma run --path {self.data_dir / 'chroma'}`) and pass --store-url to every process.",
+            )
+            verify_once(self.data_dir / "chroma", self.data_dir / "locks" / "chroma-verified.json")
         return open_client(self.data_dir, self.store_url)
+
+    @cached_property
+    def owner_id(self) -> str:
+        """This data dir's id, recorded as the owner of the collections it writes on a shared server."""
+        path = self.data_dir / "mmrag-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"Cannot read {path}: {exc.strerror or exc}") from exc
+        new = uuid.uuid4().hex
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"mmrag-id.{os.getpid()}.tmp")
+            tmp.write_text(new + "\n")
+            # link() fails if another process created the id first; then its id wins.
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            tmp.unlink(missing_ok=True)
+            return path.read_text().strip()
+        except OSError as exc:
+            raise StoreError(f"Cannot write {path}: {exc.strerror or exc}") from exc
 
     @property
     def clip_name(self) -> str:
@@ -72,15 +138,19 @@ class KnowledgeBase:
         """Chroma collection of the text model."""
         return f"{self.collection}-text"
 
+    def _store(self, name: str, identity: Any) -> ChromaStore:
+        return ChromaStore(self.client, name, identity, owner=self.owner_id,
+                           may_claim=self.manifest.has_collection(self.collection))
+
     @cached_property
     def clip_store(self) -> ChromaStore:
         """Joint-space collection, identity-checked against the CLIP model."""
-        return ChromaStore(self.client, self.clip_name, self.clip.identity())
+        return self._store(self.clip_name, self.clip.identity())
 
     @cached_property
     def text_store(self) -> ChromaStore:
         """Text-model collection, identity-checked against the text model."""
-        return ChromaStore(self.client, self.text_name, self.text.identity())
+        return self._store(self.text_name, self.text.identity())
 
     def raw_store(self, which: str) -> ChromaStore:
         """A collection opened without loading its model (for status, delete and rebuilds)."""
@@ -88,7 +158,10 @@ class KnowledgeBase:
             return self.clip_store
         if which == "text" and "text_store" in self.__dict__:
             return self.text_store
-        return ChromaStore(self.client, self.clip_name if which == "clip" else self.text_name, None)
+        cache = self.__dict__.setdefault("_raw_stores", {})
+        if which not in cache:
+            cache[which] = self._store(self.clip_name if which == "clip" else self.text_name, None)
+        return cache[which]  # type: ignore[no-any-return]
 
     def delete_records(self, doc_ids: list[str]) -> None:
         """Delete every record of these documents from both Chroma collections.
@@ -107,27 +180,65 @@ class KnowledgeBase:
 
     @property
     def keyword_dir(self) -> Path:
-        """Folder of the BM25 index."""
+        """Folder of the keyword (BM25) index."""
+        return self.data_dir / "keyword" / self.collection
+
+    @property
+    def legacy_keyword_dir(self) -> Path:
+        """Where releases before the tantivy index kept a JSON BM25 index (migrated on first open)."""
         return self.data_dir / "bm25" / self.collection
 
-    def keyword(self) -> KeywordIndex | None:
-        """The saved BM25 index, or None if it was never built."""
-        return KeywordIndex.load(self.keyword_dir)
+    @cached_property
+    def keyword(self) -> TantivyKeywordIndex:
+        """The keyword index (tantivy), opened from disk; created empty when missing.
+
+        A data dir of the JSON BM25 era (before tantivy) is migrated on this first open: the index
+        is rebuilt from the text collection once, under the writer lock, and the old folder removed.
+        """
+        index = TantivyKeywordIndex(self.keyword_dir)
+        if self.legacy_keyword_dir.exists():
+            self.__dict__["keyword"] = index
+            with self.write_lock():
+                if self.legacy_keyword_dir.exists():  # another process may have migrated it meanwhile
+                    n = self.rebuild_keyword_index()
+                    shutil.rmtree(self.legacy_keyword_dir, ignore_errors=True)
+                    self.manifest.set_flag(self.collection, "bm25_dirty", None)
+                    log.warning("Collection %r: migrated the keyword index to tantivy (%d chunks, once)",
+                                self.collection, n)
+        return index
+
+    def rebuild_keyword_index(self) -> int:
+        """Rewrite the keyword index from the text collection (the caller holds the writer lock).
+
+        Only for a migration or a damaged index: writes keep the index current in place.
+
+        Returns:
+            The number of chunks indexed.
+        """
+        index = self.__dict__.get("keyword") or TantivyKeywordIndex(self.keyword_dir)
+        index.clear()
+        batch: list[Record] = []
+        total = 0
+        for rid, meta, text in self.raw_store("text").iter_all(include=("metadatas", "documents")):
+            batch.append(Record(rid, (), meta, text or ""))
+            if len(batch) >= REBUILD_BATCH:
+                index.write(records=batch)
+                total, batch = total + len(batch), []
+        index.write(records=batch)
+        return total + len(batch)
 
     @contextlib.contextmanager
-    def write_lock(self) -> Iterator[None]:
+    def write_lock(self, timeout: float | None = None) -> Iterator[None]:
         """Hold this collection's writer lock (across threads and processes) for the block.
 
-        Ingestion, deletion and drops take it: with several server workers on one Chroma server,
-        two writers would otherwise rebuild the BM25 index from different snapshots. ``flock`` is
-        released by the kernel when a holder dies, so a killed job never leaves a stale lock.
+        Ingestion, deletion, uploads and drops take it. ``flock`` is released by the kernel when a
+        holder dies, so a killed job never leaves a stale lock. A writer that waits longer than
+        ``timeout`` (default: ``lock_timeout``) gets :class:`~mmrag.errors.StoreBusyError` naming
+        the holder's pid, command and start time.
         """
-        import fcntl
-        import threading
-
         # Re-entrant for the thread that holds it (an ingest with --prune deletes documents): a
         # second flock on a new file descriptor would wait for the first one forever.
-        local = self.__dict__.setdefault("_lock_state", threading.local())
+        local = self._lock_state
         if getattr(local, "depth", 0):
             local.depth += 1
             try:
@@ -136,23 +247,56 @@ class KnowledgeBase:
                 local.depth -= 1
             return
         path = self.data_dir / "locks" / f"{self.collection}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        wait = self.lock_timeout if timeout is None else timeout
+        with locks.exclusive(path, timeout=wait, what=f"The writer lock of collection {self.collection!r}"):
             local.depth = 1
             try:
                 yield
             finally:
                 local.depth = 0
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def health(self) -> "Health":
+        """Counts against the manifest, and the problems found (see :func:`check_health`)."""
+        return check_health(self)
 
     def drop(self) -> None:
-        """Delete the collection everywhere: both Chroma collections, BM25 and its manifest rows."""
-        import shutil
-
+        """Delete the collection everywhere: both Chroma collections, the keyword index and its manifest rows."""
+        for store in (self.raw_store("clip"), self.raw_store("text")):
+            store.check_writable()
         delete_collection(self.client, self.clip_name)
         delete_collection(self.client, self.text_name)
-        shutil.rmtree(self.keyword_dir, ignore_errors=True)
+        if "keyword" in self.__dict__:
+            self.keyword.clear()
+        for folder in (self.keyword_dir, self.legacy_keyword_dir):
+            shutil.rmtree(folder, ignore_errors=True)
         self.manifest.remove_collection(self.collection)
-        for name in ("clip_store", "text_store"):
+        for name in ("clip_store", "text_store", "_raw_stores", "keyword"):
             self.__dict__.pop(name, None)
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the stores hold against what the manifest expects, and what disagrees."""
+
+    want: tuple[int, int]  # clip, text records the manifest's settled documents account for
+    have: tuple[int, int, int]  # clip, text records, keyword rows
+    problems: list[str]
+
+
+def check_health(kb: KnowledgeBase) -> Health:
+    """Compare the manifest's totals with each store's count (no scan) and say what to run."""
+    col = kb.collection
+    want = kb.manifest.totals(col)
+    have = (kb.raw_store("clip").count(), kb.raw_store("text").count(), kb.keyword.count())
+    problems = []
+    pending = kb.manifest.counts(col).get("pending", 0)
+    if pending:
+        problems.append(f"{pending} document(s) are pending (an interrupted run): rerun `mmrag ingest` on the same "
+                        "paths to finish them")
+    fix = ("the store was damaged or changed outside mmrag. Rerun `mmrag ingest` on the paths you ingested: it "
+           "redoes the documents that disagree from their sources")
+    for what, got, expected in (("clip store", have[0], want[0]), ("text store", have[1], want[1]),
+                                ("keyword index", have[2], want[1])):
+        if got != expected:
+            problems.append(f"the {what} holds {got} records but the manifest expects {expected}: {fix}")
+    return Health(want=want, have=have, problems=problems)

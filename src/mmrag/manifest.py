@@ -10,6 +10,7 @@ produces exactly what an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -34,6 +35,14 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (collection, doc_id)
 );
 CREATE INDEX IF NOT EXISTS documents_source ON documents (collection, source);
+CREATE TABLE IF NOT EXISTS files (
+    collection TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    PRIMARY KEY (collection, source)
+);
 CREATE TABLE IF NOT EXISTS flags (
     collection TEXT NOT NULL,
     name       TEXT NOT NULL,
@@ -57,6 +66,15 @@ class DocState:
     n_text: int
 
 
+@contextlib.contextmanager
+def _translate(action: str, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        hint = " (the disk may be full)" if "full" in str(exc).lower() else ""
+        raise StoreError(f"Cannot {action} the manifest {path}: {exc}{hint}") from exc
+
+
 class Manifest:
     """Per-collection document states in ``DATA_DIR/manifest.sqlite3``.
 
@@ -70,10 +88,8 @@ class Manifest:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
-        try:
+        with _translate("open", path):
             self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"Cannot open the manifest {path}: {exc}") from exc
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -99,21 +115,28 @@ class Manifest:
         self._local = threading.local()
 
     def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(sql, rows)
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._db.execute("ROLLBACK") if self._db.in_transaction else None
-            raise StoreError(f"Cannot write the manifest {self.path}: {exc}") from exc
+        db = self._db
+        with _translate("write", self.path):
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        with _translate("read", self.path):
+            return self._db.execute(sql, args).fetchall()
 
     def get(self, collection: str, doc_id: str) -> DocState | None:
         """Return one document's state, or None."""
-        row = self._db.execute(
+        rows = self._read(
             "SELECT doc_id, source, doc_type, content_hash, status, reason, n_clip, n_text "
             "FROM documents WHERE collection=? AND doc_id=?", (collection, doc_id),
-        ).fetchone()
-        return DocState(*row) if row else None
+        )
+        return DocState(*rows[0]) if rows else None  # type: ignore[arg-type]
 
     def all(self, collection: str, status: str | None = None) -> Iterator[DocState]:
         """Every document of a collection, optionally of one status, ordered by doc id."""
@@ -122,26 +145,59 @@ class Manifest:
         if status:
             sql += " AND status=?"
             args += (status,)
-        for row in self._db.execute(sql + " ORDER BY doc_id", args).fetchall():
-            yield DocState(*row)
+        for row in self._read(sql + " ORDER BY doc_id", args):
+            yield DocState(*row)  # type: ignore[arg-type]
+
+    def under(self, collection: str, prefix: str) -> Iterator[DocState]:
+        """Documents whose source path starts with ``prefix``, by an index range scan on ``source``."""
+        # [prefix, prefix + U+10FFFF) holds exactly the strings that start with prefix.
+        rows = self._read(
+            "SELECT doc_id, source, doc_type, content_hash, status, reason, n_clip, n_text "
+            "FROM documents WHERE collection=? AND source>=? AND source<? ORDER BY doc_id",
+            (collection, prefix, prefix + "\U0010ffff"),
+        )
+        for row in rows:
+            yield DocState(*row)  # type: ignore[arg-type]
+
+    def doc_ids_under(self, collection: str, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` doc ids whose source path starts with ``prefix`` (an index range scan)."""
+        rows = self._read(
+            "SELECT doc_id FROM documents WHERE collection=? AND source>=? AND source<? LIMIT ?",
+            (collection, prefix, prefix + "\U0010ffff", limit),
+        )
+        return sorted(str(r[0]) for r in rows)
+
+    def by_source(self, collection: str, source: str) -> list[DocState]:
+        """The documents that came from one source file (a file's doc, or a JSONL file's records)."""
+        rows = self._read(
+            "SELECT doc_id, source, doc_type, content_hash, status, reason, n_clip, n_text "
+            "FROM documents WHERE collection=? AND source=?", (collection, source))
+        return [DocState(*r) for r in rows]  # type: ignore[arg-type]
+
+    def file_stamp(self, collection: str, source: str) -> tuple[int, int, str] | None:
+        """The (size, mtime_ns, sha256) a file had when it was last hashed, or None."""
+        rows = self._read("SELECT size, mtime_ns, sha256 FROM files WHERE collection=? AND source=?", (collection, source))
+        return (int(rows[0][0]), int(rows[0][1]), str(rows[0][2])) if rows else None  # type: ignore[arg-type]
+
+    def set_file_stamps(self, collection: str, stamps: Iterable[tuple[str, int, int, str]]) -> None:
+        """Remember files' (source, size, mtime_ns, sha256), so an unchanged file is not hashed again."""
+        self._write("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)", [(collection, *s) for s in stamps])
 
     def counts(self, collection: str) -> dict[str, int]:
         """Number of documents per status."""
-        rows = self._db.execute(
-            "SELECT status, COUNT(*) FROM documents WHERE collection=? GROUP BY status", (collection,)
-        ).fetchall()
-        return {status: n for status, n in rows}
+        rows = self._read("SELECT status, COUNT(*) FROM documents WHERE collection=? GROUP BY status", (collection,))
+        return {str(status): int(n) for status, n in rows}  # type: ignore[call-overload]
 
     def totals(self, collection: str) -> tuple[int, int]:
         """Sum of (clip records, text records) the store should hold for settled documents.
 
         Failed rows can hold records too: a previously indexed version kept after an update failed.
         """
-        row = self._db.execute(
+        row = self._read(
             "SELECT COALESCE(SUM(n_clip),0), COALESCE(SUM(n_text),0) FROM documents WHERE collection=? AND status!='pending'",
             (collection,),
-        ).fetchone()
-        return int(row[0]), int(row[1])
+        )[0]
+        return int(row[0]), int(row[1])  # type: ignore[call-overload]
 
     def set_states(self, collection: str, states: Iterable[DocState]) -> None:
         """Insert or replace document states in one transaction."""
@@ -157,13 +213,13 @@ class Manifest:
 
     def remove_collection(self, collection: str) -> None:
         """Forget a whole collection."""
-        self._write("DELETE FROM documents WHERE collection=?", [(collection,)])
-        self._write("DELETE FROM flags WHERE collection=?", [(collection,)])
+        for table in ("documents", "files", "flags"):
+            self._write(f"DELETE FROM {table} WHERE collection=?", [(collection,)])
 
     def flag(self, collection: str, name: str) -> str | None:
         """Read a per-collection flag."""
-        row = self._db.execute("SELECT value FROM flags WHERE collection=? AND name=?", (collection, name)).fetchone()
-        return row[0] if row else None
+        rows = self._read("SELECT value FROM flags WHERE collection=? AND name=?", (collection, name))
+        return str(rows[0][0]) if rows else None
 
     def set_flag(self, collection: str, name: str, value: str | None) -> None:
         """Set (or clear, with None) a per-collection flag."""
@@ -174,8 +230,8 @@ class Manifest:
 
     def has_collection(self, collection: str) -> bool:
         """Whether any document of ``collection`` is recorded (an index lookup, unlike :meth:`collections`)."""
-        return self._db.execute("SELECT 1 FROM documents WHERE collection=? LIMIT 1", (collection,)).fetchone() is not None
+        return bool(self._read("SELECT 1 FROM documents WHERE collection=? LIMIT 1", (collection,)))
 
     def collections(self) -> list[str]:
         """Names of collections the manifest knows."""
-        return [r[0] for r in self._db.execute("SELECT DISTINCT collection FROM documents ORDER BY 1").fetchall()]
+        return [str(r[0]) for r in self._read("SELECT DISTINCT collection FROM documents ORDER BY 1", ())]

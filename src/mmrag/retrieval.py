@@ -55,6 +55,10 @@ TIE_ORDER: tuple[str, ...] = ("bm25", "text", "clip")
 #: A ``source_prefix`` naming at most this many documents becomes a native ``doc_id $in`` filter
 #: (Chroma answers a 5,000-id ``$in`` in ~50 ms); a broader one is checked on over-fetched hits.
 MAX_IN_IDS = 2000
+#: The deepest a vector index is asked while filling ``k`` filtered or distinct hits, so a query's
+#: cost stays bounded whatever the collection's size (a filter that keeps fewer than 1 in ~100 of
+#: the nearest records may then return fewer than ``k``; a narrower ``source_prefix`` avoids it).
+MAX_FETCH = 4000
 FILTER_FIELDS = ("source_prefix", "doc_type", "page", "metadata")
 
 
@@ -173,7 +177,6 @@ class Searcher:
             raise InvalidInputError(f"depth must be >= 1, got {self.depth}")
         if self.rrf_k < 0:
             raise InvalidInputError(f"rrf_k must be >= 0, got {self.rrf_k}")
-        self._keyword: Any = None
 
     @classmethod
     def from_settings(cls, kb: KnowledgeBase, settings: RetrievalSettings) -> "Searcher":
@@ -234,24 +237,24 @@ class Searcher:
         prefix = filters.source_prefix if filters else None
         if prefix is None:
             return _Plan(base, None)
-        states = list(self.kb.manifest.all(self.kb.collection))
-        ids = sorted({s.doc_id for s in states if s.source.startswith(prefix)})
+        # An index range scan on the manifest's sources, bounded by what a native filter can take.
+        ids = self.kb.manifest.doc_ids_under(self.kb.collection, prefix, MAX_IN_IDS + 1)
         if not ids:
             raise _NoMatch
-        if len(ids) == len({s.doc_id for s in states}):
-            return _Plan(base, None)
         if len(ids) <= MAX_IN_IDS:
             return _Plan(and_where(base, {"doc_id": {"$in": ids}}), None)
         return _Plan(base, prefix)
 
     # -- single retrievers ------------------------------------------------------------------------
     def _single(self, name: str, query: Query, k: int, modality: str, plan: _Plan, dedupe: bool) -> list[Hit]:
-        return _collect(self._fetcher(name, query, modality, plan.where), k, plan, dedupe)
+        return _collect(self._fetcher(name, query, modality, plan), k, plan, dedupe)
 
-    def _fetcher(self, name: str, query: Query, modality: str, where: Mapping[str, Any] | None) -> Callable[[int], list[Hit]]:
+    def _fetcher(self, name: str, query: Query, modality: str, plan: _Plan) -> Callable[[int], list[Hit]]:
         """``fetch(n)``: the top ``n`` of one index. The query is embedded once, however deep it fetches."""
+        where = plan.where
         if name == "bm25":
-            return lambda n: self._bm25(query.text or "", n, where)
+            # tantivy evaluates a broad source prefix itself, so BM25 never over-fetches for it.
+            return lambda n: self.kb.keyword.query(query.text or "", n, where=where, source_prefix=plan.prefix)
         if name == "text":
             vec = self.kb.text.embed_texts([query.text or ""])[0].tolist()
             return lambda n: self.kb.text_store.query(vec, n, where)
@@ -265,13 +268,6 @@ class Searcher:
         filt = and_where(dict(where) if where else None, {"modality": modality} if modality != "all" else None)
         return lambda n: self.kb.clip_store.query(mean, n, filt)
 
-    def _bm25(self, text: str, k: int, where: Mapping[str, Any] | None) -> list[Hit]:
-        if self._keyword is None:
-            self._keyword = self.kb.keyword()
-            if self._keyword is None:
-                return []
-        return list(self._keyword.query(text, k, where=where))
-
     # -- fusion -----------------------------------------------------------------------------------
     def _hybrid(self, query: Query, k: int, modality: str, plan: _Plan, dedupe: bool) -> list[Hit]:
         depth = max(k, self.depth)
@@ -279,13 +275,13 @@ class Searcher:
         if query.text and query.text.strip() and modality != "image":
             for name in ("text", "bm25"):
                 if self.weights[name] > 0:
-                    lists[name] = _collect(self._fetcher(name, query, modality, plan.where), depth, plan, dedupe)
+                    lists[name] = _collect(self._fetcher(name, query, modality, plan), depth, plan, dedupe)
         # CLIP votes on images only while the text indexes judge the text (module docstring); it
         # ranks everything when the query has an image or when no text index takes part.
         text_judged = bool(lists) and query.image is None
         clip_modality = ("image" if modality != "text" else None) if text_judged else modality
         if clip_modality is not None and (self.weights["clip"] > 0 or not lists):
-            lists["clip"] = _collect(self._fetcher("clip", query, clip_modality, plan.where), depth, plan, dedupe)
+            lists["clip"] = _collect(self._fetcher("clip", query, clip_modality, plan), depth, plan, dedupe)
         weights = self.weights if len(lists) > 1 else {name: 1.0 for name in lists}
         fused = rrf_documents(lists, weights, self.rrf_k) if dedupe else rrf(lists, weights, self.rrf_k)
         return fused[:k]
@@ -295,15 +291,15 @@ def _collect(fetch: Callable[[int], list[Hit]], want: int, plan: _Plan, dedupe: 
     """``want`` hits that pass ``plan`` (distinct documents if ``dedupe``), fetching deeper as needed."""
     if plan.prefix is None and not dedupe:
         return fetch(want)
-    n = max(2 * want, 50)
+    n = min(max(2 * want, 50), MAX_FETCH)
     while True:
         hits = fetch(n)
         kept = [h for h in hits if plan.keep(h)]
         if dedupe:
             kept = dedupe_documents(kept)
-        if len(kept) >= want or len(hits) < n:
+        if len(kept) >= want or len(hits) < n or n >= MAX_FETCH:
             return kept[:want]
-        n *= 4
+        n = min(n * 4, MAX_FETCH)
 
 
 def check_weights(weights: Mapping[str, Any]) -> dict[str, float]:

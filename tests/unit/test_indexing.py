@@ -37,7 +37,7 @@ def test_ingest_indexes_everything_readable_and_lists_failures(hashing_kb, tmp_p
     assert {d for _, d in state["clip"]} == {"a.txt", "b.md", "sub/red.png"}
     assert ("sub/red.png#i0", "sub/red.png") in state["clip"]
     assert all(rid.split("#")[1].startswith("t") for rid in state["text"])
-    assert len(hashing_kb.keyword()) == len(state["text"])
+    assert hashing_kb.keyword.count() == len(state["text"])
 
 
 def test_second_run_computes_no_embeddings(hashing_kb, tmp_path: Path) -> None:

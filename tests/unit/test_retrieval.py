@@ -13,7 +13,6 @@ from mmrag import retrieval
 from mmrag.config import Settings
 from mmrag.errors import InvalidInputError
 from mmrag.indexing import Indexer
-from mmrag.keyword import where_matches
 from mmrag.retrieval import SearchFilter, Searcher, rrf, rrf_documents
 from mmrag.types import Hit, ImageAsset, Query
 from tests.conftest import SAMPLE_CORPUS
@@ -136,16 +135,16 @@ def test_dedupe_with_filters_still_fills_k(kb) -> None:  # type: ignore[no-untyp
 
 
 def test_bm25_filter_matches_chroma_on_the_same_where(kb) -> None:  # type: ignore[no-untyped-def]
-    """BM25 evaluates a where in Python; it must select exactly what Chroma selects."""
+    """tantivy evaluates a where translated from Chroma's; it must select exactly what Chroma selects."""
     text_store = kb.raw_store("text")
-    rows = {rid: m for rid, m, _ in text_store.iter_all()}
+    assert len(kb.keyword.query(Q.text, 1000)) == text_store.count()  # Q matches every text record
     wheres = [{"page": 1}, {"page": 1.0}, {"fresh": True}, {"year": {"$gt": 2020}}, {"lang": {"$ne": "en"}},
               {"lang": {"$nin": ["en", "de"]}}, {"doc_type": {"$in": ["markdown", "jsonl"]}},
               {"$or": [{"lang": "de"}, {"doc_type": "pdf"}]}, {"$and": [{"doc_type": "jsonl"}, {"year": {"$lte": 2020}}]},
               {"doc_id": {"$in": ["r1", "docs/guide.md"]}}, {"lang": {"$nin": ["de"]}}, {"year": {"$in": [2021, 2022]}}]
     for where in wheres:
         chroma = set(text_store._col.get(where=where, include=[])["ids"])
-        assert {rid for rid, m in rows.items() if where_matches(m, where)} == chroma, where
+        assert {h.id for h in kb.keyword.query(Q.text, 1000, where=where)} == chroma, where
 
 
 @pytest.mark.parametrize("bad, field", [

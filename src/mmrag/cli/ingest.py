@@ -75,10 +75,13 @@ def status(as_json: bool, **opts: Any) -> None:
     kb = open_kb(opts)
     col = kb.collection
     counts = kb.manifest.counts(col)
+    health = kb.health()
     data = {
         "collection": col, "data_dir": str(kb.data_dir), "documents": counts,
-        "records": {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count()},
-        "keyword_index": (len(idx) if (idx := kb.keyword()) is not None else None),
+        "records": {"clip": health.have[0], "text": health.have[1]},
+        "keyword_index": health.have[2],
+        "expected": {"clip": health.want[0], "text": health.want[1], "keyword_index": health.want[1]},
+        "problems": health.problems,
         "identity": {"clip": kb.raw_store("clip").identity, "text": kb.raw_store("text").identity},
         "failed": [{"doc_id": s.doc_id, "reason": s.reason} for s in kb.manifest.all(col, "failed")],
     }
@@ -88,6 +91,8 @@ def status(as_json: bool, **opts: Any) -> None:
     click.echo(f"collection {col} in {kb.data_dir}")
     click.echo("documents: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
     click.echo(f"records: clip {data['records']['clip']}, text {data['records']['text']}, bm25 {data['keyword_index']}")
+    for problem in health.problems:
+        click.echo(f"PROBLEM {problem}")
     for f in data["failed"]:
         click.echo(f"FAILED  {f['doc_id']}: {f['reason']}")
 
@@ -118,5 +123,6 @@ def reset(yes: bool, as_json: bool, **opts: Any) -> None:
     kb = open_kb(opts)
     if not yes:
         click.confirm(f"Delete collection {kb.collection!r} in {kb.data_dir}?", abort=True)
-    kb.drop()
+    with kb.write_lock():
+        kb.drop()
     emit({"reset": kb.collection}) if as_json else click.echo(f"collection {kb.collection} deleted")

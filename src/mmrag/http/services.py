@@ -19,7 +19,6 @@ from mmrag.config import Settings
 from mmrag.errors import InvalidInputError, ModelUnavailableError, MmragError, NotFoundError
 from mmrag.http.metrics import Metrics
 from mmrag.kb import KnowledgeBase
-from mmrag.keyword import META_FILE
 from mmrag.llms import ChatModel
 from mmrag.registry import ModelChoice, answer_stop, build_chat_model, check_collection_name, resolve_models
 from mmrag.retrieval import Searcher
@@ -47,7 +46,7 @@ class Services:
         self._clip, self._text = clip, text
         self._chat: dict[str, ChatModel] = dict(chat_models or {})
         self._kbs: dict[str, KnowledgeBase] = {}
-        self._searchers: dict[str, tuple[tuple[int, int] | None, Searcher]] = {}
+        self._searchers: dict[str, Searcher] = {}
         self._lock = threading.Lock()
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -137,15 +136,14 @@ class Services:
             self._bare_kbs.pop(name, None)
 
     def searcher(self, collection: str | None) -> Searcher:
-        """A searcher over ``collection`` that sees the latest BM25 index (another worker may rebuild it)."""
+        """A searcher over ``collection``; its keyword index reloads by itself when another process commits."""
         kb = self.kb(collection)
-        signature = _keyword_signature(kb)
         with self._lock:
             cached = self._searchers.get(kb.collection)
-            if cached is None or cached[0] != signature:
-                cached = (signature, Searcher.from_settings(kb, self.settings.retrieval))
+            if cached is None:
+                cached = Searcher.from_settings(kb, self.settings.retrieval)
                 self._searchers[kb.collection] = cached
-            return cached[1]
+            return cached
 
     def _bare(self, name: str) -> KnowledgeBase:
         # A knowledge base with no models attached reads the manifest and counts records; kept per
@@ -206,15 +204,13 @@ class Services:
         out: dict[str, dict[str, int]] = {}
         with self._lock:
             kbs = dict(self._kbs)
-            searchers = {name: s for name, (_, s) in self._searchers.items()}
         for name, kb in kbs.items():
             try:
-                sizes = {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count()}
+                sizes = {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count(),
+                         "bm25": kb.keyword.count()}
             except MmragError:  # a scrape must not fail because one store is down
+                log.warning("index sizes of collection %r unavailable", name, exc_info=True)
                 continue
-            keyword = getattr(searchers.get(name), "_keyword", None)
-            if keyword is not None:  # only when already loaded: loading BM25 per scrape would be costly
-                sizes["bm25"] = len(keyword)
             out[name] = sizes
         return out
 
@@ -246,13 +242,3 @@ class _Serialized:
     def embed_images(self, images: Any) -> Any:
         with self._lock:
             return self._inner.embed_images(images)
-
-
-def _keyword_signature(kb: KnowledgeBase) -> tuple[int, int] | None:
-    # The index is saved into a fresh folder that is renamed into place, so its rows file's inode
-    # changes on every rebuild.
-    try:
-        st = (kb.keyword_dir / META_FILE).stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns

@@ -14,13 +14,17 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from mmrag.errors import EmbedderMismatchError, InvalidInputError, StoreError
+from mmrag.errors import EmbedderMismatchError, ForeignCollectionError, InvalidInputError, StoreError
 from mmrag.types import Hit, Record
 
 IDENTITY_PREFIX = "mmrag:"
 #: Keys of the identity that must match; precision is recorded but not enforced, because bf16
 #: and fp32 vectors of the same weights agree (cosine >= 0.99, checked at load).
 ENFORCED_IDENTITY = ("embedder", "model", "weights", "dim", "preprocess")
+#: Collection metadata key naming the data dir that owns (writes) a collection on a shared server.
+OWNER_KEY = "mmrag:owner"
+#: Documents per ``doc_id $in`` read: Chroma answers a 1,000-id ``$in`` in a few ms.
+IN_BATCH = 1000
 
 
 @contextlib.contextmanager
@@ -55,13 +59,20 @@ def open_client(data_dir: Path, url: str | None = None) -> Any:
 class ChromaStore:
     """One Chroma collection holding vectors of one embedder."""
 
-    def __init__(self, client: Any, name: str, identity: Mapping[str, str | int] | None) -> None:
+    def __init__(self, client: Any, name: str, identity: Mapping[str, str | int] | None, *,
+                 owner: str | None = None, may_claim: bool = True) -> None:
         """Open (or create) collection ``name``.
 
         Args:
             client: a chromadb client from :func:`open_client`.
             name: the collection name.
             identity: the embedder's identity; ``None`` opens without checking it (status, delete).
+            owner: the id of the data dir that writes through this store. A collection owned by
+                another data dir (two data dirs or hosts sharing one Chroma server) is readable,
+                but every write to it is refused, so neither deletes the other's records.
+            may_claim: whether an unowned existing collection may be claimed for ``owner`` (only
+                when this data dir's manifest already knows the collection: a collection written
+                before owners were recorded).
 
         Raises:
             EmbedderMismatchError: the collection was built by an embedder with another identity.
@@ -69,7 +80,9 @@ class ChromaStore:
         """
         self.name = name
         self._client = client
-        wanted = {f"{IDENTITY_PREFIX}{k}": v for k, v in (identity or {}).items()}
+        wanted: dict[str, Any] = {f"{IDENTITY_PREFIX}{k}": v for k, v in (identity or {}).items()}
+        if owner:
+            wanted[OWNER_KEY] = owner
         with _translate(f"open collection {name!r}"):
             self._max_batch = int(client.get_max_batch_size())
             self._col = client.get_or_create_collection(
@@ -77,10 +90,17 @@ class ChromaStore:
                 configuration={"hnsw": {"space": "cosine"}},
             )
             stored = dict(self._col.metadata or {})
+            claim = {}
             if identity and not any(k.startswith(IDENTITY_PREFIX) for k in stored):
                 # Created by a reader that had no embedder loaded: claim it now.
-                self._col.modify(metadata={**stored, **wanted})
-                stored.update(wanted)
+                claim.update({k: v for k, v in wanted.items() if k.startswith(IDENTITY_PREFIX)})
+            if owner and OWNER_KEY not in stored and may_claim:
+                claim[OWNER_KEY] = owner
+            if claim:
+                self._col.modify(metadata={**stored, **claim})
+                stored.update(claim)
+        self.owner = stored.get(OWNER_KEY)
+        self._foreign = bool(owner) and self.owner != owner
         wanted_plain = dict(identity or {})
         mismatched = {
             k: (stored.get(f"{IDENTITY_PREFIX}{k}"), wanted_plain.get(k))
@@ -96,8 +116,18 @@ class ChromaStore:
             )
         self.identity = {k[len(IDENTITY_PREFIX):]: v for k, v in stored.items() if k.startswith(IDENTITY_PREFIX)}
 
+    def check_writable(self) -> None:
+        """Raise :class:`ForeignCollectionError` if another data dir owns this collection."""
+        if self._foreign:
+            raise ForeignCollectionError(
+                f"Collection {self.name!r} on this Chroma server belongs to another mmrag data dir "
+                f"(owner {self.owner or 'unknown'}); this data dir will not write to it. Use another "
+                "--collection name, or run from the data dir that owns it."
+            )
+
     def upsert(self, records: Sequence[Record]) -> None:
         """Insert or replace records, in batches Chroma accepts."""
+        self.check_writable()
         for lo in range(0, len(records), self._max_batch):
             part = records[lo : lo + self._max_batch]
             with _translate(f"write to {self.name!r}"):
@@ -110,12 +140,14 @@ class ChromaStore:
 
     def delete_docs(self, doc_ids: Sequence[str]) -> None:
         """Delete every record of the given documents."""
-        for lo in range(0, len(doc_ids), 1000):
+        self.check_writable()
+        for lo in range(0, len(doc_ids), IN_BATCH):
             with _translate(f"delete from {self.name!r}"):
-                self._col.delete(where={"doc_id": {"$in": list(doc_ids[lo : lo + 1000])}})
+                self._col.delete(where={"doc_id": {"$in": list(doc_ids[lo : lo + IN_BATCH])}})
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete records by id."""
+        self.check_writable()
         for lo in range(0, len(ids), self._max_batch):
             with _translate(f"delete from {self.name!r}"):
                 self._col.delete(ids=list(ids[lo : lo + self._max_batch]))
@@ -126,13 +158,15 @@ class ChromaStore:
             return int(self._col.count())
 
     def query(self, vector: Sequence[float], k: int, where: Mapping[str, Any] | None = None) -> list[Hit]:
-        """Return the ``k`` nearest records; ``score`` is cosine similarity (1 - distance)."""
-        n = self.count()
-        if n == 0 or k <= 0:
+        """Return the ``k`` nearest records; ``score`` is cosine similarity (1 - distance).
+
+        Chroma returns fewer than ``k`` when fewer match, so no ``count()`` is asked per query.
+        """
+        if k <= 0:
             return []
         with _translate(f"query {self.name!r}"):
             res = self._col.query(
-                query_embeddings=np.asarray([vector], dtype=np.float32), n_results=min(k, n),
+                query_embeddings=np.asarray([vector], dtype=np.float32), n_results=k,
                 where=dict(where) if where else None, include=["metadatas", "documents", "distances"],
             )
         hits = []
@@ -149,8 +183,24 @@ class ChromaStore:
         docs = res.get("documents") or [None] * len(res["ids"])
         return [hit_from(rid, meta or {}, doc, 0.0) for rid, meta, doc in zip(res["ids"], res["metadatas"], docs)]
 
+    def records_of(self, doc_ids: Sequence[str], include: Sequence[str] = ("metadatas",)
+                   ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+        """Yield ``(id, metadata, document)`` of every record of these documents (indexed lookups)."""
+        for lo in range(0, len(doc_ids), IN_BATCH):
+            with _translate(f"read {self.name!r}"):
+                res = self._col.get(where={"doc_id": {"$in": list(doc_ids[lo : lo + IN_BATCH])}}, include=list(include))
+            metas = res.get("metadatas") or [None] * len(res["ids"])
+            docs = res.get("documents") or [None] * len(res["ids"])
+            for rid, meta, doc in zip(res["ids"], metas, docs):
+                yield rid, dict(meta or {}), doc
+
     def iter_all(self, include: Sequence[str] = ("metadatas",), page: int = 5000) -> Iterator[tuple[str, dict[str, Any], str | None]]:
-        """Yield ``(id, metadata, document)`` for every record, a page at a time."""
+        """Yield ``(id, metadata, document)`` for every record, a page at a time.
+
+        Chroma pages by offset, so a full scan costs more than linear time: the write path never
+        calls it. Only a repair that found records no manifest row accounts for (orphans) does,
+        and tests and migrations.
+        """
         offset = 0
         while True:
             with _translate(f"read {self.name!r}"):
