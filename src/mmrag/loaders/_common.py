@@ -212,11 +212,60 @@ def _utf16_without_bom(data: bytes) -> str | None:
     return None
 
 
+# Bytes that text in any ASCII-compatible encoding hardly ever holds: the C0 controls but tab,
+# LF, VT, FF, CR and ESC (colour codes in logs), and DEL. Uniform random bytes (compressed or
+# encrypted data, media) are about 10.5% of them; prose, source code and logs well under 1%.
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\x0b\x0c\r\x1b") + b"\x7f"
+_MAX_CONTROL_SHARE = 0.05
+# Detection looks at this much of the file only, so its cost does not grow with the file.
+TEXT_SAMPLE_BYTES = 64 * 1024
+
+
+def _sample(data: bytes) -> bytes:
+    if len(data) <= TEXT_SAMPLE_BYTES:
+        return data
+    sample = data[:TEXT_SAMPLE_BYTES]
+    # End on a line break so a multi-byte character cut in half does not skew the guess.
+    cut = sample.rfind(b"\n")
+    return sample[: cut + 1] if cut >= TEXT_SAMPLE_BYTES // 2 else sample
+
+
+def _check_not_binary(path: str, sample: bytes) -> None:
+    if not sample:
+        return
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    if controls > _MAX_CONTROL_SHARE * len(sample):
+        share = controls / len(sample)
+        size = f"{len(sample) // 1024} KiB" if len(sample) >= 1024 else f"{len(sample)} bytes"
+        raise LoadError(
+            path,
+            f"file looks binary, not text ({share:.0%} of its first {size} are control bytes, and it is not "
+            "UTF-8); is the suffix wrong?",
+        )
+
+
+def _guess_legacy_encoding(sample: bytes) -> str | None:
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(sample))
+    if not matches:
+        return None
+    best = matches[0]
+    # charset-normalizer scores Western European text the same in cp1250, cp1252 and cp1257
+    # and returns whichever it tried first (cp1250, turning "naïve" into "naďve"). On a tie,
+    # the most common of them wins; a real cp1250 or cp1251 text does not tie.
+    tied = {m.encoding for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)}
+    return "cp1252" if "cp1252" in tied else best.encoding
+
+
 def decode_text(path: str, data: bytes) -> tuple[str, str]:
     """Decode a text file's bytes, guessing the encoding.
 
-    Order: a BOM (UTF-8, UTF-16 and UTF-32, either byte order), BOM-less UTF-16, strict UTF-8,
-    charset-normalizer's best guess, then Latin-1, which cannot fail.
+    Order: a BOM (UTF-8, UTF-16 and UTF-32, either byte order), BOM-less UTF-16, strict UTF-8;
+    then, for bytes that are none of these, a binary check on the first
+    :data:`TEXT_SAMPLE_BYTES`, charset-normalizer's best guess from that sample (cp1252 on a
+    tie), and Latin-1, which cannot fail. Bytes of a guessed
+    encoding that do not decode (past the sample) become U+FFFD rather than failing the file.
 
     Args:
         path: The file, for errors.
@@ -226,34 +275,33 @@ def decode_text(path: str, data: bytes) -> tuple[str, str]:
         ``(text, encoding)``; newlines are not normalised here.
 
     Raises:
-        LoadError: If the bytes look binary (NUL bytes in a file that is not UTF-16/32).
+        LoadError: If the bytes look binary: too many control bytes in the sample, or NUL bytes
+            in a file that is not UTF-16/32.
     """
     found = bom_encoding(data)
     if found is not None:
         encoding, skip = found
         # A BOM is strong evidence: a stray bad byte later should not sink the whole file.
         return data[skip:].decode(encoding, errors="replace").replace("\x00", ""), encoding
-    candidates: list[str] = []
-    utf16 = _utf16_without_bom(data)
-    if utf16 is not None:
-        candidates.append(utf16)
-    candidates.append("utf-8")
     text: str | None = None
     encoding = ""
-    for candidate in candidates:
+    utf16 = _utf16_without_bom(data)
+    if utf16 is not None:
         try:
-            text, encoding = data.decode(candidate), candidate
-            break
+            text, encoding = data.decode(utf16), utf16
         except UnicodeDecodeError:
-            continue
+            pass
     if text is None:
-        from charset_normalizer import from_bytes
-
-        best = from_bytes(data).best()
-        if best is not None:
-            text, encoding = str(best), best.encoding
-        else:
-            text, encoding = data.decode("latin-1"), "latin-1"
+        try:
+            text, encoding = data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            # Valid UTF-8 is text whatever characters it holds; bytes that are not need a second
+            # look before guessing: a NUL-free binary file used to load as megabytes of Latin-1
+            # garbage that then kept the embedder busy for minutes.
+            sample = _sample(data)
+            _check_not_binary(path, sample)
+            encoding = _guess_legacy_encoding(sample) or "latin-1"
+            text = data.decode(encoding, errors="replace")
     if "\x00" in text:
         raise LoadError(path, "file contains binary data (NUL bytes), not text; is the suffix wrong?")
     return text, encoding
