@@ -221,7 +221,7 @@ def test_health_ready_and_metrics(api: Api) -> None:
     api.client.post("/v1/answer", headers=api.auth("reader"), json={"question": "When was the lighthouse built?",
                                                                       "collection": a, "retriever": "bm25"})
     api.client.post("/v1/search", json={"query": "x"})
-    text = api.client.get("/metrics").text
+    text = api.client.get("/metrics", headers=api.auth("admin")).text
     assert 'mmrag_http_requests_total{method="POST",route="/v1/answer",status="200"} 1.0' in text
     assert 'mmrag_http_requests_total{method="POST",route="/v1/search",status="401"} 1.0' in text
     assert 'mmrag_retrieval_seconds_count{retriever="bm25"} 1.0' in text

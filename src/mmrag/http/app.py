@@ -3,7 +3,8 @@
 One error handler turns every :class:`~mmrag.errors.MmragError` into
 ``{"error": code, "message": text}`` with the error's status code; request-validation errors are
 ``422 invalid_input`` in the same shape; anything unexpected is a logged ``500 internal_error``
-that shows no internals.
+that shows no internals. :class:`~mmrag.http.auth.AuthGate` refuses keyless requests in the same
+shape, before their body is read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmrag.config import Settings
 from mmrag.errors import MmragError, UnauthorizedError
+from mmrag.http.auth import AuthGate
 from mmrag.http.limits import BodyLimit
 from mmrag.http.services import Services
 
@@ -60,6 +62,13 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     # Uploads get the configured limit plus room for the multipart framing; JSON bodies (which
     # may carry a base64 image) get a fixed 32 MiB.
     app.add_middleware(BodyLimit, default=32 * 1024 * 1024, per_path={"/v1/documents": upload_limit + 64 * 1024})
+
+    async def refuse(exc: MmragError, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _error_response(services, exc, scope.get("method", ""), scope.get("path", ""))(scope, receive, send)
+
+    # Added after BodyLimit, so it runs first: a keyless client learns nothing, not even the size limit.
+    routes = [*query.router.routes, *documents.router.routes, *health.router.routes]
+    app.add_middleware(AuthGate, services=services, routes=routes, refuse=refuse)
     _install_metrics(app, services)
     _install_errors(app, services)
     app.include_router(query.router)
@@ -91,14 +100,19 @@ def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
     return body
 
 
+def _error_response(services: Services, exc: MmragError, method: str, path: str) -> JSONResponse:
+    """The response for an :class:`MmragError`, counted in the metrics (logged when it is the server's fault)."""
+    services.metrics.errors.labels(exc.code).inc()
+    if exc.status_code >= 500:
+        log.error("%s %s: %s: %s", method, path, type(exc).__name__, exc)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
+    return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status_code, headers=headers)
+
+
 def _install_errors(app: FastAPI, services: Services) -> None:
     @app.exception_handler(MmragError)
     async def mmrag_error(request: Request, exc: MmragError) -> JSONResponse:
-        services.metrics.errors.labels(exc.code).inc()
-        if exc.status_code >= 500:
-            log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
-        return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status_code, headers=headers)
+        return _error_response(services, exc, request.method, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,12 +1,21 @@
-"""Liveness, readiness and Prometheus metrics (no key needed: they reveal no documents)."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/healthz`` and ``/readyz`` need no key: load balancers and orchestrators probe them, and they
+reveal nothing but "up" and why not ready. ``/metrics`` names every collection this process has
+opened and counts its records, so with auth on it needs an **admin** key (the key model has no
+narrower scope to give a scraper; Prometheus sends it with ``authorization: {credentials: <key>}``).
+With auth off everything is open, as the rest of the API is.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from mmrag.apikeys import ApiKey
 from mmrag.errors import MmragError
-from mmrag.http.auth import services_of
+from mmrag.http.auth import require, services_of
+from mmrag.http.routes.query import ERRORS
 from mmrag.http.schemas import Health
 
 router = APIRouter(tags=["health"])
@@ -36,7 +45,8 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
-def metrics(request: Request) -> Response:
-    """Prometheus metrics: request, retrieval and LLM latency, tokens, errors, index sizes."""
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+                       401: ERRORS[401], 403: ERRORS[403]})
+def metrics(request: Request, key: ApiKey | None = Depends(require("admin"))) -> Response:
+    """Prometheus metrics: request, retrieval and LLM latency, tokens, errors, index sizes (admin key)."""
     return Response(services_of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
