@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mmrag.errors import LoadError
@@ -39,6 +39,79 @@ def _check_archive(path: str, limits: LoaderLimits, what: str) -> None:
     cap = _MAX_EXPANSION * limits.max_file_bytes
     if total > cap:
         raise LoadError(path, f"archive expands to {mb(total)}, over {mb(cap)} (possible zip bomb)")
+
+
+_W_TEXT = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}t"
+_A_TEXT = "{http://schemas.openxmlformats.org/drawingml/2006/main}t"
+# Markup-compatibility fallbacks repeat the content of the choice before them (VML copies of text
+# boxes), so text inside them would be counted twice.
+_MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
+_OFFICE_DOCUMENT = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"
+_PPTX_TEXT_PARTS = re.compile(r"^ppt/(slides|notesSlides)/[^/]+\.xml$")
+
+
+def _docx_text_parts(archive: zipfile.ZipFile) -> list[str]:
+    """The main document part: named by the package relationships, usually word/document.xml."""
+    from lxml import etree
+
+    name = "word/document.xml"
+    try:
+        info = archive.getinfo("_rels/.rels")
+    except KeyError:
+        info = None
+    if info is not None and info.file_size < 1024 * 1024:
+        rels = etree.fromstring(archive.read(info), etree.XMLParser(resolve_entities=False, no_network=True))
+        for rel in rels:
+            if rel.get("Type") == _OFFICE_DOCUMENT and rel.get("Target"):
+                name = posixpath.normpath(rel.get("Target", "").lstrip("/"))
+                break
+    return [name] if name in archive.NameToInfo else []
+
+
+def _pptx_text_parts(archive: zipfile.ZipFile) -> list[str]:
+    return [name for name in archive.namelist() if _PPTX_TEXT_PARTS.match(name)]
+
+
+def _refuse_oversize_text(
+    path: str, parts: Callable[[zipfile.ZipFile], list[str]], text_tag: str, limits: LoaderLimits
+) -> None:
+    """Stream the parts' XML and refuse the file once its text passes ``limits.max_text_chars``.
+
+    python-docx and python-pptx build the whole object tree before any text can be measured:
+    a 2 MB file of short paragraphs took gigabytes that way. Here each element is dropped as soon
+    as it ends, so memory stays at a few MB whatever the size. Only ``w:t``/``a:t`` text is
+    counted, not the separators the extractors add, so a file refused here would also be
+    refused after extraction; a part this cannot find is simply left to that later check.
+
+    Raises:
+        LoadError: When the text is over the limit. lxml's own errors are left to the caller's
+            :func:`translating` block.
+    """
+    from lxml import etree
+
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for name in parts(archive):
+            with archive.open(name) as stream:
+                in_fallback = 0
+                events = etree.iterparse(stream, events=("start", "end"), resolve_entities=False, no_network=True)
+                for event, element in events:
+                    if element.tag == _MC_FALLBACK:
+                        in_fallback += 1 if event == "start" else -1
+                    if event == "start":
+                        continue
+                    if element.tag == text_tag and not in_fallback:
+                        total += len(element.text or "")
+                        if total > limits.max_text_chars:
+                            raise LoadError(
+                                path,
+                                f"text is over the {limits.max_text_chars:,} character limit (stopped counting "
+                                f"at {total:,} characters, in {name}); split the file",
+                            )
+                    # The documented iterparse idiom: free what has been read.
+                    element.clear()
+                    while element.getprevious() is not None:
+                        del element.getparent()[0]
 
 
 def _natural_key(name: str) -> list[object]:
@@ -117,6 +190,7 @@ def load_docx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
     path = str(ref.path)
     _check_archive(path, limits, "DOCX")
     with translating(path, "DOCX file"):
+        _refuse_oversize_text(path, _docx_text_parts, _W_TEXT, limits)
         import docx
 
         document = docx.Document(path)
@@ -211,6 +285,7 @@ def load_pptx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
     seen: set[str] = set()
     skipped = 0
     with translating(path, "PPTX file"):
+        _refuse_oversize_text(path, _pptx_text_parts, _A_TEXT, limits)
         import pptx
 
         deck = pptx.Presentation(path)
