@@ -2,7 +2,9 @@
 
 Loading CLIP and the text model takes seconds to minutes, so :meth:`Services.start` loads them in a
 background thread: the server accepts connections at once, ``/readyz`` says 503 until the models
-are in, and requests that need a model wait for them (up to ``api.ready_timeout``).
+are in, and requests that need a model wait for them (up to ``api.ready_timeout``). If loading
+fails, whatever the exception, the server never becomes ready: ``/readyz`` stays 503 with the
+error, and requests that need a model get ``503 model_unavailable`` saying why.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ class Services:
         self._kbs: dict[str, KnowledgeBase] = {}
         self._searchers: dict[str, Searcher] = {}
         self._lock = threading.Lock()
+        #: Set once the models are loaded, and only then.
         self.ready = threading.Event()
+        #: Set once loading has finished, whether it worked or not.
+        self.settled = threading.Event()
         self.load_error: str | None = None
         self._loader: threading.Thread | None = None
         self._bare_kbs: dict[str, KnowledgeBase] = {}
@@ -56,11 +61,12 @@ class Services:
     # -- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
         """Load the embedders in the background (idempotent)."""
-        if self._loader is not None or self.ready.is_set():
+        if self._loader is not None or self.settled.is_set():
             return
         if self._clip is not None and self._text is not None:
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             self.ready.set()
+            self.settled.set()
             return
         self._loader = threading.Thread(target=self._load, name="mmrag-model-loader", daemon=True)
         self._loader.start()
@@ -76,11 +82,16 @@ class Services:
                 self._text = SentenceTransformerEmbedder(self.models.text_model)
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             log.info("models loaded: %s", self.models.describe())
+            self.ready.set()
         except MmragError as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model loading failed: %s", self.load_error)
+        except Exception as exc:  # noqa: BLE001 - torch and the hub raise anything; the thread must record it
+            # Left to escape, it would end the thread with the server looking ready and its models None.
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model loading failed unexpectedly")
         finally:
-            self.ready.set()
+            self.settled.set()
 
     def wait_ready(self) -> None:
         """Block until the models are loaded.
@@ -89,10 +100,11 @@ class Services:
             ModelUnavailableError: loading failed, or did not finish within ``api.ready_timeout``.
         """
         self.start()
-        if not self.ready.wait(self.settings.api.ready_timeout):
+        if not self.settled.wait(self.settings.api.ready_timeout):
             raise ModelUnavailableError("the models are still loading; retry shortly (see /readyz)")
-        if self.load_error:
-            raise ModelUnavailableError(f"the server could not load its models: {self.load_error}")
+        if self.load_error or not self.ready.is_set():
+            raise ModelUnavailableError(f"the server could not load its models: {self.load_error}; fix the model "
+                                        "settings (see the server log and /readyz) and restart it")
 
     # -- knowledge bases ------------------------------------------------------------------------
     def collections(self) -> list[str]:

@@ -31,10 +31,10 @@ def healthz() -> Health:
 def readyz(request: Request) -> JSONResponse:
     """The models are loaded and the store answers; 503 (with the reason) otherwise."""
     services = services_of(request)
-    if not services.ready.is_set():
-        return JSONResponse(Health(status="loading", detail="loading models").model_dump(), status_code=503)
     if services.load_error:
         return JSONResponse(Health(status="failed", detail=services.load_error).model_dump(), status_code=503)
+    if not services.ready.is_set():
+        return JSONResponse(Health(status="loading", detail="loading models").model_dump(), status_code=503)
     try:
         services.collections()
         services.ping_store()
