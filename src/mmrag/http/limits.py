@@ -59,7 +59,7 @@ class BodyLimit:
         try:
             await self.app(scope, counting_receive, guarded_send)
         except _TooLarge:
-            pass
+            pass  # raised by counting_receive through the app; answered with the 413 just below
         if exceeded:
             await _reject(send, limit)
 
@@ -70,7 +70,7 @@ def _content_length(scope: Scope) -> int | None:
             try:
                 return int(value)
             except ValueError:
-                return None
+                return None  # a malformed length is no promise: the body is counted as it arrives instead
     return None
 
 

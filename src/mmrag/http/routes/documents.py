@@ -3,6 +3,13 @@
 Uploaded files are kept under ``<data_dir>/uploads/<collection>/``, named by their upload name
 reduced to a safe base name; the doc id is that name, so uploading the same name again replaces
 the document (and an unchanged file is skipped, as with ``mmrag ingest``).
+
+The stored file is what image hits are re-read from, so a new version must not replace it unless
+it loads: each upload is written to a hidden temporary file in the same folder first, and a
+re-upload that differs from the stored file is loaded from there before it replaces anything. If
+it fails to load, the stored file and its indexed records stay, and the response lists the
+failure. (The Indexer takes paths and names documents after them, so it cannot index the
+temporary file under the final name; a re-upload that loads is therefore parsed twice.)
 """
 
 from __future__ import annotations
@@ -17,13 +24,13 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from mmrag.apikeys import ApiKey
-from mmrag.errors import InvalidInputError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError
+from mmrag.errors import InvalidInputError, LoadError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError
 from mmrag.http.auth import allow_collection, require, services_of
 from mmrag.http.routes.query import ERRORS
 from mmrag.http.schemas import COLLECTION_PATTERN, CollectionList, CollectionOut, DeleteResponse, UploadResponse
 from mmrag.http.services import Services
-from mmrag.indexing import Indexer
-from mmrag.loaders import SUPPORTED_SUFFIXES
+from mmrag.indexing import Indexer, IngestSummary, Problem
+from mmrag.loaders import SUPPORTED_SUFFIXES, FileRef, file_sha256, load
 from mmrag.registry import check_collection_name
 
 router = APIRouter(tags=["documents"])
@@ -52,20 +59,29 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
     if len({n for _, n in checked}) != len(checked):
         raise InvalidInputError("files: two uploads reduce to the same file name")
     staged: list[tuple[Path, Path]] = []
+    refused: list[Problem] = []
     try:
         for upload_file, filename in checked:
             staged.append((await _stage(upload_file, folder, filename, limit), folder / filename))
+        kb = await run_in_threadpool(services.kb, name, create=True)
+        indexer = Indexer(kb)
         paths = []
         for tmp, dest in staged:
-            os.replace(tmp, dest)
+            problem = await run_in_threadpool(_replaces_cleanly, indexer, tmp, dest)
+            if problem is not None:
+                refused.append(problem)
+            elif tmp.exists():  # else it equalled the stored file, which stays (with its file stamp)
+                os.replace(tmp, dest)
             paths.append(dest)
-        staged = []
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
-    kb = await run_in_threadpool(services.kb, name, create=True)
-    summary = await run_in_threadpool(lambda: Indexer(kb).ingest(paths))
+    to_index = [p for p in paths if str(p) not in {r.path for r in refused}]
+    summary = (await run_in_threadpool(lambda: indexer.ingest(to_index)) if to_index
+               else IngestSummary(collection=name))
     services.metrics.ingested.labels(name).inc(summary.indexed)
+    summary.failed[:0] = [r for r in refused if r.status == "failed"]
+    summary.skipped[:0] = [r for r in refused if r.status == "skipped"]
     data = summary.to_dict()
     return UploadResponse(collection=name, doc_ids=[p.name for p in paths], indexed=summary.indexed,
                           unchanged=summary.unchanged, failed=data["failed"], skipped=data["skipped"])
@@ -138,11 +154,34 @@ def upload_dir(services: Services, collection: str, *, create: bool = True) -> P
     return folder
 
 
+def _replaces_cleanly(indexer: Indexer, tmp: Path, dest: Path) -> Problem | None:
+    """Whether the staged upload ``tmp`` may replace the stored ``dest``; a :class:`Problem` if not.
+
+    A new name, or a JSONL file, is left to the Indexer as before: there is no indexed version to
+    protect, or its records do not come back from the file (JSONL holds no images, and ``load``
+    would refuse a whole file the Indexer indexes line by line). A file equal to the stored one
+    is dropped here, so the stored one keeps its stamp.
+    """
+    if not dest.exists() or dest.suffix.lower() == ".jsonl":
+        return None
+    if file_sha256(tmp) == file_sha256(dest):
+        tmp.unlink()
+        return None
+    ref = FileRef(path=tmp, root=dest.parent, doc_id=dest.name, suffix=dest.suffix.lower())
+    try:
+        load(ref, content_hash="", jsonl=indexer.jsonl, limits=indexer.limits)
+    except LoadError as exc:
+        reason = f"{exc.reason}; the previous version is kept (the upload was not stored)"
+        return Problem(str(dest), reason, "skipped" if exc.skipped else "failed")
+    return None
+
+
 async def _stage(upload_file: UploadFile, folder: Path, filename: str, limit: int) -> Path:
     dest = (folder / filename).resolve()
     if dest.parent != folder:  # belt and braces: safe_name already made this impossible
         raise InvalidInputError(f"files: {filename!r} would leave the upload folder")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-")
+    # Hidden (folder walks skip it) and with the real suffix (loaders choose by it).
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=dest.suffix)
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
