@@ -39,14 +39,114 @@ class ImageEmbedder(Embedder, Protocol):
     ) -> Iterator[tuple[int, np.ndarray | LoadError]]: ...
 
 
+#: One stored record as the stores yield it: ``(id, metadata, document)``.
+Row = tuple[str, dict[str, Any], str | None]
+
+
 @runtime_checkable
 class VectorStore(Protocol):
-    """Holds records of one embedder; refuses another embedder's identity."""
+    """Holds records of one embedder; refuses another embedder's identity.
 
-    def upsert(self, records: Sequence[Record]) -> None: ...
+    These are the calls the services make (``indexing``, ``kb``, ``retrieval``, the HTTP routes).
+    Implementations: :class:`~mmrag.stores.chroma.ChromaStore` (the product) and
+    :class:`~mmrag.stores.memory.InMemoryStore` (a test fake); ``tests/contracts/test_vector_store.py``
+    holds both to the same behaviour. ``where`` has Chroma's filter semantics in every implementation.
 
-    def query(self, vector: Sequence[float], k: int, where: Mapping[str, Any] | None = None) -> list[Hit]: ...
+    Example:
+        >>> from mmrag.stores.memory import InMemoryStore
+        >>> from mmrag.types import Record
+        >>> store = InMemoryStore("demo")
+        >>> store.upsert([Record("a#t0", [1.0, 0.0], {"doc_id": "a", "page": 1}, "hello")])
+        >>> [h.doc_id for h in store.query([1.0, 0.0], k=5, where={"page": 1})]
+        ['a']
+        >>> isinstance(store, VectorStore)
+        True
+    """
 
-    def delete_docs(self, doc_ids: Sequence[str]) -> None: ...
+    name: str
+    #: The embedder identity recorded with the collection (empty when none is).
+    identity: dict[str, Any]
 
-    def count(self) -> int: ...
+    def check_writable(self) -> None:
+        """Raise :class:`~mmrag.errors.ForeignCollectionError` if this data dir may not write here."""
+        ...
+
+    def upsert(self, records: Sequence[Record]) -> None:
+        """Insert or replace records by id (writing the same records twice changes nothing)."""
+        ...
+
+    def query(self, vector: Sequence[float], k: int, where: Mapping[str, Any] | None = None) -> list[Hit]:
+        """The ``k`` nearest records passing ``where``, nearest first; ``score`` is cosine similarity."""
+        ...
+
+    def get(self, ids: Sequence[str]) -> list[Hit]:
+        """The records with these ids (missing ones left out), ``score`` 0."""
+        ...
+
+    def delete_docs(self, doc_ids: Sequence[str]) -> None:
+        """Delete every record whose ``doc_id`` metadata is one of ``doc_ids``."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete records by id."""
+        ...
+
+    def count(self) -> int:
+        """Number of records."""
+        ...
+
+    def records_of(self, doc_ids: Sequence[str], include: Sequence[str] = ("metadatas",)) -> Iterator[Row]:
+        """Every record of these documents; metadata/document filled only when ``include`` names them."""
+        ...
+
+    def iter_all(self, include: Sequence[str] = ("metadatas",)) -> Iterator[Row]:
+        """Every record (a full scan: repairs, rebuilds and tests only)."""
+        ...
+
+
+@runtime_checkable
+class KeywordIndex(Protocol):
+    """BM25 rows of one collection's text records, kept beside the text store.
+
+    Implementation: :class:`~mmrag.stores.tantivy.TantivyKeywordIndex` (checked by
+    ``tests/contracts/test_keyword_index.py``). Writers hold the collection's writer lock; a write
+    is visible to readers in every process once it returns.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from mmrag.stores.tantivy import TantivyKeywordIndex
+        >>> from mmrag.types import Record
+        >>> index = TantivyKeywordIndex(Path(tmp) / "kw")  # doctest: +SKIP
+        >>> index.write(records=[Record("a#t0", (), {"doc_id": "a", "source": "/c/a.txt"}, "red lanterns")])  # doctest: +SKIP
+        >>> [h.doc_id for h in index.query("lantern", 5, source_prefix="/c/")]  # doctest: +SKIP
+        ['a']
+    """
+
+    def write(self, delete_docs: Sequence[str] = (), records: Sequence[Record] = ()) -> None:
+        """Delete every row of ``delete_docs``, then add ``records``, atomically."""
+        ...
+
+    def delete_docs(self, doc_ids: Sequence[str]) -> None:
+        """Delete every row of these documents."""
+        ...
+
+    def clear(self) -> None:
+        """Delete every row."""
+        ...
+
+    def count(self) -> int:
+        """Number of rows."""
+        ...
+
+    def doc_counts(self) -> dict[str, int]:
+        """Rows per document id."""
+        ...
+
+    def rows(self) -> Iterator[tuple[str, dict[str, Any], str]]:
+        """Every row as ``(id, metadata, text)``, ordered by id."""
+        ...
+
+    def query(self, text: str, k: int, *, where: Mapping[str, Any] | None = None,
+              source_prefix: str | None = None) -> list[Hit]:
+        """Top ``k`` rows by BM25 that pass ``where`` (Chroma semantics) and ``source_prefix``."""
+        ...
