@@ -262,7 +262,6 @@ class Indexer:
 
     def _record_problem(self, ref: FileRef, digest: str, problem: Problem, summary: IngestSummary) -> None:
         manifest, col = self.kb.manifest, self.kb.collection
-        (summary.failed if problem.status == "failed" else summary.skipped).append(problem)
         old = manifest.get(col, ref.doc_id)
         if old is not None and old.status == "pending":
             # An interrupted write left partial records: they must not outlive the failure.
@@ -272,6 +271,8 @@ class Indexer:
         # its record counts, so a later repair does not take the kept records for damage.
         kept = old is not None and old.status != "pending" and bool(old.n_clip or old.n_text)
         reason = problem.reason + ("; the previously indexed version is kept" if kept else "")
+        (summary.failed if problem.status == "failed" else summary.skipped).append(
+            Problem(problem.path, reason, problem.status))
         manifest.set_states(col, [DocState(
             ref.doc_id, str(ref.path), ref.suffix.lstrip("."), digest, problem.status, reason,
             old.n_clip if kept and old else 0, old.n_text if kept and old else 0,

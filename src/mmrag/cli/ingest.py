@@ -71,7 +71,11 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
 @common_options
 @errors_to_click
 def status(as_json: bool, **opts: Any) -> None:
-    """Show what a collection holds (documents by state, records per index)."""
+    """Show what a collection holds (documents by state, records per index).
+
+    Exits with status 3 when the stores disagree with the manifest (each problem is printed with
+    the command that repairs it), so a health check can call it.
+    """
     kb = open_kb(opts)
     col = kb.collection
     counts = kb.manifest.counts(col)
@@ -87,11 +91,18 @@ def status(as_json: bool, **opts: Any) -> None:
     }
     if as_json:
         emit(data)
-        return
-    click.echo(f"collection {col} in {kb.data_dir}")
+    else:
+        _print_status(kb, data, health.problems)
+    if health.problems:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _print_status(kb: Any, data: dict[str, Any], problems: list[str]) -> None:
+    counts = data["documents"]
+    click.echo(f"collection {data['collection']} in {kb.data_dir}")
     click.echo("documents: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
     click.echo(f"records: clip {data['records']['clip']}, text {data['records']['text']}, bm25 {data['keyword_index']}")
-    for problem in health.problems:
+    for problem in problems:
         click.echo(f"PROBLEM {problem}")
     for f in data["failed"]:
         click.echo(f"FAILED  {f['doc_id']}: {f['reason']}")

@@ -88,8 +88,19 @@ def verify_embedded(chroma_dir: Path, stamp_file: Path) -> None:
         chroma_dir: the ``PersistentClient`` folder.
         stamp_file: where the signature of the last clean check is kept.
     """
-    if not (chroma_dir / "chroma.sqlite3").exists():
+    sqlite = chroma_dir / "chroma.sqlite3"
+    if not sqlite.exists():
         return  # a new store: nothing to check yet
+    try:
+        with open(sqlite, "rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:
+        raise StoreDamagedError(f"The embedded store {chroma_dir} is unreadable ({exc.strerror or exc}). "
+                                f"{rebuild_hint(chroma_dir)}") from exc
+    if header != b"SQLite format 3\x00":
+        # Chroma would silently start a new, empty database over a truncated or overwritten one.
+        raise StoreDamagedError(f"The embedded store {chroma_dir} is damaged: {sqlite.name} is not a SQLite "
+                                f"database ({len(header)} bytes of header). {rebuild_hint(chroma_dir)}")
     signature = _signature(chroma_dir)
     try:
         if json.loads(stamp_file.read_text()) == signature:
