@@ -1,5 +1,6 @@
-"""Acceptance 3: SIGKILL `mmrag ingest` at random moments on 1,000+ items; each rerun ends identical
-to an uninterrupted run (same ids, same counts, same vectors, same keyword index, no duplicates)."""
+"""Acceptance 3: SIGKILL `mmrag ingest` at random moments on 1,000+ items, some of them inside a
+keyword-index write; each rerun ends identical to an uninterrupted run (same ids, same counts, same
+vectors, same keyword rows, no duplicates)."""
 
 from __future__ import annotations
 
@@ -80,8 +81,26 @@ def _snapshot(data_dir: Path) -> dict:  # type: ignore[type-arg]
     out["manifest"] = db.execute(
         "SELECT doc_id, content_hash, status, n_clip, n_text FROM documents ORDER BY doc_id").fetchall()
     db.close()
-    out["bm25"] = json.loads((data_dir / "bm25" / "default" / "mmrag_rows.json").read_text())
+    from mmrag.stores.tantivy import TantivyKeywordIndex
+
+    out["bm25"] = list(TantivyKeywordIndex(data_dir / "keyword" / "default").rows())
     return out
+
+
+def _keyword_files(data_dir: Path) -> set[str]:
+    folder = data_dir / "keyword" / "default"
+    return {p.name for p in folder.iterdir()} if folder.exists() else set()
+
+
+def _uncommitted_segments(data_dir: Path) -> set[str]:
+    """Segment files tantivy wrote that its meta.json does not list: a write cut before its commit."""
+    folder = data_dir / "keyword" / "default"
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    committed = {seg["segment_id"].replace("-", "") for seg in meta.get("segments", [])}
+    return {p.stem for p in folder.iterdir() if "." in p.name and len(p.stem) == 32 and p.stem not in committed}
 
 
 def _assert_same(a: dict, b: dict, context: str) -> None:  # type: ignore[type-arg]
@@ -121,26 +140,35 @@ def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Pa
     # run would finish before the kill (seen in CI), leaving no kill inside the writing phase.
     plans = [("startup", rng.uniform(0.2, 3.0), 0.0)]
     plans += [("writing", rng.uniform(0.0, 0.5), rng.uniform(0.05, 0.5)) for _ in range(4)]
-    kills, mid_run = 0, 0
+    # Then kills aimed inside a keyword-index write: as soon as tantivy creates a new file (a
+    # segment being written, before its commit), the driver is killed.
+    plans += [("keyword", 0.0, rng.uniform(0.05, 0.4)) for _ in range(3)]
+    kills, mid_run, in_keyword = 0, 0, 0
     for phase, extra, share in plans:
         base = _done_count(killed)
-        target = base + max(1, int(share * (total - base))) if phase == "writing" else 0
+        target = base + max(1, int(share * (total - base))) if phase != "startup" else 0
         proc = _ingest(corpus, killed)
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline and _done_count(killed) < target:
             time.sleep(0.02)
+        if phase == "keyword":
+            known = _keyword_files(killed)
+            while proc.poll() is None and time.monotonic() < deadline and not (_keyword_files(killed) - known):
+                time.sleep(0.001)
         try:
             proc.wait(timeout=extra)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
-            mid_run += phase == "writing" and 0 < _done_count(killed) < total
+            mid_run += phase != "startup" and 0 < _done_count(killed) < total
+            in_keyword += phase == "keyword" and bool(_uncommitted_segments(killed))
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
-    print(f"kill seed {seed}: {kills} kills, {mid_run} while writing")
+    print(f"kill seed {seed}: {kills} kills, {mid_run} while writing, {in_keyword} inside a keyword-index write")
     assert kills >= 2, f"too few runs were killed (seed {seed})"
     assert mid_run >= 1, f"no kill landed while documents were being written (seed {seed})"
+    assert in_keyword >= 1, f"no kill landed inside a keyword-index write (seed {seed})"
     proc = _ingest(corpus, killed)
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err.decode()[-2000:]

@@ -67,6 +67,7 @@ class Services:
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             self.ready.set()
             self.settled.set()
+            self.resume_uploads()
             return
         self._loader = threading.Thread(target=self._load, name="mmrag-model-loader", daemon=True)
         self._loader.start()
@@ -83,6 +84,7 @@ class Services:
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             log.info("models loaded: %s", self.models.describe())
             self.ready.set()
+            self.resume_uploads()
         except MmragError as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model loading failed: %s", self.load_error)
@@ -92,6 +94,34 @@ class Services:
             log.exception("model loading failed unexpectedly")
         finally:
             self.settled.set()
+
+    def resume_uploads(self) -> None:
+        """Finish uploads a killed server left behind: stored files not indexed, documents still pending.
+
+        A server killed mid-upload leaves files under ``DATA_DIR/uploads/<collection>/`` whose
+        manifest rows are missing or ``pending``. Re-ingesting that folder finishes them (unchanged
+        files cost a ``stat``); it runs once, at start-up, under each collection's writer lock.
+        """
+        from mmrag.indexing import Indexer
+
+        root = Path(self.data_dir) / "uploads"
+        if not root.is_dir():
+            return
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            try:
+                kb = self.kb(folder.name, create=True)
+                files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+                indexed = {s.source for s in kb.manifest.under(kb.collection, str(folder) + "/") if s.status != "pending"}
+                todo = [p for p in files if str(p) not in indexed]
+                if not todo:
+                    continue
+                log.warning("collection %r: resuming %d interrupted upload(s) from %s", folder.name, len(todo), folder)
+                summary = Indexer(kb).ingest(todo)
+                log.warning("collection %r: resumed uploads: %d indexed, %d failed", folder.name, summary.indexed,
+                            len(summary.failed))
+            except MmragError:
+                # The server still serves; the operator can finish it by hand (the log says how).
+                log.exception("collection %r: could not resume its uploads; run `mmrag ingest %s`", folder.name, folder)
 
     def wait_ready(self) -> None:
         """Block until the models are loaded.
