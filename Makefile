@@ -7,7 +7,7 @@ export ANONYMIZED_TELEMETRY := False
 test: export HF_HUB_OFFLINE := 1
 test: export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench bench-query clean
+.PHONY: install demo test bench bench-query bench-scale clean
 
 $(BIN)/mmrag: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: install
 # Query latency over a 10k-chunk index, then a 20-client load on a local `mmrag serve`.
 bench-query: install
 	$(BIN)/python eval/bench/query.py
+
+# Write, query, disk and RSS costs at 10k, 100k and 1M chunks (issue 9); hours on 2 cores, run it alone.
+bench-scale: install
+	$(BIN)/python eval/bench/scale.py
 
 clean:
 	rm -rf .mmrag .demo .pytest_cache
