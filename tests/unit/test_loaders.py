@@ -581,7 +581,7 @@ def test_jsonl_custom_fields(tmp_path: Path) -> None:
     ("content", "reason"),
     [
         (jsonl({"_id": "a", "text": "x"}, "", '{"_id": "b", "text": '), "line 3: invalid JSON"),
-        (jsonl({"_id": "a", "text": "x"}, {"_id": "a", "text": "y"}), "line 2: duplicate id 'a' (first on line 1)"),
+        (jsonl({"_id": "a", "text": "x"}, {"_id": "a", "text": "y"}), "line 2: duplicate id 'a' (first at line 1)"),
         (jsonl({"text": "no id"}), "line 1: record has no '_id' or 'id' field"),
         (jsonl({"_id": None, "text": "x"}), "line 1: id must be a string or an integer"),
         (jsonl({"_id": "a", "text": 5}), "line 1: field 'text' must be a string"),

@@ -85,6 +85,28 @@ class LoaderLimits:
 
 
 @dataclass(frozen=True)
+class RecordProblem:
+    """One bad line of a JSONL file, reported by :func:`~mmrag.loaders.load_iter`.
+
+    The file's other records still load; this one is not indexed.
+
+    Attributes:
+        source: The file, as in ``Document.source``.
+        line: The 1-based line number.
+        reason: What is wrong with the line and what to do, e.g.
+            ``"invalid JSON (Expecting value at column 1); fix or remove the line"``.
+        doc_id: The record's id when the line got far enough to have one (a wrong field type,
+            text over the limit, a duplicate), else ``None``. A caller pruning records that
+            are gone should keep the previously indexed version of this id.
+    """
+
+    source: str
+    line: int
+    reason: str
+    doc_id: str | None = None
+
+
+@dataclass(frozen=True)
 class FileRef:
     """A file found by :func:`~mmrag.loaders.discover`, ready for :func:`~mmrag.loaders.load`.
 
