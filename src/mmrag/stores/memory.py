@@ -10,9 +10,8 @@ It mirrors Chroma 1.5.9 where the services can tell the difference:
 * scores are cosine similarity (Chroma's ``1 - cosine distance``), exact rather than HNSW's
   approximation, so ties and near-ties may come back in another order;
 * ``where`` filters have Chroma's semantics, quirks included (:func:`matches`);
-* a malformed ``where``, a second vector length or a duplicate id in one write is refused, as
-  Chroma refuses it, with :class:`~mmrag.errors.InvalidInputError` or
-  :class:`~mmrag.errors.StoreError`;
+* a ``where`` Chroma refuses, a second vector length or a duplicate id in one write is refused
+  with :class:`~mmrag.errors.StoreError`, which is what ``ChromaStore`` turns Chroma's refusal into;
 * metadata values of ``None`` are dropped, as Chroma drops them.
 
 Example:
@@ -30,7 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from mmrag.errors import ForeignCollectionError, InvalidInputError, StoreError
+from mmrag.errors import ForeignCollectionError, StoreError
 from mmrag.stores.chroma import hit_from
 from mmrag.types import Hit, Record
 
@@ -109,8 +108,8 @@ class InMemoryStore:
         """Return the ``k`` nearest records that pass ``where``; ``score`` is cosine similarity.
 
         Raises:
-            InvalidInputError: ``where`` is one Chroma refuses.
-            StoreError: the vector's length differs from the stored ones'.
+            StoreError: ``where`` is one Chroma refuses, or the vector's length differs from the
+                stored ones'.
         """
         if where:
             check_chroma_where(where)
@@ -169,38 +168,42 @@ def check_chroma_where(where: Mapping[str, Any]) -> None:
     number (not a bool).
 
     Raises:
-        InvalidInputError: naming the clause.
+        StoreError: naming the clause (what ``ChromaStore`` raises for Chroma's ``ValueError``).
     """
     if not isinstance(where, Mapping) or len(where) != 1:
-        raise InvalidInputError(f"where: expected exactly one key or operator, got {where!r}")
+        raise _refused(f"where: expected exactly one key or operator, got {where!r}")
     key, cond = next(iter(where.items()))
     if key in ("$and", "$or"):
         if not isinstance(cond, (list, tuple)) or len(cond) < 2:
-            raise InvalidInputError(f"where.{key}: expected a list of at least two filters, got {cond!r}")
+            raise _refused(f"where.{key}: expected a list of at least two filters, got {cond!r}")
         for part in cond:
             check_chroma_where(part)
         return
     if not isinstance(key, str) or key.startswith("$"):
-        raise InvalidInputError(f"where: unknown operator {key!r}")
+        raise _refused(f"where: unknown operator {key!r}")
     op, arg = _operator(cond)
     if op in ("$in", "$nin"):
         if not isinstance(arg, (list, tuple)) or not arg or len({type(a) for a in arg}) != 1 \
                 or not isinstance(arg[0], _SCALARS):
-            raise InvalidInputError(f"where.{key}.{op}: expected a non-empty list of values of one type, got {arg!r}")
+            raise _refused(f"where.{key}.{op}: expected a non-empty list of values of one type, got {arg!r}")
     elif op in _ORDER:
         if isinstance(arg, bool) or not isinstance(arg, (int, float)):
-            raise InvalidInputError(f"where.{key}.{op}: expected an int or a float, got {arg!r}")
+            raise _refused(f"where.{key}.{op}: expected an int or a float, got {arg!r}")
     elif op in ("$eq", "$ne"):
         if not isinstance(arg, _SCALARS):
-            raise InvalidInputError(f"where.{key}.{op}: expected a str, int, float or bool, got {arg!r}")
+            raise _refused(f"where.{key}.{op}: expected a str, int, float or bool, got {arg!r}")
     else:
-        raise InvalidInputError(f"where.{key}: unknown operator {op!r}")
+        raise _refused(f"where.{key}: unknown operator {op!r}")
+
+
+def _refused(detail: str) -> StoreError:
+    return StoreError(f"Chroma failed to filter: {detail}")
 
 
 def _operator(cond: Any) -> tuple[str, Any]:
     if isinstance(cond, Mapping):
         if len(cond) != 1:
-            raise InvalidInputError(f"where: expected one operator per key, got {dict(cond)!r}")
+            raise _refused(f"where: expected one operator per key, got {dict(cond)!r}")
         return next(iter(cond.items()))  # type: ignore[no-any-return]
     return "$eq", cond
 
