@@ -128,6 +128,8 @@ class Indexer:
                 progress: Callable[[int, int], None] | None) -> IngestSummary:
         started = time.monotonic()
         summary = IngestSummary(collection=self.kb.collection)
+        for store in (self.kb.raw_store("clip"), self.kb.raw_store("text")):
+            store.check_writable()  # a shared server's collection of another data dir: refuse up front
         summary.repaired = self._repair()
         found = list(discover([Path(p) for p in paths]))
         refs = [r for r in found if isinstance(r, FileRef)]
