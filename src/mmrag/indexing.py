@@ -30,20 +30,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from mmrag.chunking import SentenceChunker
 from mmrag.errors import LoadError
 from mmrag.kb import KnowledgeBase
-from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits, discover, file_sha256
-
-try:  # TEMPORARY until the loaders' streaming API lands
-    from mmrag.loaders import RecordProblem, load_iter
-except ImportError:
-    from mmrag.loaders import load
-
-    class RecordProblem:  # type: ignore[no-redef]
-        source: str
-        line: int
-        reason: str
-
-    def load_iter(ref, **kw):  # type: ignore[no-redef]
-        yield from load(ref, **kw)
+from mmrag.loaders import (
+    DiscoveryProblem,
+    FileRef,
+    JsonlFields,
+    LoaderLimits,
+    RecordProblem,
+    discover,
+    file_sha256,
+    load_iter,
+)
 from mmrag.manifest import DocState
 from mmrag.types import Chunk, Document, ImageAsset, Record
 
