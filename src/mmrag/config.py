@@ -35,6 +35,8 @@ class StoreSettings(BaseModel):
     """Where vectors live: embedded Chroma under the data dir, or a Chroma server URL."""
 
     url: str | None = None
+    #: Seconds a writer waits for another writer of the same collection (MMRAG_STORE__LOCK_TIMEOUT).
+    lock_timeout: float = Field(600.0, ge=0)
 
 
 class LLMSettings(BaseModel):

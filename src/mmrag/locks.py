@@ -80,7 +80,7 @@ def exclusive(path: Path, *, timeout: float, what: str) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     raise StoreBusyError(
                         f"{what} is held by {describe_holder(path)}; waited {timeout:g} s. Wait for it to finish "
-                        "and try again (raise the wait with MMRAG_LOCK_TIMEOUT)."
+                        "and try again (MMRAG_STORE__LOCK_TIMEOUT sets how long a writer waits)."
                     ) from None
                 time.sleep(POLL)
         try:

@@ -156,7 +156,8 @@ class Services:
             if kb is None:
                 s = self.settings
                 kb = KnowledgeBase(self.data_dir, name, self.models, store_url=s.store.url,
-                                   chunk=ChunkSpec(s.chunk.size, s.chunk.overlap), clip=self._clip, text=self._text)
+                                   chunk=ChunkSpec(s.chunk.size, s.chunk.overlap), clip=self._clip, text=self._text,
+                                   lock_timeout=s.store.lock_timeout)
                 self._kbs[name] = kb
             return kb
 
@@ -193,7 +194,8 @@ class Services:
         with self._lock:
             kb = self._bare_kbs.get(name)
             if kb is None:
-                kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url)
+                kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url,
+                                   lock_timeout=self.settings.store.lock_timeout)
                 self._bare_kbs[name] = kb
             return kb
 

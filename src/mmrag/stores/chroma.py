@@ -22,7 +22,7 @@ IDENTITY_PREFIX = "mmrag:"
 #: and fp32 vectors of the same weights agree (cosine >= 0.99, checked at load).
 ENFORCED_IDENTITY = ("embedder", "model", "weights", "dim", "preprocess")
 #: Collection metadata key naming the data dir that owns (writes) a collection on a shared server.
-OWNER_KEY = "mmrag:owner"
+OWNER_KEY = "mmrag_owner"  # not under IDENTITY_PREFIX: ownership is not part of the embedder identity
 #: Documents per ``doc_id $in`` read: Chroma answers a 1,000-id ``$in`` in a few ms.
 IN_BATCH = 1000
 

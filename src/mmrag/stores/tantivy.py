@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from mmrag.errors import InvalidInputError, MissingDependencyError, StoreError
-from mmrag.keyword import analyze
+from mmrag.keyword import analyze, analyze_many
 from mmrag.types import Hit, Record
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,12 @@ class TantivyKeywordIndex:
             try:
                 for doc_id in delete_docs:
                     writer.delete_documents_by_term("doc_id", doc_id)
-                for rec in records:
+                bodies = analyze_many([r.document or "" for r in records], [r.metadata.get("title") for r in records])
+                for rec, body in zip(records, bodies):
                     meta = dict(rec.metadata)
-                    text = rec.document or ""
                     writer.add_document(tantivy.Document(
                         id=rec.id, doc_id=str(meta.get("doc_id", rec.id)), source=str(meta.get("source", "")),
-                        body=" ".join(analyze(text, meta.get("title"))), text=text.encode(), meta=meta,
+                        body=" ".join(body), text=(rec.document or "").encode(), meta=meta,
                     ))
                 writer.commit()
             except BaseException:
