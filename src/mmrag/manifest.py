@@ -43,6 +43,14 @@ CREATE TABLE IF NOT EXISTS files (
     sha256     TEXT NOT NULL,
     PRIMARY KEY (collection, source)
 );
+CREATE TABLE IF NOT EXISTS status_counts (
+    collection TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    n          INTEGER NOT NULL,
+    n_clip     INTEGER NOT NULL,
+    n_text     INTEGER NOT NULL,
+    PRIMARY KEY (collection, status)
+);
 CREATE TABLE IF NOT EXISTS flags (
     collection TEXT NOT NULL,
     name       TEXT NOT NULL,
@@ -64,6 +72,29 @@ class DocState:
     reason: str
     n_clip: int
     n_text: int
+
+
+#: Triggers keep ``status_counts`` equal to a GROUP BY over ``documents``, in the same transaction
+#: as every change, so status counts and record totals are a few-row read at any size (the GROUP BY
+#: itself takes 0.3-0.5 s at 1M documents).
+TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS documents_counted_insert AFTER INSERT ON documents BEGIN
+    INSERT INTO status_counts VALUES (new.collection, new.status, 1, new.n_clip, new.n_text)
+    ON CONFLICT (collection, status) DO UPDATE SET n = n + 1, n_clip = n_clip + new.n_clip, n_text = n_text + new.n_text;
+END;
+CREATE TRIGGER IF NOT EXISTS documents_counted_delete AFTER DELETE ON documents BEGIN
+    UPDATE status_counts SET n = n - 1, n_clip = n_clip - old.n_clip, n_text = n_text - old.n_text
+    WHERE collection = old.collection AND status = old.status;
+END;
+CREATE TRIGGER IF NOT EXISTS documents_counted_update AFTER UPDATE ON documents BEGIN
+    UPDATE status_counts SET n = n - 1, n_clip = n_clip - old.n_clip, n_text = n_text - old.n_text
+    WHERE collection = old.collection AND status = old.status;
+    INSERT INTO status_counts VALUES (new.collection, new.status, 1, new.n_clip, new.n_text)
+    ON CONFLICT (collection, status) DO UPDATE SET n = n + 1, n_clip = n_clip + new.n_clip, n_text = n_text + new.n_text;
+END;
+"""
+#: ``PRAGMA user_version`` of a manifest with counting triggers (0: written before them).
+SCHEMA_VERSION = 1
 
 
 @contextlib.contextmanager
@@ -90,6 +121,26 @@ class Manifest:
         self._guard = threading.Lock()
         with _translate("open", path):
             self._db.executescript(SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the counting triggers to a manifest written before them, and count what it holds (once)."""
+        db = self._db
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # another process may have won
+                for trigger in TRIGGERS.split("END;")[:-1]:  # executescript would commit the transaction
+                    db.execute(trigger + "END;")
+                db.execute("DELETE FROM status_counts")
+                db.execute("INSERT INTO status_counts SELECT collection, status, COUNT(*), SUM(n_clip), SUM(n_text) "
+                           "FROM documents GROUP BY collection, status")
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            db.execute("ROLLBACK")
+            raise
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -185,7 +236,7 @@ class Manifest:
 
     def counts(self, collection: str) -> dict[str, int]:
         """Number of documents per status."""
-        rows = self._read("SELECT status, COUNT(*) FROM documents WHERE collection=? GROUP BY status", (collection,))
+        rows = self._read("SELECT status, n FROM status_counts WHERE collection=? AND n > 0", (collection,))
         return {str(status): int(n) for status, n in rows}  # type: ignore[call-overload]
 
     def totals(self, collection: str) -> tuple[int, int]:
@@ -194,7 +245,7 @@ class Manifest:
         Failed rows can hold records too: a previously indexed version kept after an update failed.
         """
         row = self._read(
-            "SELECT COALESCE(SUM(n_clip),0), COALESCE(SUM(n_text),0) FROM documents WHERE collection=? AND status!='pending'",
+            "SELECT COALESCE(SUM(n_clip),0), COALESCE(SUM(n_text),0) FROM status_counts WHERE collection=? AND status!='pending'",
             (collection,),
         )[0]
         return int(row[0]), int(row[1])  # type: ignore[call-overload]
@@ -203,7 +254,11 @@ class Manifest:
         """Insert or replace document states in one transaction."""
         now = time.time()
         self._write(
-            "INSERT OR REPLACE INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
+            # An upsert, not INSERT OR REPLACE: REPLACE's implicit delete would skip the delete trigger.
+            "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (collection, doc_id) DO UPDATE SET "
+            "source=excluded.source, doc_type=excluded.doc_type, content_hash=excluded.content_hash, "
+            "status=excluded.status, reason=excluded.reason, n_clip=excluded.n_clip, n_text=excluded.n_text, "
+            "updated_at=excluded.updated_at",
             [(collection, s.doc_id, s.source, s.doc_type, s.content_hash, s.status, s.reason, s.n_clip, s.n_text, now) for s in states],
         )
 
@@ -213,7 +268,7 @@ class Manifest:
 
     def remove_collection(self, collection: str) -> None:
         """Forget a whole collection."""
-        for table in ("documents", "files", "flags"):
+        for table in ("documents", "files", "flags", "status_counts"):
             self._write(f"DELETE FROM {table} WHERE collection=?", [(collection,)])
 
     def flag(self, collection: str, name: str) -> str | None:
