@@ -32,10 +32,10 @@ from mmrag.embedders.openclip import OpenClipEmbedder
 from mmrag.embedders.sentence import SentenceTransformerEmbedder
 from mmrag.errors import StoreError
 from mmrag.manifest import Manifest
-from mmrag.registry import ModelChoice, check_collection_name
-from mmrag.stores.chroma import ChromaStore, delete_collection, open_client
+from mmrag.protocols import KeywordIndex, VectorStore
+from mmrag.registry import ModelChoice, check_collection_name, keyword_index_factory, vector_store_factory
+from mmrag.stores.chroma import delete_collection, open_client
 from mmrag.stores.probe import verify_once
-from mmrag.stores.tantivy import TantivyKeywordIndex
 from mmrag.types import Record
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,25 @@ class KnowledgeBase:
         chunk: chunk sizing.
         clip: an already-built CLIP embedder (tests, benchmarks); else built from ``models``.
         text: likewise for the text embedder.
+        lock_timeout: seconds a writer waits for another writer of this collection.
+        vector_store: the vector store backend (``registry.VECTOR_STORES``): ``chroma``, or
+            ``memory`` (the test fake) for unit tests.
+        keyword_index: the keyword index backend (``registry.KEYWORD_INDEXES``).
     """
 
     def __init__(self, data_dir: Path, collection: str, models: ModelChoice, *, store_url: str | None = None,
                  chunk: ChunkSpec = ChunkSpec(), clip: Any = None, text: Any = None,
-                 lock_timeout: float = LOCK_TIMEOUT) -> None:
+                 lock_timeout: float = LOCK_TIMEOUT, vector_store: str = "chroma",
+                 keyword_index: str = "tantivy") -> None:
         self.data_dir = Path(data_dir)
         self.collection = check_collection_name(collection)
         self.models = models
         self.store_url = store_url
         self.chunk_spec = chunk
         self.lock_timeout = lock_timeout
+        self.backend = vector_store
+        self._open_store = vector_store_factory(vector_store)
+        self._open_keyword = keyword_index_factory(keyword_index)
         self._lock_state = threading.local()
         if clip is not None:
             self.__dict__["clip"] = clip
@@ -93,6 +101,8 @@ class KnowledgeBase:
         Raises:
             StoreBusyError: another process has the embedded store open.
         """
+        if self.backend == "memory":
+            return {}  # the fake's collections, one dict per knowledge base
         if not self.store_url:
             locks.claim(
                 self.data_dir / "locks" / "embedded-chroma.lock", what=f"The embedded store {self.data_dir / 'chroma'}",
@@ -138,21 +148,20 @@ class KnowledgeBase:
         """Chroma collection of the text model."""
         return f"{self.collection}-text"
 
-    def _store(self, name: str, identity: Any) -> ChromaStore:
-        return ChromaStore(self.client, name, identity, owner=self.owner_id,
-                           may_claim=self.manifest.has_collection(self.collection))
+    def _store(self, name: str, identity: Any) -> VectorStore:
+        return self._open_store(self.client, name, identity, self.owner_id, self.manifest.has_collection(self.collection))
 
     @cached_property
-    def clip_store(self) -> ChromaStore:
+    def clip_store(self) -> VectorStore:
         """Joint-space collection, identity-checked against the CLIP model."""
         return self._store(self.clip_name, self.clip.identity())
 
     @cached_property
-    def text_store(self) -> ChromaStore:
+    def text_store(self) -> VectorStore:
         """Text-model collection, identity-checked against the text model."""
         return self._store(self.text_name, self.text.identity())
 
-    def raw_store(self, which: str) -> ChromaStore:
+    def raw_store(self, which: str) -> VectorStore:
         """A collection opened without loading its model (for status, delete and rebuilds)."""
         if which == "clip" and "clip_store" in self.__dict__:
             return self.clip_store
@@ -189,13 +198,13 @@ class KnowledgeBase:
         return self.data_dir / "bm25" / self.collection
 
     @cached_property
-    def keyword(self) -> TantivyKeywordIndex:
+    def keyword(self) -> KeywordIndex:
         """The keyword index (tantivy), opened from disk; created empty when missing.
 
         A data dir of the JSON BM25 era (before tantivy) is migrated on this first open: the index
         is rebuilt from the text collection once, under the writer lock, and the old folder removed.
         """
-        index = TantivyKeywordIndex(self.keyword_dir)
+        index = self._open_keyword(self.keyword_dir)
         if self.legacy_keyword_dir.exists():
             self.__dict__["keyword"] = index
             with self.write_lock():
@@ -215,7 +224,7 @@ class KnowledgeBase:
         Returns:
             The number of chunks indexed.
         """
-        index = self.__dict__.get("keyword") or TantivyKeywordIndex(self.keyword_dir)
+        index = self.__dict__.get("keyword") or self._open_keyword(self.keyword_dir)
         index.clear()
         batch: list[Record] = []
         total = 0
@@ -263,8 +272,11 @@ class KnowledgeBase:
         """Delete the collection everywhere: both Chroma collections, the keyword index and its manifest rows."""
         for store in (self.raw_store("clip"), self.raw_store("text")):
             store.check_writable()
-        delete_collection(self.client, self.clip_name)
-        delete_collection(self.client, self.text_name)
+        if self.backend == "memory":
+            self.client.clear()
+        else:
+            delete_collection(self.client, self.clip_name)
+            delete_collection(self.client, self.text_name)
         if "keyword" in self.__dict__:
             self.keyword.clear()
         for folder in (self.keyword_dir, self.legacy_keyword_dir):

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from mmrag.config import Settings
 from mmrag.embedders.openclip import OFFLINE_CLIP_DIR, OFFLINE_CLIP_NAME, ClipSpec
 from mmrag.embedders.sentence import DEFAULT_TEXT_MODEL, offline_minilm_dir
 from mmrag.errors import ConfigError, InvalidInputError
+from mmrag.protocols import KeywordIndex, VectorStore
 
 PROFILES = ("default", "offline")
 _COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$")
@@ -83,3 +85,61 @@ def build_chat_model(settings: Settings, model: str | None = None) -> Any:
 def answer_stop(model: str) -> list[str] | None:
     """Stop strings for a model: the offline 135M model answers on its first line and rambles after it."""
     return ["\n"] if model.startswith("mmrag-local/") else None
+
+
+# -- stores -----------------------------------------------------------------------------------------
+def _chroma(client: Any, name: str, identity: Mapping[str, str | int] | None, owner: str | None,
+            may_claim: bool) -> VectorStore:
+    from mmrag.stores.chroma import ChromaStore
+
+    return ChromaStore(client, name, identity, owner=owner, may_claim=may_claim)
+
+
+def _memory(client: Any, name: str, identity: Mapping[str, str | int] | None, owner: str | None,
+            may_claim: bool) -> VectorStore:
+    # The test fake: ``client`` is a dict the knowledge base owns, holding one store per collection.
+    from mmrag.stores.memory import InMemoryStore
+
+    store: VectorStore = client.setdefault(name, InMemoryStore(name, identity))
+    return store
+
+
+def _tantivy(folder: Path) -> KeywordIndex:
+    from mmrag.stores.tantivy import TantivyKeywordIndex
+
+    return TantivyKeywordIndex(folder)
+
+
+#: Vector store backends by name: ``chroma`` (embedded or a server) is the product; ``memory``
+#: (:class:`~mmrag.stores.memory.InMemoryStore`) is a fake for unit tests, never a default.
+VECTOR_STORES: dict[str, Callable[..., VectorStore]] = {"chroma": _chroma, "memory": _memory}
+#: Keyword index backends by name.
+KEYWORD_INDEXES: dict[str, Callable[[Path], KeywordIndex]] = {"tantivy": _tantivy}
+
+
+def vector_store_factory(backend: str) -> Callable[..., VectorStore]:
+    """The factory of vector store ``backend``.
+
+    Raises:
+        ConfigError: an unknown backend (the message lists the known ones).
+
+    Example:
+        >>> vector_store_factory("chroma").__name__
+        '_chroma'
+    """
+    try:
+        return VECTOR_STORES[backend]
+    except KeyError:
+        raise ConfigError(f"Unknown vector store {backend!r}. Known: {', '.join(VECTOR_STORES)}") from None
+
+
+def keyword_index_factory(backend: str) -> Callable[[Path], KeywordIndex]:
+    """The factory of keyword index ``backend``.
+
+    Raises:
+        ConfigError: an unknown backend.
+    """
+    try:
+        return KEYWORD_INDEXES[backend]
+    except KeyError:
+        raise ConfigError(f"Unknown keyword index {backend!r}. Known: {', '.join(KEYWORD_INDEXES)}") from None
