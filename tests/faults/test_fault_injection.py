@@ -14,14 +14,18 @@ import json
 import random
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 
-from tests.faults.conftest import child_env, grow_tmpfs
+from tests.faults.conftest import ChromaServer, child_env, grow_tmpfs
 
 COLLECTION = "test"
 _WORDS = ("alpha beta gamma delta harbour lantern river stone cloud meadow copper violet ember signal orbit "
@@ -125,6 +129,152 @@ def assert_settled_documents_are_whole(state: dict[str, Any]) -> None:
     for doc_id, (status, n_clip, n_text) in state["manifest"].items():
         if status != "pending":
             assert state["stored"][doc_id] == [n_clip, n_text, n_text], (doc_id, status)
+
+
+# -- 1a: the Chroma server killed mid-ingest ---------------------------------------------------------
+#: Small text files (one chunk each) and easy-vqa images (one CLIP record each): 256 documents per
+#: write batch, so the run writes six batches after its models load, for several seconds.
+N_TEXTS = 1200
+N_IMAGES = 200
+SERVER_COLLECTIONS = ("default-clip", "default-text")
+
+
+def _server_corpus(root: Path) -> Path:
+    import easy_vqa
+
+    write_corpus(root / "texts", "served", N_TEXTS, 25, seed=4)
+    images = root / "images"
+    images.mkdir()
+    for iid, path in sorted(easy_vqa.get_test_image_paths().items())[:N_IMAGES]:
+        shutil.copy(path, images / f"{iid}.png")
+    return root
+
+
+def _ingest_cli(corpus: Path, data: Path, url: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    out, err = data.parent / f"{data.name}-ingest.out", data.parent / f"{data.name}-ingest.err"
+    # Output goes to files, not pipes: nothing reads a pipe while the test polls, and a full one would block the ingest.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmrag", "ingest", str(corpus), "--store-url", url, "--profile", "offline", "--json"],
+        env=child_env(MMRAG_DATA_DIR=str(data)), stdout=out.open("wb"), stderr=err.open("wb"))
+    return proc, out, err
+
+
+def _ingest_to_end(corpus: Path, data: Path, url: str) -> dict[str, Any]:
+    proc, out, err = _ingest_cli(corpus, data, url)
+    assert proc.wait(timeout=900) == 0, err.read_text()[-3000:]
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+def _manifest_rows(data: Path) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(data / "manifest.sqlite3")
+    try:
+        return db.execute("SELECT doc_id, content_hash, status, reason, n_clip, n_text FROM documents "
+                          "ORDER BY doc_id").fetchall()
+    except sqlite3.OperationalError:  # the file exists but its tables are not created yet
+        return []
+    finally:
+        db.close()
+
+
+def _done_count(data: Path) -> int:
+    if not (data / "manifest.sqlite3").exists():
+        return 0
+    return sum(1 for row in _manifest_rows(data) if row[2] == "done")
+
+
+def _served_kb(data: Path, url: str) -> Any:
+    from mmrag.config import Settings
+    from mmrag.kb import KnowledgeBase
+    from mmrag.registry import resolve_models
+
+    return KnowledgeBase(data, "default", resolve_models(Settings(profile="offline")), store_url=url)
+
+
+def _collections(url: str) -> dict[str, Any]:
+    import chromadb
+    from chromadb.config import Settings
+
+    parsed = urlparse(url)
+    client = chromadb.HttpClient(host=parsed.hostname, port=parsed.port,
+                                 settings=Settings(anonymized_telemetry=False))
+    return {name: client.get_collection(name, embedding_function=None) for name in SERVER_COLLECTIONS}
+
+
+def _server_snapshot(data: Path, url: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"manifest": _manifest_rows(data),
+                           "keyword": [list(row) for row in _served_kb(data, url).keyword.rows()]}
+    for name, col in _collections(url).items():
+        got = col.get(include=["embeddings", "metadatas", "documents"])
+        order = np.argsort(got["ids"])
+        out[name] = {"ids": [got["ids"][i] for i in order], "meta": [got["metadatas"][i] for i in order],
+                     "docs": [got["documents"][i] for i in order], "vecs": np.asarray(got["embeddings"])[order]}
+    return out
+
+
+@pytest.mark.slow
+def test_chroma_server_killed_mid_ingest_then_restarted_and_rerun_ends_as_an_uninterrupted_run(
+        tmp_path: Path, chroma_servers: list[ChromaServer]) -> None:
+    corpus = _server_corpus(tmp_path / "corpus")
+    total = N_TEXTS + N_IMAGES
+
+    # The reference: an uninterrupted run into a server and data dir of its own.
+    reference = ChromaServer(tmp_path / "reference-server")
+    chroma_servers.append(reference)
+    ref_url = reference.start()
+    assert _ingest_to_end(corpus, tmp_path / "reference", ref_url)["indexed"] == total
+    expected = _server_snapshot(tmp_path / "reference", ref_url)
+    reference.stop()
+
+    server = ChromaServer(tmp_path / "server")
+    chroma_servers.append(server)
+    data = tmp_path / "data"
+    proc, _, err_file = _ingest_cli(corpus, data, server.start())
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline and _done_count(data) == 0:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the ingest ended (status {proc.returncode}) before any document was done"
+    server.kill()
+    killed_at = time.monotonic()
+    rc = proc.wait(timeout=300)
+    stderr = err_file.read_text()
+    print(f"\nchroma server killed with {_done_count(data)} of {total} documents done; the ingest exited "
+          f"{rc} {time.monotonic() - killed_at:.1f} s later: {stderr.strip().splitlines()[-1:]}")
+
+    # The job says the store failed, in one message, and exits 1 (an error, not a partial run).
+    assert rc == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert re.search(r"Error: StoreError: Chroma failed to \w+", stderr), stderr[-3000:]
+
+    # The batch being written stays pending; nothing is wrongly done.
+    rows = _manifest_rows(data)
+    statuses = [row[2] for row in rows]
+    assert set(statuses) <= {"done", "pending"}, rows
+    assert 0 < statuses.count("done") < total and statuses.count("pending") > 0, statuses
+    url = server.start()  # the same --path, after the crash
+    kb = _served_kb(data, url)
+    done = {row[0]: (row[4], row[5]) for row in rows if row[2] == "done"}
+    for which, slot in (("clip", 0), ("text", 1)):
+        have: dict[str, int] = {}
+        for _, meta, _ in kb.raw_store(which).records_of(sorted(done)):
+            have[str(meta["doc_id"])] = have.get(str(meta["doc_id"]), 0) + 1
+        assert {d: have.get(d, 0) for d in done} == {d: n[slot] for d, n in done.items()}, which
+    rows_of = kb.keyword.doc_counts()
+    assert {d: rows_of.get(d, 0) for d in done} == {d: n[1] for d, n in done.items()}
+
+    # A rerun against the restarted server finishes the job, and ends as the uninterrupted run did.
+    summary = _ingest_to_end(corpus, data, url)
+    assert summary["indexed"] == total - len(done) and summary["failed"] == [], summary
+    got = _server_snapshot(data, url)
+    assert got["manifest"] == expected["manifest"]
+    assert got["keyword"] == expected["keyword"]
+    for name in SERVER_COLLECTIONS:
+        assert got[name]["ids"] == expected[name]["ids"], name
+        assert got[name]["meta"] == expected[name]["meta"], name
+        assert got[name]["docs"] == expected[name]["docs"], name
+        # Equal up to float noise: the batches of a resumed run hold other documents.
+        cos = (got[name]["vecs"] * expected[name]["vecs"]).sum(-1)
+        assert cos.min() > 0.999, f"{name}: vectors differ (min cosine {cos.min():.5f})"
+    assert _served_kb(data, url).health().problems == []
 
 
 # -- 1b: a full disk --------------------------------------------------------------------------------
