@@ -167,3 +167,25 @@ class UpstreamTimeoutError(UpstreamError):
 
     code = "upstream_timeout"
     status_code = 504
+
+
+#: Free space under which a failed write is reported as a full disk.
+DISK_FULL_BYTES = 64 * 1024 * 1024
+
+
+def disk_full_hint(path: object) -> str:
+    """" (the disk holding PATH is full: ...)" when ``path``'s filesystem is (nearly) full, else "".
+
+    Chroma and tantivy report a full disk as whatever write failed first ("Error in compaction"),
+    so a failed write looks at the free space itself before it reaches the user.
+    """
+    import shutil
+
+    try:
+        usage = shutil.disk_usage(str(path))
+    except OSError:
+        return ""
+    if usage.free >= min(DISK_FULL_BYTES, usage.total // 100):
+        return ""
+    return (f" (the disk holding {path} is full: {usage.free // 1024} KiB free; free some space and rerun: "
+            "what was stored is kept, and the interrupted documents are redone)")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from mmrag.chunking import SentenceChunker
-from mmrag.errors import LoadError
+from mmrag.errors import LoadError, StoreError, disk_full_hint
 from mmrag.kb import KnowledgeBase
 from mmrag.loaders import (
     DiscoveryProblem,
@@ -118,7 +118,13 @@ class Indexer:
             The run's summary. Bad files are listed in it; they never stop the run.
         """
         with self.kb.write_lock():
-            return self._ingest(paths, prune, progress)
+            try:
+                return self._ingest(paths, prune, progress)
+            except StoreError as exc:
+                hint = disk_full_hint(self.kb.data_dir)
+                if hint and hint not in str(exc):
+                    raise type(exc)(f"{exc}{hint}") from exc
+                raise
 
     def _ingest(self, paths: Sequence[Path], prune: bool,
                 progress: Callable[[int, int], None] | None) -> IngestSummary:
@@ -384,9 +390,14 @@ class Indexer:
         kb, col = self.kb, self.kb.collection
         manifest = kb.manifest
         want_clip, want_text = manifest.totals(col)
-        clip, text, keyword = kb.raw_store("clip"), kb.raw_store("text"), kb.keyword
+        clip, text = kb.raw_store("clip"), kb.raw_store("text")
+        try:
+            keyword = kb.keyword
+            have_keyword = keyword.count()
+        except StoreError as exc:  # unreadable (a crash mid-copy, a full disk): rebuilt below from the text store
+            keyword, have_keyword = kb.replace_damaged_keyword_index(str(exc)), 0
         pending = list(manifest.all(col, "pending"))
-        have = (clip.count(), text.count(), keyword.count())
+        have = (clip.count(), text.count(), have_keyword)
         if not pending and have == (want_clip, want_text, want_text):
             return 0
         known = {s.doc_id: s for s in manifest.all(col) if s.status != "pending"}
@@ -399,7 +410,10 @@ class Indexer:
             redo.update({d: s for d, s in known.items() if counts.get(d, 0) != getattr(s, attr)})
             if total > sum(counts.values()):
                 self._delete_orphans(store, set(known) | set(redo))
-        rows = keyword.doc_counts()
+        try:
+            rows = keyword.doc_counts()
+        except StoreError as exc:  # its count was readable but its segments are not
+            keyword, rows = kb.replace_damaged_keyword_index(str(exc)), {}
         orphans = [d for d in rows if d not in known and d not in redo]
         rewrite = [d for d, s in known.items() if d not in redo and rows.get(d, 0) != s.n_text]
         if orphans:

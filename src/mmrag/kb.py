@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -215,6 +216,24 @@ class KnowledgeBase:
                     log.warning("Collection %r: migrated the keyword index to tantivy (%d chunks, once)",
                                 self.collection, n)
         return index
+
+    def replace_damaged_keyword_index(self, problem: str) -> KeywordIndex:
+        """Move a keyword index that cannot be read aside and start an empty one (the caller holds the lock).
+
+        The caller then rewrites its rows from the text collection (the repair does, with no
+        embedding); the damaged folder is kept beside it for inspection.
+        """
+        self.__dict__.pop("keyword", None)
+        aside = self.keyword_dir.with_name(f"{self.collection}.damaged-{int(time.time())}")
+        try:
+            if self.keyword_dir.exists():
+                self.keyword_dir.rename(aside)
+        except OSError as exc:
+            raise StoreError(f"The keyword index {self.keyword_dir} is damaged ({problem}) and cannot be moved "
+                             f"aside: {exc.strerror or exc}. Delete it and rerun `mmrag ingest`.") from exc
+        log.warning("Collection %r: the keyword index was unreadable (%s); moved it to %s and rebuilding it from "
+                    "the text collection", self.collection, problem, aside)
+        return self.keyword
 
     def rebuild_keyword_index(self) -> int:
         """Rewrite the keyword index from the text collection (the caller holds the writer lock).

@@ -18,6 +18,8 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import logging
+
 import asyncio
 import math
 import os
@@ -27,6 +29,8 @@ from typing import Any, Awaitable, Sequence
 
 from mmrag.errors import InvalidInputError, MissingDependencyError, MmragError, UpstreamTimeoutError
 from mmrag.llms.litellm import LOCAL_PROVIDER, import_litellm, map_litellm_exceptions
+
+log = logging.getLogger(__name__)
 
 #: Seconds allowed for one ID-based metric call (pure Python; a stuck call means a bug, not a slow model).
 ID_METRIC_TIMEOUT = 10.0
@@ -277,6 +281,7 @@ def _supports_vision(litellm: Any, model: str) -> bool:
     try:
         return bool(litellm.supports_vision(model=model))
     except Exception:  # noqa: BLE001 - unknown models raise; they are treated as text-only
+        log.debug("litellm does not know whether %s reads images; treating it as text-only", model, exc_info=True)
         return False
 
 

@@ -21,6 +21,8 @@ Why each choice:
 
 from __future__ import annotations
 
+import logging
+
 import contextlib
 import os
 import time
@@ -35,6 +37,8 @@ from mmrag.errors import (
     UpstreamTimeoutError,
 )
 from mmrag.llms import Completion, CompletionStream, Message, Usage
+
+log = logging.getLogger(__name__)
 
 #: Prefix of model strings served in-process by :mod:`mmrag.llms.smollm`.
 LOCAL_PROVIDER = "mmrag-local"
@@ -146,6 +150,7 @@ class LiteLLMChatModel:
         try:
             return bool(self._litellm.supports_vision(model=self.name))
         except Exception:  # noqa: BLE001 - an unmapped model is treated as text-only
+            log.debug("litellm does not know whether %s reads images; treating it as text-only", self.name, exc_info=True)
             return False
 
     def to_config(self) -> dict[str, Any]:
@@ -238,6 +243,7 @@ class LiteLLMChatModel:
         try:
             built = self._litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
         except Exception:  # noqa: BLE001 - usage is best effort; the answer already streamed
+            log.debug("token usage of a streamed answer unavailable", exc_info=True)
             built = None
         return self._usage(built) if built is not None else Usage()
 
@@ -247,4 +253,5 @@ class LiteLLMChatModel:
         try:
             return float(self._litellm.completion_cost(completion_response=resp))
         except Exception:  # noqa: BLE001 - unpriced models raise (ModelNotMappedError, ValueError...)
+            log.debug("no price known for %s", self.name, exc_info=True)
             return None

@@ -5,6 +5,8 @@ The public names here are re-exported from :mod:`mmrag.loaders`; import them fro
 
 from __future__ import annotations
 
+import logging
+
 import codecs
 import io
 import math
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmrag.errors import LoadError
+
+log = logging.getLogger(__name__)
 
 #: File suffix (lower case) -> ``Document.doc_type``.
 DOC_TYPES: dict[str, str] = {
@@ -343,6 +347,7 @@ def image_header_ok(data: bytes, limits: LoaderLimits) -> bool:
             width, height = img.size
             fmt = img.format or ""
     except Exception:  # unreadable header, or a decompression bomb: drop this embedded image
+        log.debug("embedded image dropped: unreadable header or over the pixel limit", exc_info=True)
         return False
     if fmt not in RASTER_FORMATS:
         return False

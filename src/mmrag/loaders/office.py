@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import posixpath
 import re
 import zipfile
@@ -21,6 +23,8 @@ from mmrag.loaders._common import (
     translating,
 )
 from mmrag.types import Document, ImageAsset, TextBlock
+
+log = logging.getLogger(__name__)
 
 # XML parts compress about tenfold and media hardly at all, so an archive that expands past
 # this multiple of the file-size limit is a zip bomb rather than a document.
@@ -242,6 +246,7 @@ def _pptx_slide(
                 image = shape.image
                 data, sha1, filename = image.blob, image.sha1, image.filename
             except Exception:  # a linked (not embedded) or missing picture
+                log.debug("slide %d: picture left out (linked or missing)", slide_no, exc_info=True)
                 skipped += 1
                 continue
             if sha1 in seen:

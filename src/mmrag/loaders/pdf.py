@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 from mmrag.errors import LoadError
@@ -15,6 +17,8 @@ from mmrag.loaders._common import (
     translating,
 )
 from mmrag.types import Document, ImageAsset, TextBlock
+
+log = logging.getLogger(__name__)
 
 ENCRYPTED_REASON = "encrypted PDF: a password is required; decrypt it first (e.g. qpdf --decrypt)"
 AES_REASON = (
@@ -62,12 +66,14 @@ def _xobject_images(page: Any) -> list[tuple[list[str], Any]]:
             xobjects = obj["/Resources"].get_object()["/XObject"].get_object()
             names = sorted(xobjects)
         except Exception:  # no resources, or a malformed resource tree: no images here
+            log.debug("PDF resource tree unreadable; its images are left out", exc_info=True)
             continue
         for name in names:
             try:
                 xobj = xobjects[name].get_object()
                 subtype = xobj.get("/Subtype")
             except Exception:  # a dangling reference
+                log.debug("PDF XObject %s unreadable; left out", name, exc_info=True)
                 continue
             if subtype == "/Image":
                 found.append(([*trail, name], xobj))
@@ -104,6 +110,7 @@ def _decode(page: Any, image_id: str | list[str], limits: LoaderLimits) -> tuple
         data, name = found.data, found.name
         size = found.image.size if found.image is not None else None
     except Exception:  # undecodable image data (unsupported filter, corrupt stream)
+        log.debug("PDF image undecodable; left out", exc_info=True)
         return None
     if not data:
         return None
@@ -142,6 +149,7 @@ def _page_images(
         try:
             inline_ids = [i for i in page.images.keys() if isinstance(i, str) and i.startswith("~")]
         except Exception:  # an unparsable content stream has no usable inline images
+            log.debug("PDF content stream unparsable; its inline images are left out", exc_info=True)
             inline_ids = []
         for image_id in inline_ids:
             decoded = _decode(page, image_id, limits)
@@ -157,6 +165,7 @@ def _title(reader: Any) -> str | None:
         meta = reader.metadata
         title = meta.title if meta is not None else None
     except Exception:  # an unreadable info dictionary is not worth failing the file over
+        log.debug("PDF info dictionary unreadable; no title", exc_info=True)
         return None
     return str(title) if title else None
 
@@ -201,6 +210,7 @@ def load_pdf(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docume
             try:
                 page = pages[page_no - 1]
             except Exception:  # a damaged page tree entry costs that page, not the whole file
+                log.warning("%s: page %d unreadable; left out", path, page_no, exc_info=True)
                 pages_failed += 1
                 continue
             try:
@@ -212,6 +222,7 @@ def load_pdf(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docume
                 reason = AES_REASON if reader.is_encrypted else f"cannot read the PDF: {exc}"
                 raise LoadError(path, reason) from exc
             except Exception:  # a damaged content stream: the page's images may still be fine
+                log.warning("%s: text of page %d unreadable; left out", path, page_no, exc_info=True)
                 pages_failed += 1
                 text = ""
             if text.strip():
