@@ -338,8 +338,8 @@ class Indexer:
         manifest = kb.manifest
         manifest.set_states(col, [DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "pending", "", 0, 0) for d in docs])
         kb.delete_records([d.doc_id for d in docs])
-        clip_store.upsert(clip_records)
-        text_store.upsert(text_records)
+        clip_store.upsert(clip_records, fresh=True)
+        text_store.upsert(text_records, fresh=True)
         kb.keyword.write(delete_docs=[d.doc_id for d in docs], records=text_records)
         final = []
         for d in docs:

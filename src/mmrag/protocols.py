@@ -71,8 +71,11 @@ class VectorStore(Protocol):
         """Raise :class:`~mmrag.errors.ForeignCollectionError` if this data dir may not write here."""
         ...
 
-    def upsert(self, records: Sequence[Record]) -> None:
-        """Insert or replace records by id (writing the same records twice changes nothing)."""
+    def upsert(self, records: Sequence[Record], *, fresh: bool = False) -> None:
+        """Insert or replace records by id (writing the same records twice changes nothing).
+
+        ``fresh=True`` promises the ids were just deleted, so a backend may skip existence checks.
+        """
         ...
 
     def query(self, vector: Sequence[float], k: int, where: Mapping[str, Any] | None = None) -> list[Hit]:

@@ -64,7 +64,7 @@ class InMemoryStore:
         if self._foreign:
             raise ForeignCollectionError(f"Collection {self.name!r} belongs to another mmrag data dir (a fake)")
 
-    def upsert(self, records: Sequence[Record]) -> None:
+    def upsert(self, records: Sequence[Record], *, fresh: bool = False) -> None:
         """Insert or replace records.
 
         Raises:
