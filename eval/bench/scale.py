@@ -422,21 +422,28 @@ def label(n: int) -> str:
 
 
 def machine() -> dict[str, Any]:
-    """CPU, cores and load: speed figures mean nothing without them (NOTES.md)."""
-    cpu = platform.processor()
+    """CPU, SIMD, cores, load and commit: speed figures mean nothing without them (NOTES.md)."""
+    info: dict[str, str] = {}
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
         pass
+    flags = set(info.get("flags", "").split())
+
     def git(*cmd: str) -> str:
         try:
             return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {"cpu": cpu, "cpus": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-            "python": platform.python_version(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "commit": git("rev-parse", "--short", "HEAD"), "src_changed": bool(git("status", "--porcelain", "src"))}
+    return {"cpu": info.get("model name", platform.processor()), "cpu_family": info.get("cpu family", ""),
+            "simd": [f for f in ("avx2", "avx512f", "avx512_bf16") if f in flags], "cpus": os.cpu_count(),
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "commit": git("rev-parse", "--short", "HEAD"),
+            "src_changed": bool(git("status", "--porcelain", "src"))}
 
 
 
@@ -490,7 +497,7 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     m = report["machine"]
     lines = [f"Scale benchmark at {m['commit']}{' (src changed)' if m['src_changed'] else ''} ({m['cpus']} CPUs, "
-             f"{m['cpu']}; load average at start {m['load_avg_at_start'][0]}); "
+             f"{m['cpu']} family {m['cpu_family']}, {'/'.join(m['simd']) or 'no AVX'}; load average at start {m['load_avg_at_start'][0]}); "
              f"seeded 512/384-d vectors, SciFact text; {report['config']['queries']} queries, "
              f"{report['config']['reps']} writes of each kind", "",
              "| | " + " | ".join(label(n) for n in ns) + " |", "|---|" + "---:|" * len(ns)]
@@ -525,16 +532,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine(), "config": {"queries": args.queries, "reps": args.reps,
                               "workdir": str(workdir), "sizes": sizes}, "sizes": {}}
     say(f"sizes {', '.join(label(n) for n in sizes)} in {workdir}; {report['machine']}")
-    for n in sizes:
-        report["sizes"][str(n)] = measure_size(n, workdir, args)
-    report["targets"] = check_targets({int(k): v for k, v in report["sizes"].items()})
-    text = format_report(report)
-    print(text, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     if args.json.parent == RESULTS.parent and not (RESULTS.parent / ".gitignore").exists():
         (RESULTS.parent / ".gitignore").write_text("*\n")  # results are machine-specific: never committed
-    args.json.write_text(json.dumps(report, indent=2))
-    say(f"results in {args.json}")
+    for i, n in enumerate(sizes, 1):
+        report["sizes"][str(n)] = measure_size(n, workdir, args)
+        # Written after every size, so a crash hours into the 1M build keeps the smaller sizes' figures.
+        report["complete"] = i == len(sizes)
+        report["targets"] = check_targets({int(k): v for k, v in report["sizes"].items()})
+        args.json.write_text(json.dumps(report, indent=2))
+        print(format_report(report), flush=True)
+        say(f"results{'' if report['complete'] else ' so far'} in {args.json}")
     if args.workdir is None and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if all(t["pass"] for t in report["targets"]) else 1
