@@ -161,9 +161,11 @@ def build_index(settings: Settings, chunks: int) -> dict[str, Any]:
     kb = KnowledgeBase(settings.data_dir, COLLECTION, resolve_models(settings))
     started = time.perf_counter()
     summary = Indexer(kb).ingest([corpus])
-    return {"source": source, "ingest_seconds": round(time.perf_counter() - started, 1),
-            "indexed": summary.indexed, "text_records": kb.raw_store("text").count(),
-            "clip_records": kb.raw_store("clip").count()}
+    out = {"source": source, "ingest_seconds": round(time.perf_counter() - started, 1),
+           "indexed": summary.indexed, "text_records": kb.raw_store("text").count(),
+           "clip_records": kb.raw_store("clip").count()}
+    kb.close()
+    return out
 
 
 def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -197,6 +199,8 @@ def latency(settings: Settings, queries: Sequence[str]) -> dict[str, Any]:
                              text=NaiveText(models.text_model, kb.text.identity()))
     out["naive"] = {"hybrid": time_queries(Searcher(naive_kb), queries, "hybrid")}
     out["ratio_p50"] = round(out["naive"]["hybrid"]["p50_ms"] / out["mmrag"]["hybrid"]["p50_ms"], 2)
+    naive_kb.close()
+    kb.close()  # part 2's server must open the embedded store, which one process holds at a time
     return out
 
 

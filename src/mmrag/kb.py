@@ -283,6 +283,20 @@ class KnowledgeBase:
             finally:
                 local.depth = 0
 
+    def close(self) -> None:
+        """Let go of the stores, so that another process may open the embedded store.
+
+        The embedded Chroma store is held by one process at a time (see the module docstring);
+        a script that builds a knowledge base and then starts ``mmrag serve`` on it closes it first.
+        """
+        client = self.__dict__.pop("client", None)
+        for name in ("clip_store", "text_store", "_raw_stores", "keyword"):
+            self.__dict__.pop(name, None)
+        if "manifest" in self.__dict__:
+            self.__dict__.pop("manifest").close()
+        if client is not None and not self.store_url and self.backend == "chroma":
+            release_embedded_store(self.data_dir)
+
     def health(self) -> "Health":
         """Counts against the manifest, and the problems found (see :func:`check_health`)."""
         return check_health(self)
@@ -303,6 +317,16 @@ class KnowledgeBase:
         self.manifest.remove_collection(self.collection)
         for name in ("clip_store", "text_store", "_raw_stores", "keyword"):
             self.__dict__.pop(name, None)
+
+
+def release_embedded_store(data_dir: Path) -> None:
+    """Give up this process's claim on the embedded store under ``data_dir`` (see :meth:`KnowledgeBase.close`)."""
+    from chromadb.api.client import SharedSystemClient
+
+    # Chroma keeps one system per path for the whole process; drop it, or a later open here would
+    # reuse a store another process has changed meanwhile.
+    SharedSystemClient.clear_system_cache()
+    locks.release(Path(data_dir) / "locks" / "embedded-chroma.lock")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmrag.cli import main
+from mmrag.kb import release_embedded_store
 from tests.conftest import SAMPLE_CORPUS, free_port, wait_http
 
 pytestmark = pytest.mark.slow
@@ -52,6 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     data_dir = tmp_path_factory.mktemp("serve") / "data"
     result = CliRunner().invoke(main, ["ingest", str(SAMPLE_CORPUS), "--profile", "offline", "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output
+    release_embedded_store(data_dir)  # the server opens it next: one process at a time
     token = _key(data_dir, "--scope", "read")
     proc, url, _ = _serve(data_dir)
     yield url, token

@@ -65,11 +65,16 @@ def test_finding10_second_process_on_an_embedded_store_is_refused_naming_the_hol
         _env(hashing_kb.data_dir))
     try:
         done = _cli(["delete", "visitor-faq.html"], hashing_kb.data_dir)
+        # `mmrag serve` beside it is refused at start (not a server that never gets ready).
+        served = subprocess.run([sys.executable, "-m", "mmrag", "serve", "--no-auth", "--port", "1",
+                                 "--collection", "test"], env=_env(hashing_kb.data_dir), capture_output=True,
+                                text=True, timeout=120)
     finally:
         holder.kill()
         holder.wait()
     assert done.returncode != 0
     assert f"is open in pid {holder.pid}" in done.stderr and "--store-url" in done.stderr, done.stderr
+    assert served.returncode == 1 and f"is open in pid {holder.pid}" in served.stderr, served.stderr[-2000:]
     # Nothing changed: once the holder is gone the document is still there.
     assert hashing_kb.manifest.get("test", "visitor-faq.html") is not None
     assert _cli(["status", "--json"], hashing_kb.data_dir).returncode == 0

@@ -61,12 +61,21 @@ def check_serving(s: Any) -> None:
 
     Raises:
         ConfigError: several workers on the embedded store.
+        StoreBusyError: another process has the embedded store open.
+        StoreDamagedError: the embedded store is damaged.
     """
     if s.api.workers > 1 and not s.store.url:
         raise ConfigError(
             f"{s.api.workers} workers need a Chroma server: the embedded store is not safe across processes. "
             "Start one with `chroma run --path DIR --host 127.0.0.1 --port 8000` and pass "
             "--store-url http://127.0.0.1:8000 (or serve with --workers 1).")
+    if not s.store.url:
+        # Claim the embedded store (and check it for damage) before serving: a store another
+        # process holds is refused now, naming the holder, instead of a server that never gets ready.
+        from mmrag.kb import KnowledgeBase
+        from mmrag.registry import resolve_models
+
+        KnowledgeBase(s.data_dir, s.collection, resolve_models(s)).client
 
 
 def _environment(s: Any) -> dict[str, str]:
