@@ -169,15 +169,17 @@ class UpstreamTimeoutError(UpstreamError):
     status_code = 504
 
 
-#: Free space under which a failed write is reported as a full disk.
-DISK_FULL_BYTES = 64 * 1024 * 1024
+#: Free space under which a failed write names the disk as its likely cause.
+LOW_SPACE_BYTES = 256 * 1024 * 1024
 
 
 def disk_full_hint(path: object) -> str:
-    """" (the disk holding PATH is full: ...)" when ``path``'s filesystem is (nearly) full, else "".
+    """" (the disk holding PATH has only ... free ...)" when ``path``'s filesystem is low on space, else "".
 
     Chroma and tantivy report a full disk as whatever write failed first ("Error in compaction"),
-    so a failed write looks at the free space itself before it reaches the user.
+    and roll their writes back, so the space is free again by the time the error arrives: what
+    is left says little about what the write needed (a batch of a few hundred records can need
+    tens of MiB). Low space, under 256 MiB, is therefore reported as the likely cause.
     """
     import shutil
 
@@ -185,7 +187,8 @@ def disk_full_hint(path: object) -> str:
         usage = shutil.disk_usage(str(path))
     except OSError:
         return ""
-    if usage.free >= min(DISK_FULL_BYTES, usage.total // 100):
+    if usage.free >= LOW_SPACE_BYTES:
         return ""
-    return (f" (the disk holding {path} is full: {usage.free // 1024} KiB free; free some space and rerun: "
+    return (f" (the disk holding {path} has only {usage.free // (1024 * 1024)} MiB free, "
+            f"{100 * usage.free / usage.total:.0f}% of it: a full disk is the likely cause. Free some space and rerun: "
             "what was stored is kept, and the interrupted documents are redone)")
