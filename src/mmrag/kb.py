@@ -37,9 +37,12 @@ from mmrag.protocols import KeywordIndex, VectorStore
 from mmrag.registry import ModelChoice, check_collection_name, keyword_index_factory, vector_store_factory
 from mmrag.stores.chroma import delete_collection, open_client
 from mmrag.stores.probe import verify_once
+from mmrag.stores.split import ModalitySplitStore
 from mmrag.types import Record
 
 log = logging.getLogger(__name__)
+#: Manifest flag: this collection's image records live in their own Chroma collection.
+IMAGES_SPLIT = "images_split"
 #: Records read back per batch when the keyword index is rebuilt from the text store.
 REBUILD_BATCH = 5000
 
@@ -145,6 +148,11 @@ class KnowledgeBase:
         return f"{self.collection}-clip"
 
     @property
+    def image_name(self) -> str:
+        """Chroma collection of the joint space's image records (see :mod:`mmrag.stores.split`)."""
+        return f"{self.collection}-image"
+
+    @property
     def text_name(self) -> str:
         """Chroma collection of the text model."""
         return f"{self.collection}-text"
@@ -152,10 +160,29 @@ class KnowledgeBase:
     def _store(self, name: str, identity: Any) -> VectorStore:
         return self._open_store(self.client, name, identity, self.owner_id, self.manifest.has_collection(self.collection))
 
+    def _clip_space(self, identity: Any) -> VectorStore:
+        texts, images = self._store(self.clip_name, identity), self._store(self.image_name, identity)
+        if self.backend == "chroma" and self.manifest.flag(self.collection, IMAGES_SPLIT) is None:
+            self._move_images(texts, images)
+        return ModalitySplitStore(texts, images)
+
+    def _move_images(self, texts: Any, images: Any) -> None:
+        """Move image records of a collection written before the split into the image collection (once)."""
+        if texts.records_where({"modality": "image"}, 1):
+            with self.write_lock():
+                moved = 0
+                while batch := texts.records_where({"modality": "image"}, 1000):
+                    images.upsert(batch)  # then delete: a crash in between leaves a copy, not a loss
+                    texts.delete([r.id for r in batch])
+                    moved += len(batch)
+                log.warning("Collection %r: moved %d image records into %r (once)", self.collection, moved,
+                            self.image_name)
+        self.manifest.set_flag(self.collection, IMAGES_SPLIT, "1")
+
     @cached_property
     def clip_store(self) -> VectorStore:
-        """Joint-space collection, identity-checked against the CLIP model."""
-        return self._store(self.clip_name, self.clip.identity())
+        """Joint-space store (text and image collections), identity-checked against the CLIP model."""
+        return self._clip_space(self.clip.identity())
 
     @cached_property
     def text_store(self) -> VectorStore:
@@ -170,7 +197,7 @@ class KnowledgeBase:
             return self.text_store
         cache = self.__dict__.setdefault("_raw_stores", {})
         if which not in cache:
-            cache[which] = self._store(self.clip_name if which == "clip" else self.text_name, None)
+            cache[which] = self._clip_space(None) if which == "clip" else self._store(self.text_name, None)
         return cache[which]  # type: ignore[no-any-return]
 
     def delete_records(self, doc_ids: list[str]) -> None:
@@ -308,8 +335,8 @@ class KnowledgeBase:
         if self.backend == "memory":
             self.client.clear()
         else:
-            delete_collection(self.client, self.clip_name)
-            delete_collection(self.client, self.text_name)
+            for name in (self.clip_name, self.image_name, self.text_name):
+                delete_collection(self.client, name)
         if "keyword" in self.__dict__:
             self.keyword.clear()
         for folder in (self.keyword_dir, self.legacy_keyword_dir):

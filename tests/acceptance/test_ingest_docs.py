@@ -46,11 +46,13 @@ def _records(data_dir: Path) -> dict[str, list[tuple[str, str]]]:
     from chromadb.config import Settings
 
     client = chromadb.PersistentClient(path=str(data_dir / "chroma"), settings=Settings(anonymized_telemetry=False))
-    out = {}
-    for name in ("default-clip", "default-text"):
+    from mmrag.stores.tantivy import TantivyKeywordIndex
+
+    out: dict[str, list[tuple[str, str]]] = {"default-clip": []}
+    for name, key in (("default-clip", "default-clip"), ("default-image", "default-clip"), ("default-text", "default-text")):
         got = client.get_collection(name, embedding_function=None).get(include=["metadatas"])
-        out[name] = [(m["doc_id"], m["modality"]) for m in got["metadatas"]]
-    out["bm25"] = [(r["doc_id"], "text") for r in json.loads((data_dir / "bm25" / "default" / "mmrag_rows.json").read_text())]
+        out.setdefault(key, []).extend((m["doc_id"], m["modality"]) for m in got["metadatas"])
+    out["bm25"] = [(m["doc_id"], "text") for _, m, _ in TantivyKeywordIndex(data_dir / "keyword" / "default").rows()]
     return out
 
 

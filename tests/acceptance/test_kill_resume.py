@@ -65,7 +65,7 @@ def _snapshot(data_dir: Path) -> dict:  # type: ignore[type-arg]
 
     client = chromadb.PersistentClient(path=str(data_dir / "chroma"), settings=Settings(anonymized_telemetry=False))
     out: dict = {}
-    for name in ("default-clip", "default-text"):
+    for name in ("default-clip", "default-image", "default-text"):
         col = client.get_collection(name, embedding_function=None)
         got = col.get(include=["embeddings", "metadatas", "documents"])
         order = np.argsort(got["ids"])
@@ -106,7 +106,7 @@ def _uncommitted_segments(data_dir: Path) -> set[str]:
 def _assert_same(a: dict, b: dict, context: str) -> None:  # type: ignore[type-arg]
     assert a["manifest"] == b["manifest"], context
     assert a["bm25"] == b["bm25"], context
-    for name in ("default-clip", "default-text"):
+    for name in ("default-clip", "default-image", "default-text"):
         assert a[name]["ids"] == b[name]["ids"], context
         assert len(set(a[name]["ids"])) == len(a[name]["ids"]), "duplicates"
         assert a[name]["meta"] == b[name]["meta"], context
@@ -126,7 +126,7 @@ def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Pa
     summary = json.loads(out)
     assert summary["indexed"] == N_IMAGES + N_RECORDS
     expected = _snapshot(reference)
-    assert len(expected["default-clip"]["ids"]) >= 1000
+    assert len(expected["default-clip"]["ids"]) + len(expected["default-image"]["ids"]) >= 1000
 
     seed = int(KILL_SEED or time.time())
     rng = random.Random(seed)

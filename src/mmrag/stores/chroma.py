@@ -200,6 +200,14 @@ class ChromaStore:
             for rid, meta, doc in zip(res["ids"], metas, docs):
                 yield rid, dict(meta or {}), doc
 
+    def records_where(self, where: Mapping[str, Any], limit: int) -> list[Record]:
+        """Up to ``limit`` records matching ``where``, with their vectors (for moving records between collections)."""
+        with _translate(f"read {self.name!r}"):
+            res = self._col.get(where=dict(where), limit=limit, include=["embeddings", "metadatas", "documents"])
+        docs = res.get("documents") or [None] * len(res["ids"])
+        return [Record(rid, list(map(float, vec)), dict(meta or {}), doc or None)
+                for rid, vec, meta, doc in zip(res["ids"], res["embeddings"], res["metadatas"], docs)]
+
     def iter_all(self, include: Sequence[str] = ("metadatas",), page: int = 5000) -> Iterator[tuple[str, dict[str, Any], str | None]]:
         """Yield ``(id, metadata, document)`` for every record, a page at a time.
 

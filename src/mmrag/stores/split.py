@@ -1,0 +1,116 @@
+"""The joint CLIP space as two collections: text chunks in one, images in the other.
+
+Why: a text query's CLIP vote in the hybrid fusion is for images only, and Chroma 1.5.9 evaluates
+a ``where`` by collecting every record it matches, so ``modality = image`` cost about 13 µs per
+image record on this machine (1,000 images: 35 ms; 100,000 images at 1M chunks: over a second).
+With images in their own collection the same question is an unfiltered query. Both halves hold
+vectors of the same embedder, so their cosine scores compare directly and a query over both
+modalities merges the two lists by score.
+
+:class:`ModalitySplitStore` is a :class:`~mmrag.protocols.VectorStore` over the two halves, so the
+services see one CLIP store, as before.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Iterator, Mapping, Sequence
+
+from mmrag.protocols import VectorStore
+from mmrag.types import Hit, Record
+
+IMAGE = "image"
+
+
+def split_modality(where: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any] | None]:
+    """``(modality, rest)``: a top-level (or ``$and``-ed) ``modality`` equality taken out of ``where``."""
+    if not where:
+        return None, None
+    if "modality" in where and not isinstance(where["modality"], Mapping):
+        rest = {k: v for k, v in where.items() if k != "modality"}
+        return str(where["modality"]), rest or None
+    if list(where) == ["$and"]:
+        parts = list(where["$and"])
+        for i, part in enumerate(parts):
+            if list(part) == ["modality"] and not isinstance(part["modality"], Mapping):
+                others = parts[:i] + parts[i + 1:]
+                rest = None if not others else (dict(others[0]) if len(others) == 1 else {"$and": others})
+                return str(part["modality"]), rest
+    return None, dict(where)
+
+
+class ModalitySplitStore:
+    """One vector store over a text-chunk collection and an image collection of the same embedder.
+
+    Args:
+        texts: the collection of text records (``modality`` ``text``).
+        images: the collection of image records (``modality`` ``image``).
+    """
+
+    def __init__(self, texts: VectorStore, images: VectorStore) -> None:
+        self.texts = texts
+        self.images = images
+        self.name = getattr(texts, "name", "clip")
+        self.identity = getattr(texts, "identity", {})
+        self.owner = getattr(texts, "owner", None)
+
+    def _part(self, modality: str | None) -> list[VectorStore]:
+        if modality == IMAGE:
+            return [self.images]
+        if modality is not None:
+            return [self.texts]
+        return [self.texts, self.images]
+
+    def check_writable(self) -> None:
+        """Raise if another data dir owns either half."""
+        self.texts.check_writable()
+        self.images.check_writable()
+
+    def upsert(self, records: Sequence[Record], *, fresh: bool = False) -> None:
+        """Write each record to the half of its ``modality``."""
+        images = [r for r in records if r.metadata.get("modality") == IMAGE]
+        texts = [r for r in records if r.metadata.get("modality") != IMAGE]
+        if texts:
+            self.texts.upsert(texts, fresh=fresh)
+        if images:
+            self.images.upsert(images, fresh=fresh)
+
+    def query(self, vector: Sequence[float], k: int, where: Mapping[str, Any] | None = None) -> list[Hit]:
+        """Nearest records; a ``modality`` filter picks the half instead of filtering records."""
+        modality, rest = split_modality(where)
+        lists = [store.query(vector, k, rest) for store in self._part(modality)]
+        if len(lists) == 1:
+            return lists[0]
+        return heapq.nlargest(k, (h for hits in lists for h in hits), key=lambda h: h.score)
+
+    def get(self, ids: Sequence[str]) -> list[Hit]:
+        """Records by id (an image record's id has ``#i``)."""
+        images = [i for i in ids if "#i" in i]
+        texts = [i for i in ids if "#i" not in i]
+        found = {h.id: h for h in [*self.texts.get(texts), *self.images.get(images)]}
+        return [found[i] for i in ids if i in found]
+
+    def delete_docs(self, doc_ids: Sequence[str]) -> None:
+        """Delete every record of these documents from both halves."""
+        self.texts.delete_docs(doc_ids)
+        self.images.delete_docs(doc_ids)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete records by id."""
+        self.texts.delete([i for i in ids if "#i" not in i])
+        self.images.delete([i for i in ids if "#i" in i])
+
+    def count(self) -> int:
+        """Records in both halves."""
+        return self.texts.count() + self.images.count()
+
+    def records_of(self, doc_ids: Sequence[str], include: Sequence[str] = ("metadatas",)
+                   ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+        """Every record of these documents, text half first."""
+        yield from self.texts.records_of(doc_ids, include)
+        yield from self.images.records_of(doc_ids, include)
+
+    def iter_all(self, include: Sequence[str] = ("metadatas",)) -> Iterator[tuple[str, dict[str, Any], str | None]]:
+        """Every record, text half first."""
+        yield from self.texts.iter_all(include)
+        yield from self.images.iter_all(include)
