@@ -1,4 +1,4 @@
-"""Fixtures for fault injection: Chroma servers that a test can kill -9 and restart, and a small tmpfs."""
+"""Fixtures for fault injection: Chroma servers that a test can kill -9 and restart, a small tmpfs, doc markers."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ def child_env(**extra: str) -> dict[str, str]:
                PYTHONPATH=str(REPO))
     env.update(extra)
     return env
+
+
+def marker(prefix: str, i: int) -> str:
+    """A token unique to document ``i``, also after BM25's stemmer.
+
+    Letters only, ending in "q": the English stemmer strips endings such as "s" and "e", which
+    made "...bcs" and "...bce" one term; no suffix rule ends in "q".
+    """
+    letters = ""
+    i += 26 * 26  # at least three letters
+    while i:
+        i, r = divmod(i, 26)
+        letters = "abcdefghijklmnopqrstuvwxyz"[r] + letters
+    return f"{prefix}{letters}q"
 
 
 class ChromaServer:

@@ -25,25 +25,11 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from tests.faults.conftest import ChromaServer, child_env, grow_tmpfs
+from tests.faults.conftest import ChromaServer, child_env, grow_tmpfs, marker
 
 COLLECTION = "test"
 _WORDS = ("alpha beta gamma delta harbour lantern river stone cloud meadow copper violet ember signal orbit "
           "granite willow falcon saffron quartz").split()
-
-
-def marker(prefix: str, i: int) -> str:
-    """A token unique to document ``i``, also after BM25's stemmer.
-
-    Letters only, ending in "q": the English stemmer strips endings such as "s" and "e", which
-    made "...bcs" and "...bce" one term; no suffix rule ends in "q".
-    """
-    letters = ""
-    i += 26 * 26  # at least three letters
-    while i:
-        i, r = divmod(i, 26)
-        letters = "abcdefghijklmnopqrstuvwxyz"[r] + letters
-    return f"{prefix}{letters}q"
 
 
 def write_corpus(folder: Path, prefix: str, n: int, words: int, seed: int) -> list[str]:

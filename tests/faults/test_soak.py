@@ -22,8 +22,7 @@ from click.testing import CliRunner
 
 from mmrag.cli import main
 from tests.conftest import free_port, wait_http
-from tests.faults.conftest import ChromaServer, child_env
-from tests.faults.test_fault_injection import marker
+from tests.faults.conftest import ChromaServer, child_env, marker
 
 pytestmark = pytest.mark.slow
 
