@@ -126,7 +126,6 @@ def assert_settled_documents_are_whole(state: dict[str, Any]) -> None:
 #: write batch, so the run writes six batches after its models load, for several seconds.
 N_TEXTS = 1200
 N_IMAGES = 200
-SERVER_COLLECTIONS = ("default-clip", "default-text")
 
 
 def _server_corpus(root: Path) -> Path:
@@ -181,19 +180,22 @@ def _served_kb(data: Path, url: str) -> Any:
 
 
 def _collections(url: str) -> dict[str, Any]:
+    """Every collection on the server (however mmrag lays the knowledge base out in them)."""
     import chromadb
     from chromadb.config import Settings
 
     parsed = urlparse(url)
     client = chromadb.HttpClient(host=parsed.hostname, port=parsed.port,
                                  settings=Settings(anonymized_telemetry=False))
-    return {name: client.get_collection(name, embedding_function=None) for name in SERVER_COLLECTIONS}
+    names = sorted(c if isinstance(c, str) else c.name for c in client.list_collections())
+    return {name: client.get_collection(name, embedding_function=None) for name in names}
 
 
 def _server_snapshot(data: Path, url: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"manifest": _manifest_rows(data),
+    cols = _collections(url)
+    out: dict[str, Any] = {"manifest": _manifest_rows(data), "collections": sorted(cols),
                            "keyword": [list(row) for row in _served_kb(data, url).keyword.rows()]}
-    for name, col in _collections(url).items():
+    for name, col in cols.items():
         got = col.get(include=["embeddings", "metadatas", "documents"])
         order = np.argsort(got["ids"])
         out[name] = {"ids": [got["ids"][i] for i in order], "meta": [got["metadatas"][i] for i in order],
@@ -255,9 +257,12 @@ def test_chroma_server_killed_mid_ingest_then_restarted_and_rerun_ends_as_an_uni
     summary = _ingest_to_end(corpus, data, url)
     assert summary["indexed"] == total - len(done) and summary["failed"] == [], summary
     got = _server_snapshot(data, url)
+    print(f"rerun after the restart: indexed {summary['indexed']}, repaired {summary['repaired']}; collections "
+          + ", ".join(f"{n} {len(got[n]['ids'])}" for n in got["collections"]))
     assert got["manifest"] == expected["manifest"]
     assert got["keyword"] == expected["keyword"]
-    for name in SERVER_COLLECTIONS:
+    assert got["collections"] == expected["collections"] and len(expected["collections"]) >= 2
+    for name in expected["collections"]:
         assert got[name]["ids"] == expected[name]["ids"], name
         assert got[name]["meta"] == expected[name]["meta"], name
         assert got[name]["docs"] == expected[name]["docs"], name
