@@ -37,6 +37,8 @@ class StoreSettings(BaseModel):
     url: str | None = None
     #: Seconds a writer waits for another writer of the same collection (MMRAG_STORE__LOCK_TIMEOUT).
     lock_timeout: float = Field(600.0, ge=0)
+    #: Seconds a Chroma server request may take before it fails (MMRAG_STORE__TIMEOUT).
+    timeout: float = Field(120.0, gt=0)
 
 
 class LLMSettings(BaseModel):

@@ -35,7 +35,7 @@ from mmrag.errors import StoreError
 from mmrag.manifest import Manifest
 from mmrag.protocols import KeywordIndex, VectorStore
 from mmrag.registry import ModelChoice, check_collection_name, keyword_index_factory, vector_store_factory
-from mmrag.stores.chroma import delete_collection, open_client
+from mmrag.stores.chroma import SERVER_TIMEOUT, delete_collection, open_client
 from mmrag.stores.probe import verify_once
 from mmrag.stores.split import ModalitySplitStore
 from mmrag.types import Record
@@ -62,6 +62,7 @@ class KnowledgeBase:
         clip: an already-built CLIP embedder (tests, benchmarks); else built from ``models``.
         text: likewise for the text embedder.
         lock_timeout: seconds a writer waits for another writer of this collection.
+        store_timeout: seconds a Chroma server request may take before it fails.
         vector_store: the vector store backend (``registry.VECTOR_STORES``): ``chroma``, or
             ``memory`` (the test fake) for unit tests.
         keyword_index: the keyword index backend (``registry.KEYWORD_INDEXES``).
@@ -70,13 +71,14 @@ class KnowledgeBase:
     def __init__(self, data_dir: Path, collection: str, models: ModelChoice, *, store_url: str | None = None,
                  chunk: ChunkSpec = ChunkSpec(), clip: Any = None, text: Any = None,
                  lock_timeout: float = LOCK_TIMEOUT, vector_store: str = "chroma",
-                 keyword_index: str = "tantivy") -> None:
+                 keyword_index: str = "tantivy", store_timeout: float = SERVER_TIMEOUT) -> None:
         self.data_dir = Path(data_dir)
         self.collection = check_collection_name(collection)
         self.models = models
         self.store_url = store_url
         self.chunk_spec = chunk
         self.lock_timeout = lock_timeout
+        self.store_timeout = store_timeout
         self.backend = vector_store
         self._open_store = vector_store_factory(vector_store)
         self._open_keyword = keyword_index_factory(keyword_index)
@@ -115,7 +117,7 @@ class KnowledgeBase:
                      f"(`chroma run --path {self.data_dir / 'chroma'}`) and pass --store-url to every process.",
             )
             verify_once(self.data_dir / "chroma", self.data_dir / "locks" / "chroma-verified.json")
-        return open_client(self.data_dir, self.store_url)
+        return open_client(self.data_dir, self.store_url, timeout=self.store_timeout)
 
     @cached_property
     def owner_id(self) -> str:

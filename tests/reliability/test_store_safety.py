@@ -136,3 +136,30 @@ def test_finding6_damaged_store_is_named_with_the_rebuild(hashing_kb, tmp_path: 
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
     summary, problems = (json.loads(line) for line in rebuilt.stdout.strip().splitlines()[-2:])
     assert summary["repaired"] > 0 and problems == []
+
+
+def test_a_hung_chroma_server_fails_the_request_instead_of_blocking(tmp_path: Path) -> None:
+    """chromadb's HTTP client waits forever by default; a stopped server must become a StoreError."""
+    import signal
+
+    from mmrag.config import Settings
+    from mmrag.embedders.hashing import HashingEmbedder
+    from mmrag.errors import StoreError
+    from mmrag.kb import KnowledgeBase
+    from mmrag.registry import resolve_models
+    from tests.conftest import _start_chroma
+
+    proc, url = _start_chroma(tmp_path / "server")
+    try:
+        kb = KnowledgeBase(tmp_path / "data", "hang", resolve_models(Settings()), store_url=url,
+                           clip=HashingEmbedder(16), text=HashingEmbedder(8), store_timeout=2.0)
+        assert kb.raw_store("clip").count() == 0
+        proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="Timeout"):
+            kb.raw_store("text").count()
+        assert time.monotonic() - started < 30
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()

@@ -75,7 +75,7 @@ def open_kb(opts: dict[str, Any]) -> Any:
 
     s = settings_from(opts)
     return KnowledgeBase(s.data_dir, s.collection, resolve_models(s), store_url=s.store.url,
-                         lock_timeout=s.store.lock_timeout,
+                         lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout,
                          chunk=ChunkSpec(s.chunk.size, s.chunk.overlap))
 
 

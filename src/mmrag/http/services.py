@@ -157,7 +157,7 @@ class Services:
                 s = self.settings
                 kb = KnowledgeBase(self.data_dir, name, self.models, store_url=s.store.url,
                                    chunk=ChunkSpec(s.chunk.size, s.chunk.overlap), clip=self._clip, text=self._text,
-                                   lock_timeout=s.store.lock_timeout)
+                                   lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout)
                 self._kbs[name] = kb
             return kb
 
@@ -195,7 +195,8 @@ class Services:
             kb = self._bare_kbs.get(name)
             if kb is None:
                 kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url,
-                                   lock_timeout=self.settings.store.lock_timeout)
+                                   lock_timeout=self.settings.store.lock_timeout,
+                                   store_timeout=self.settings.store.timeout)
                 self._bare_kbs[name] = kb
             return kb
 

@@ -37,23 +37,44 @@ def _translate(action: str) -> Iterator[None]:
         raise StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}") from exc
 
 
-def open_client(data_dir: Path, url: str | None = None) -> Any:
-    """Return an embedded ``PersistentClient`` under ``data_dir/chroma``, or an ``HttpClient`` for ``url``."""
+#: Seconds a Chroma server request may take before it fails (chromadb itself waits forever).
+SERVER_TIMEOUT = 120.0
+
+
+def open_client(data_dir: Path, url: str | None = None, *, timeout: float = SERVER_TIMEOUT) -> Any:
+    """Return an embedded ``PersistentClient`` under ``data_dir/chroma``, or an ``HttpClient`` for ``url``.
+
+    A server request that gets no answer within ``timeout`` seconds fails with a
+    :class:`StoreError` (a hung or stopped server would otherwise block the caller forever).
+    """
     import chromadb
     from chromadb.config import Settings
 
     settings = Settings(anonymized_telemetry=False)
-    with _translate("open the store"):
+    with _translate(f"open the store{f' at {url}' if url else ''}"):
         if url:
             parsed = urlparse(url)
             if parsed.scheme not in {"http", "https"} or not parsed.hostname:
                 raise InvalidInputError(f"store URL must look like http://host:port, got {url!r}")
-            return chromadb.HttpClient(
+            client = chromadb.HttpClient(
                 host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8000),
                 ssl=parsed.scheme == "https", settings=settings,
             )
+            _set_timeout(client, timeout)
+            return client
         (data_dir / "chroma").mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(data_dir / "chroma"), settings=settings)
+
+
+def _set_timeout(client: Any, timeout: float) -> None:
+    # chromadb 1.5.9 builds its httpx session with timeout=None and offers no setting for it; the
+    # session is private, so this is checked by tests/reliability/test_store_safety.py.
+    import httpx
+
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if not isinstance(session, httpx.Client):
+        raise StoreError("this chromadb version keeps its HTTP session elsewhere; mmrag cannot bound its requests")
+    session.timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
 
 
 class ChromaStore:
