@@ -27,21 +27,29 @@ _ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("r2", "r2", "Laternenfest lantern im Herbst.", {"lang": "de", "year": 2021, "fresh": False, "doc_type": "jsonl"}),
     ("r3", "r3", "Fete de la lanterne, lantern night.", {"lang": "fr", "year": 2020, "page": 1, "doc_type": "jsonl"}),
     ("img (1).png#t0", "img (1).png", "A red lantern picture caption.", {"fresh": 1, "doc_type": "image"}),
+    # An image record: no text, modality image (ModalitySplitStore keeps these in a collection of their own).
+    ("img (1).png#i0", "img (1).png", "", {"modality": "image", "doc_type": "image", "page": 2}),
 ]
 
 
-def records(dim: int = DIM) -> list[Record]:
-    """The contract records: text chunks with hashing vectors (``source`` under :data:`SOURCE`)."""
-    embed = _EMBED if dim == DIM else HashingEmbedder(dim)
+def records() -> list[Record]:
+    """The contract records, with hashing vectors (``source`` under :data:`SOURCE`): text chunks and one image."""
     out = []
     for rid, doc_id, text, meta in _ROWS:
         source = f"{SOURCE}/other/records.jsonl" if meta["doc_type"] == "jsonl" else f"{SOURCE}/{doc_id}"
         full = {"doc_id": doc_id, "source": source, "modality": "text", **meta}
-        out.append(Record(rid, embed.embed_texts([text])[0].tolist(), full, text))
+        out.append(Record(rid, _EMBED.embed_texts([text or rid])[0].tolist(), full, text or None))
     return out
 
 
+def text_records() -> list[Record]:
+    """The records a keyword index holds: the text chunks."""
+    return [r for r in records() if r.metadata["modality"] == "text"]
+
+
 ALL = {r[0] for r in _ROWS}
+IMAGES = {r[0] for r in _ROWS if r[3].get("modality") == "image"}
+TEXTS = ALL - IMAGES
 #: Every text above holds "lantern", so a BM25 query for it ranks them all and the filter alone decides.
 QUERY = "lantern"
 
@@ -52,27 +60,37 @@ WHERES: list[tuple[dict[str, Any], set[str]]] = [
     ({"page": 1.0}, {"a.txt#t0", "docs/guide.md#t0", "r3"}),
     ({"fresh": True}, {"a.txt#t0", "a.txt#t1", "r1"}),
     ({"year": {"$gt": 2020}}, {"docs/guide.md#t0", "cat.pdf#t0", "r2"}),
-    ({"lang": {"$ne": "en"}}, {"docs/guide.md#t0", "cat.pdf#t0", "r2", "r3", "img (1).png#t0"}),
-    ({"lang": {"$nin": ["en", "de"]}}, {"cat.pdf#t0", "r3", "img (1).png#t0"}),
+    ({"lang": {"$ne": "en"}}, {"docs/guide.md#t0", "cat.pdf#t0", "r2", "r3", "img (1).png#t0", "img (1).png#i0"}),
+    ({"lang": {"$nin": ["en", "de"]}}, {"cat.pdf#t0", "r3", "img (1).png#t0", "img (1).png#i0"}),
     ({"doc_type": {"$in": ["markdown", "jsonl"]}}, {"docs/guide.md#t0", "r1", "r2", "r3"}),
     ({"$or": [{"lang": "de"}, {"doc_type": "pdf"}]}, {"docs/guide.md#t0", "r2", "cat.pdf#t0"}),
     ({"$and": [{"doc_type": "jsonl"}, {"year": {"$lte": 2020}}]}, {"r1", "r3"}),
     ({"doc_id": {"$in": ["r1", "docs/guide.md"]}}, {"r1", "docs/guide.md#t0"}),
-    ({"lang": {"$nin": ["de"]}}, {"a.txt#t0", "a.txt#t1", "cat.pdf#t0", "r1", "r3", "img (1).png#t0"}),
+    ({"lang": {"$nin": ["de"]}}, {"a.txt#t0", "a.txt#t1", "cat.pdf#t0", "r1", "r3", "img (1).png#t0", "img (1).png#i0"}),
     ({"year": {"$in": [2021, 2022]}}, {"docs/guide.md#t0", "cat.pdf#t0", "r2"}),
     # True != 1 both ways, and the order operators never compare a bool.
     ({"fresh": 1}, {"img (1).png#t0"}),
-    ({"fresh": {"$ne": True}}, {"docs/guide.md#t0", "cat.pdf#t0", "r2", "r3", "img (1).png#t0"}),
+    ({"fresh": {"$ne": True}}, {"docs/guide.md#t0", "cat.pdf#t0", "r2", "r3", "img (1).png#t0", "img (1).png#i0"}),
     ({"fresh": {"$gt": 0}}, {"img (1).png#t0"}),
     # Order operators compare numbers only: a string value never passes, a missing key never does.
     ({"lang": {"$lt": 5}}, set()),
-    ({"page": {"$gte": 2}}, {"a.txt#t1", "cat.pdf#t0"}),
+    ({"page": {"$gte": 2}}, {"a.txt#t1", "cat.pdf#t0", "img (1).png#i0"}),
     ({"page": {"$lt": 2.0}}, {"a.txt#t0", "docs/guide.md#t0", "r3"}),
     ({"year": {"$gte": 2021.0}}, {"docs/guide.md#t0", "cat.pdf#t0", "r2"}),
     ({"lang": {"$ne": 3}}, ALL),
     ({"nokey": {"$nin": ["x"]}}, ALL),
     ({"nokey": "x"}, set()),
     ({"$or": [{"$and": [{"lang": "en"}, {"page": 2}]}, {"year": 2019}]}, {"a.txt#t1", "r1"}),
+    # Modality, which ModalitySplitStore answers by picking a collection rather than by filtering.
+    ({"modality": "image"}, {"img (1).png#i0"}),
+    ({"modality": "text"}, TEXTS),
+    ({"$and": [{"modality": "text"}, {"lang": "de"}]}, {"docs/guide.md#t0", "r2"}),
+    ({"$and": [{"page": 2}, {"modality": "image"}]}, {"img (1).png#i0"}),
+    ({"$and": [{"modality": "image"}, {"doc_type": "image"}, {"fresh": 1}]}, set()),
+    ({"modality": {"$ne": "image"}}, TEXTS),
+    ({"$or": [{"modality": "image"}, {"doc_id": "r1"}]}, {"img (1).png#i0", "r1"}),
+    ({"modality": "video"}, set()),
+    ({"$and": [{"modality": "Image"}, {"page": 2}]}, set()),
 ]
 
 #: Chroma 1.5.9 truncates a float operand toward zero before comparing it with an int value, so

@@ -20,20 +20,20 @@ from mmrag.protocols import KeywordIndex
 from mmrag.registry import resolve_models
 from mmrag.stores.tantivy import TantivyKeywordIndex
 from mmrag.types import Record
-from tests.contracts.cases import ALL, QUERY, QUIRKS, REFUSED, SOURCE, WHERES, records
+from tests.contracts.cases import QUERY, QUIRKS, REFUSED, SOURCE, TEXTS, WHERES, records, text_records
 
 
 @pytest.fixture
 def index(tmp_path: Path) -> TantivyKeywordIndex:
     """An index holding the contract records."""
     idx = TantivyKeywordIndex(tmp_path / "keyword")
-    idx.write(records=records())
+    idx.write(records=text_records())
     return idx
 
 
 @pytest.fixture(scope="module")
 def chroma_selects(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """``where -> ids`` as embedded Chroma answers it, over the same records."""
+    """``where -> ids`` as embedded Chroma answers it, over the same records (and an image record)."""
     from mmrag.stores.chroma import ChromaStore, open_client
 
     store = ChromaStore(open_client(tmp_path_factory.mktemp("chroma")), "keyword-contract", None)
@@ -50,7 +50,7 @@ def test_is_a_keyword_index(index: TantivyKeywordIndex) -> None:
 
 
 def test_write_then_count_doc_counts_and_rows(index: TantivyKeywordIndex) -> None:
-    recs = sorted(records(), key=lambda r: r.id)
+    recs = sorted(text_records(), key=lambda r: r.id)
     assert index.count() == len(recs)
     assert index.doc_counts() == {"a.txt": 2, "docs/guide.md": 1, "cat.pdf": 1, "r1": 1, "r2": 1, "r3": 1, "img (1).png": 1}
     assert _rows(index) == [(r.id, dict(r.metadata), r.document) for r in recs]  # ordered by id
@@ -61,22 +61,22 @@ def test_write_then_count_doc_counts_and_rows(index: TantivyKeywordIndex) -> Non
 
 def test_write_replaces_a_documents_rows_in_one_commit(index: TantivyKeywordIndex) -> None:
     before = _rows(index)
-    redo = [r for r in records() if r.metadata["doc_id"] == "a.txt"]
+    redo = [r for r in text_records() if r.metadata["doc_id"] == "a.txt"]
     index.write(delete_docs=["a.txt"], records=redo)  # a redo of the same document: nothing changes
     assert _rows(index) == before
     shorter = [dataclasses.replace(redo[0], document="A candle by the door.")]
     index.write(delete_docs=["a.txt"], records=shorter)
-    assert index.doc_counts()["a.txt"] == 1 and index.count() == len(ALL) - 1
+    assert index.doc_counts()["a.txt"] == 1 and index.count() == len(TEXTS) - 1
     assert [h.id for h in index.query("candle", 5)] == ["a.txt#t0"]
     assert "a.txt#t1" not in {h.id for h in index.query(QUERY, 100)}
     index.write()  # nothing to do is no commit and no change
-    assert index.count() == len(ALL) - 1
+    assert index.count() == len(TEXTS) - 1
 
 
 def test_delete_docs_and_clear(index: TantivyKeywordIndex) -> None:
     index.delete_docs(["a.txt", "r1", "never-indexed"])
-    assert index.count() == len(ALL) - 3
-    assert {rid for rid, _, _ in index.rows()} == ALL - {"a.txt#t0", "a.txt#t1", "r1"}
+    assert index.count() == len(TEXTS) - 3
+    assert {rid for rid, _, _ in index.rows()} == TEXTS - {"a.txt#t0", "a.txt#t1", "r1"}
     assert "a.txt" not in index.doc_counts() and "r1" not in index.doc_counts()
     assert {h.doc_id for h in index.query(QUERY, 100)} == {"docs/guide.md", "cat.pdf", "r2", "r3", "img (1).png"}
     index.clear()
@@ -84,7 +84,7 @@ def test_delete_docs_and_clear(index: TantivyKeywordIndex) -> None:
 
 
 def test_query_ranks_only_rows_sharing_a_term(index: TantivyKeywordIndex) -> None:
-    assert {h.id for h in index.query(QUERY, 100)} == ALL
+    assert {h.id for h in index.query(QUERY, 100)} == TEXTS
     hits = index.query("lantern wick", 100)
     assert hits[0].id == "a.txt#t1" and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert len(index.query(QUERY, 3)) == 3
@@ -96,7 +96,7 @@ def test_query_ranks_only_rows_sharing_a_term(index: TantivyKeywordIndex) -> Non
 def test_where_selects_what_chroma_selects(index: TantivyKeywordIndex, chroma_selects: Any,
                                            where: dict[str, Any], expected: set[str]) -> None:
     assert chroma_selects(where) == expected  # the table is Chroma's answer
-    assert {h.id for h in index.query(QUERY, 100, where=where)} == expected
+    assert {h.id for h in index.query(QUERY, 100, where=where)} == expected & TEXTS
 
 
 @pytest.mark.parametrize("where, expected", QUIRKS, ids=[str(w) for w, _ in QUIRKS])
@@ -107,7 +107,7 @@ def test_where_selects_what_chroma_selects(index: TantivyKeywordIndex, chroma_se
 def test_fractional_operand_on_int_metadata_selects_what_chroma_selects(
         index: TantivyKeywordIndex, chroma_selects: Any, where: dict[str, Any], expected: set[str]) -> None:
     assert chroma_selects(where) == expected
-    assert {h.id for h in index.query(QUERY, 100, where=where)} == expected
+    assert {h.id for h in index.query(QUERY, 100, where=where)} == expected & TEXTS
 
 
 _ACCEPTED = pytest.mark.xfail(strict=True, reason=(
@@ -127,13 +127,13 @@ def test_check_where_refuses_what_chroma_refuses(where: dict[str, Any]) -> None:
 @pytest.mark.parametrize("prefix, expected", [
     (f"{SOURCE}/docs/", {"docs/guide.md#t0"}),
     (f"{SOURCE}/other/", {"r1", "r2", "r3"}),
-    (f"{SOURCE}/", ALL),
+    (f"{SOURCE}/", TEXTS),
     (f"{SOURCE}/a.txt", {"a.txt#t0", "a.txt#t1"}),
     (f"{SOURCE}/img (1)", {"img (1).png#t0"}),  # regex characters in a path are literal
     (f"{SOURCE}/img (", {"img (1).png#t0"}),
     (f"{SOURCE}/img .", set()),
     ("/nowhere/", set()),
-    ("/corp", ALL),
+    ("/corp", TEXTS),
 ])
 def test_source_prefix_selects_sources_that_start_with_it(index: TantivyKeywordIndex, prefix: str,
                                                           expected: set[str]) -> None:
@@ -152,7 +152,7 @@ def test_a_second_knowledge_base_sees_each_commit_as_soon_as_write_returns(tmp_p
     writer = KnowledgeBase(tmp_path / "data", "test", models).keyword
     reader = KnowledgeBase(tmp_path / "data", "test", models).keyword  # what another process opens
     assert reader.count() == 0  # the reader has loaded a searcher before any commit
-    recs = records()
+    recs = text_records()
     expected: dict[str, list[Record]] = {}
     # Commits of every kind, each read back at once: adds, redos that swap one row for another
     # (the row count stays), deletes, and a clear.

@@ -32,23 +32,16 @@ def test_is_a_vector_store(store: Any) -> None:
     assert isinstance(store.name, str) and store.name
 
 
-OWNER_IN_IDENTITY = pytest.mark.xfail(strict=True, reason=(
-    "stores/chroma.py: OWNER_KEY 'mmrag:owner' shares IDENTITY_PREFIX 'mmrag:', so the owner shows up in "
-    "ChromaStore.identity, and a collection first opened without a model (status, delete) never records "
-    "the embedder's identity: another model of the same dim is then accepted (see the report)"))
-
-
-def test_identity_is_the_embedders(make_store: StoreFactory, request: pytest.FixtureRequest) -> None:
-    if make_store.kind != "memory":
-        request.applymarker(OWNER_IN_IDENTITY)
+def test_identity_is_the_embedders(make_store: StoreFactory) -> None:
+    # Until 49a4fd1 the owner key sat under the identity prefix and showed up here.
     assert make_store().identity == IDENTITY
 
 
-def test_identity_is_recorded_when_a_model_opens_a_collection_a_reader_created(
-        make_store: StoreFactory, request: pytest.FixtureRequest) -> None:
+def test_identity_is_recorded_when_a_model_opens_a_collection_a_reader_created(make_store: StoreFactory) -> None:
+    """A collection `mmrag status` created (no model loaded) still gets the embedder's identity, so a
+    different model is refused later: before 49a4fd1 the owner key made it look claimed already."""
     if not make_store.persistent:
-        pytest.skip("InMemoryStore persists nothing: there is no collection to reopen")
-    request.applymarker(OWNER_IN_IDENTITY)
+        pytest.skip(f"{make_store.kind}: nothing persists to reopen by name")
     reader = make_store(identity=None)  # what `mmrag status` opens before anything was ingested
     assert make_store(name=reader.name).identity == IDENTITY
     other = {**IDENTITY, "model": "another-model"}
@@ -67,8 +60,10 @@ def test_upsert_then_count_and_read_back(store: Any) -> None:
     for rec in recs:
         hit = got[rec.id]
         assert (hit.doc_id, hit.source, hit.text, hit.modality) == (rec.metadata["doc_id"], rec.metadata["source"],
-                                                                    rec.document, "text")
+                                                                    rec.document, rec.metadata["modality"])
         assert dict(hit.metadata) == dict(rec.metadata)
+    # In no promised order: Chroma answers in its storage order.
+    assert sorted(h.id for h in store.get(["r2", "img (1).png#i0", "a.txt#t0"])) == ["a.txt#t0", "img (1).png#i0", "r2"]
     assert _ids(store.iter_all()) == sorted(ALL)
 
 
@@ -101,8 +96,19 @@ def test_query_returns_nearest_first_with_cosine_scores(store: Any) -> None:
     assert store.query(recs[3].embedding, 0) == []
 
 
+#: Wheres ModalitySplitStore answers otherwise than Chroma: a modality equality other than "image"
+#: is taken to mean the text collection, unfiltered, so it returns every text record.
+SPLIT_MODALITY_DIVERGES = [{"modality": "video"}, {"$and": [{"modality": "Image"}, {"page": 2}]}]
+_SPLIT_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "stores/split.py split_modality/_part: modality == anything but 'image' picks the text collection and drops "
+    "the clause, so {'modality': 'video'} returns every text record where Chroma returns none (see the report)"))
+
+
 @pytest.mark.parametrize("where, expected", WHERES + QUIRKS, ids=[str(w) for w, _ in WHERES + QUIRKS])
-def test_where_selects_the_same_ids_everywhere(store: Any, where: dict[str, Any], expected: set[str]) -> None:
+def test_where_selects_the_same_ids_everywhere(make_store: StoreFactory, store: Any, where: dict[str, Any],
+                                               expected: set[str], request: pytest.FixtureRequest) -> None:
+    if make_store.kind.startswith("split") and where in SPLIT_MODALITY_DIVERGES:
+        request.applymarker(_SPLIT_XFAIL)
     _filled(store)
     assert {h.id for h in store.query([1.0] * DIM, 100, where)} == expected
 
@@ -136,8 +142,19 @@ def test_delete_docs_removes_only_those_documents(store: Any) -> None:
 
 def test_delete_by_id(store: Any) -> None:
     _filled(store)
-    store.delete(["a.txt#t1", "no-such-id"])
-    assert _ids(store.iter_all()) == sorted(ALL - {"a.txt#t1"})
+    store.delete(["a.txt#t1", "img (1).png#i0", "no-such-id"])
+    assert _ids(store.iter_all()) == sorted(ALL - {"a.txt#t1", "img (1).png#i0"})
+
+
+def test_fresh_upsert_after_delete_docs_writes_what_upsert_would(store: Any) -> None:
+    """The write protocol deletes a document's records, then writes them with ``fresh=True``."""
+    recs = _filled(store) and records()
+    before = {h.id: (h.text, dict(h.metadata)) for h in store.query([1.0] * DIM, 100)}
+    store.delete_docs(["a.txt", "img (1).png"])
+    again = [r for r in recs if r.metadata["doc_id"] in ("a.txt", "img (1).png")]
+    store.upsert(again, fresh=True)
+    assert store.count() == len(recs)
+    assert {h.id: (h.text, dict(h.metadata)) for h in store.query([1.0] * DIM, 100)} == before
 
 
 def test_records_of_returns_exactly_those_documents(store: Any) -> None:
@@ -149,6 +166,7 @@ def test_records_of_returns_exactly_those_documents(store: Any) -> None:
         assert meta == dict(by_id[rid].metadata) and doc == by_id[rid].document
     # Only what include names is read: metadata alone by default.
     assert [(rid, doc) for rid, _, doc in sorted(store.records_of(["r3"]))] == [("r3", None)]
+    assert _ids(store.records_of(["img (1).png"])) == ["img (1).png#i0", "img (1).png#t0"]
     assert list(store.records_of([])) == []
 
 
@@ -157,7 +175,8 @@ def test_iter_all_yields_each_record_once_with_its_metadata(store: Any) -> None:
     rows = list(store.iter_all())
     assert len(rows) == len(ALL) and _ids(rows) == sorted(ALL)
     assert all(meta["doc_id"] and doc is None for _, meta, doc in rows)
-    assert {rid: doc for rid, _, doc in store.iter_all(include=("documents",))} == {r.id: r.document for r in records()}
+    # A record stored without text reads back as "" (Chroma stores no None document).
+    assert {rid: doc for rid, _, doc in store.iter_all(include=("documents",))} == {r.id: r.document or "" for r in records()}
 
 
 def test_writes_of_another_data_dirs_collection_are_refused(make_store: StoreFactory) -> None:
