@@ -45,7 +45,6 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from mmrag import locks
 from mmrag.config import Settings
 from mmrag.embedders.hashing import HashingEmbedder
 from mmrag.errors import StoreError
@@ -282,10 +281,8 @@ class KnowledgeBaseMachine(RuleBasedStateMachine):
         """Let go of the embedded store, as a process that exits would (another one may open it)."""
         client = self.kb.__dict__.get("client")
         if client is not None:
-            client.close()
-        if "manifest" in self.kb.__dict__:
-            self.kb.manifest.close()
-        locks.release(self.data / "locks" / "embedded-chroma.lock")
+            client.close()  # stops Chroma's system: KnowledgeBase.close only forgets it
+        self.kb.close()
 
     def _write(self, name: str, data: bytes) -> None:
         self.dirty = True
