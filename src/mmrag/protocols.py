@@ -48,9 +48,10 @@ class VectorStore(Protocol):
     """Holds records of one embedder; refuses another embedder's identity.
 
     These are the calls the services make (``indexing``, ``kb``, ``retrieval``, the HTTP routes).
-    Implementations: :class:`~mmrag.stores.chroma.ChromaStore` (the product) and
-    :class:`~mmrag.stores.memory.InMemoryStore` (a test fake); ``tests/contracts/test_vector_store.py``
-    holds both to the same behaviour. ``where`` has Chroma's filter semantics in every implementation.
+    Implementations: :class:`~mmrag.stores.chroma.ChromaStore` (the product),
+    :class:`~mmrag.stores.split.ModalitySplitStore` (the CLIP space over a text and an image
+    collection) and :class:`~mmrag.stores.memory.InMemoryStore` (a test fake);
+    ``tests/contracts/test_vector_store.py`` holds them all to the same behaviour. ``where`` has Chroma's filter semantics in every implementation.
 
     Example:
         >>> from mmrag.stores.memory import InMemoryStore
