@@ -51,7 +51,8 @@ class VectorStore(Protocol):
     Implementations: :class:`~mmrag.stores.chroma.ChromaStore` (the product),
     :class:`~mmrag.stores.split.ModalitySplitStore` (the CLIP space over a text and an image
     collection) and :class:`~mmrag.stores.memory.InMemoryStore` (a test fake);
-    ``tests/contracts/test_vector_store.py`` holds them all to the same behaviour. ``where`` has Chroma's filter semantics in every implementation.
+    ``tests/contracts/test_vector_store.py`` holds them all to the same behaviour. ``where`` has
+    Chroma's filter semantics in every implementation.
 
     Example:
         >>> from mmrag.stores.memory import InMemoryStore
