@@ -245,6 +245,7 @@ class Indexer:
                     bucket = summary.failed if state.status == "failed" else summary.skipped
                     bucket.append(Problem(source, state.reason + " (unchanged since last run)", state.status))
                 return
+        loaded = 0
         try:
             for item in load_iter(ref, content_hash=digest, jsonl=self.jsonl, limits=self.limits):
                 if isinstance(item, RecordProblem):
@@ -255,14 +256,24 @@ class Indexer:
                 if jsonl and not self._claim(item.doc_id, source, run, summary):
                     run.unsure.add(source)
                     continue
+                loaded += 1
                 state = manifest.get(col, item.doc_id)
                 if state and state.content_hash == item.content_hash and state.status == "done":
                     summary.unchanged += 1
                     continue
                 yield item
+            if jsonl and loaded:
+                self._clear_file_failure(ref)
         except LoadError as exc:
             run.unsure.add(source)
             self._record_problem(ref, digest, Problem(source, exc.reason, "skipped" if exc.skipped else "failed"), summary)
+
+    def _clear_file_failure(self, ref: FileRef) -> None:
+        """Forget the failure row a JSONL file got when none of its lines loaded, now that some do."""
+        state = self.kb.manifest.get(self.kb.collection, ref.doc_id)
+        if (state is not None and state.source == str(ref.path) and state.status in {"failed", "skipped"}
+                and not (state.n_clip or state.n_text)):
+            self.kb.manifest.remove(self.kb.collection, [ref.doc_id])
 
     def _record_problem(self, ref: FileRef, digest: str, problem: Problem, summary: IngestSummary) -> None:
         manifest, col = self.kb.manifest, self.kb.collection

@@ -88,3 +88,15 @@ def check_where(where: Mapping[str, Any]) -> None:
         elif isinstance(cond, Mapping):
             if len(cond) != 1 or next(iter(cond)) not in _OPERATORS:
                 raise InvalidInputError(f"where.{key}: one operator of {', '.join(_OPERATORS)}, got {dict(cond)!r}")
+            _check_operand(key, *next(iter(cond.items())))
+
+
+def _check_operand(key: str, op: str, arg: Any) -> None:
+    # Chroma refuses these (a 400 from every index, rather than BM25 answering what Chroma refuses).
+    if op in ("$in", "$nin"):
+        if not isinstance(arg, (list, tuple)) or not arg:
+            raise InvalidInputError(f"where.{key}.{op} must be a non-empty list")
+        if len({type(a) for a in arg}) > 1:
+            raise InvalidInputError(f"where.{key}.{op}: all values must have one type, got {list(arg)!r}")
+    elif op in ("$gt", "$gte", "$lt", "$lte") and (isinstance(arg, bool) or not isinstance(arg, (int, float))):
+        raise InvalidInputError(f"where.{key}.{op} compares numbers only, got {arg!r}")

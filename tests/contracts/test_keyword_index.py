@@ -110,13 +110,8 @@ def test_fractional_operand_on_int_metadata_selects_what_chroma_selects(
     assert {h.id for h in index.query(QUERY, 100, where=where)} == expected & TEXTS
 
 
-_ACCEPTED = pytest.mark.xfail(strict=True, reason=(
-    "keyword.check_where accepts this where; Chroma refuses it, so BM25 answers it while the clip, text and "
-    "hybrid retrievers raise StoreError (HTTP 503, where a 400 naming the field is due)"))
-
-
 @pytest.mark.parametrize("where", [
-    pytest.param(w, marks=_ACCEPTED if "$regex" not in str(w) else (), id=str(w))
+    pytest.param(w, id=str(w))
     for w in REFUSED if len(w) == 1 and "$and" not in w  # the Searcher itself rewrites these two shapes
 ])
 def test_check_where_refuses_what_chroma_refuses(where: dict[str, Any]) -> None:

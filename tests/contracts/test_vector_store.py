@@ -96,19 +96,10 @@ def test_query_returns_nearest_first_with_cosine_scores(store: Any) -> None:
     assert store.query(recs[3].embedding, 0) == []
 
 
-#: Wheres ModalitySplitStore answers otherwise than Chroma: a modality equality other than "image"
-#: is taken to mean the text collection, unfiltered, so it returns every text record.
-SPLIT_MODALITY_DIVERGES = [{"modality": "video"}, {"$and": [{"modality": "Image"}, {"page": 2}]}]
-_SPLIT_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "stores/split.py split_modality/_part: modality == anything but 'image' picks the text collection and drops "
-    "the clause, so {'modality': 'video'} returns every text record where Chroma returns none (see the report)"))
-
 
 @pytest.mark.parametrize("where, expected", WHERES + QUIRKS, ids=[str(w) for w, _ in WHERES + QUIRKS])
 def test_where_selects_the_same_ids_everywhere(make_store: StoreFactory, store: Any, where: dict[str, Any],
-                                               expected: set[str], request: pytest.FixtureRequest) -> None:
-    if make_store.kind.startswith("split") and where in SPLIT_MODALITY_DIVERGES:
-        request.applymarker(_SPLIT_XFAIL)
+                                               expected: set[str]) -> None:
     _filled(store)
     assert {h.id for h in store.query([1.0] * DIM, 100, where)} == expected
 

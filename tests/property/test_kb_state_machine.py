@@ -222,8 +222,9 @@ class CorpusModel:
                 continue
             good = [line for line in f.lines if line.rid]
             if not good:  # no record could be loaded: the file itself fails; its records stay
-                # This row outlives the file's mending until a prune (a bug, reproduced at the end).
                 self.docs[name] = Expected(src, "failed")
+            elif (row := self.docs.get(name)) is not None and row.source == src and row.text is None:
+                del self.docs[name]  # the file's failed row goes once the file loads again
             for line in good:
                 assert line.rid is not None
                 self.docs[line.rid] = Expected(src, "done", line.text, line.marker)
@@ -535,10 +536,6 @@ def test_knowledge_base_matches_its_model_long_runs(zygote: Zygote) -> None:
 
 # -- minimal reproductions of what the state machine found ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "indexing.py: a JSONL none of whose lines loaded gets a 'failed' row under the file's own doc id; once the file "
-    "is mended its records are indexed, but nothing clears that row until an ingest with --prune, so `mmrag status` "
-    "keeps listing the file as FAILED (CorpusModel.ingest models this as it is)"))
 def test_a_mended_jsonl_is_no_longer_listed_as_failed(hashing_kb: KnowledgeBase, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -551,11 +548,6 @@ def test_a_mended_jsonl_is_no_longer_listed_as_failed(hashing_kb: KnowledgeBase,
     assert hashing_kb.manifest.counts(COLLECTION) == {"done": 1}
 
 
-@pytest.mark.xfail(strict=True, raises=StoreError, reason=(
-    "stores/tantivy.py: a SIGKILL inside a keyword-index commit, after tantivy wrote the segment's '.del' file "
-    "and before it swapped meta.json, leaves that file behind; the next run's repair repeats the same delete, "
-    "tantivy picks the same opstamp, hence the same file name, and every later ingest fails with "
-    "FileAlreadyExists until DATA_DIR/keyword/COLLECTION is removed by hand"))
 def test_a_keyword_commit_killed_midway_does_not_block_every_later_run(hashing_kb: KnowledgeBase,
                                                                         tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"

@@ -20,6 +20,7 @@ from mmrag.protocols import VectorStore
 from mmrag.types import Hit, Record
 
 IMAGE = "image"
+MODALITIES = ("text", IMAGE)
 
 
 def split_modality(where: Mapping[str, Any] | None) -> tuple[str | None, dict[str, Any] | None]:
@@ -78,6 +79,8 @@ class ModalitySplitStore:
     def query(self, vector: Sequence[float], k: int, where: Mapping[str, Any] | None = None) -> list[Hit]:
         """Nearest records; a ``modality`` filter picks the half instead of filtering records."""
         modality, rest = split_modality(where)
+        if modality is not None and modality not in MODALITIES:
+            return []  # as Chroma: no record has another modality
         lists = [store.query(vector, k, rest) for store in self._part(modality)]
         if len(lists) == 1:
             return lists[0]

@@ -126,6 +126,10 @@ class TantivyKeywordIndex:
         with _translate("write", self.folder):
             writer = self._index.writer(WRITER_HEAP, 1)
             try:
+                # A writer killed inside a commit leaves files meta.json does not list (a segment's
+                # .del file, say). The redo of the same delete picks the same opstamp, hence the same
+                # file name, and would fail with FileAlreadyExists: drop them first.
+                writer.garbage_collect_files()
                 for doc_id in delete_docs:
                     writer.delete_documents_by_term("doc_id", doc_id)
                 bodies = analyze_many([r.document or "" for r in records], [r.metadata.get("title") for r in records])
