@@ -103,6 +103,30 @@ def _uncommitted_segments(data_dir: Path) -> set[str]:
     return {p.stem for p in folder.iterdir() if "." in p.name and len(p.stem) == 32 and p.stem not in committed}
 
 
+def _kill_inside_a_keyword_write(proc: subprocess.Popen, data_dir: Path, deadline: float) -> int:  # type: ignore[type-arg]
+    """SIGKILL ``proc`` while tantivy has written a segment that its meta.json does not list yet.
+
+    A commit takes milliseconds, so a kill sent when a new file shows up usually lands after it.
+    Instead the process is stopped (SIGSTOP) as soon as a new file appears; if the segment is not
+    committed yet, it is killed there, else it continues until the next write. Returns 1 if it
+    was killed inside a write.
+    """
+    known = _keyword_files(data_dir)
+    while proc.poll() is None and time.monotonic() < deadline:
+        now = _keyword_files(data_dir)
+        if not now - known:
+            time.sleep(0.0005)
+            continue
+        proc.send_signal(signal.SIGSTOP)
+        if _uncommitted_segments(data_dir):
+            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGCONT)
+            return 1
+        known = _keyword_files(data_dir)
+        proc.send_signal(signal.SIGCONT)
+    return 0
+
+
 def _assert_same(a: dict, b: dict, context: str) -> None:  # type: ignore[type-arg]
     assert a["manifest"] == b["manifest"], context
     assert a["bm25"] == b["bm25"], context
@@ -139,10 +163,10 @@ def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Pa
     # holds up to 256 documents, so a later target could sit inside the run's last batch and the
     # run would finish before the kill (seen in CI), leaving no kill inside the writing phase.
     plans = [("startup", rng.uniform(0.2, 3.0), 0.0)]
+    # Kills aimed inside a keyword-index write come early: discovery yields the JSONL (the only
+    # text) before the images folder, so later batches write no keyword rows.
+    plans += [("keyword", 0.0, rng.uniform(0.0, 0.1)) for _ in range(2)]
     plans += [("writing", rng.uniform(0.0, 0.5), rng.uniform(0.05, 0.5)) for _ in range(4)]
-    # Then kills aimed inside a keyword-index write: as soon as tantivy creates a new file (a
-    # segment being written, before its commit), the driver is killed.
-    plans += [("keyword", 0.0, rng.uniform(0.05, 0.4)) for _ in range(3)]
     kills, mid_run, in_keyword = 0, 0, 0
     for phase, extra, share in plans:
         base = _done_count(killed)
@@ -151,18 +175,18 @@ def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Pa
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline and _done_count(killed) < target:
             time.sleep(0.02)
-        if phase == "keyword":
-            known = _keyword_files(killed)
-            while proc.poll() is None and time.monotonic() < deadline and not (_keyword_files(killed) - known):
-                time.sleep(0.001)
-        try:
-            proc.wait(timeout=extra)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
+        if phase == "keyword" and _kill_inside_a_keyword_write(proc, killed, deadline):
             proc.wait()
-            kills += 1
-            mid_run += phase != "startup" and 0 < _done_count(killed) < total
-            in_keyword += phase == "keyword" and bool(_uncommitted_segments(killed))
+            kills, in_keyword = kills + 1, in_keyword + 1
+            mid_run += 0 < _done_count(killed) < total
+        else:
+            try:
+                proc.wait(timeout=extra)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                mid_run += phase != "startup" and 0 < _done_count(killed) < total
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
     print(f"kill seed {seed}: {kills} kills, {mid_run} while writing, {in_keyword} inside a keyword-index write")
