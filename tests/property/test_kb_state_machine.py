@@ -123,7 +123,10 @@ class Zygote:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+            # poll, not select: a long test session holds more than 1,024 descriptors, past select's range.
+            poller = select.poll()
+            poller.register(self.proc.stdout.fileno(), select.POLLIN)
+            if left <= 0 or not poller.poll(left * 1000):
                 return None
             chunk = os.read(self.proc.stdout.fileno(), 65536)
             if not chunk:
