@@ -16,7 +16,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Iterator
 
 from mmrag.errors import StoreBusyError, StoreError
 
@@ -122,11 +122,3 @@ def release(path: Path) -> None:
     if fh is not None:
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         fh.close()
-
-
-def lock_info(path: Path) -> dict[str, Any]:
-    """The holder record in a lock file (empty when none was written)."""
-    try:
-        return dict(json.loads(path.read_text() or "{}"))
-    except (OSError, ValueError):
-        return {}

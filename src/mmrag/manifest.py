@@ -218,13 +218,6 @@ class Manifest:
         )
         return sorted(str(r[0]) for r in rows)
 
-    def by_source(self, collection: str, source: str) -> list[DocState]:
-        """The documents that came from one source file (a file's doc, or a JSONL file's records)."""
-        rows = self._read(
-            "SELECT doc_id, source, doc_type, content_hash, status, reason, n_clip, n_text "
-            "FROM documents WHERE collection=? AND source=?", (collection, source))
-        return [DocState(*r) for r in rows]  # type: ignore[arg-type]
-
     def file_stamp(self, collection: str, source: str) -> tuple[int, int, str] | None:
         """The (size, mtime_ns, sha256) a file had when it was last hashed, or None."""
         rows = self._read("SELECT size, mtime_ns, sha256 FROM files WHERE collection=? AND source=?", (collection, source))

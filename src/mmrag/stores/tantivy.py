@@ -101,14 +101,6 @@ class TantivyKeywordIndex:
             if fresh:
                 (self.folder / "mmrag-schema").write_text(SCHEMA_VERSION)
 
-    @property
-    def schema_version(self) -> str | None:
-        """The schema version this index was created with (None: not an mmrag index)."""
-        try:
-            return (self.folder / "mmrag-schema").read_text().strip()
-        except OSError:
-            return None
-
     # -- writes ---------------------------------------------------------------------------------
     def write(self, delete_docs: Sequence[str] = (), records: Sequence[Record] = ()) -> None:
         """Delete every row of ``delete_docs``, then add ``records``, in one commit.
