@@ -130,8 +130,7 @@ class Indexer:
                 progress: Callable[[int, int], None] | None) -> IngestSummary:
         started = time.monotonic()
         summary = IngestSummary(collection=self.kb.collection)
-        for store in (self.kb.raw_store("clip"), self.kb.raw_store("text")):
-            store.check_writable()  # a shared server's collection of another data dir: refuse up front
+        self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
         summary.repaired = self._repair()
         found = list(discover([Path(p) for p in paths]))
         refs = [r for r in found if isinstance(r, FileRef)]
@@ -168,8 +167,7 @@ class Indexer:
         known = [d for d in doc_ids if kb.manifest.get(col, d) is not None]
         if not known:
             return 0
-        for store in (kb.raw_store("clip"), kb.raw_store("text")):
-            store.check_writable()  # refuse before the manifest forgets anything
+        kb.check_writable()  # refuse before the manifest forgets anything
         # Manifest first: a crash after it leaves orphan records, which the next run's repair
         # finds (the stores then hold more than the manifest accounts for) and deletes. The other
         # order would leave rows whose records are gone, and a repair would index them again.

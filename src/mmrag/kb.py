@@ -326,14 +326,18 @@ class KnowledgeBase:
         if client is not None and not self.store_url and self.backend == "chroma":
             release_embedded_store(self.data_dir)
 
+    def check_writable(self) -> None:
+        """Raise :class:`~mmrag.errors.ForeignCollectionError` unless this data dir may write both stores."""
+        for which in ("clip", "text"):
+            self.raw_store(which).check_writable()
+
     def health(self) -> "Health":
         """Counts against the manifest, and the problems found (see :func:`check_health`)."""
         return check_health(self)
 
     def drop(self) -> None:
         """Delete the collection everywhere: both Chroma collections, the keyword index and its manifest rows."""
-        for store in (self.raw_store("clip"), self.raw_store("text")):
-            store.check_writable()
+        self.check_writable()
         if self.backend == "memory":
             self.client.clear()
         else:
