@@ -67,7 +67,8 @@ class SentenceChunker:
                     end = min(len(text), start + len(piece))
                 else:
                     end = start + len(piece)
-                chunks.append(Chunk(doc_id=doc_id, text=piece, index=len(chunks), page=block.page, start=start, end=end))
+                chunks.append(Chunk(doc_id=doc_id, text=piece, index=len(chunks), page=block.page, start=start, end=end,
+                                    metadata=block.metadata))
                 # Overlap means the next chunk starts before this one ends.
                 cursor = start + 1
         return chunks

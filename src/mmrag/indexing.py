@@ -72,6 +72,8 @@ class IngestSummary:
     failed: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: The loaders' counters (``Document.stats``) summed over the documents indexed, e.g. OCR pages.
+    stats: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +83,8 @@ class IngestSummary:
             "unchanged": self.unchanged, "pruned": self.pruned, "repaired": self.repaired,
             "embeddings": {"clip": self.clip_embeddings, "text": self.text_embeddings},
             "failed": [p.__dict__ for p in self.failed], "skipped": [p.__dict__ for p in self.skipped],
-            "warnings": self.warnings, "seconds": round(self.seconds, 3),
+            "warnings": self.warnings, "stats": {k: round(v, 3) for k, v in self.stats.items()},
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -298,11 +301,14 @@ class Indexer:
         if not docs:
             return
         kb, col = self.kb, self.kb.collection
+        for d in docs:
+            for key, value in d.stats.items():
+                summary.stats[key] = summary.stats.get(key, 0.0) + value
         chunks = {d.doc_id: self.chunker.chunk(d.doc_id, d.texts) for d in docs}
         all_chunks = [c for d in docs for c in chunks[d.doc_id]]
         texts = [c.text for c in all_chunks]
         clip_text = kb.clip.embed_texts(texts) if texts else []
-        text_vecs = kb.text.embed_texts(texts) if texts else []
+        text_vecs = kb.text.embed_texts([c.embed_text for c in all_chunks]) if texts else []
         summary.clip_embeddings += len(texts)
         summary.text_embeddings += len(texts)
 
@@ -459,7 +465,8 @@ def _base_meta(doc: Document) -> dict[str, Any]:
 
 
 def _chunk_meta(doc: Document, chunk: Chunk) -> dict[str, Any]:
-    meta = {**_base_meta(doc), "modality": "text", "chunk": chunk.index, "start": chunk.start, "end": chunk.end}
+    meta = {**_base_meta(doc), **chunk.metadata, "modality": "text", "chunk": chunk.index,
+            "start": chunk.start, "end": chunk.end}
     if chunk.page is not None:
         meta["page"] = chunk.page
     return meta

@@ -20,6 +20,9 @@ class TextBlock:
 
     text: str
     page: int | None = None  # 1-based page or slide number; None for formats without pages
+    #: Flat fields every chunk of this block carries into its records (``section``, ``content``,
+    #: ``text_source``...). A ``section`` is also put before the text the text model embeds.
+    metadata: Metadata = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class Document:
     texts: tuple[TextBlock, ...] = ()
     images: tuple[ImageAsset, ...] = ()
     metadata: Metadata = field(default_factory=dict)
+    #: Loader counters summed into the ingest summary (e.g. ``ocr_pages``, ``ocr_seconds``); not stored.
+    stats: Mapping[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,13 @@ class Chunk:
     page: int | None
     start: int  # character offsets into the page's (or file's) extracted text
     end: int
+    metadata: Metadata = field(default_factory=dict)  # its block's metadata
+
+    @property
+    def embed_text(self) -> str:
+        """What the text model embeds: the text, after its section path when it has one."""
+        section = self.metadata.get("section")
+        return f"{section}\n{self.text}" if section else self.text
 
 
 @dataclass(frozen=True)

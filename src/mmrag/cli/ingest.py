@@ -55,6 +55,8 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
                    f"pruned {summary.pruned}; failed {len(summary.failed)}; skipped {len(summary.skipped)}; "
                    f"embeddings computed: clip {summary.clip_embeddings}, text {summary.text_embeddings} "
                    f"({summary.seconds:.1f}s)")
+        if summary.stats:
+            click.echo("loaders: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted(summary.stats.items())))
         if summary.repaired:
             click.echo(f"redid {summary.repaired} document(s) left incomplete by an earlier run")
         for p in summary.failed:
