@@ -18,10 +18,27 @@ from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_clic
 @click.option("--jsonl-title", default="title", show_default=True, help="JSONL field holding the title.")
 @click.option("--jsonl-text", default="text", show_default=True, help="JSONL field holding the text.")
 @click.option("--max-file-mb", type=int, default=200, show_default=True, help="Refuse files larger than this.")
+@click.option("--ocr", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Read text from pixels: auto = pages without a text layer and images the detector finds text in.")
+@click.option("--page-images", is_flag=True,
+              help="Also index PDF pages that have a text layer as page images (scanned pages always are).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: load and embed on Ray Data (pip install 'mmrag[ray]'); "
+                   "this process still does every write.")
+@click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
+              help="Ray cluster to join (ray://host:10001 or host:6379). [env RAY_ADDRESS; default: start a local "
+                   "Ray on this machine's cores]")
+@click.option("--embed-workers", type=click.IntRange(1), default=None,
+              help="Ray embedding actors, each loading the models once. [default: 1 per GPU under cuda, else 1]")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True,
+              help="Where the models run: auto = cuda when torch sees a GPU. On a GPU they run in fp16 (checked against fp32).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=None,
+              help="Items per embedding batch. [default: 32 images / 64 chunks on CPU, 256 on a GPU]")
 @common_options
 @errors_to_click
 def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
-           max_file_mb: int, as_json: bool, **opts: Any) -> None:
+           max_file_mb: int, ocr: str, page_images: bool, engine: str, ray_address: str | None,
+           embed_workers: int | None, device: str, batch_size: int | None, as_json: bool, **opts: Any) -> None:
     """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
 
     Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed.
@@ -33,7 +50,8 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     if not as_json:
         click.echo(f"mmrag: {kb.models.describe()}", err=True)
     indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text),
-                      limits=LoaderLimits(max_file_bytes=max_file_mb * 1024 * 1024))
+                      limits=LoaderLimits(max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
+                                          page_images=page_images))
     bar = None
     if not as_json and sys.stderr.isatty():
         from tqdm import tqdm

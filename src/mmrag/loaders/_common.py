@@ -81,11 +81,17 @@ class LoaderLimits:
             this says, so raising it past that has no effect.
         max_text_chars: Limit on the extracted text of one document (one file, or one JSONL
             record).
+        ocr: When text is read from pixels: ``auto`` (pages without a text layer and images
+            whose detector finds text), ``always`` or ``never``.
+        page_images: Also index pages that have a text layer as rendered page images (pages
+            without one always are).
     """
 
     max_file_bytes: int = 200 * 1024 * 1024
     max_image_pixels: int = 89_478_485
     max_text_chars: int = 20_000_000
+    ocr: str = "auto"
+    page_images: bool = False
 
 
 @dataclass(frozen=True)
