@@ -18,10 +18,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from mmrag.config import Settings
 from mmrag.errors import MmragError, UnauthorizedError
-from mmrag.http.auth import AuthGate
+from mmrag.http import playground
+from mmrag.http.auth import AuthGate, bearer_token, check_key
 from mmrag.http.limits import BodyLimit
 from mmrag.http.services import Services
 
@@ -42,13 +44,18 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     from mmrag import __version__
     from mmrag.http.routes import documents, health, query
 
+    from mmrag import tracing
+
     settings = settings or Settings()
+    tracing.configure()  # OTEL_* variables, read here at the edge (each worker builds its own app)
     services = services or Services(settings)
+    mcp_route, mcp_sessions = _mcp(services, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.start()
-        yield
+        async with mcp_sessions.run():
+            yield
         services.close()
 
     app = FastAPI(
@@ -74,7 +81,51 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.include_router(query.router)
     app.include_router(documents.router)
     app.include_router(health.router)
+    app.router.routes.append(mcp_route)
+    playground.install(app)
     return app
+
+
+def _mcp(services: Services, settings: Settings) -> tuple[Route, Any]:
+    """The MCP tools over streamable HTTP at ``/mcp``, behind the API's keys; and its session manager."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from mmrag.mcp_server import build_server
+
+    server = build_server(services, use_keys=settings.api.auth)
+    loopback = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    # Stateless: any worker can answer any request (several workers share no session table).
+    # With keys on, a DNS-rebinding page has no key to send, so Host is not checked (the API
+    # behind a proxy keeps working); without keys, only loopback names are let through.
+    server.streamable_http_app(
+        streamable_http_path="/mcp", stateless_http=True, json_response=True, max_request_body_size=32 * 1024 * 1024,
+        transport_security=TransportSecuritySettings(
+            enable_dns_rebinding_protection=not settings.api.auth, allowed_hosts=loopback,
+            allowed_origins=[f"http://{h}" for h in loopback]))
+    sessions = server.session_manager
+    return Route("/mcp", endpoint=_KeyedMcp(sessions, services), methods=["GET", "POST", "DELETE"]), sessions
+
+
+class _KeyedMcp:
+    """``/mcp``: refuses a missing, unknown or read-less key in the API's error shape, then hands over to MCP.
+
+    Each tool also checks that the key sees the collection it names (see :mod:`mmrag.mcp_server`).
+    """
+
+    def __init__(self, sessions: Any, services: Services) -> None:
+        self.sessions, self.services = sessions, services
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.services.settings.api.auth:
+            headers = dict(scope.get("headers") or [])
+            authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+            try:
+                check_key(self.services, bearer_token(authorization), "read")
+            except MmragError as exc:
+                response = _error_response(self.services, exc, scope.get("method", ""), scope.get("path", ""))
+                await response(scope, receive, send)
+                return
+        await self.sessions.asgi_app(scope, receive, send)
 
 
 def _install_metrics(app: FastAPI, services: Services) -> None:

@@ -51,9 +51,9 @@ def search(body: SearchRequest, request: Request, key: ApiKey | None = Depends(r
     services = services_of(request)
     collection = _collection(services, key, body.collection)
     started = time.perf_counter()
-    hits = _search(services, collection, body, body.query)
+    hits = search_hits(services, collection, body, body.query)
     return SearchResponse(collection=collection, retriever=body.retriever,
-                          hits=[_hit_out(collection, h) for h in hits],
+                          hits=[hit_out(collection, h) for h in hits],
                           took_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
@@ -69,14 +69,14 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
     services = services_of(request)
     collection = _collection(services, key, body.collection)
     started = time.perf_counter()
-    hits = _search(services, collection, body, body.question)
+    hits = search_hits(services, collection, body, body.question)
     answerer = services.answerer(collection, model=body.model, k=body.k, retriever=body.retriever,
                                  max_tokens=body.max_tokens, verify=body.verify)
     llm_started = time.perf_counter()
     if not body.stream:
         result = answerer.answer(body.question, hits)
         _record(services, result, llm_started)
-        return _answer_out(result, collection, started)
+        return answer_out(result, collection, started)
 
     deltas, holder = answerer.stream(body.question, hits)
 
@@ -85,7 +85,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
             yield _sse("delta", {"text": delta})
         if holder.answer is not None:
             _record(services, holder.answer, llm_started)
-            yield _sse("answer", _answer_out(holder.answer, collection, started).model_dump())
+            yield _sse("answer", answer_out(holder.answer, collection, started).model_dump())
         yield _sse("done", {})
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -104,7 +104,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     collection = _collection(services, key, body.collection)
     question, image = _last_user_turn(body)
     fields = QueryFields(collection=collection, k=body.k, retriever="hybrid", image=None)
-    hits = _search(services, collection, fields, question, image=image)
+    hits = search_hits(services, collection, fields, question, image=image)
     max_tokens = body.max_completion_tokens or body.max_tokens
     answerer = services.answerer(collection, model=body.model, k=body.k, retriever="hybrid", max_tokens=max_tokens,
                                  verify=body.verify)
@@ -113,7 +113,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     if not body.stream:
         result = answerer.answer(question, hits, image=image)
         _record(services, result, llm_started)
-        cites = [_citation_out(collection, c) for c in result.citations]
+        cites = [citation_out(collection, c) for c in result.citations]
         return ChatCompletionResponse(
             id=cid, created=created, model=result.model,
             choices=[ChatChoice(message=ChatChoiceMessage(content=result.text))],
@@ -142,7 +142,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
             elif result.verification and result.verification["unsupported"]:
                 flagged = "; ".join(u["text"] for u in result.verification["unsupported"])
                 yield chunk({"content": f"\n\n[mmrag verification: not supported by the sources: {flagged}]"})
-            cites = [_citation_out(collection, c).model_dump() for c in result.citations]
+            cites = [citation_out(collection, c).model_dump() for c in result.citations]
             usage = {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
                      "total_tokens": result.usage.total_tokens}
             yield chunk({}, "stop", citations=cites, mmrag=_verdict(result, collection), usage=usage)
@@ -179,8 +179,9 @@ def _collection(services: Services, key: ApiKey | None, name: str | None) -> str
     return allow_collection(key, name or services.settings.collection)
 
 
-def _search(services: Services, collection: str, fields: QueryFields, text: str | None, *,
-            image: ImageAsset | None = None) -> list[Hit]:
+def search_hits(services: Services, collection: str, fields: QueryFields, text: str | None, *,
+                image: ImageAsset | None = None) -> list[Hit]:
+    """Run one search as the API's routes (and the MCP tools) do, timing it in the metrics."""
     image = image or (query_image(fields.image, "image") if fields.image else None)
     query = Query(text=text if text and text.strip() else None, image=image)
     kwargs: dict[str, Any] = {"modality": fields.modality, "retriever": fields.retriever}
@@ -231,12 +232,14 @@ def _image_uri(collection: str, hit: Hit) -> str | None:
     return f"/v1/collections/{quote(collection, safe='')}/images/{quote(hit.id, safe='')}"
 
 
-def _hit_out(collection: str, hit: Hit) -> HitOut:
+def hit_out(collection: str, hit: Hit) -> HitOut:
+    """A hit as the API returns it (image hits carry the URI of their pixels)."""
     return HitOut(id=hit.id, doc_id=hit.doc_id, source=hit.source, modality=hit.modality, score=hit.score,
                   page=hit.page, text=hit.text, image_uri=_image_uri(collection, hit), metadata=dict(hit.metadata))
 
 
-def _citation_out(collection: str, c: Citation) -> CitationOut:
+def citation_out(collection: str, c: Citation) -> CitationOut:
+    """A citation as the API returns it."""
     uri = None
     if c.modality == "image" and c.record_id:
         uri = f"/v1/collections/{quote(collection, safe='')}/images/{quote(c.record_id, safe='')}"
@@ -244,11 +247,12 @@ def _citation_out(collection: str, c: Citation) -> CitationOut:
                        excerpt=c.excerpt, image_uri=uri, score=c.score)
 
 
-def _answer_out(result: Answer, collection: str, started: float) -> AnswerResponse:
+def answer_out(result: Answer, collection: str, started: float) -> AnswerResponse:
+    """An answer as the API returns it."""
     u = result.usage
     return AnswerResponse(
         question=result.question, answer=result.text, abstained=result.abstained, guard=result.guard,
-        citations=[_citation_out(collection, c) for c in result.citations], model=result.model,
+        citations=[citation_out(collection, c) for c in result.citations], model=result.model,
         verification=result.verification,
         usage=UsageOut(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                        total_tokens=u.total_tokens, cost_usd=u.cost_usd),
