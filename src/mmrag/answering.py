@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from mmrag.errors import InvalidInputError
 from mmrag.llms import ChatModel, CompletionStream, Message, Usage
+from mmrag.tracing import span, start_span
 from mmrag.types import Hit, Query
 
 if TYPE_CHECKING:  # retrieval pulls in the knowledge base and its stores; only the type is needed
@@ -166,13 +167,22 @@ class Answerer:
             UpstreamError: the chat model failed (see :mod:`mmrag.llms.litellm`).
         """
         question = _require(question)
-        hits = list(hits) if hits is not None else self.retrieve(question, image)
-        blocks = self.pack(hits)
-        early = self._precheck(question, hits, blocks)
-        if early is not None:
-            return early
-        completion = self.model.complete(self.messages(question, blocks, image), **self._opts())
-        return self.finish(question, blocks, completion.text, completion.model, completion.usage)
+        collection = self.searcher.kb.collection if self.searcher is not None else None
+        with span("answer", collection=collection, retriever=self.retriever, k=self.k) as traced:
+            hits = list(hits) if hits is not None else self.retrieve(question, image)
+            blocks = self.pack(hits)
+            early = self._precheck(question, hits, blocks)
+            if early is not None:
+                traced.set_attributes(hits=len(hits), blocks=len(blocks), guard=early.guard)
+                return early
+            with span("llm", collection=collection, model=self.model.name, blocks=len(blocks)) as llm:
+                completion = self.model.complete(self.messages(question, blocks, image), **self._opts())
+                llm.set_attributes(response_model=completion.model, prompt_tokens=completion.usage.prompt_tokens,
+                                   completion_tokens=completion.usage.completion_tokens)
+            result = self.finish(question, blocks, completion.text, completion.model, completion.usage)
+            traced.set_attributes(hits=len(hits), blocks=len(blocks), citations=len(result.citations),
+                                  guard=result.guard, abstained=result.abstained)
+            return result
 
     def stream(self, question: str, hits: Sequence[Hit] | None = None, *,
                image: Any = None) -> tuple[Iterator[str], "AnswerHolder"]:
@@ -189,10 +199,24 @@ class Answerer:
         if early is not None:
             holder.answer = early
             return iter((early.text,)), holder
-        stream: CompletionStream = self.model.stream(self.messages(question, blocks, image), **self._opts())
+        collection = self.searcher.kb.collection if self.searcher is not None else None
+        # Not a `with`: the deltas are drawn later, maybe on another thread, so the span is ended by hand.
+        llm = start_span("llm", collection=collection, model=self.model.name, blocks=len(blocks), stream=True)
+        try:
+            stream: CompletionStream = self.model.stream(self.messages(question, blocks, image), **self._opts())
+        except BaseException:
+            llm.end()
+            raise
 
         def deltas() -> Iterator[str]:
-            yield from stream
+            try:
+                yield from stream
+            finally:
+                done = stream.completion
+                if done is not None:
+                    llm.set_attributes(response_model=done.model, prompt_tokens=done.usage.prompt_tokens,
+                                       completion_tokens=done.usage.completion_tokens)
+                llm.end()
             done = stream.completion
             text = done.text if done else ""
             holder.answer = self.finish(question, blocks, text, done.model if done else self.model.name,

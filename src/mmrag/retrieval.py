@@ -42,6 +42,7 @@ from mmrag.errors import InvalidInputError
 from mmrag.kb import KnowledgeBase
 from mmrag.keyword import check_where
 from mmrag.loaders._common import DOC_TYPES
+from mmrag.tracing import span
 from mmrag.types import Hit, MetaValue, Query
 
 RetrieverName = Literal["clip", "text", "bm25", "hybrid"]
@@ -218,13 +219,18 @@ class Searcher:
                 raise InvalidInputError(f"The {retriever!r} retriever reads text only; use --retriever clip for image queries")
             if modality == "image":
                 raise InvalidInputError(f"The {retriever!r} retriever holds no images; use --retriever clip")
-        try:
-            plan = self._plan(where, filters)
-        except _NoMatch:
-            return []
-        if retriever == "hybrid":
-            return self._hybrid(query, k, modality, plan, dedupe)
-        return self._single(retriever, query, k, modality, plan, dedupe)
+        with span("search", collection=self.kb.collection, retriever=retriever, modality=modality, k=k,
+                  query_text=bool(query.text), query_image=query.image is not None) as traced:
+            try:
+                plan = self._plan(where, filters)
+            except _NoMatch:
+                return []
+            if retriever == "hybrid":
+                hits = self._hybrid(query, k, modality, plan, dedupe)
+            else:
+                hits = self._single(retriever, query, k, modality, plan, dedupe)
+            traced.set_attributes(hits=len(hits))
+            return hits
 
     def search_documents(self, query: Query, k: int = 10, *, retriever: str = "clip", modality: str = "all",
                          filters: SearchFilter | None = None) -> list[Hit]:
@@ -247,7 +253,14 @@ class Searcher:
 
     # -- single retrievers ------------------------------------------------------------------------
     def _single(self, name: str, query: Query, k: int, modality: str, plan: _Plan, dedupe: bool) -> list[Hit]:
-        return _collect(self._fetcher(name, query, modality, plan), k, plan, dedupe)
+        return self._retrieve(name, query, k, modality, plan, dedupe)
+
+    def _retrieve(self, name: str, query: Query, want: int, modality: str, plan: _Plan, dedupe: bool) -> list[Hit]:
+        """One retriever's top ``want`` (its query embedded and its index read), traced as one span."""
+        with span("retrieve", collection=self.kb.collection, retriever=name, modality=modality, k=want) as traced:
+            hits = _collect(self._fetcher(name, query, modality, plan), want, plan, dedupe)
+            traced.set_attributes(hits=len(hits))
+            return hits
 
     def _fetcher(self, name: str, query: Query, modality: str, plan: _Plan) -> Callable[[int], list[Hit]]:
         """``fetch(n)``: the top ``n`` of one index. The query is embedded once, however deep it fetches."""
@@ -275,15 +288,18 @@ class Searcher:
         if query.text and query.text.strip() and modality != "image":
             for name in ("text", "bm25"):
                 if self.weights[name] > 0:
-                    lists[name] = _collect(self._fetcher(name, query, modality, plan), depth, plan, dedupe)
+                    lists[name] = self._retrieve(name, query, depth, modality, plan, dedupe)
         # CLIP votes on images only while the text indexes judge the text (module docstring); it
         # ranks everything when the query has an image or when no text index takes part.
         text_judged = bool(lists) and query.image is None
         clip_modality = ("image" if modality != "text" else None) if text_judged else modality
         if clip_modality is not None and (self.weights["clip"] > 0 or not lists):
-            lists["clip"] = _collect(self._fetcher("clip", query, clip_modality, plan), depth, plan, dedupe)
+            lists["clip"] = self._retrieve("clip", query, depth, clip_modality, plan, dedupe)
         weights = self.weights if len(lists) > 1 else {name: 1.0 for name in lists}
-        fused = rrf_documents(lists, weights, self.rrf_k) if dedupe else rrf(lists, weights, self.rrf_k)
+        with span("fuse", collection=self.kb.collection, retrievers=sorted(lists), k=k,
+                  candidates=sum(len(v) for v in lists.values())) as traced:
+            fused = rrf_documents(lists, weights, self.rrf_k) if dedupe else rrf(lists, weights, self.rrf_k)
+            traced.set_attributes(hits=min(k, len(fused)))
         return fused[:k]
 
 

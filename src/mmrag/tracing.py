@@ -1,7 +1,9 @@
 """OpenTelemetry traces, opt-in through the standard ``OTEL_*`` environment variables.
 
 Library code marks its stages with :func:`span` and adds figures it learns later with
-:func:`set_attributes`. Both cost one function call and a type check while no tracer provider is
+:func:`set_attributes` (or the ``set_attributes`` of the object :func:`span` yields);
+:func:`start_span` is for work a ``with`` cannot enclose. A span that names no ``collection``
+inherits its enclosing span's. Both cost one function call and a type check while no tracer provider is
 installed (the default): nothing is exported, no span object is built, and attribute values are not
 even converted. A provider is installed either by the process edge calling :func:`configure` (the
 CLI does, for ``mmrag serve``, ``mmrag mcp`` and ``mmrag ingest``) or by the host application
@@ -21,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from typing import Any, Iterator, Mapping
 
@@ -41,6 +44,9 @@ class _NoSpan:
 
 
 _NO_SPAN = _NoSpan()
+#: The collection of the innermost span that named one: spans below it (an embedding, a store
+#: query) carry it too, though the code that opens them does not know it.
+_COLLECTION: contextvars.ContextVar[str | None] = contextvars.ContextVar("mmrag_trace_collection", default=None)
 
 
 class _Span:
@@ -56,6 +62,15 @@ class _Span:
     def set_attribute(self, key: str, value: Any) -> None:
         """Set one ``mmrag.<key>`` attribute."""
         self.set_attributes(**{key: value})
+
+    def end(self) -> None:
+        """End the span (only for one from :func:`start_span`)."""
+        self.inner.end()
+
+
+class _NoStartedSpan(_NoSpan):
+    def end(self) -> None:
+        """Nothing to end."""
 
 
 def enabled() -> bool:
@@ -81,9 +96,27 @@ def span(name: str, **attributes: Any) -> Iterator[_Span | _NoSpan]:
     if not enabled():
         yield _NO_SPAN
         return
-    tracer = trace.get_tracer(SCOPE)
-    with tracer.start_as_current_span(f"{SCOPE}.{name}", attributes=_attributes(attributes)) as inner:
-        yield _Span(inner)
+    collection = attributes.get("collection") or _COLLECTION.get()
+    attributes["collection"] = collection
+    token = _COLLECTION.set(collection)
+    try:
+        tracer = trace.get_tracer(SCOPE)
+        with tracer.start_as_current_span(f"{SCOPE}.{name}", attributes=_attributes(attributes)) as inner:
+            yield _Span(inner)
+    finally:
+        _COLLECTION.reset(token)
+
+
+def start_span(name: str, **attributes: Any) -> _Span | _NoStartedSpan:
+    """A span the caller ends with ``.end()``: for work a ``with`` cannot enclose (a generator).
+
+    It is the current span's child but does not become current itself, so nothing opened
+    meanwhile nests under it.
+    """
+    if not enabled():
+        return _NoStartedSpan()
+    attributes["collection"] = attributes.get("collection") or _COLLECTION.get()
+    return _Span(trace.get_tracer(SCOPE).start_span(f"{SCOPE}.{name}", attributes=_attributes(attributes)))
 
 
 def set_attributes(**attributes: Any) -> None:

@@ -52,6 +52,7 @@ import numpy as np
 
 from mmrag.errors import InvalidInputError
 from mmrag.jsonlines import read_objects
+from mmrag.tracing import span
 
 #: Default decision threshold on :attr:`Verdict.score` (see the module docstring for why 0.5).
 DEFAULT_THRESHOLD = 0.5
@@ -196,8 +197,12 @@ class HallucinationDetector:
             InvalidInputError: an answer or context is not text.
         """
         prepared = [_prepare(c, a, q) for c, a, q in items]
-        vectors = self._embed(prepared)
-        return [self._judge(p, vectors) for p in prepared]
+        with span("verify", answers=len(prepared)) as traced:
+            vectors = self._embed(prepared)
+            verdicts = [self._judge(p, vectors) for p in prepared]
+            traced.set_attributes(unsupported=sum(len(v.unsupported) for v in verdicts),
+                                  hallucinated=sum(bool(v.hallucinated) for v in verdicts))
+        return verdicts
 
     def score_from_mass(self, mass: float) -> float:
         """Map unsupported mass (in novel-word units) to the [0, 1) score."""

@@ -23,6 +23,7 @@ import numpy as np
 
 from mmrag.errors import LoadError, MissingDependencyError, ModelUnavailableError
 from mmrag.loaders import file_sha256
+from mmrag.tracing import span
 from mmrag.types import ImageAsset
 
 BF16_MIN_COSINE = 0.99
@@ -217,6 +218,10 @@ class OpenClipEmbedder:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts (each cut at CLIP's 77 tokens). Returns float32 [n, dim], unit rows."""
+        with span("embed", embedder=self.name, modality="text", items=len(texts)):
+            return self._embed_texts(texts)
+
+    def _embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Sorting by length keeps short texts together, so trimming to the longest pays off.
@@ -287,10 +292,11 @@ class OpenClipEmbedder:
     def embed_images(self, assets: Sequence[ImageAsset]) -> np.ndarray:
         """Embed images. Returns float32 [n, dim]. Raises LoadError for the first bad image."""
         out = np.zeros((len(assets), self.dim), dtype=np.float32)
-        for i, vec in self.iter_image_embeddings(assets):
-            if isinstance(vec, LoadError):
-                raise vec
-            out[i] = vec
+        with span("embed", embedder=self.name, modality="image", items=len(assets)):
+            for i, vec in self.iter_image_embeddings(assets):
+                if isinstance(vec, LoadError):
+                    raise vec
+                out[i] = vec
         return out
 
 

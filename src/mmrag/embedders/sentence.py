@@ -10,6 +10,7 @@ import numpy as np
 
 from mmrag.embedders.openclip import BF16_MIN_COSINE
 from mmrag.errors import MissingDependencyError, ModelUnavailableError
+from mmrag.tracing import span
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -96,10 +97,11 @@ class SentenceTransformerEmbedder:
         """Embed texts. Returns float32 [n, dim], unit rows."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vecs = self._model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
+        with span("embed", embedder=self.name, modality="text", items=len(texts)):
+            vecs = self._model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
         vecs = np.asarray(vecs, dtype=np.float32)
         # Renormalise in fp32: under bf16 the unit norm is only good to ~0.5%.
         return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
