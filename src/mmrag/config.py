@@ -20,7 +20,9 @@ class ClipSettings(BaseModel):
 
     model: str | None = None
     pretrained: str | None = None
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    #: Where the models run: ``cpu``, ``cuda`` or ``auto`` (cuda when torch sees a GPU). MMRAG_CLIP__DEVICE.
+    device: str = "cpu"
     batch_size: int = Field(32, ge=1, le=1024)
 
 

@@ -121,10 +121,15 @@ class EmbedderMismatchError(MmragError):
 
 
 class StoreError(MmragError):
-    """A store failed: Chroma, the keyword index or the manifest (the message names which)."""
+    """A store failed: Chroma, the keyword index or the manifest (the message names which).
+
+    ``transient`` is true when the same request may well succeed if sent again (a Chroma server
+    refused or dropped the connection, timed out, or answered 5xx/429); writers retry those.
+    """
 
     code = "store_error"
     status_code = 503
+    transient = False
 
 
 class StoreDamagedError(StoreError):

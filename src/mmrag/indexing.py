@@ -1,11 +1,19 @@
 """The ingestion service: files -> documents -> chunks -> embeddings -> three indexes.
 
+The :class:`Indexer` is the driver: it alone reads and writes the manifest and the stores. It plans
+each file's work from the manifest (:class:`~mmrag.pipeline.FileTask`), hands the plans to an engine
+that loads, chunks and embeds them (:class:`LocalEngine` in this process, or
+:class:`mmrag.rayingest.RayEngine` on Ray Data), and writes what comes back through one protocol.
+
 Crash safety (see :mod:`mmrag.manifest`): a document's records are written only while its
 manifest row is ``pending``; record ids are deterministic (``doc_id#t<n>`` for chunks,
 ``doc_id#i<n>`` for images); a redo deletes a document's records before writing them again. So a
-run killed at any moment and rerun ends exactly as an uninterrupted run would. The keyword index
-follows the same protocol: a batch's keyword rows are committed after its Chroma records and
-before its manifest rows say ``done``, so keyword search sees every ``done`` document during a run.
+run killed at any moment and rerun ends exactly as an uninterrupted run would, whichever engine
+either run used. The keyword index follows the same protocol: a batch's keyword rows are committed
+after its Chroma records and before its manifest rows say ``done``, so keyword search sees every
+``done`` document during a run. On a Chroma server, up to ``write_concurrency`` batches are in
+flight at once (each still pending -> records -> keyword rows -> done, in order), and transient
+server errors are retried with backoff.
 
 Cost: a write of k documents does O(k) work in every index. Nothing re-reads the collection,
 except a repair that found the stores and the manifest disagree in their totals (a crash, a
@@ -22,30 +30,30 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from mmrag.chunking import SentenceChunker
-from mmrag.errors import LoadError, StoreError, disk_full_hint
+from mmrag.errors import StoreError, disk_full_hint
 from mmrag.kb import KnowledgeBase
-from mmrag.loaders import (
-    DiscoveryProblem,
-    FileRef,
-    JsonlFields,
-    LoaderLimits,
-    RecordProblem,
-    discover,
-    file_sha256,
-    load_iter,
-)
+from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits, discover
 from mmrag.manifest import DocState
-from mmrag.types import Chunk, Document, ImageAsset, Record
+from mmrag.pipeline import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
+from mmrag.types import Record
 
 log = logging.getLogger(__name__)
-#: Items (chunks + images) embedded together before their documents are written.
+#: Items (chunks + images) embedded together, and written together.
 FLUSH_ITEMS = 256
+#: Batches a driver keeps in flight to a Chroma server (the embedded store takes them one by one).
+WRITE_CONCURRENCY = 4
+#: Retries of a store request that failed transiently (connection refused or reset, a timeout, a
+#: 5xx or 429): 0.5 s, then doubling to 8 s, about 30 s in all before the run fails.
+STORE_RETRIES = 6
 
 
 @dataclass
@@ -74,6 +82,13 @@ class IngestSummary:
     warnings: list[str] = field(default_factory=list)
     #: The loaders' counters (``Document.stats``) summed over the documents indexed, e.g. OCR pages.
     stats: dict[str, float] = field(default_factory=dict)
+    #: Store requests retried after a transient failure.
+    retries: int = 0
+    engine: str = "local"
+    #: The engine's workers: ``embed`` actors, and the ``cpus``/``gpus`` it ran on.
+    workers: dict[str, float] = field(default_factory=dict)
+    #: Seconds the engine took to start (Ray's start-up), included in ``seconds``.
+    startup_seconds: float = 0.0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,7 +99,8 @@ class IngestSummary:
             "embeddings": {"clip": self.clip_embeddings, "text": self.text_embeddings},
             "failed": [p.__dict__ for p in self.failed], "skipped": [p.__dict__ for p in self.skipped],
             "warnings": self.warnings, "stats": {k: round(v, 3) for k, v in self.stats.items()},
-            "seconds": round(self.seconds, 3),
+            "retries": self.retries, "engine": self.engine, "workers": self.workers,
+            "startup_seconds": round(self.startup_seconds, 3), "seconds": round(self.seconds, 3),
         }
 
 
@@ -97,14 +113,68 @@ class _Run:
     stamps: list[tuple[str, int, int, str]] = field(default_factory=list)  # file stamps to record
 
 
+class Engine(Protocol):
+    """Runs the planned files' work and yields, in any order, their documents and their ends.
+
+    An engine never touches the manifest or a store; the :class:`Indexer` applies what it yields.
+    """
+
+    name: str
+
+    def run(self, tasks: Sequence[FileTask], indexer: "Indexer") -> Iterator[FileResult | Prepared]: ...
+
+    def describe(self) -> dict[str, float]:
+        """Worker counts for the summary."""
+        ...
+
+    @property
+    def startup_seconds(self) -> float: ...
+
+
+class LocalEngine:
+    """Loads, chunks and embeds in this process, one file after another (the default)."""
+
+    name = "local"
+    startup_seconds = 0.0
+
+    def describe(self) -> dict[str, float]:
+        return {"embed": 1, "cpus": float(os.cpu_count() or 1)}
+
+    def run(self, tasks: Sequence[FileTask], indexer: "Indexer") -> Iterator[FileResult | Prepared]:
+        buffer: list[LoadedDoc] = []
+        items = 0
+        for task in tasks:
+            for item in load_file(task, indexer.chunker, jsonl=indexer.jsonl, limits=indexer.limits):
+                if isinstance(item, LoadedDoc):
+                    buffer.append(item)
+                    items += item.items
+                    if items >= FLUSH_ITEMS:
+                        yield from embed_documents(buffer, indexer.kb)
+                        buffer, items = [], 0
+                else:
+                    yield item
+        yield from embed_documents(buffer, indexer.kb)
+
+
 class Indexer:
-    """Ingests files into a :class:`KnowledgeBase`."""
+    """Ingests files into a :class:`KnowledgeBase`.
+
+    Args:
+        kb: the knowledge base to write.
+        jsonl: which JSONL fields hold the id, title and text.
+        limits: the loaders' limits and OCR settings.
+        engine: where loading and embedding run (default: :class:`LocalEngine`).
+        write_concurrency: batches in flight to a Chroma server at once.
+    """
 
     def __init__(self, kb: KnowledgeBase, *, jsonl: JsonlFields = JsonlFields(),
-                 limits: LoaderLimits = LoaderLimits()) -> None:
+                 limits: LoaderLimits = LoaderLimits(), engine: Engine | None = None,
+                 write_concurrency: int = WRITE_CONCURRENCY) -> None:
         self.kb = kb
         self.jsonl = jsonl
         self.limits = limits
+        self.engine: Engine = engine or LocalEngine()
+        self.write_concurrency = max(1, write_concurrency)
         self.chunker = SentenceChunker(kb.chunk_spec)
 
     # -- public -------------------------------------------------------------------------------
@@ -132,7 +202,7 @@ class Indexer:
     def _ingest(self, paths: Sequence[Path], prune: bool,
                 progress: Callable[[int, int], None] | None) -> IngestSummary:
         started = time.monotonic()
-        summary = IngestSummary(collection=self.kb.collection)
+        summary = IngestSummary(collection=self.kb.collection, engine=self.engine.name)
         self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
         summary.repaired = self._repair()
         found = list(discover([Path(p) for p in paths]))
@@ -143,18 +213,26 @@ class Indexer:
             (summary.skipped if status == "skipped" else summary.failed).append(Problem(problem.path, problem.reason, status))
             run.unsure.add(problem.path)
         summary.files_seen = len(refs)
-        batch: list[Document] = []
-        items = 0
-        for n, ref in enumerate(refs, 1):
-            for doc in self._changed_documents(ref, run, summary):
-                batch.append(doc)
-                items += sum(len(b.text) // 800 + 1 for b in doc.texts) + len(doc.images)
-                if items >= FLUSH_ITEMS:
-                    self._flush(batch, summary, run)
-                    batch, items = [], 0
-            if progress:
-                progress(n, len(refs))
-        self._flush(batch, summary, run)
+        tasks = [t for t in (self._plan(ref, run, summary) for ref in refs) if t is not None]
+        done = len(refs) - len(tasks)
+        if progress:
+            progress(done, len(refs))
+        writer = _Writer(self, summary, run)
+        try:
+            if tasks:
+                for item in self.engine.run(tasks, self):
+                    if isinstance(item, FileResult):
+                        self._apply_file(item, run, summary)
+                        done += 1
+                        if progress:
+                            progress(done, len(refs))
+                    elif self._accept(item, run, summary):
+                        writer.add(item)
+            writer.close()
+        finally:
+            writer.abandon()  # after an error: wait for the batches in flight, write nothing more
+        summary.startup_seconds = self.engine.startup_seconds
+        summary.workers = self.engine.describe() if tasks else {}
         if prune:
             summary.pruned = self._prune([Path(p) for p in paths], run)
         summary.seconds = time.monotonic() - started
@@ -187,24 +265,77 @@ class Indexer:
         with self.kb.write_lock():
             return self.kb.rebuild_keyword_index()
 
-    # -- steps --------------------------------------------------------------------------------
-    def _digest(self, ref: FileRef, run: _Run) -> str:
-        """The file's sha256, re-hashed only when its size or mtime changed since it was last hashed.
+    # -- planning and applying ------------------------------------------------------------------
+    def _plan(self, ref: FileRef, run: _Run, summary: IngestSummary) -> FileTask | None:
+        """What the engine must do with ``ref``, or ``None`` when the manifest says nothing (refused, unchanged).
 
-        Like git and rsync, a file rewritten with the same size inside the same mtime tick is taken
-        as unchanged; ``mmrag reset`` (or touching the file) makes the next run hash it again.
+        Like git and rsync, a file whose size and mtime match the recorded stamp is not hashed
+        again: a file rewritten with the same size inside the same mtime tick is taken as
+        unchanged; ``mmrag reset`` (or touching the file) makes the next run hash it again.
         """
+        manifest, col = self.kb.manifest, self.kb.collection
         source = str(ref.path)
-        try:
-            st = os.stat(ref.path)
-        except OSError as exc:
-            raise LoadError(source, f"cannot read file: {exc.strerror or exc}") from exc
-        stamp = self.kb.manifest.file_stamp(self.kb.collection, source)
-        if stamp is not None and stamp[:2] == (st.st_size, st.st_mtime_ns):
-            return stamp[2]
-        digest = file_sha256(ref.path)
-        run.stamps.append((source, st.st_size, st.st_mtime_ns, digest))
-        return digest
+        jsonl = ref.suffix == ".jsonl"
+        if not jsonl and not self._claim(ref.doc_id, source, run, summary):
+            return None
+        digest = ""
+        stamp = manifest.file_stamp(col, source)
+        if stamp is not None:
+            try:
+                st = os.stat(ref.path)
+            except OSError:
+                return FileTask(ref)  # the engine reports it (vanished, unreadable)
+            if stamp[:2] == (st.st_size, st.st_mtime_ns):
+                digest = stamp[2]
+        if jsonl:
+            known = {s.doc_id: s.content_hash for s in manifest.under(col, source)
+                     if s.source == source and s.status == "done"}
+            return FileTask(ref, digest, known=known)
+        state = manifest.get(col, ref.doc_id)
+        if digest and state is not None and state.content_hash == digest and state.status != "pending":
+            self._unchanged(ref, state, run, summary)
+            return None
+        return FileTask(ref, digest, state.content_hash if state else None, state.status if state else None)
+
+    def _unchanged(self, ref: FileRef, state: DocState, run: _Run, summary: IngestSummary) -> None:
+        summary.unchanged += 1
+        if state.status in {"failed", "skipped"}:
+            run.unsure.add(str(ref.path))
+            bucket = summary.failed if state.status == "failed" else summary.skipped
+            bucket.append(Problem(str(ref.path), state.reason + " (unchanged since last run)", state.status))
+
+    def _apply_file(self, result: FileResult, run: _Run, summary: IngestSummary) -> None:
+        """Record the end of one file's work: its stamp, its bad lines, its failure, its unchanged records."""
+        ref, source = result.ref, str(result.ref.path)
+        if result.stamp is not None:
+            run.stamps.append((source, result.stamp[0], result.stamp[1], result.digest))
+        if result.unchanged_file:
+            state = self.kb.manifest.get(self.kb.collection, ref.doc_id)
+            if state is not None:
+                self._unchanged(ref, state, run, summary)
+            return
+        for problem in result.problems:
+            # The file's other records still load; its missing ones must not be pruned.
+            run.unsure.add(source)
+            summary.failed.append(Problem(f"{problem.source}:{problem.line}", problem.reason, "failed"))
+        for doc_id in result.seen:
+            if self._claim(doc_id, source, run, summary):
+                summary.unchanged += 1
+            else:
+                run.unsure.add(source)
+        if result.error is not None:
+            run.unsure.add(source)
+            status = "skipped" if result.skipped else "failed"
+            self._record_problem(ref, result.digest, Problem(source, result.error, status), summary)
+        elif ref.suffix == ".jsonl" and result.loaded:
+            self._clear_file_failure(ref)
+
+    def _accept(self, doc: Prepared, run: _Run, summary: IngestSummary) -> bool:
+        """Whether a prepared document may be written (a JSONL record's id is claimed here)."""
+        if doc.doc_type != "jsonl" or self._claim(doc.doc_id, doc.source, run, summary):
+            return True
+        run.unsure.add(doc.source)
+        return False
 
     def _claim(self, doc_id: str, source: str, run: _Run, summary: IngestSummary) -> bool:
         """Whether ``source`` may write ``doc_id``: no other source of this run or of the manifest holds it."""
@@ -223,51 +354,6 @@ class Indexer:
             "the ingested folder (or JSONL record ids): give this one another id, ingest the folders' common "
             f"parent instead, or remove the other first (mmrag delete {doc_id})"), "failed"))
         return False
-
-    def _changed_documents(self, ref: FileRef, run: _Run, summary: IngestSummary) -> Iterator[Document]:
-        """Yield the documents of ``ref`` that are new or changed; record failures in the manifest and the summary."""
-        manifest, col = self.kb.manifest, self.kb.collection
-        source = str(ref.path)
-        jsonl = ref.suffix == ".jsonl"
-        if not jsonl and not self._claim(ref.doc_id, source, run, summary):
-            return
-        try:
-            digest = self._digest(ref, run)
-        except LoadError as exc:  # _digest translates OSError (vanished, unreadable) itself
-            run.unsure.add(source)
-            self._record_problem(ref, "", Problem(source, exc.reason, "failed"), summary)
-            return
-        if not jsonl:
-            state = manifest.get(col, ref.doc_id)
-            if state and state.content_hash == digest and state.status != "pending":
-                summary.unchanged += 1
-                if state.status in {"failed", "skipped"}:
-                    run.unsure.add(source)
-                    bucket = summary.failed if state.status == "failed" else summary.skipped
-                    bucket.append(Problem(source, state.reason + " (unchanged since last run)", state.status))
-                return
-        loaded = 0
-        try:
-            for item in load_iter(ref, content_hash=digest, jsonl=self.jsonl, limits=self.limits):
-                if isinstance(item, RecordProblem):
-                    # The file's other records still load; its missing ones must not be pruned.
-                    run.unsure.add(source)
-                    summary.failed.append(Problem(f"{item.source}:{item.line}", item.reason, "failed"))
-                    continue
-                if jsonl and not self._claim(item.doc_id, source, run, summary):
-                    run.unsure.add(source)
-                    continue
-                loaded += 1
-                state = manifest.get(col, item.doc_id)
-                if state and state.content_hash == item.content_hash and state.status == "done":
-                    summary.unchanged += 1
-                    continue
-                yield item
-            if jsonl and loaded:
-                self._clear_file_failure(ref)
-        except LoadError as exc:
-            run.unsure.add(source)
-            self._record_problem(ref, digest, Problem(source, exc.reason, "skipped" if exc.skipped else "failed"), summary)
 
     def _clear_file_failure(self, ref: FileRef) -> None:
         """Forget the failure row a JSONL file got when none of its lines loaded, now that some do."""
@@ -293,83 +379,6 @@ class Indexer:
             ref.doc_id, str(ref.path), ref.suffix.lstrip("."), digest, problem.status, reason,
             old.n_clip if kept and old else 0, old.n_text if kept and old else 0,
         )])
-
-    def _flush(self, docs: list[Document], summary: IngestSummary, run: _Run) -> None:
-        if run.stamps:
-            self.kb.manifest.set_file_stamps(self.kb.collection, run.stamps)
-            run.stamps.clear()
-        if not docs:
-            return
-        kb, col = self.kb, self.kb.collection
-        for d in docs:
-            for key, value in d.stats.items():
-                summary.stats[key] = summary.stats.get(key, 0.0) + value
-        chunks = {d.doc_id: self.chunker.chunk(d.doc_id, d.texts) for d in docs}
-        all_chunks = [c for d in docs for c in chunks[d.doc_id]]
-        texts = [c.text for c in all_chunks]
-        clip_text = kb.clip.embed_texts(texts) if texts else []
-        text_vecs = kb.text.embed_texts([c.embed_text for c in all_chunks]) if texts else []
-        summary.clip_embeddings += len(texts)
-        summary.text_embeddings += len(texts)
-
-        images = [(d, a) for d in docs for a in d.images]
-        labels = [_image_label(d, a) for d, a in images]
-        image_vecs: dict[int, Any] = {}
-        failed_docs: dict[str, str] = {}
-        for i, vec in kb.clip.iter_image_embeddings([a for _, a in images], labels):
-            doc, _ = images[i]
-            if isinstance(vec, LoadError):
-                if doc.doc_type == "image":
-                    failed_docs[doc.doc_id] = vec.reason
-                else:
-                    summary.warnings.append(f"{labels[i]}: {vec.reason} (image left out)")
-            else:
-                image_vecs[i] = vec
-        summary.clip_embeddings += len(image_vecs)
-
-        clip_records: list[Record] = []
-        text_records: list[Record] = []
-        counts: dict[str, list[int]] = {d.doc_id: [0, 0] for d in docs}
-        pos = 0
-        for d in docs:
-            for c in chunks[d.doc_id]:
-                meta = _chunk_meta(d, c)
-                rid = f"{d.doc_id}#t{c.index}"
-                clip_records.append(Record(rid, clip_text[pos].tolist(), meta, c.text))
-                text_records.append(Record(rid, text_vecs[pos].tolist(), meta, c.text))
-                counts[d.doc_id][0] += 1
-                counts[d.doc_id][1] += 1
-                pos += 1
-        for i, (d, a) in enumerate(images):
-            if i in image_vecs and d.doc_id not in failed_docs:
-                clip_records.append(Record(f"{d.doc_id}#i{a.index}", image_vecs[i].tolist(), _image_meta(d, a), None))
-                counts[d.doc_id][0] += 1
-
-        # Open the identity-checked collections before touching anything, so a mismatched
-        # collection is refused before any record is deleted (delete_records then uses them).
-        clip_store, text_store = kb.clip_store, kb.text_store
-        # 1) mark pending, 2) drop old records, 3) write new ones (Chroma, then the keyword index
-        # in one commit), 4) mark done.
-        manifest = kb.manifest
-        manifest.set_states(col, [DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "pending", "", 0, 0) for d in docs])
-        kb.delete_records([d.doc_id for d in docs])
-        clip_store.upsert(clip_records, fresh=True)
-        text_store.upsert(text_records, fresh=True)
-        kb.keyword.write(delete_docs=[d.doc_id for d in docs], records=text_records)
-        final = []
-        for d in docs:
-            n_clip, n_text = counts[d.doc_id]
-            if d.doc_id in failed_docs:
-                final.append(DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "failed", failed_docs[d.doc_id], 0, 0))
-                summary.failed.append(Problem(d.source, failed_docs[d.doc_id], "failed"))
-            elif n_clip == 0:
-                reason = "nothing to index: no text and no readable images"
-                final.append(DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "skipped", reason, 0, 0))
-                summary.skipped.append(Problem(d.source, reason, "skipped"))
-            else:
-                final.append(DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "done", "", n_clip, n_text))
-                summary.indexed += 1
-        manifest.set_states(col, final)
 
     def _prune(self, roots: list[Path], run: _Run) -> int:
         """Remove documents under ``roots`` whose source is gone.
@@ -449,33 +458,123 @@ class Indexer:
             log.warning("Collection %r: deleting records of %d documents the manifest does not know", store.name, len(orphans))
             store.delete_docs(orphans)
 
-def _image_label(doc: Document, asset: ImageAsset) -> str:
-    if doc.doc_type == "image":
-        return doc.source
-    where = f"page={asset.page}," if asset.page is not None else ""
-    return f"{doc.source}#{where}image={asset.index}"
 
+class _Writer:
+    """Writes prepared documents in batches through the protocol.
 
-def _base_meta(doc: Document) -> dict[str, Any]:
-    meta: dict[str, Any] = {"doc_id": doc.doc_id, "source": doc.source, "doc_type": doc.doc_type}
-    for key, value in doc.metadata.items():
-        if isinstance(value, (str, int, float, bool)) and key not in meta:
-            meta[key] = value
-    return meta
+    Per batch: 1) mark pending, 2) drop old records and write the new ones to Chroma, 3) commit
+    the keyword rows, 4) mark done. Step 2 of up to ``write_concurrency`` batches runs in threads
+    against a Chroma server; steps 3 and 4 run here, in submission order. Step 2 retries a
+    transient store error (``StoreError.transient``) with backoff.
+    """
 
+    def __init__(self, indexer: Indexer, summary: IngestSummary, run: _Run) -> None:
+        self.indexer = indexer
+        self.kb = indexer.kb
+        self.summary = summary
+        self.run = run
+        self.batch: list[Prepared] = []
+        self.items = 0
+        concurrency = indexer.write_concurrency if self.kb.store_url else 1
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="mmrag-write") if concurrency > 1 else None
+        self.limit = concurrency
+        self.inflight: deque[tuple[list[Prepared], list[Record], Future[None] | None]] = deque()
+        self._retries = 0
+        self._lock = threading.Lock()
 
-def _chunk_meta(doc: Document, chunk: Chunk) -> dict[str, Any]:
-    meta = {**_base_meta(doc), **chunk.metadata, "modality": "text", "chunk": chunk.index,
-            "start": chunk.start, "end": chunk.end}
-    if chunk.page is not None:
-        meta["page"] = chunk.page
-    return meta
+    def add(self, doc: Prepared) -> None:
+        self.batch.append(doc)
+        self.items += doc.items
+        if self.items >= FLUSH_ITEMS:
+            self.flush()
 
+    def flush(self) -> None:
+        kb, col, summary = self.kb, self.kb.collection, self.summary
+        if self.run.stamps:
+            kb.manifest.set_file_stamps(col, self.run.stamps)
+            self.run.stamps.clear()
+        docs, self.batch, self.items = self.batch, [], 0
+        if not docs:
+            return
+        for d in docs:
+            summary.clip_embeddings += d.clip_computed
+            summary.text_embeddings += d.text_computed
+            summary.warnings.extend(d.warnings)
+            for key, value in d.stats.items():
+                summary.stats[key] = summary.stats.get(key, 0.0) + value
+        clip_records = [r for d in docs for r in d.clip_records()]
+        text_records = [r for d in docs for r in d.text_records()]
+        # Open the identity-checked collections before touching anything, so a mismatched
+        # collection is refused before any record is deleted (delete_records then uses them).
+        clip_store, text_store = kb.clip_store, kb.text_store
+        kb.manifest.set_states(col, [DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "pending", "", 0, 0) for d in docs])
+        ids = [d.doc_id for d in docs]
 
-def _image_meta(doc: Document, asset: ImageAsset) -> dict[str, Any]:
-    meta = {**_base_meta(doc), "modality": "image", "image_index": asset.index}
-    if asset.page is not None:
-        meta["page"] = asset.page
-    if asset.name:
-        meta["image_name"] = asset.name
-    return meta
+        def chroma() -> None:
+            self._retrying("delete", lambda _: kb.delete_records(ids))
+            self._retrying("write", lambda n: clip_store.upsert(clip_records, fresh=n == 0))
+            self._retrying("write", lambda n: text_store.upsert(text_records, fresh=n == 0))
+
+        if self.pool is None:
+            chroma()
+            self._finish(docs, text_records)
+            return
+        while len(self.inflight) >= self.limit:
+            self._complete_oldest()
+        self.inflight.append((docs, text_records, self.pool.submit(chroma)))
+
+    def close(self) -> None:
+        self.flush()
+        while self.inflight:
+            self._complete_oldest()
+        if self.run.stamps:
+            self.kb.manifest.set_file_stamps(self.kb.collection, self.run.stamps)
+            self.run.stamps.clear()
+        self.summary.retries = self._retries
+
+    def abandon(self) -> None:
+        """Wait for the Chroma writes in flight; their batches stay pending for the next run's repair."""
+        self.summary.retries = self._retries
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+    def _complete_oldest(self) -> None:
+        docs, text_records, future = self.inflight.popleft()
+        if future is not None:
+            future.result()  # a store error surfaces here, before this batch is marked done
+        self._finish(docs, text_records)
+
+    def _finish(self, docs: list[Prepared], text_records: list[Record]) -> None:
+        kb, col, summary = self.kb, self.kb.collection, self.summary
+        kb.keyword.write(delete_docs=[d.doc_id for d in docs], records=text_records)
+        final = []
+        for d in docs:
+            n_clip, n_text = len(d.clip_ids), len(d.text_ids)
+            if d.failure is not None:
+                final.append(DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "failed", d.failure, 0, 0))
+                summary.failed.append(Problem(d.source, d.failure, "failed"))
+            elif n_clip == 0:
+                reason = "nothing to index: no text and no readable images"
+                final.append(DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "skipped", reason, 0, 0))
+                summary.skipped.append(Problem(d.source, reason, "skipped"))
+            else:
+                final.append(DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "done", "", n_clip, n_text))
+                summary.indexed += 1
+        kb.manifest.set_states(col, final)
+
+    def _retrying(self, action: str, call: Callable[[int], None]) -> None:
+        delay = 0.5
+        for attempt in range(STORE_RETRIES + 1):
+            try:
+                call(attempt)
+                return
+            except StoreError as exc:
+                if not exc.transient or attempt == STORE_RETRIES:
+                    raise
+                with self._lock:
+                    self._retries += 1
+                log.warning("Store %s failed (%s); retry %d of %d in %.1f s", action, exc, attempt + 1,
+                            STORE_RETRIES, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)

@@ -96,8 +96,21 @@ class KnowledgeBase:
 
     @cached_property
     def text(self) -> SentenceTransformerEmbedder:
-        """The prose embedder."""
-        return SentenceTransformerEmbedder(self.models.text_model)
+        """The prose embedder (on the CLIP model's device)."""
+        return SentenceTransformerEmbedder(self.models.text_model, device=self.models.clip.device)
+
+    def bind_identities(self, *, clip: dict[str, str | int], text: dict[str, str | int]) -> None:
+        """Check and open the stores against these embedder identities, without loading the models here.
+
+        For a driver whose embeddings are computed elsewhere (the Ray engine's workers).
+        """
+        self.__dict__["_bound_identities"] = {"clip": dict(clip), "text": dict(text)}
+
+    def _identity(self, which: str) -> dict[str, str | int]:
+        bound = self.__dict__.get("_bound_identities")
+        if bound:
+            return bound[which]  # type: ignore[no-any-return]
+        return (self.clip if which == "clip" else self.text).identity()
 
     # -- stores ---------------------------------------------------------------------------------
     @cached_property
@@ -184,12 +197,12 @@ class KnowledgeBase:
     @cached_property
     def clip_store(self) -> VectorStore:
         """Joint-space store (text and image collections), identity-checked against the CLIP model."""
-        return self._clip_space(self.clip.identity())
+        return self._clip_space(self._identity("clip"))
 
     @cached_property
     def text_store(self) -> VectorStore:
         """Text-model collection, identity-checked against the text model."""
-        return self._store(self.text_name, self.text.identity())
+        return self._store(self.text_name, self._identity("text"))
 
     def raw_store(self, which: str) -> VectorStore:
         """A collection opened without loading its model (for status, delete and rebuilds)."""

@@ -59,7 +59,7 @@ def resolve_models(settings: Settings) -> ModelChoice:
     elif cs.pretrained:
         clip = ClipSpec(model=clip.model, pretrained=cs.pretrained, config_dir=clip.config_dir)
     clip = ClipSpec(model=clip.model, pretrained=clip.pretrained, config_dir=clip.config_dir,
-                    precision=cs.precision, batch_size=cs.batch_size)
+                    precision=cs.precision, batch_size=cs.batch_size, device=cs.device)
     return ModelChoice(profile=settings.profile, clip=clip, text_model=settings.text.model or text)
 
 

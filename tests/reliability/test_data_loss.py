@@ -67,11 +67,13 @@ def test_finding2_duplicate_ids_across_files_are_reported_not_written(hashing_kb
     summary = Indexer(hashing_kb).ingest([root])
     reasons = " ".join(p.reason for p in summary.failed)
     assert "'dup' is already used by" in reasons and "'notes.md' is already used by" in reasons
-    # The first claimant in discovery order keeps the id (b.jsonl comes before notes.md).
+    # Files' path ids are claimed before any JSONL record id (both engines plan files first), so
+    # notes.md keeps its id although b.jsonl comes first; records are claimed in discovery order.
     assert hashing_kb.manifest.get("test", "dup").source.endswith("a.jsonl")
-    assert hashing_kb.manifest.get("test", "notes.md").source.endswith("b.jsonl")
-    texts = {h.text for h in hashing_kb.raw_store("text").get(["dup#t0", "notes.md#t0"])}
-    assert texts == {"First copy of dup.", "A record named like a file."}
+    assert hashing_kb.manifest.get("test", "notes.md").source.endswith("notes.md")
+    hits = {h.id: h for h in hashing_kb.raw_store("text").get(["dup#t0", "notes.md#t0"])}
+    assert hits["dup#t0"].text == "First copy of dup."
+    assert "The notes file." in (hits["notes.md#t0"].text or "") and hits["notes.md#t0"].source.endswith("notes.md")
     before = _records(hashing_kb)
     again = Indexer(hashing_kb).ingest([root])  # every rerun: the same refusal, nothing deleted
     assert _records(hashing_kb) == before and again.indexed == 0 and len(again.failed) == 2

@@ -13,6 +13,7 @@ import pytest
 
 from mmrag.config import Settings
 from mmrag.embedders.hashing import HashingEmbedder
+from mmrag import pipeline
 from mmrag.indexing import Indexer
 from mmrag.kb import KnowledgeBase
 from mmrag.registry import resolve_models
@@ -91,14 +92,14 @@ def test_adding_or_deleting_one_document_touches_only_it(hashing_kb, tmp_path: P
 
 
 def test_unchanged_files_are_not_hashed_again(hashing_kb, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from mmrag import indexing
+    from mmrag import pipeline
 
     root = tmp_path / "corpus"
     shutil.copytree(SAMPLE_CORPUS, root)
     Indexer(hashing_kb).ingest([root])
     hashed: list[Path] = []
-    real = indexing.file_sha256
-    monkeypatch.setattr(indexing, "file_sha256", lambda p: hashed.append(p) or real(p))
+    real = pipeline.file_sha256
+    monkeypatch.setattr(pipeline, "file_sha256", lambda p: hashed.append(p) or real(p))
     assert Indexer(hashing_kb).ingest([root]).indexed == 0
     assert hashed == []
     (root / "maintenance-log.txt").write_text("Changed: the boiler was replaced.\n")

@@ -114,7 +114,7 @@ def test_jsonl_records_are_documents(hashing_kb, tmp_path: Path) -> None:
 
 def test_a_file_that_cannot_be_read_fails_alone(hashing_kb, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A file that vanishes or turns unreadable between discovery and hashing is one failure, not a crash."""
-    import mmrag.indexing as indexing
+    import mmrag.pipeline as pipeline
     from mmrag.loaders import file_sha256
 
     root = _corpus(tmp_path / "corpus")
@@ -124,7 +124,7 @@ def test_a_file_that_cannot_be_read_fails_alone(hashing_kb, tmp_path: Path, monk
             path.unlink()
         return file_sha256(path)
 
-    monkeypatch.setattr(indexing, "file_sha256", flaky)
+    monkeypatch.setattr(pipeline, "file_sha256", flaky)
     summary = Indexer(hashing_kb).ingest([root])
     assert summary.indexed == 2
     assert sorted(Path(p.path).name for p in summary.failed) == ["a.txt", "broken.png"]

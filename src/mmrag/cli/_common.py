@@ -61,6 +61,10 @@ def settings_from(opts: dict[str, Any]) -> Settings:
         s.text.model = opts["text_model"]
     if opts.get("store_url"):
         s.store.url = opts["store_url"]
+    if opts.get("device"):
+        s.clip.device = opts["device"]
+    if opts.get("batch_size"):
+        s.clip.batch_size = opts["batch_size"]
     if s.profile == "offline":
         # Belt and braces: the offline profile must never reach a hub, even by a library default.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

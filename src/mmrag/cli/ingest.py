@@ -22,7 +22,7 @@ from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_clic
               help="Read text from pixels: auto = pages without a text layer and images the detector finds text in.")
 @click.option("--page-images", is_flag=True,
               help="Also index PDF pages that have a text layer as page images (scanned pages always are).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process. ray: load and embed on Ray Data (pip install 'mmrag[ray]'); "
                    "this process still does every write.")
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
@@ -37,19 +37,28 @@ from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_clic
 @common_options
 @errors_to_click
 def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
-           max_file_mb: int, ocr: str, page_images: bool, engine: str, ray_address: str | None,
+           max_file_mb: int, ocr: str, page_images: bool, engine_name: str, ray_address: str | None,
            embed_workers: int | None, device: str, batch_size: int | None, as_json: bool, **opts: Any) -> None:
     """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
 
     Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed.
     """
-    from mmrag.indexing import Indexer
+    from mmrag.indexing import Indexer, LocalEngine
     from mmrag.loaders import JsonlFields, LoaderLimits
 
-    kb = open_kb(opts)
+    kb = open_kb({**opts, "device": device, "batch_size": batch_size})
+    engine: Any = LocalEngine()
+    if engine_name == "ray":
+        from mmrag.rayingest import RayEngine, RayOptions, import_ray
+
+        import_ray()  # before any work: say how to install it
+        engine = RayEngine(kb.models, RayOptions(address=ray_address, embed_workers=embed_workers, device=device,
+                                                 batch_size=batch_size))
+    elif ray_address or embed_workers:
+        raise click.UsageError("--ray-address and --embed-workers need --engine ray")
     if not as_json:
-        click.echo(f"mmrag: {kb.models.describe()}", err=True)
-    indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text),
+        click.echo(f"mmrag: {kb.models.describe()}; engine {engine.name}", err=True)
+    indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=engine,
                       limits=LoaderLimits(max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
                                           page_images=page_images))
     bar = None
@@ -73,6 +82,12 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
                    f"pruned {summary.pruned}; failed {len(summary.failed)}; skipped {len(summary.skipped)}; "
                    f"embeddings computed: clip {summary.clip_embeddings}, text {summary.text_embeddings} "
                    f"({summary.seconds:.1f}s)")
+        if summary.engine != "local" and summary.workers:
+            w = summary.workers
+            click.echo(f"engine {summary.engine}: {w.get('embed', 0):g} embedding worker(s) on {w.get('cpus', 0):g} CPU(s), "
+                       f"{w.get('gpus', 0):g} GPU(s); start-up {summary.startup_seconds:.1f}s")
+        if summary.retries:
+            click.echo(f"retried {summary.retries} store request(s) after transient errors")
         if summary.stats:
             click.echo("loaders: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted(summary.stats.items())))
         if summary.repaired:

@@ -3,8 +3,9 @@
 Speed choices, each measured in ``eval/bench/ingest.py``:
 
 * inference under ``torch.inference_mode()`` in batches;
-* bf16 weights where the CPU has native bf16 (``precision="auto"``), kept only if a probe batch
-  agrees with fp32 (cosine >= ``BF16_MIN_COSINE``), because some CPUs emulate bf16 slowly or badly;
+* bf16 weights where the CPU has native bf16, fp16 on a GPU (``precision="auto"``), kept only if a
+  probe batch agrees with fp32 (cosine >= ``BF16_MIN_COSINE``), because some CPUs emulate bf16
+  slowly or badly;
 * text batches are cut to their longest sequence: the text tower is causal and pooled at the
   end-of-text token, so the padding past it changes nothing but costs time;
 * images are decoded and preprocessed in a thread pool while the model runs on the previous batch.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import io
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -27,10 +28,23 @@ from mmrag.tracing import span
 from mmrag.types import ImageAsset
 
 BF16_MIN_COSINE = 0.99
+#: The precisions a model may run in, by name.
+_DTYPES: dict[str, Callable[[Any], Any]] = {
+    "fp32": lambda torch: torch.float32, "bf16": lambda torch: torch.bfloat16, "fp16": lambda torch: torch.float16,
+}
 #: Where the offline profile's CLIP model (trained by eval/offline_clip/train.py) lives.
 OFFLINE_CLIP_DIR = Path(__file__).resolve().parent.parent / "assets" / "offline_clip"
 OFFLINE_CLIP_NAME = "mmrag-easyvqa-tiny"
 MAX_IMAGE_PIXELS = 89_478_485
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other names pass through."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _import_torch() -> tuple[Any, Any]:
@@ -88,7 +102,9 @@ class ClipSpec:
         pretrained: an open_clip pretrained tag (downloads when online), a local checkpoint path,
             or ``None``/"" for random weights (benchmarks only).
         config_dir: a folder of extra model-config JSON files to register first.
-        precision: ``auto`` (bf16 where the CPU supports it and agrees with fp32), ``bf16``, ``fp32``.
+        precision: ``auto`` (bf16 on a CPU that supports it, fp16 on a GPU, where either agrees
+            with fp32), ``bf16``, ``fp16``, ``fp32``.
+        device: ``cpu``, ``cuda`` (``cuda:N``), or ``auto`` (cuda when torch sees a GPU).
     """
 
     model: str = "ViT-B-32"
@@ -110,6 +126,7 @@ class OpenClipEmbedder:
 
     def __init__(self, spec: ClipSpec) -> None:
         torch, open_clip = _import_torch()
+        spec = replace(spec, device=resolve_device(spec.device))
         self.spec = spec
         self._torch = torch
         if spec.config_dir:
@@ -135,6 +152,7 @@ class OpenClipEmbedder:
         with torch.inference_mode():
             probe = self._encode_text_tokens(self._tokenizer(["probe"]))
         self.dim = int(probe.shape[-1])
+        self.agreement = 1.0  # the probe's cosine against fp32 (1.0: fp32 itself)
         self.precision = self._choose_precision(spec.precision)
         self.name = f"open_clip:{spec.model}:{self.weights_id}"
 
@@ -155,39 +173,42 @@ class OpenClipEmbedder:
         torch = self._torch
         if wanted == "fp32":
             return "fp32"
-        if wanted not in {"auto", "bf16"}:
-            raise ModelUnavailableError(f"Unknown precision {wanted!r}. Known: auto, bf16, fp32")
-        supported = self.spec.device != "cpu" or torch.cpu._is_avx512_bf16_supported()
-        if wanted == "auto" and not supported:
+        if wanted not in {"auto", "bf16", "fp16"}:
+            raise ModelUnavailableError(f"Unknown precision {wanted!r}. Known: auto, bf16, fp16, fp32")
+        on_cpu = self.spec.device == "cpu"
+        low = wanted if wanted != "auto" else ("bf16" if on_cpu else "fp16")
+        if wanted == "auto" and on_cpu and not torch.cpu._is_avx512_bf16_supported():
             return "fp32"
-        # Agreement probe: a fixed synthetic image batch and a few texts, fp32 vs bf16.
+        dtype = _DTYPES[low](torch)
+        # Agreement probe: a fixed synthetic image batch and a few texts, fp32 vs the low precision.
         gen = torch.Generator().manual_seed(0)
-        pixels = torch.rand(4, 3, self.image_size, self.image_size, generator=gen)
-        tokens = self._tokenizer(["a photo of a dog", "a red circle", "quarterly revenue grew 4%"])
+        pixels = torch.rand(4, 3, self.image_size, self.image_size, generator=gen).to(self.spec.device)
+        tokens = self._tokenizer(["a photo of a dog", "a red circle", "quarterly revenue grew 4%"]).to(self.spec.device)
         with torch.inference_mode():
-            ref_i = self._model.encode_image(pixels, normalize=True)
-            ref_t = self._encode_text_tokens(tokens)
-            self._model.to(torch.bfloat16)
-            low_i = self._model.encode_image(pixels.to(torch.bfloat16), normalize=True).float()
+            ref_i = self._model.encode_image(pixels, normalize=True).float()
+            ref_t = self._encode_text_tokens(tokens).float()
+            self._model.to(dtype)
+            low_i = self._model.encode_image(pixels.to(dtype), normalize=True).float()
             low_t = self._encode_text_tokens(tokens).float()
         agree = min(
             float((ref_i * low_i).sum(-1).min()),
             float((torch.nn.functional.normalize(ref_t, dim=-1) * torch.nn.functional.normalize(low_t, dim=-1)).sum(-1).min()),
         )
+        self.agreement = agree
         if agree >= BF16_MIN_COSINE:
-            return "bf16"
-        # .to(bf16) rounded the weights in place and casting back cannot undo that: reload them.
+            return low
+        # .to(low) rounded the weights in place and casting back cannot undo that: reload them.
         _, open_clip = _import_torch()
         self._model = open_clip.create_model_and_transforms(
             self.spec.model, pretrained=self._pretrained, device=self.spec.device
         )[0].eval()
-        if wanted == "bf16":
-            raise ModelUnavailableError(f"bf16 disagrees with fp32 on this machine (cosine {agree:.4f}); use fp32")
+        if wanted != "auto":
+            raise ModelUnavailableError(f"{low} disagrees with fp32 on this machine (cosine {agree:.4f}); use fp32")
         return "fp32"
 
     @property
     def _dtype(self) -> Any:
-        return self._torch.bfloat16 if self.precision == "bf16" else self._torch.float32
+        return _DTYPES[self.precision](self._torch)
 
     # -- text ---------------------------------------------------------------------------------
     def _encode_text_tokens(self, tokens: Any) -> Any:

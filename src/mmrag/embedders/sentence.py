@@ -46,7 +46,9 @@ class SentenceTransformerEmbedder:
         except ImportError:  # pragma: no cover - sentence-transformers always brings transformers
             pass
         try:
-            self._model: Any = SentenceTransformer(model, device=device)
+            from mmrag.embedders.openclip import resolve_device
+
+            self._model: Any = SentenceTransformer(model, device=resolve_device(device))
         except Exception as exc:  # noqa: BLE001 - hub/network/file errors come in many types
             raise ModelUnavailableError(
                 f"Could not load text model {model!r} ({type(exc).__name__}: {exc}). If this machine is "
@@ -59,33 +61,36 @@ class SentenceTransformerEmbedder:
         local = Path(model)
         self.weights_id = _folder_weights_id(local) if local.is_dir() else model
         self.name = f"sentence-transformers:{self.weights_id}"
+        self.agreement = 1.0  # the probe's cosine against fp32 (1.0: fp32 itself)
         self.precision = self._choose_precision(precision)
 
     def _choose_precision(self, wanted: str) -> str:
-        """bf16 where the CPU has it natively and a probe agrees with fp32 (about 3x faster)."""
+        """bf16 where the CPU has it natively (about 3x faster), fp16 on a GPU; kept if a probe agrees with fp32."""
         import torch
 
         if wanted == "fp32":
             return "fp32"
-        if wanted not in {"auto", "bf16"}:
-            raise ModelUnavailableError(f"Unknown precision {wanted!r}. Known: auto, bf16, fp32")
-        if wanted == "auto" and self._model.device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        if wanted not in {"auto", "bf16", "fp16"}:
+            raise ModelUnavailableError(f"Unknown precision {wanted!r}. Known: auto, bf16, fp16, fp32")
+        on_cpu = self._model.device.type == "cpu"
+        low = wanted if wanted != "auto" else ("bf16" if on_cpu else "fp16")
+        if wanted == "auto" and on_cpu and not torch.cpu._is_avx512_bf16_supported():
             return "fp32"
         probe = ["What is the boiling point of water at sea level?",
                  "Insulin resistance precedes type 2 diabetes by several years in most patients.",
                  "The quarterly report shows revenue grew four percent."]
         ref = self.embed_texts(probe)
-        self._model.to(torch.bfloat16)
-        low = self.embed_texts(probe)
-        agree = float((ref * low).sum(-1).min())
+        self._model.to(torch.bfloat16 if low == "bf16" else torch.float16)
+        agree = float((ref * self.embed_texts(probe)).sum(-1).min())
+        self.agreement = agree
         if agree >= BF16_MIN_COSINE:
-            return "bf16"
-        # .to(bf16) rounded the weights in place; casting back cannot undo that, so reload them.
+            return low
+        # .to(low) rounded the weights in place; casting back cannot undo that, so reload them.
         from sentence_transformers import SentenceTransformer
 
         self._model = SentenceTransformer(self.model_ref, device=str(self._model.device))
-        if wanted == "bf16":
-            raise ModelUnavailableError(f"bf16 disagrees with fp32 on this machine (cosine {agree:.4f}); use fp32")
+        if wanted != "auto":
+            raise ModelUnavailableError(f"{low} disagrees with fp32 on this machine (cosine {agree:.4f}); use fp32")
         return "fp32"
 
     def identity(self) -> dict[str, str | int]:

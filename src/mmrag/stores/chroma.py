@@ -34,7 +34,27 @@ def _translate(action: str) -> Iterator[None]:
     except (StoreError, EmbedderMismatchError, InvalidInputError):
         raise
     except Exception as exc:  # noqa: BLE001 - chromadb raises many exception types; none may leak
-        raise StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}") from exc
+        error = StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}")
+        error.transient = _is_transient(exc)
+        raise error from exc
+
+
+#: HTTP statuses a Chroma server (or a proxy before it) answers when it is overloaded or restarting.
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether a chromadb failure may pass if the request is sent again (writers retry those)."""
+    import httpx
+
+    if isinstance(exc, httpx.TransportError):  # refused, reset, timed out, protocol error
+        return True
+    code = getattr(exc, "code", None)
+    try:
+        status = int(code()) if callable(code) else None
+    except Exception:  # noqa: BLE001 - a foreign exception's code() is not ours to trust
+        status = None
+    return status in _TRANSIENT_STATUS
 
 
 #: Seconds a Chroma server request may take before it fails (chromadb itself waits forever).
