@@ -48,14 +48,21 @@ class SentenceChunker:
         )
 
     def chunk(self, doc_id: str, blocks: Sequence[TextBlock]) -> list[Chunk]:
-        """Chunk every block; chunks never span pages. ``block.text[start:end] == chunk.text``."""
+        """Chunk every block; chunks never span blocks. ``block.text[start:end] == chunk.text``.
+
+        A table block (``content: table``) that fits the chunk size is one chunk, whole: the
+        sentence splitter would cut a Markdown table mid-row and part it from its header. The
+        loaders size table parts to fit (see :mod:`mmrag.loaders.layout`); a table part larger
+        than a small custom chunk size is cut at row boundaries instead.
+        """
         chunks: list[Chunk] = []
         for block in blocks:
             text = block.text
             if not text.strip():
                 continue
             cursor = 0
-            for piece in self._splitter.split_text(text):
+            pieces = _table_pieces(text, self.spec.size) if block.metadata.get("content") == "table" else None
+            for piece in pieces if pieces is not None else self._splitter.split_text(text):
                 piece = piece.strip()
                 if not piece:
                     continue
@@ -72,6 +79,25 @@ class SentenceChunker:
                 # Overlap means the next chunk starts before this one ends.
                 cursor = start + 1
         return chunks
+
+
+def _table_pieces(text: str, size: int) -> list[str]:
+    """A Markdown table as whole rows, at most ``size`` tokens a piece (one row may exceed it)."""
+    if len(count_tokens(text)) <= size:
+        return [text.strip()]
+    pieces: list[str] = []
+    current: list[str] = []
+    used = 0
+    for line in text.strip().split("\n"):
+        cost = len(count_tokens(line))
+        if current and used + cost > size:
+            pieces.append("\n".join(current))
+            current, used = [], 0
+        current.append(line)
+        used += cost
+    if current:
+        pieces.append("\n".join(current))
+    return pieces
 
 
 def _locate(text: str, piece: str, cursor: int) -> int:

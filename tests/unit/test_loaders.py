@@ -279,7 +279,9 @@ def test_binary_data_in_a_text_file_fails(tmp_path: Path) -> None:
 def test_markdown_keeps_syntax_and_takes_the_first_h1_as_title(tmp_path: Path) -> None:
     text = "```\n# not a title\n```\n\n# Real Title\n\n* item\n"
     [doc] = load_path(write(tmp_path / "n.markdown", text))
-    assert doc.doc_type == "markdown" and doc.texts[0].text == text
+    # One block per heading section, which together are the file's text, unchanged.
+    assert doc.doc_type == "markdown" and "".join(b.text for b in doc.texts) == text
+    assert doc.texts[-1].metadata["section"] == "Real Title" and "section" not in doc.texts[0].metadata
     assert doc.metadata["title"] == "Real Title"
 
 
@@ -334,8 +336,12 @@ def html_page(extra: str = "") -> str:
 def test_html_text_structure_title_and_data_uri_images(tmp_path: Path) -> None:
     [doc] = load_path(write(tmp_path / "p.html", html_page()))
 
-    text = doc.texts[0].text
-    assert text.startswith("Heading\n\nFirst paragraph with bold words.\n\nA | B\n1 | 2\n\none\ntwo\n\n")
+    before, table, after = doc.texts  # the table is a block of its own, between the text around it
+    assert before.text == "Heading\n\nFirst paragraph with bold words."
+    assert table.text == "| A | B |\n|---|---|\n| 1 | 2 |" and table.metadata["content"] == "table"
+    assert after.text.startswith("one\ntwo\n\n")
+    assert {b.metadata["section"] for b in doc.texts} == {"Heading"}
+    text = "\n\n".join(b.text for b in doc.texts)
     assert "code  line1\n  line2" in text and "Line\nbreak" in text
     for noise in ("leaked", "color", "Home", "About", "secret", "My Page"):
         assert noise not in text
@@ -347,7 +353,7 @@ def test_html_text_structure_title_and_data_uri_images(tmp_path: Path) -> None:
 
 def test_html_decoding_honours_bom_and_meta_charset(tmp_path: Path) -> None:
     utf16 = write(tmp_path / "u16.htm", html_page("Grüße").encode("utf-16"))
-    assert "break Grüße" in load_path(utf16)[0].texts[0].text
+    assert "break Grüße" in load_path(utf16)[0].texts[-1].text
 
     cp1252 = '<html><head><meta charset="iso-8859-1"></head><body><p>caf\u00e9 \u20ac5</p></body></html>'
     assert load_path(write(tmp_path / "l1.html", cp1252.encode("cp1252")))[0].texts[0].text == "café €5"
@@ -452,7 +458,12 @@ def make_docx(path: Path) -> Path:
 def test_docx_paragraphs_tables_and_images_in_order(tmp_path: Path) -> None:
     [doc] = load_path(make_docx(tmp_path / "report.docx"))
 
-    assert doc.texts[0].text == "Intro\n\nFirst paragraph.\n\nh1 | h2 | h3\n\nwide | right\n\nAfter the table."
+    intro, table, after = doc.texts  # a section per heading, the table a Markdown block of its own
+    assert intro.text == "Intro\n\nFirst paragraph." and intro.metadata == {"section": "Intro"}
+    # The merged cell spans two grid columns: its text once, the grid kept so columns line up.
+    assert table.text == "| h1 | h2 | h3 |\n|---|---|---|\n| wide |  | right |"
+    assert table.metadata == {"section": "Intro", "content": "table", "table_rows": 1}
+    assert after.text == "After the table." and after.metadata == {"section": "Intro"}
     [image] = doc.images
     assert image.data == image_bytes((40, 40), "PNG", "green") and image.name == "image1.png"
     assert doc.metadata == {"title": "Quarterly", "images_skipped": 1}
@@ -634,7 +645,9 @@ def ingest_docs() -> tuple[dict[str, list[Document] | LoadError], dict[str, str]
             problems[Path(item.path).relative_to(INGEST_DOCS).as_posix()] = item.reason
             continue
         try:
-            outcomes[item.doc_id] = load(item, content_hash=file_sha256(item.path))
+            # OCR is left to tests/acceptance/test_ocr_docs.py (slow): this fixture checks the
+            # text layers, tables, sections and images of every file in seconds.
+            outcomes[item.doc_id] = load(item, content_hash=file_sha256(item.path), limits=LoaderLimits(ocr="never"))
         except LoadError as error:
             outcomes[item.doc_id] = error
     return outcomes, problems
@@ -679,13 +692,16 @@ def test_ingest_docs_every_loaded_document_is_well_formed(ingest_docs) -> None: 
 def test_ingest_docs_pdfs(ingest_docs) -> None:  # type: ignore[no-untyped-def]
     outcomes, _ = ingest_docs
     react = only(outcomes, "react_paper.pdf")
-    assert "ReAct" in react.texts[0].text and react.texts[0].page == 1 and len(react.texts) == 31
+    pages = [b for b in react.texts if b.metadata.get("content") != "table"]
+    assert "ReAct" in pages[0].text and pages[0].page == 1 and len(pages) == 31
     assert len(only(outcomes, "embedded-images.pdf").images) >= 2
     empty_pages = only(outcomes, "layout-parser-paper-with-empty-pages.pdf")
     assert [b.page for b in empty_pages.texts] == [1, 4]
     for scanned in ["loremipsum-flat.pdf", "non_text_searchable.pdf", "file_scanned.pdf"]:
         doc = only(outcomes, scanned)
+        # Under --ocr never a scan has no text; its page render stands in for the scan's image.
         assert doc.texts == () and len(doc.images) == 1 and doc.metadata["text_layer"] is False
+        assert doc.images[0].name == "page-1.jpg" and doc.metadata["scanned_pages"] >= 1
     assert only(outcomes, "pdf-with-ocr-text.pdf").texts
     assert len(only(outcomes, "failure-after-repair.pdf").texts) > 50
     assert "encrypted" in failure(outcomes, "password.pdf").reason
@@ -701,7 +717,8 @@ def test_ingest_docs_pdfs(ingest_docs) -> None:  # type: ignore[no-untyped-def]
 def test_ingest_docs_office_files(ingest_docs) -> None:  # type: ignore[no-untyped-def]
     outcomes, _ = ingest_docs
     assert len(only(outcomes, "contains-pictures.docx").images) == 3
-    assert " | " in only(outcomes, "docx-tables.docx").texts[0].text
+    tables = [b for b in only(outcomes, "docx-tables.docx").texts if b.metadata.get("content") == "table"]
+    assert len(tables) == 3 and all(b.text.startswith("| ") and "\n|---|" in b.text for b in tables)
     picture = only(outcomes, "picture.pptx")
     assert len(picture.images) == 1 and picture.images[0].page == 1
     assert only(outcomes, "fake-power-point-malformed.pptx").texts
@@ -713,7 +730,8 @@ def test_ingest_docs_text_and_html(ingest_docs) -> None:  # type: ignore[no-unty
     outcomes, _ = ingest_docs
     assert only(outcomes, "fake-text-utf-16.txt").texts[0].text.startswith("This is a test document")
     steel = only(outcomes, "example-steelJIS-datasheet-utf-16.html")
-    assert "Chemical composition" in steel.texts[0].text and "SteelJIS" in str(steel.metadata["title"])
+    assert "Chemical composition" in steel.texts[1].text and "SteelJIS" in str(steel.metadata["title"])
+    assert steel.texts[1].metadata["section"].endswith("SNB22-3 Chemical composition, standards and properties")
     umlauts = only(outcomes, "umlauts-non-utf8.md").texts[0].text
     assert "können" in umlauts and "äöüß" in umlauts
     gatsby = only(outcomes, "file_unknown.txt").texts[0].text

@@ -1,12 +1,16 @@
-"""Image files: checked here, decoded for embedding later."""
+"""Image files: checked here, read with OCR when they hold text, decoded for embedding later."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 from mmrag.errors import LoadError
 from mmrag.loaders._common import FileRef, LoaderLimits, describe, flat_metadata
-from mmrag.types import Document, ImageAsset
+from mmrag.loaders.ocr import OcrError, OcrStats, keep_text, ocr_block, read_text
+from mmrag.types import Document, ImageAsset, TextBlock
+
+log = logging.getLogger(__name__)
 
 CORRUPT_REASON = "truncated or corrupt image"
 
@@ -23,7 +27,10 @@ def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docu
     The header is read first, so a decompression bomb is refused before any pixel is decoded.
     The image is then fully decoded once, so truncated and corrupt files fail here, with a
     clear reason, rather than in the embedding batch; the pixels are not kept (the asset
-    points at the file).
+    points at the file). Unless ``limits.ocr`` is ``never`` the decoded image is read with OCR
+    too, and its text kept as a block (``text_source: ocr``) when the detector finds enough of
+    it (:func:`~mmrag.loaders.ocr.keep_text`): a scanned page or a table picture, not a photo.
+    An OCR failure is a warning; the image is still indexed for CLIP.
 
     Args:
         ref: The file.
@@ -31,8 +38,8 @@ def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docu
         limits: Resource limits; ``max_image_pixels`` applies.
 
     Returns:
-        A ``doc_type="image"`` document whose single asset has ``path`` set;
-        ``metadata`` has ``width``, ``height`` and ``format``.
+        A ``doc_type="image"`` document whose single asset has ``path`` set, and the OCR text
+        if any; ``metadata`` has ``width``, ``height`` and ``format``.
 
     Raises:
         LoadError: If the image is too large, not an image, truncated or corrupt.
@@ -40,6 +47,8 @@ def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docu
     from PIL import Image, UnidentifiedImageError
 
     path = str(ref.path)
+    stats = OcrStats()
+    texts: tuple[TextBlock, ...] = ()
     try:
         with Image.open(ref.path) as img:
             width, height = img.size
@@ -47,6 +56,8 @@ def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docu
             if width * height > limits.max_image_pixels:
                 raise LoadError(path, too_large_reason(width * height, limits.max_image_pixels))
             img.load()
+            if limits.ocr != "never":
+                texts = _ocr(path, img, limits.ocr, stats)
     except LoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -67,6 +78,20 @@ def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docu
         source=path,
         doc_type="image",
         content_hash=content_hash,
+        texts=texts,
         images=(ImageAsset(path=path),),
         metadata=flat_metadata({"width": width, "height": height, "format": fmt}),
+        stats=stats.as_stats(),
     )
+
+
+def _ocr(path: str, img: object, mode: str, stats: OcrStats) -> tuple[TextBlock, ...]:
+    try:
+        result = read_text(img)
+    except OcrError as exc:
+        log.warning("%s: OCR failed (%s); indexed as a picture only", path, exc)
+        stats.failed += 1
+        return ()
+    stats.images += 1
+    stats.seconds += result.seconds
+    return (ocr_block(result, None),) if keep_text(result, mode) else ()

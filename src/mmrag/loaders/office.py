@@ -22,6 +22,8 @@ from mmrag.loaders._common import (
     tidy_blank_lines,
     translating,
 )
+from mmrag.loaders.layout import SectionPath, section_meta, table_blocks
+from mmrag.loaders.ocr import OcrStats, ocr_images
 from mmrag.types import Document, ImageAsset, TextBlock
 
 log = logging.getLogger(__name__)
@@ -126,18 +128,27 @@ def _natural_key(name: str) -> list[object]:
 # --- DOCX -----------------------------------------------------------------------------------
 
 
-def _docx_table_lines(table: Any) -> Iterator[str]:
+def _docx_table_rows(table: Any) -> list[list[str]]:
+    rows: list[list[str]] = []
     for row in table.rows:
         cells: list[str] = []
         previous = None
         for cell in row.cells:
-            # python-docx repeats a merged cell once per grid column it spans.
+            # python-docx repeats a merged cell once per grid column it spans: keep the grid
+            # (so columns line up under the header) but the text once.
             if cell._tc is previous:
+                cells.append("")
                 continue
             previous = cell._tc
             cells.append(" ".join(" / ".join(_docx_block_lines(cell)).split()))
+        rows.append(cells)
+    return rows
+
+
+def _docx_table_lines(table: Any) -> Iterator[str]:
+    for cells in _docx_table_rows(table):
         if any(cells):
-            yield " | ".join(cells)
+            yield " | ".join(c for c in cells if c)
 
 
 def _docx_block_lines(container: Any) -> Iterator[str]:
@@ -150,6 +161,57 @@ def _docx_block_lines(container: Any) -> Iterator[str]:
             text = item.text.strip()
             if text:
                 yield text
+
+
+_HEADING_STYLE = re.compile(r"^heading\s*([1-9])$", re.IGNORECASE)
+
+
+def _heading_level(paragraph: Any) -> int | None:
+    """1-9 for Word's built-in heading styles, 0 for Title (above them all), else ``None``."""
+    try:
+        name = str(paragraph.style.name or "") if paragraph.style is not None else ""
+    except Exception:  # a style id the styles part does not define
+        return None
+    if name.lower() == "title":
+        return 0
+    match = _HEADING_STYLE.match(name.strip())
+    return int(match.group(1)) if match else None
+
+
+def _docx_blocks(document: Any) -> list[TextBlock]:
+    """Body text as one block per heading section, and each table as Markdown blocks."""
+    from docx.table import Table
+
+    blocks: list[TextBlock] = []
+    lines: list[str] = []
+    path = SectionPath()
+    section: str | None = None
+
+    def cut() -> None:
+        text = normalize_newlines(tidy_blank_lines("\n\n".join(lines)))
+        lines.clear()
+        if text:
+            blocks.append(TextBlock(text=text, metadata=section_meta(section)))
+
+    for item in document.iter_inner_content():
+        if isinstance(item, Table):
+            parts = table_blocks(_docx_table_rows(item), section=section)
+            if any(part.metadata.get("content") == "table" for part in parts):
+                cut()
+                blocks.extend(parts)
+            else:
+                lines.extend(_docx_table_lines(item))
+            continue
+        text = item.text.strip()
+        level = _heading_level(item) if text else None
+        if level is not None:
+            cut()
+            path.enter(level, text)
+            section = path.text()
+        if text:
+            lines.append(text)
+    cut()
+    return blocks
 
 
 def _docx_images(document: Any, limits: LoaderLimits) -> tuple[list[ImageAsset], int]:
@@ -174,8 +236,12 @@ def _docx_images(document: Any, limits: LoaderLimits) -> tuple[list[ImageAsset],
 def load_docx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Document:
     """Load a Word document: body paragraphs and tables in order, and the embedded images.
 
-    Table rows become lines with cells joined by ``" | "`` (merged cells once). Headers,
-    footers, text boxes and comments are not read. Every raster image part in the package (but
+    The body becomes one text block per heading section (Word's ``Title`` and ``Heading 1-9``
+    styles), each with its ``section`` path. A table with a header and at least one row becomes
+    Markdown blocks of its own (``content: table``; merged cells once); a one-row or one-column
+    table stays in the text as lines with cells joined by ``" | "``. Headers, footers, text
+    boxes and comments are not read. Embedded images that hold text are read with OCR
+    (``limits.ocr``; :func:`~mmrag.loaders.ocr.ocr_images`). Every raster image part in the package (but
     the saved page thumbnail) is an image asset, in part-name order; vector (EMF/WMF), tiny and
     unreadable images are skipped and counted in ``metadata["images_skipped"]``.
 
@@ -185,7 +251,7 @@ def load_docx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
         limits: Resource limits.
 
     Returns:
-        One document with a single text block (``page`` is ``None``: DOCX has no fixed pages).
+        One document (``page`` is ``None`` on every block: DOCX has no fixed pages).
 
     Raises:
         LoadError: If the file is not a readable DOCX, or has neither text nor images
@@ -198,11 +264,13 @@ def load_docx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
         import docx
 
         document = docx.Document(path)
-        text = normalize_newlines(tidy_blank_lines("\n\n".join(_docx_block_lines(document))))
+        blocks = _docx_blocks(document)
         images, skipped = _docx_images(document, limits)
         title = document.core_properties.title
-    return _office_document(ref, "docx", content_hash, [TextBlock(text=text)] if text else [], images, limits,
-                            {"title": title, "images_skipped": skipped or None})
+    stats = OcrStats()
+    blocks += ocr_images(path, images, limits.ocr, stats)
+    return _office_document(ref, "docx", content_hash, blocks, images, limits,
+                            {"title": title, "images_skipped": skipped or None}, stats)
 
 
 # --- PPTX -----------------------------------------------------------------------------------
@@ -302,8 +370,11 @@ def load_pptx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
             images.extend(slide_images)
             skipped += slide_skipped
         title = deck.core_properties.title
+    stats = OcrStats()
+    texts += ocr_images(path, images, limits.ocr, stats)
+    texts.sort(key=lambda b: b.page or 0)
     return _office_document(ref, "pptx", content_hash, texts, images, limits,
-                            {"n_slides": len(slides), "title": title, "images_skipped": skipped or None})
+                            {"n_slides": len(slides), "title": title, "images_skipped": skipped or None}, stats)
 
 
 def _office_document(
@@ -314,6 +385,7 @@ def _office_document(
     images: list[ImageAsset],
     limits: LoaderLimits,
     meta: dict[str, object],
+    stats: OcrStats,
 ) -> Document:
     path = str(ref.path)
     if not texts and not images:
@@ -327,4 +399,5 @@ def _office_document(
         texts=tuple(texts),
         images=tuple(images),
         metadata=flat_metadata(meta),
+        stats=stats.as_stats(),
     )

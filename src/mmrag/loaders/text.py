@@ -7,6 +7,7 @@ import binascii
 import codecs
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 
 from mmrag.errors import LoadError
 from mmrag.loaders._common import (
@@ -22,6 +23,7 @@ from mmrag.loaders._common import (
     tidy_blank_lines,
     translating,
 )
+from mmrag.loaders.layout import SectionPath, markdown_sections, section_meta, table_blocks
 from mmrag.types import Document, ImageAsset, TextBlock
 
 EMPTY_REASON = "empty file: no text to index"
@@ -49,7 +51,7 @@ def _markdown_title(text: str) -> str | None:
 
 
 def load_text(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Document:
-    """Load a ``.txt`` or Markdown file as one text block.
+    """Load a ``.txt`` file as one text block, a Markdown file as one block per heading.
 
     The encoding is guessed (see :func:`~mmrag.loaders._common.decode_text`) and newlines are
     normalised to ``\\n``; Markdown syntax is kept. A Markdown file's first ``#`` heading becomes
@@ -84,7 +86,7 @@ def load_text(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
         source=path,
         doc_type=doc_type,
         content_hash=content_hash,
-        texts=(TextBlock(text=text),),
+        texts=tuple(markdown_sections(text)) if doc_type == "markdown" else (TextBlock(text=text),),
         metadata=flat_metadata(meta),
     )
 
@@ -187,10 +189,53 @@ class _TextSink:
             self.current.append(part)
 
 
-def _html_text(soup: object) -> str:
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+#: A table cell holding more text than this is page layout (a table used to place paragraphs),
+#: not data: such a table is read as text.
+_MAX_CELL_CHARS = 400
+
+
+def _table_rows(table: object) -> list[list[str]] | None:
+    """A data table's rows (``colspan`` cells padded with empty ones), or ``None`` for layout."""
+    from bs4 import Tag
+
+    assert isinstance(table, Tag)
+    if table.find("table") is not None:
+        return None  # nested tables are layout
+    rows: list[list[str]] = []
+    for tr in table.find_all("tr"):
+        cells: list[str] = []
+        for cell in tr.find_all(["td", "th"], recursive=False):
+            if cell.has_attr("hidden"):
+                continue
+            text = " ".join(cell.get_text(" ").split())
+            if len(text) > _MAX_CELL_CHARS:
+                return None
+            try:
+                span = max(1, min(int(str(cell.get("colspan", 1))), 50))
+            except ValueError:
+                span = 1
+            cells += [text] + [""] * (span - 1)
+        rows.append(cells)
+    return rows
+
+
+def _html_blocks(soup: object) -> list[TextBlock]:
+    """The visible text as blocks: one per section (headings start one), one per table part."""
     from bs4 import CData, NavigableString, Tag
 
     sink = _TextSink()
+    path = SectionPath()
+    blocks: list[TextBlock] = []
+    section: str | None = None
+
+    def cut() -> None:
+        sink.flush()
+        text = tidy_blank_lines("\n".join(sink.lines))
+        sink.lines = []
+        if text:
+            blocks.append(TextBlock(text=text, metadata=section_meta(section)))
+
     assert isinstance(soup, Tag)
     # Iterative walk: deeply nested (hostile) HTML must not hit the recursion limit.
     stack: list[tuple[Tag, Iterator[object]]] = [(soup, iter(soup.children))]
@@ -204,13 +249,24 @@ def _html_text(soup: object) -> str:
         if isinstance(node, Tag):
             if node.name in _DROP or node.has_attr("hidden"):
                 continue
+            if node.name in _HEADINGS:
+                cut()
+                path.enter(int(node.name[1]), node.get_text(" "))
+                section = path.text()
+            if node.name == "table":
+                rows = _table_rows(node)
+                parts = table_blocks(rows, section=section) if rows else []
+                if any(part.metadata.get("content") == "table" for part in parts):
+                    cut()
+                    blocks.extend(parts)
+                    continue
             sink.start(node.name)
             stack.append((node, iter(node.children)))
         elif type(node) in (NavigableString, CData):
             # Other NavigableString subclasses are comments, doctypes and processing instructions.
             sink.text(str(node))
-    sink.flush()
-    return tidy_blank_lines("\n".join(sink.lines))
+    cut()
+    return blocks
 
 
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
@@ -248,8 +304,11 @@ def load_html(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
     """Load an HTML file: visible text with block structure, plus inline ``data:`` images.
 
     Text inside ``script``, ``style``, ``nav``, ``head``, form controls and ``hidden`` elements
-    is dropped; block elements end lines, paragraphs, headings, lists and tables end with a
-    blank line, and table cells are joined with ``" | "``. ``<title>`` becomes
+    is dropped; block elements end lines, and paragraphs, headings and lists end with a blank
+    line. Each heading (``h1``-``h6``) starts a new text block whose ``section`` is the path of
+    headings above it. A data table becomes Markdown blocks of its own (``content: table``, see
+    :func:`~mmrag.loaders.layout.table_blocks`); a layout table (nested tables, long cells) is
+    read as text with cells joined by ``" | "``. ``<title>`` becomes
     ``metadata["title"]``. ``<img src="data:image/...;base64,...">`` images become image assets
     (tiny, vector and unreadable ones are skipped, see
     :func:`~mmrag.loaders._common.image_header_ok`); remote images are not fetched.
@@ -276,11 +335,11 @@ def load_html(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
         # An XML declaration is moot once decoded, and it makes bs4 warn that XHTML looks like XML.
         soup = BeautifulSoup(_XML_DECLARATION.sub("", markup, count=1), "lxml")
         title = " ".join(soup.title.get_text(" ").split()) if soup.title is not None else None
-        text = normalize_newlines(_html_text(soup))
         images, skipped = _data_uri_images(soup, limits)
-    if not text and not images:
+        blocks = [replace(b, text=normalize_newlines(b.text)) for b in _html_blocks(soup)]
+    if not blocks and not images:
         raise LoadError(path, "no visible text and no inline images in the HTML", skipped=True)
-    check_text_size(path, len(text), limits)
+    check_text_size(path, sum(len(b.text) for b in blocks), limits)
     meta: dict[str, object] = {"title": title, "encoding": encoding}
     if skipped:
         meta["images_skipped"] = skipped
@@ -289,7 +348,7 @@ def load_html(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
         source=path,
         doc_type="html",
         content_hash=content_hash,
-        texts=(TextBlock(text=text),) if text else (),
+        texts=tuple(blocks),
         images=tuple(images),
         metadata=flat_metadata(meta),
     )

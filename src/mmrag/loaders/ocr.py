@@ -1,0 +1,270 @@
+"""Optical character recognition on CPU, through RapidOCR (PP-OCRv4 models on onnxruntime).
+
+The ``rapidocr-onnxruntime`` wheel ships its detection, direction and recognition models, so
+nothing is downloaded at run time. The loaders call :func:`read_text` on rendered PDF pages and
+on images; it returns the text in reading order with a confidence, and the share of the image
+the detector found text in (how ``--ocr auto`` tells a photo from a picture of a page).
+:func:`ocr_block` and :func:`ocr_images` turn results into text blocks that carry
+``text_source: ocr`` and the confidence, and count the work in an :class:`OcrStats`.
+
+Example:
+    >>> from PIL import Image
+    >>> result = read_text(Image.open("scan.png"))  # doctest: +SKIP
+    >>> result.text, round(result.confidence, 2)     # doctest: +SKIP
+    ('Lorem ipsum dolor sit amet', 0.97)
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from mmrag.types import ImageAsset, TextBlock
+
+log = logging.getLogger(__name__)
+
+#: Intra-op threads of each onnxruntime session. Two is the machine's core count; more only
+#: oversubscribes when a Ray worker or a second ingest runs beside this one.
+OCR_THREADS = 2
+#: Recognition lines per onnxruntime call: batching them is most of RapidOCR's speed on CPU.
+REC_BATCH = 16
+#: Lines the recogniser is less sure of than this are dropped (RapidOCR's own default is 0.5).
+MIN_LINE_SCORE = 0.5
+
+
+@dataclass(frozen=True)
+class OcrLine:
+    """One detected and recognised line: its text, score and box ``(x0, y0, x1, y1)`` in pixels."""
+
+    text: str
+    confidence: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class OcrResult:
+    """What OCR read from one image.
+
+    Attributes:
+        text: The lines in reading order (top to bottom, left to right), one per line of text.
+        confidence: Mean recognition score over the lines, weighted by their length (0..1).
+        text_area: Share of the image covered by detected text boxes (0..1).
+        seconds: Wall time spent in the engine.
+        lines: The lines themselves.
+    """
+
+    text: str
+    confidence: float
+    text_area: float
+    seconds: float
+    lines: tuple[OcrLine, ...] = field(default=(), repr=False)
+
+
+class OcrError(Exception):
+    """The OCR engine failed on one image. Loaders turn it into a warning or a ``LoadError``."""
+
+
+class RapidOcrEngine:
+    """A RapidOCR engine, created on first use (the three ONNX sessions take ~0.2 s and 60 MB).
+
+    Picklable: the sessions are not pickled, a copy builds its own, so the engine can travel to
+    a Ray worker or a subprocess with the loader that uses it.
+
+    Args:
+        threads: onnxruntime intra-op threads per session.
+        use_cls: Run the 180-degree direction classifier on each line (slower; only upside-down
+            scans need it).
+    """
+
+    def __init__(self, threads: int = OCR_THREADS, *, use_cls: bool = False) -> None:
+        self.threads = threads
+        self.use_cls = use_cls
+        self._engine: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"threads": self.threads, "use_cls": self.use_cls, "_engine": None}
+
+    def _get(self) -> Any:
+        if self._engine is None:
+            try:
+                from rapidocr_onnxruntime import RapidOCR
+            except ImportError as exc:  # pragma: no cover - it is a core dependency
+                raise OcrError("OCR needs the rapidocr-onnxruntime package: pip install mmrag") from exc
+            self._engine = RapidOCR(
+                intra_op_num_threads=self.threads,
+                inter_op_num_threads=1,
+                text_score=MIN_LINE_SCORE,
+                use_cls=self.use_cls,
+                rec_batch_num=REC_BATCH,
+            )
+        return self._engine
+
+    def read(self, image: Any) -> OcrResult:
+        """Read the text in ``image`` (a PIL image).
+
+        Raises:
+            OcrError: If the engine fails on this image (onnxruntime or OpenCV errors).
+        """
+        engine = self._get()
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        started = time.perf_counter()
+        try:
+            raw, _ = engine(rgb, use_cls=self.use_cls)
+        except Exception as exc:  # onnxruntime/OpenCV raise many types; one image fails, not the run
+            raise OcrError(f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - started
+        lines = tuple(_line(item) for item in raw or ())
+        return _result(lines, rgb.size, seconds)
+
+
+def _line(item: Sequence[Any]) -> OcrLine:
+    points, text, score = item[0], str(item[1]), float(item[2])
+    xs = [float(p[0]) for p in points]
+    ys = [float(p[1]) for p in points]
+    return OcrLine(text=text.strip(), confidence=score, box=(min(xs), min(ys), max(xs), max(ys)))
+
+
+def _result(lines: tuple[OcrLine, ...], size: tuple[int, int], seconds: float) -> OcrResult:
+    lines = tuple(line for line in lines if line.text)
+    width, height = size
+    area = sum((b[2] - b[0]) * (b[3] - b[1]) for b in (line.box for line in lines))
+    chars = sum(len(line.text) for line in lines)
+    confidence = sum(line.confidence * len(line.text) for line in lines) / chars if chars else 0.0
+    return OcrResult(
+        text=reading_order(lines),
+        confidence=confidence,
+        text_area=min(1.0, area / (width * height)) if width and height else 0.0,
+        seconds=seconds,
+        lines=lines,
+    )
+
+
+def reading_order(lines: Sequence[OcrLine]) -> str:
+    """Join detected lines into text: boxes that overlap vertically form one row, left to right.
+
+    The detector returns one box per run of words, so a row of a table (or words split by a wide
+    gap) comes back as several boxes on the same baseline; they are joined with a space.
+    """
+    rows: list[list[OcrLine]] = []
+    for line in sorted(lines, key=lambda ln: (ln.box[1], ln.box[0])):
+        top, bottom = line.box[1], line.box[3]
+        if rows:
+            row = rows[-1]
+            row_top = min(ln.box[1] for ln in row)
+            row_bottom = max(ln.box[3] for ln in row)
+            overlap = min(bottom, row_bottom) - max(top, row_top)
+            if overlap > 0.5 * min(bottom - top, row_bottom - row_top):
+                row.append(line)
+                continue
+        rows.append([line])
+    return "\n".join(" ".join(ln.text for ln in sorted(row, key=lambda ln: ln.box[0])) for row in rows)
+
+
+@functools.lru_cache(maxsize=4)
+def default_engine(threads: int = OCR_THREADS) -> RapidOcrEngine:
+    """The process's shared engine (one per thread count), built lazily on first OCR."""
+    return RapidOcrEngine(threads)
+
+
+def read_text(image: Any, engine: RapidOcrEngine | None = None) -> OcrResult:
+    """OCR one PIL image with ``engine`` (default: :func:`default_engine`).
+
+    Args:
+        image: A PIL image, any mode.
+        engine: The engine to use.
+
+    Returns:
+        The text, its confidence and the detected text area.
+
+    Raises:
+        OcrError: If the engine fails on this image.
+    """
+    return (engine or default_engine()).read(image)
+
+
+# --- what the loaders use -------------------------------------------------------------------
+
+#: ``--ocr auto`` keeps an image's OCR text only when detected text covers at least this share of
+#: it: a scan, screenshot or table picture is 10-45% text boxes, a photo or chart well under 10%.
+MIN_TEXT_AREA = 0.08
+#: Embedded images smaller than this on their short side are logos and icons, not text to read.
+MIN_OCR_SIDE = 96
+
+
+@dataclass
+class OcrStats:
+    """Counters a loader fills and puts in ``Document.stats`` (summed into the ingest summary)."""
+
+    pages: int = 0
+    images: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    def as_stats(self) -> dict[str, float]:
+        """The non-zero counters as ``ocr_pages``, ``ocr_images``, ``ocr_failed``, ``ocr_seconds``."""
+        values = {"ocr_pages": self.pages, "ocr_images": self.images, "ocr_failed": self.failed,
+                  "ocr_seconds": round(self.seconds, 3)}
+        return {key: float(value) for key, value in values.items() if value}
+
+
+def ocr_block(result: OcrResult, page: int | None, **extra: str | int | float | bool) -> TextBlock:
+    """A text block of OCR text, marked ``text_source: ocr`` with its confidence."""
+    meta: dict[str, str | int | float | bool] = {"text_source": "ocr", "ocr_confidence": round(result.confidence, 3)}
+    meta.update(extra)
+    return TextBlock(text=result.text, page=page, metadata=meta)
+
+
+def keep_text(result: OcrResult, mode: str) -> bool:
+    """Whether an image's OCR text is worth indexing: any text for ``always``, enough for ``auto``."""
+    if not result.text.strip():
+        return False
+    return mode == "always" or result.text_area >= MIN_TEXT_AREA
+
+
+def ocr_images(
+    path: str, images: Sequence[ImageAsset], mode: str, stats: OcrStats, engine: RapidOcrEngine | None = None
+) -> list[TextBlock]:
+    """OCR the embedded images of a document; one text block per image that holds text.
+
+    An image the engine or Pillow cannot read is logged and counted in ``stats.failed``; the
+    document keeps its other text (and the image still goes to CLIP).
+
+    Args:
+        path: The document, for warnings.
+        images: Its embedded images (``data`` set).
+        mode: ``limits.ocr``; ``never`` reads nothing.
+        stats: Counters to update.
+        engine: The engine (default: the process's shared one).
+
+    Returns:
+        Blocks with ``text_source: ocr``, ``ocr_confidence`` and ``ocr_image`` (the image's name).
+    """
+    if mode == "never":
+        return []
+    from PIL import Image
+
+    blocks: list[TextBlock] = []
+    for image in images:
+        try:
+            with Image.open(io.BytesIO(image.read_bytes())) as img:
+                if min(img.size) < MIN_OCR_SIDE:
+                    continue
+                result = read_text(img, engine)
+        except OcrError as exc:
+            log.warning("%s: OCR failed on embedded image %s (%s); its text is left out", path, image.name, exc)
+            stats.failed += 1
+            continue
+        except Exception as exc:  # Pillow's long tail on odd embedded bytes: this image only
+            log.warning("%s: embedded image %s unreadable for OCR (%s: %s)", path, image.name,
+                        type(exc).__name__, exc)
+            stats.failed += 1
+            continue
+        stats.images += 1
+        stats.seconds += result.seconds
+        if keep_text(result, mode):
+            blocks.append(ocr_block(result, image.page, ocr_image=image.name or f"image{image.index}"))
+    return blocks
