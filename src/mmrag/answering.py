@@ -90,6 +90,9 @@ class Citation:
     excerpt: str
     score: float
     record_id: str = ""  # the store record (for an image: where its pixels are served from)
+    #: True when the passage was read from pixels (OCR of a scan or a picture), not a text layer:
+    #: its words may be misread, so a reader should check the page itself.
+    from_ocr: bool = False
 
 
 @dataclass(frozen=True)
@@ -393,10 +396,16 @@ def _attr(value: object) -> str:
     return _defang(str(value)).replace('"', "'").replace("\n", " ")
 
 
+def _from_ocr(hit: Hit) -> bool:
+    return (hit.metadata or {}).get("text_source") == "ocr"
+
+
 def _render_block(block: ContextBlock, note: str = "") -> str:
     hit = block.hit
     page = f' page="{hit.page}"' if hit.page is not None else ""
-    return (f'<context id="{block.n}" doc="{_attr(hit.doc_id)}"{page} modality="{hit.modality}">\n'
+    # The model is told the text was read from a scan, so it can say so and allow for misreadings.
+    source = ' source="ocr (text read from a scanned image; may contain recognition errors)"' if _from_ocr(hit) else ""
+    return (f'<context id="{block.n}" doc="{_attr(hit.doc_id)}"{page} modality="{hit.modality}"{source}>\n'
             f"{_defang(block.content)}{note}\n</context>")
 
 
@@ -412,7 +421,8 @@ def _image_uri_of(hit: Hit) -> str | None:
 
 def _citation(block: ContextBlock) -> Citation:
     hit = block.hit
-    return Citation(block.n, hit.doc_id, hit.source, hit.page, hit.modality, block.content, hit.score, hit.id)
+    return Citation(block.n, hit.doc_id, hit.source, hit.page, hit.modality, block.content, hit.score, hit.id,
+                    from_ocr=_from_ocr(hit))
 
 
 def _stem(word: str) -> str:

@@ -27,11 +27,14 @@ from mmrag.types import ImageAsset, TextBlock
 
 log = logging.getLogger(__name__)
 
-#: Intra-op threads of each onnxruntime session. Two is the machine's core count; more only
-#: oversubscribes when a Ray worker or a second ingest runs beside this one.
-OCR_THREADS = 2
-#: Recognition lines per onnxruntime call: batching them is most of RapidOCR's speed on CPU.
-REC_BATCH = 16
+#: Intra-op threads of each onnxruntime session. One: loading runs beside the embedders' torch
+#: threads (and Ray workers beside each other), and onnxruntime's spinning pool collapses when
+#: its cores are busy. Measured on the 2-core machine under load, the LayoutParser page took
+#: 11.5 s with one thread and 23.5 s with two.
+OCR_THREADS = 1
+#: Recognition lines per onnxruntime call. Each batch is padded to its widest line, so larger
+#: batches waste work on a page of mixed line lengths: 16 took 27 s where 6 took 11.5 s.
+REC_BATCH = 6
 #: Lines the recogniser is less sure of than this are dropped (RapidOCR's own default is 0.5).
 MIN_LINE_SCORE = 0.5
 
@@ -189,8 +192,11 @@ def read_text(image: Any, engine: RapidOcrEngine | None = None) -> OcrResult:
 # --- what the loaders use -------------------------------------------------------------------
 
 #: ``--ocr auto`` keeps an image's OCR text only when detected text covers at least this share of
-#: it: a scan, screenshot or table picture is 10-45% text boxes, a photo or chart well under 10%.
-MIN_TEXT_AREA = 0.08
+#: it and is read with :data:`MIN_KEEP_CONFIDENCE`: a scan, screenshot or table picture is 5-45%
+#: text boxes (two lines on a slide about 4%); the ingest_docs photos have none at all, and
+#: stray boxes on textures are small and read with low confidence.
+MIN_TEXT_AREA = 0.03
+MIN_KEEP_CONFIDENCE = 0.7
 #: Embedded images smaller than this on their short side are logos and icons, not text to read.
 MIN_OCR_SIDE = 96
 
@@ -222,7 +228,7 @@ def keep_text(result: OcrResult, mode: str) -> bool:
     """Whether an image's OCR text is worth indexing: any text for ``always``, enough for ``auto``."""
     if not result.text.strip():
         return False
-    return mode == "always" or result.text_area >= MIN_TEXT_AREA
+    return mode == "always" or (result.text_area >= MIN_TEXT_AREA and result.confidence >= MIN_KEEP_CONFIDENCE)
 
 
 def ocr_images(
