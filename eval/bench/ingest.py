@@ -456,7 +456,15 @@ def _prewarm_page_cache(paths: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--engine" in argv or any(a.startswith("--engine=") for a in argv):
+        # The engines comparison (local vs Ray Data, whole `mmrag ingest` runs) lives beside this.
+        from eval.bench import engines
+
+        return engines.main(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="--engine ray [...]: compare `mmrag ingest --engine ray` with the local "
+                                            "engine instead (see eval/bench/engines.py)")
     parser.add_argument("--images", type=int, default=240, help="images to ingest (real files cycled; 0 skips)")
     parser.add_argument("--texts", type=int, default=300, help="text chunks to ingest (0 skips)")
     parser.add_argument("--image-dir", type=Path, help="a folder of JPEG/PNG files to use instead of the defaults")
@@ -531,4 +539,5 @@ if __name__ == "__main__":
 
     if importlib.util.find_spec("mmrag") is None:  # a clone without `pip install -e .`
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for eval.bench.engines
     raise SystemExit(main())

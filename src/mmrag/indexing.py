@@ -44,6 +44,7 @@ from mmrag.kb import KnowledgeBase
 from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits, discover
 from mmrag.manifest import DocState
 from mmrag.pipeline import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
+from mmrag.tracing import span
 from mmrag.types import Record
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class IngestSummary:
     workers: dict[str, float] = field(default_factory=dict)
     #: Seconds the engine took to start (Ray's start-up), included in ``seconds``.
     startup_seconds: float = 0.0
+    #: Seconds spent writing: ``chroma`` (deletes and writes, summed over concurrent batches) and
+    #: ``keyword`` (tantivy commits and manifest rows), so a run shows whether it waited on the stores.
+    timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +104,8 @@ class IngestSummary:
             "failed": [p.__dict__ for p in self.failed], "skipped": [p.__dict__ for p in self.skipped],
             "warnings": self.warnings, "stats": {k: round(v, 3) for k, v in self.stats.items()},
             "retries": self.retries, "engine": self.engine, "workers": self.workers,
-            "startup_seconds": round(self.startup_seconds, 3), "seconds": round(self.seconds, 3),
+            "startup_seconds": round(self.startup_seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()}, "seconds": round(self.seconds, 3),
         }
 
 
@@ -149,11 +154,17 @@ class LocalEngine:
                     buffer.append(item)
                     items += item.items
                     if items >= FLUSH_ITEMS:
-                        yield from embed_documents(buffer, indexer.kb)
+                        yield from _embed(buffer, indexer)
                         buffer, items = [], 0
                 else:
                     yield item
-        yield from embed_documents(buffer, indexer.kb)
+        yield from _embed(buffer, indexer)
+
+
+def _embed(buffer: list[LoadedDoc], indexer: "Indexer") -> list[Prepared]:
+    with span("ingest.embed", collection=indexer.kb.collection, documents=len(buffer),
+              items=sum(d.items for d in buffer)):
+        return embed_documents(buffer, indexer.kb)
 
 
 class Indexer:
@@ -190,9 +201,12 @@ class Indexer:
         Returns:
             The run's summary. Bad files are listed in it; they never stop the run.
         """
-        with self.kb.write_lock():
+        with self.kb.write_lock(), span("ingest", collection=self.kb.collection, engine=self.engine.name) as trace:
             try:
-                return self._ingest(paths, prune, progress)
+                summary = self._ingest(paths, prune, progress)
+                trace.set_attributes(files=summary.files_seen, indexed=summary.indexed, unchanged=summary.unchanged,
+                                     failed=len(summary.failed), retries=summary.retries)
+                return summary
             except StoreError as exc:
                 hint = disk_full_hint(self.kb.data_dir)
                 if hint and hint not in str(exc):
@@ -204,7 +218,9 @@ class Indexer:
         started = time.monotonic()
         summary = IngestSummary(collection=self.kb.collection, engine=self.engine.name)
         self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
-        summary.repaired = self._repair()
+        with span("ingest.repair") as trace:
+            summary.repaired = self._repair()
+            trace.set_attributes(documents=summary.repaired)
         found = list(discover([Path(p) for p in paths]))
         refs = [r for r in found if isinstance(r, FileRef)]
         run = _Run()
@@ -213,7 +229,9 @@ class Indexer:
             (summary.skipped if status == "skipped" else summary.failed).append(Problem(problem.path, problem.reason, status))
             run.unsure.add(problem.path)
         summary.files_seen = len(refs)
-        tasks = [t for t in (self._plan(ref, run, summary) for ref in refs) if t is not None]
+        with span("ingest.plan", files=len(refs)) as trace:
+            tasks = [t for t in (self._plan(ref, run, summary) for ref in refs) if t is not None]
+            trace.set_attributes(planned=len(tasks))
         done = len(refs) - len(tasks)
         if progress:
             progress(done, len(refs))
@@ -234,7 +252,9 @@ class Indexer:
         summary.startup_seconds = self.engine.startup_seconds
         summary.workers = self.engine.describe() if tasks else {}
         if prune:
-            summary.pruned = self._prune([Path(p) for p in paths], run)
+            with span("ingest.prune") as trace:
+                summary.pruned = self._prune([Path(p) for p in paths], run)
+                trace.set_attributes(documents=summary.pruned)
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -511,9 +531,12 @@ class _Writer:
         ids = [d.doc_id for d in docs]
 
         def chroma() -> None:
-            self._retrying("delete", lambda _: kb.delete_records(ids))
-            self._retrying("write", lambda n: clip_store.upsert(clip_records, fresh=n == 0))
-            self._retrying("write", lambda n: text_store.upsert(text_records, fresh=n == 0))
+            started = time.monotonic()
+            with span("ingest.write", collection=col, documents=len(ids), clip=len(clip_records), text=len(text_records)):
+                self._retrying("delete", lambda _: kb.delete_records(ids))
+                self._retrying("write", lambda n: clip_store.upsert(clip_records, fresh=n == 0))
+                self._retrying("write", lambda n: text_store.upsert(text_records, fresh=n == 0))
+            self._add_time("chroma", time.monotonic() - started)
 
         if self.pool is None:
             chroma()
@@ -545,9 +568,15 @@ class _Writer:
             future.result()  # a store error surfaces here, before this batch is marked done
         self._finish(docs, text_records)
 
+    def _add_time(self, what: str, seconds: float) -> None:
+        with self._lock:
+            self.summary.timings[what] = self.summary.timings.get(what, 0.0) + seconds
+
     def _finish(self, docs: list[Prepared], text_records: list[Record]) -> None:
         kb, col, summary = self.kb, self.kb.collection, self.summary
-        kb.keyword.write(delete_docs=[d.doc_id for d in docs], records=text_records)
+        started = time.monotonic()
+        with span("ingest.keyword", collection=col, documents=len(docs), rows=len(text_records)):
+            kb.keyword.write(delete_docs=[d.doc_id for d in docs], records=text_records)
         final = []
         for d in docs:
             n_clip, n_text = len(d.clip_ids), len(d.text_ids)
@@ -562,6 +591,7 @@ class _Writer:
                 final.append(DocState(d.doc_id, d.source, d.doc_type, d.content_hash, "done", "", n_clip, n_text))
                 summary.indexed += 1
         kb.manifest.set_states(col, final)
+        self._add_time("keyword", time.monotonic() - started)
 
     def _retrying(self, action: str, call: Callable[[int], None]) -> None:
         delay = 0.5

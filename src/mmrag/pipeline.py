@@ -23,6 +23,7 @@ import numpy as np
 from mmrag.chunking import SentenceChunker
 from mmrag.errors import LoadError
 from mmrag.loaders import FileRef, JsonlFields, LoaderLimits, RecordProblem, file_sha256, load_iter
+from mmrag.tracing import start_span
 from mmrag.types import Chunk, Document, ImageAsset, Record
 
 
@@ -136,6 +137,20 @@ class Prepared:
 def load_file(task: FileTask, chunker: SentenceChunker, *, jsonl: JsonlFields, limits: LoaderLimits
               ) -> Iterator[LoadedDoc | FileResult]:
     """Yield the changed documents of one file, then its :class:`FileResult` (always last)."""
+    # A generator: its span must not become current, or the caller's spans would nest under it.
+    trace = start_span("ingest.load", file=str(task.ref.path), suffix=task.ref.suffix)
+    try:
+        for item in _load_file(task, chunker, jsonl, limits):
+            if isinstance(item, FileResult):
+                trace.set_attributes(documents=item.loaded, unchanged=item.unchanged + item.unchanged_file,
+                                     failed=item.error is not None)
+            yield item
+    finally:
+        trace.end()
+
+
+def _load_file(task: FileTask, chunker: SentenceChunker, jsonl: JsonlFields, limits: LoaderLimits
+               ) -> Iterator[LoadedDoc | FileResult]:
     ref = task.ref
     result = FileResult(ref, digest=task.digest)
     try:

@@ -21,9 +21,11 @@ the ingested paths at the same place (a shared or network file system), and have
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
+import sys
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -158,6 +160,13 @@ class RayEngine:
     def run(self, tasks: Sequence[FileTask], indexer: "Indexer") -> Iterator[FileResult | Prepared]:
         ray = import_ray()
         started = time.monotonic()
+        # Ray prints its workers' and raylet's notes (a worker died, a task is retried) on this
+        # process's stdout, which `--json` keeps for the summary: send them to stderr meanwhile.
+        with contextlib.redirect_stdout(sys.stderr):
+            yield from self._run(ray, started, tasks, indexer)
+
+    def _run(self, ray: Any, started: float, tasks: Sequence[FileTask], indexer: "Indexer"
+             ) -> Iterator[FileResult | Prepared]:
         owned = self._connect(ray)
         try:
             device, workers, per_actor, threads = self._plan_workers(ray)

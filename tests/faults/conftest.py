@@ -51,12 +51,12 @@ class ChromaServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
-    def start(self) -> str:
-        """Start the server on a fresh free port and wait for its heartbeat; returns its URL."""
+    def start(self, port: int | None = None) -> str:
+        """Start the server (on ``port``, else a fresh free one) and wait for its heartbeat; returns its URL."""
         exe = shutil.which("chroma", path=str(Path(sys.executable).parent))
         if exe is None:
             pytest.skip("the chroma CLI is not installed")
-        port = free_port()
+        port = port or free_port()
         log = (self.path.parent / f"{self.path.name}-{port}.log").open("wb")
         self.proc = subprocess.Popen([exe, "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(port)],
                                      stdout=log, stderr=subprocess.STDOUT, env=child_env())

@@ -64,7 +64,9 @@ def _ingest(corpus: Path, data_dir: Path, *extra: str) -> subprocess.Popen:  # t
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     out = open(f"{data_dir}.out", "wb")  # noqa: SIM115 - closed by _finish
     err = open(f"{data_dir}.err", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "mmrag", "ingest", str(corpus), "--json", *extra],
+    # OCR is off: it is the loaders' work, the same in both engines (tests/unit/test_ocr*.py), and
+    # its detector on every image would triple these runs.
+    proc = subprocess.Popen([sys.executable, "-m", "mmrag", "ingest", str(corpus), "--json", "--ocr", "never", *extra],
                             env=_env(data_dir), stdout=out, stderr=err)
     proc.files = (out, err)  # type: ignore[attr-defined]
     return proc
