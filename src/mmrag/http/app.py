@@ -49,12 +49,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     settings = settings or Settings()
     tracing.configure()  # OTEL_* variables, read here at the edge (each worker builds its own app)
     services = services or Services(settings)
-    mcp_route, mcp_sessions = _mcp(services, settings)
+    mcp = _KeyedMcp(services, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.start()
-        async with mcp_sessions.run():
+        async with mcp.running():
             yield
         services.close()
 
@@ -81,39 +81,48 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.include_router(query.router)
     app.include_router(documents.router)
     app.include_router(health.router)
-    app.router.routes.append(mcp_route)
+    app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"]))
     playground.install(app)
     return app
 
 
-def _mcp(services: Services, settings: Settings) -> tuple[Route, Any]:
-    """The MCP tools over streamable HTTP at ``/mcp``, behind the API's keys; and its session manager."""
-    from mcp.server.transport_security import TransportSecuritySettings
-
-    from mmrag.mcp_server import build_server
-
-    server = build_server(services, use_keys=settings.api.auth)
-    loopback = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
-    # Stateless: any worker can answer any request (several workers share no session table).
-    # With keys on, a DNS-rebinding page has no key to send, so Host is not checked (the API
-    # behind a proxy keeps working); without keys, only loopback names are let through.
-    server.streamable_http_app(
-        streamable_http_path="/mcp", stateless_http=True, json_response=True, max_request_body_size=32 * 1024 * 1024,
-        transport_security=TransportSecuritySettings(
-            enable_dns_rebinding_protection=not settings.api.auth, allowed_hosts=loopback,
-            allowed_origins=[f"http://{h}" for h in loopback]))
-    sessions = server.session_manager
-    return Route("/mcp", endpoint=_KeyedMcp(sessions, services), methods=["GET", "POST", "DELETE"]), sessions
-
-
 class _KeyedMcp:
-    """``/mcp``: refuses a missing, unknown or read-less key in the API's error shape, then hands over to MCP.
+    """``/mcp``: the MCP tools over streamable HTTP, behind the API's keys.
 
-    Each tool also checks that the key sees the collection it names (see :mod:`mmrag.mcp_server`).
+    A missing, unknown or read-less key is refused in the API's error shape before MCP sees the
+    request; each tool also checks that the key sees the collection it names (see
+    :mod:`mmrag.mcp_server`).
     """
 
-    def __init__(self, sessions: Any, services: Services) -> None:
-        self.sessions, self.services = sessions, services
+    def __init__(self, services: Services, settings: Settings) -> None:
+        from mmrag.mcp_server import build_server
+
+        self.services = services
+        self.server = build_server(services, use_keys=settings.api.auth)
+        self.sessions: Any = None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Serve MCP for one lifespan of the app (the SDK's session manager runs once, so each gets a new one)."""
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        loopback = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+        # Stateless: any worker can answer any request (several workers share no session table).
+        # With keys on, a DNS-rebinding page has no key to send, so Host is not checked (the API
+        # behind a proxy keeps working); without keys, only loopback names are let through.
+        self.server.streamable_http_app(
+            streamable_http_path="/mcp", stateless_http=True, json_response=True,
+            max_request_body_size=32 * 1024 * 1024,
+            transport_security=TransportSecuritySettings(
+                enable_dns_rebinding_protection=not self.services.settings.api.auth, allowed_hosts=loopback,
+                allowed_origins=[f"http://{h}" for h in loopback]))
+        sessions = self.server.session_manager
+        async with sessions.run():
+            self.sessions = sessions
+            try:
+                yield
+            finally:
+                self.sessions = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if self.services.settings.api.auth:
@@ -125,6 +134,12 @@ class _KeyedMcp:
                 response = _error_response(self.services, exc, scope.get("method", ""), scope.get("path", ""))
                 await response(scope, receive, send)
                 return
+        if self.sessions is None:
+            from mmrag.errors import ModelUnavailableError
+
+            exc = ModelUnavailableError("the MCP endpoint is not running (the server is starting or stopping)")
+            await _error_response(self.services, exc, scope.get("method", ""), scope.get("path", ""))(scope, receive, send)
+            return
         await self.sessions.asgi_app(scope, receive, send)
 
 
