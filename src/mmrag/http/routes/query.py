@@ -34,6 +34,7 @@ from mmrag.http.schemas import (
 )
 from mmrag.http.services import Services
 from mmrag.images import query_image
+from mmrag.tracing import span
 from mmrag.types import Hit, ImageAsset, Query
 
 router = APIRouter(tags=["query"])
@@ -51,7 +52,8 @@ def search(body: SearchRequest, request: Request, key: ApiKey | None = Depends(r
     services = services_of(request)
     collection = _collection(services, key, body.collection)
     started = time.perf_counter()
-    hits = search_hits(services, collection, body, body.query)
+    with span("http.search", collection=collection):
+        hits = search_hits(services, collection, body, body.query)
     return SearchResponse(collection=collection, retriever=body.retriever,
                           hits=[hit_out(collection, h) for h in hits],
                           took_ms=round((time.perf_counter() - started) * 1000, 2))
@@ -69,16 +71,17 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
     services = services_of(request)
     collection = _collection(services, key, body.collection)
     started = time.perf_counter()
-    hits = search_hits(services, collection, body, body.question)
-    answerer = services.answerer(collection, model=body.model, k=body.k, retriever=body.retriever,
-                                 max_tokens=body.max_tokens, verify=body.verify)
-    llm_started = time.perf_counter()
-    if not body.stream:
-        result = answerer.answer(body.question, hits)
-        _record(services, result, llm_started)
-        return answer_out(result, collection, started)
-
-    deltas, holder = answerer.stream(body.question, hits)
+    # One root span per request: the search, the answer and the LLM call (streamed or not) nest in it.
+    with span("http.answer", collection=collection, stream=body.stream):
+        hits = search_hits(services, collection, body, body.question)
+        answerer = services.answerer(collection, model=body.model, k=body.k, retriever=body.retriever,
+                                     max_tokens=body.max_tokens, verify=body.verify)
+        llm_started = time.perf_counter()
+        if not body.stream:
+            result = answerer.answer(body.question, hits)
+            _record(services, result, llm_started)
+            return answer_out(result, collection, started)
+        deltas, holder = answerer.stream(body.question, hits)
 
     def events() -> Iterator[str]:
         for delta in deltas:
