@@ -7,7 +7,7 @@ export ANONYMIZED_TELEMETRY := False
 test: export HF_HUB_OFFLINE := 1
 test: export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench bench-query bench-scale clean
+.PHONY: install demo test bench bench-query bench-scale bench-ocr clean
 
 $(BIN)/mmrag: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench-query: install
 # Write, query, disk and RSS costs at 10k, 100k and 1M chunks (issue 9); hours on 2 cores, run it alone.
 bench-scale: install
 	$(BIN)/python eval/bench/scale.py
+
+# Scanned SciFact (OCR nDCG@10 against text, pages/s) and the --ocr auto overhead on text-layer PDFs.
+bench-ocr: install
+	$(BIN)/python eval/bench/ocr.py
 
 clean:
 	rm -rf .mmrag .demo .pytest_cache
