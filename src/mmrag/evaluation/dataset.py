@@ -1,8 +1,10 @@
 """Evaluation datasets: one JSONL line per query.
 
 Each line is ``{"id": ..., "query": "text"}`` and/or ``{"query_image": "path"}`` plus
-``"relevant": [doc ids]`` and, optionally, ``"reference": "a reference answer"``. Image paths are
-relative to the dataset file.
+``"relevant": [doc ids]`` and, optionally, ``"reference": "a reference answer"``. A line with
+``"answerable": false`` is a question the corpus cannot answer (its ``relevant`` may be empty): the
+right answer is an abstention, and it is left out of the rank metrics. Image paths are relative to
+the dataset file.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class EvalQuery:
     text: str | None = None
     image: str | None = None
     reference: str | None = None
+    answerable: bool = True
 
 
 def load_dataset(path: Path) -> list[EvalQuery]:
@@ -46,8 +49,11 @@ def load_dataset(path: Path) -> list[EvalQuery]:
         text, image = row.get("query"), row.get("query_image")
         if not text and not image:
             raise InvalidInputError(f"{where}: needs a 'query' (text) or 'query_image' (path)")
-        rel = row.get("relevant")
-        if not isinstance(rel, list) or not rel:
+        answerable = row.get("answerable", True)
+        if not isinstance(answerable, bool):
+            raise InvalidInputError(f"{where}: 'answerable' must be true or false")
+        rel = row.get("relevant", [] if not answerable else None)
+        if not isinstance(rel, list) or (answerable and not rel):
             raise InvalidInputError(f"{where}: 'relevant' must be a non-empty list of doc ids")
         reference = row.get("reference")
         if reference is not None and not isinstance(reference, str):
@@ -60,7 +66,7 @@ def load_dataset(path: Path) -> list[EvalQuery]:
             raise InvalidInputError(f"{where}: duplicate id {qid!r}")
         seen.add(qid)
         out.append(EvalQuery(id=qid, relevant=frozenset(map(str, rel)), text=text, image=image,
-                             reference=reference or None))
+                             reference=reference or None, answerable=answerable))
     if not out:
         raise InvalidInputError(f"{path}: no queries")
     return out

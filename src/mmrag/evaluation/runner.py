@@ -28,6 +28,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Coroutine, Sequence
 
 from mmrag.errors import InvalidInputError, MmragError
+from mmrag.evaluation.answers import ANSWER_PRODUCER
+from mmrag.evaluation.answers import METHODS as ANSWER_METHODS
+from mmrag.evaluation.answers import answer_scores
 from mmrag.evaluation.dataset import EvalQuery
 from mmrag.evaluation.ragas_metrics import JUDGE_METHODS, IdMetrics, Judge, image_data_uri
 from mmrag.evaluation.ranking import rank_documents, rank_metric_names, rank_scores
@@ -209,7 +212,8 @@ def _retrieve(searcher: Any, queries: Sequence[EvalQuery], config: EvalConfig,
         except MmragError as exc:
             _fail(row, "retrieval", exc)
         ranked = [h.doc_id for h in hits]
-        row["scores"].update(rank_scores(ranked, q.relevant, config.k))
+        if q.relevant:  # an unanswerable query has no gold document to rank
+            row["scores"].update(rank_scores(ranked, q.relevant, config.k))
         row["retrieved"] = [_item(h, q.relevant) for h in hits[: config.k]]
         rows.append(row)
         all_hits.append(hits)
@@ -219,6 +223,8 @@ def _retrieve(searcher: Any, queries: Sequence[EvalQuery], config: EvalConfig,
 
 async def _id_scores(metrics: IdMetrics, queries: Sequence[EvalQuery], rows: list[dict[str, Any]]) -> None:
     for q, row in zip(queries, rows):
+        if not q.relevant:
+            continue
         try:
             row["scores"].update(await metrics.ascore([r["doc_id"] for r in row["retrieved"]], sorted(q.relevant)))
         except MmragError as exc:
@@ -237,6 +243,9 @@ def _answer(answerer: Any, q: EvalQuery, hits: list[Hit], row: dict[str, Any]) -
                      "citations": [c.doc_id for c in answer.citations],
                      "contexts": [b.content for b in answer.blocks], "latency_s": time.perf_counter() - t}
     row["scores"]["abstained"] = 1.0 if answer.abstained else 0.0
+    row["answerable"] = q.answerable
+    row["scores"].update(answer_scores(row["answer"], reference=q.reference, relevant=q.relevant,
+                                       answerable=q.answerable))
     return answer
 
 
@@ -302,6 +311,12 @@ def _summarise(rows: list[dict[str, Any]], config: EvalConfig, judge: Judge | No
     info["context_recall"] = (IdMetrics.producer, "ragas IDBasedContextRecall over the top-k doc ids")
     if config.answer:
         info["abstention_rate"] = (GUARD_PRODUCER, "share of answered queries where the answer abstained")
+        # Only the answer metrics some row has: a dataset without references or unanswerable
+        # questions gets no empty columns (and a gate on a missing metric fails, as it should).
+        present = {k for r in rows for k in r["scores"]}
+        for name, method in ANSWER_METHODS.items():
+            if name in present:
+                info[name] = (ANSWER_PRODUCER, method)
     if hallucination_producer:
         method = ("answers (abstentions excluded) with a ragas faithfulness below 1" if judge is not None
                   else "answers (abstentions excluded) with a sentence the retrieved context does not support")
