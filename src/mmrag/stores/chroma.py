@@ -40,7 +40,10 @@ def _translate(action: str) -> Iterator[None]:
 
 
 #: HTTP statuses a Chroma server (or a proxy before it) answers when it is overloaded or restarting.
-_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+#: Not 500: chromadb gives its ``InternalError`` (embedded too) code 500, and that is what a full
+#: disk raises; a write that cannot succeed must fail at once with the data dir's error, not after
+#: 30 s of retries per batch.
+_TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 
 
 def _is_transient(exc: BaseException) -> bool:
