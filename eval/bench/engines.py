@@ -47,13 +47,13 @@ def build_corpus(root: Path, images: int, records: int, pdfs: int) -> dict[str, 
     for i, src in enumerate(paths):  # copies: every image is its own document
         shutil.copy(src, root / "images" / f"img{i:05d}{Path(src).suffix.lower()}")
     lines, text_source = [], "generated"
-    corpus = SCIFACT_DIR / "corpus.jsonl"
-    if corpus.is_file():
-        with corpus.open() as f:
+    for part in sorted(SCIFACT_DIR.glob("corpus*.jsonl")) if SCIFACT_DIR.is_dir() else []:
+        with part.open() as f:
             for line in f:
                 if len(lines) >= records:
                     break
                 lines.append(line.rstrip("\n"))
+    if lines:
         text_source = f"{len(lines)} SciFact abstracts"
     while len(lines) < records:
         i = len(lines)

@@ -50,9 +50,7 @@ def _texts(n: int) -> list[str]:
 def measure(device: str, images: Sequence[str], texts: Sequence[str], batch: int) -> dict[str, Any]:
     import torch
 
-    from mmrag.embedders.openclip import ClipSpec, OpenClipEmbedder
-    from mmrag.embedders.sentence import SentenceTransformerEmbedder, offline_minilm_dir
-    from mmrag.types import ImageAsset
+    from mmrag import ClipSpec, ImageAsset, OpenClipEmbedder, SentenceTransformerEmbedder, offline_minilm_dir
 
     torch.manual_seed(0)
     clip = OpenClipEmbedder(ClipSpec(model="ViT-B-32", pretrained=None, batch_size=batch, device=device))

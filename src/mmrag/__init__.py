@@ -8,7 +8,7 @@ Public API::
 from mmrag.chunking import ChunkSpec, SentenceChunker
 from mmrag.config import Settings
 from mmrag.embedders.openclip import ClipSpec, OpenClipEmbedder
-from mmrag.embedders.sentence import SentenceTransformerEmbedder
+from mmrag.embedders.sentence import SentenceTransformerEmbedder, offline_minilm_dir
 from mmrag.stores.chroma import ChromaStore, open_client
 from mmrag.errors import (
     ConfigError,
@@ -57,6 +57,6 @@ __all__ = [
     "Indexer", "IngestSummary", "InvalidInputError", "KnowledgeBase", "LoadError", "MissingDependencyError",
     "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "Query", "Record", "SearchFilter", "Searcher",
     "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "configure_logging", "evaluate_retrieval",
-    "load_dataset", "ndcg_at", "precision_at", "resolve_models", "rrf",
+    "load_dataset", "ndcg_at", "offline_minilm_dir", "precision_at", "resolve_models", "rrf",
 ]
 __version__ = "0.1.0"
