@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping, Union
+from typing import Any, Literal, Mapping, Union
 
 MetaValue = Union[str, int, float, bool]
 Metadata = Mapping[str, MetaValue]
@@ -81,9 +81,28 @@ class Chunk:
 
     @property
     def embed_text(self) -> str:
-        """What the text model embeds: the text, after its section path when it has one."""
-        section = self.metadata.get("section")
-        return f"{section}\n{self.text}" if section else self.text
+        """What the text model embeds (see :func:`embedding_text`)."""
+        return embedding_text(self.text, self.metadata)
+
+
+def embedding_text(text: str, metadata: Mapping[str, Any]) -> str:
+    """What the text model embeds for a chunk: its text, after its section path when it has one.
+
+    A chunk deep in a section loses its heading ("Installation > Linux") to chunking; the path
+    puts it back. A chunk that already starts with its section's own heading gets no prefix.
+
+        >>> embedding_text("pip install mmrag", {"section": "Setup > Linux"})
+        'Setup > Linux\\npip install mmrag'
+        >>> embedding_text("# Linux\\n\\npip install", {"section": "Setup > Linux"})
+        '# Linux\\n\\npip install'
+    """
+    section = metadata.get("section")
+    if not section:
+        return text
+    heading = str(section).rsplit(" > ", 1)[-1].strip()
+    if text.lstrip("#* \t\n").startswith(heading):
+        return text
+    return f"{section}\n{text}"
 
 
 @dataclass(frozen=True)
