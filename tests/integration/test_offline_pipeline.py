@@ -59,6 +59,7 @@ def test_another_model_is_refused_with_how_to_reindex(sample_kb: KnowledgeBase) 
 
 
 def test_html_noise_is_dropped(sample_kb: KnowledgeBase) -> None:
-    texts = [t for _, _, t in sample_kb.raw_store("text").iter_all(include=("metadatas", "documents"))]
-    faq = " ".join(t for t in texts if t and "Visitor FAQ" in t)
-    assert "parking" in faq.lower() and "console.log" not in faq
+    rows = sample_kb.raw_store("text").iter_all(include=("metadatas", "documents"))
+    faq = " ".join(t or "" for _, meta, t in rows if meta["doc_id"] == "visitor-faq.html")
+    assert "parking" in faq.lower() and "Visitor FAQ" in faq
+    assert "console.log" not in faq and "Home | Visitors" not in faq

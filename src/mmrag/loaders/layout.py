@@ -150,7 +150,8 @@ def markdown_sections(text: str) -> list[TextBlock]:
     """Split Markdown at its ATX headings (``#`` to ``######``, outside code fences).
 
     Each block runs from a heading to the next one and carries the path of headings above it.
-    The heading line stays in its block's text, so offsets and what is shown are unchanged.
+    The heading line stays in its block's text, so offsets and what is shown are unchanged. A
+    heading with nothing under it before the next heading joins that one's block.
     """
     blocks: list[TextBlock] = []
     path = SectionPath()
@@ -169,8 +170,11 @@ def markdown_sections(text: str) -> list[TextBlock]:
         offset += len(line) + 1
     cuts.append((len(text), section))
     begin = 0
-    for end, sec in cuts:
+    for n, (end, sec) in enumerate(cuts):
         chunk = text[begin:end]
+        lines = [line for line in chunk.split("\n") if line.strip()]
+        if n < len(cuts) - 1 and all(_MD_HEADING.match(line) for line in lines):
+            continue  # headings alone open the next block (no chunk of a bare title)
         if chunk.strip():
             blocks.append(TextBlock(text=chunk, metadata=section_meta(sec)))
         begin = end

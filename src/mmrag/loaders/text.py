@@ -228,13 +228,22 @@ def _html_blocks(soup: object) -> list[TextBlock]:
     path = SectionPath()
     blocks: list[TextBlock] = []
     section: str | None = None
+    headings: set[str] = set()  # heading lines in the sink since the last cut
 
     def cut() -> None:
         sink.flush()
+        if all(not line or line in headings for line in sink.lines):
+            return  # only headings so far: they open the next block (no chunk of a bare title)
         text = tidy_blank_lines("\n".join(sink.lines))
         sink.lines = []
+        headings.clear()
         if text:
             blocks.append(TextBlock(text=text, metadata=section_meta(section)))
+
+    def last_cut() -> None:
+        sink.flush()
+        headings.clear()  # a document of headings alone is still its text
+        cut()
 
     assert isinstance(soup, Tag)
     # Iterative walk: deeply nested (hostile) HTML must not hit the recursion limit.
@@ -251,8 +260,10 @@ def _html_blocks(soup: object) -> list[TextBlock]:
                 continue
             if node.name in _HEADINGS:
                 cut()
-                path.enter(int(node.name[1]), node.get_text(" "))
+                title = node.get_text(" ")
+                path.enter(int(node.name[1]), title)
                 section = path.text()
+                headings.add(" ".join(title.split()))
             if node.name == "table":
                 rows = _table_rows(node)
                 parts = table_blocks(rows, section=section) if rows else []
@@ -265,7 +276,7 @@ def _html_blocks(soup: object) -> list[TextBlock]:
         elif type(node) in (NavigableString, CData):
             # Other NavigableString subclasses are comments, doctypes and processing instructions.
             sink.text(str(node))
-    cut()
+    last_cut()
     return blocks
 
 
