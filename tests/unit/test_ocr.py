@@ -48,13 +48,17 @@ def test_a_picture_of_text_gets_an_ocr_block(tmp_path: Path) -> None:
     assert block.text.index("4821") < block.text.index("317")
     assert len(_words(block.text) & _words(" ".join(LINES))) >= 8
     assert doc.images[0].path == str(tmp_path / "scan.png")  # CLIP still sees the picture
-    assert doc.stats["ocr_images"] == 1 and doc.stats["ocr_seconds"] > 0
+    assert doc.stats["ocr_images"] == 1 and doc.stats["ocr_previews"] == 1 and doc.stats["ocr_seconds"] > 0
 
 
 def test_a_picture_without_text_has_no_text_and_never_means_never(tmp_path: Path) -> None:
     photo = Image.radial_gradient("L").resize((400, 300)).convert("RGB")
     photo.save(tmp_path / "photo.jpg")
-    assert _load(tmp_path / "photo.jpg").texts == ()
+    doc = _load(tmp_path / "photo.jpg")
+    # auto: the detector's preview found no text, so the picture was never read in full
+    assert doc.texts == () and doc.stats.get("ocr_previews") == 1 and "ocr_images" not in doc.stats
+    always = _load(tmp_path / "photo.jpg", ocr="always")
+    assert always.stats.get("ocr_images") == 1 and "ocr_previews" not in always.stats
     text_page(LINES).save(tmp_path / "scan.png")
     doc = _load(tmp_path / "scan.png", ocr="never")
     assert doc.texts == () and doc.stats == {}

@@ -7,7 +7,7 @@ import re
 
 from mmrag.errors import LoadError
 from mmrag.loaders._common import FileRef, LoaderLimits, describe, flat_metadata
-from mmrag.loaders.ocr import OcrError, OcrStats, keep_text, ocr_block, read_text
+from mmrag.loaders.ocr import OcrError, OcrStats, keep_text, ocr_block, read_if_text
 from mmrag.types import Document, ImageAsset, TextBlock
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,9 @@ def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docu
 
 def _ocr(path: str, img: object, mode: str, stats: OcrStats) -> tuple[TextBlock, ...]:
     try:
-        result = read_text(img)
+        result = read_if_text(img, mode, stats)
     except OcrError as exc:
         log.warning("%s: OCR failed (%s); indexed as a picture only", path, exc)
         stats.failed += 1
         return ()
-    stats.images += 1
-    stats.seconds += result.seconds
-    return (ocr_block(result, None),) if keep_text(result, mode) else ()
+    return (ocr_block(result, None),) if result is not None and keep_text(result, mode) else ()

@@ -44,6 +44,12 @@ UNCLIP_RATIO = 2.0
 UPSCALE_BELOW = 1000
 #: Lines the recogniser is less sure of than this are dropped (RapidOCR's own default is 0.5).
 MIN_LINE_SCORE = 0.5
+#: ``--ocr auto`` first runs the detector alone on the image shrunk to this long side (a
+#: preview), and reads it in full only when the preview finds enough text. Measured on the
+#: 2-core machine: 0.09 s a COCO photo instead of 1.1 s for a full read (which upscales it for
+#: the detector); every page image, table picture and scanned PDF page of ingest_docs still
+#: showed 13-87% text area at 512 px, where at 384 px one table picture showed none.
+PREVIEW_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -94,25 +100,51 @@ class RapidOcrEngine:
         self.threads = threads
         self.use_cls = use_cls
         self._engine: Any = None
+        self._preview: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"threads": self.threads, "use_cls": self.use_cls, "_engine": None}
+        return {"threads": self.threads, "use_cls": self.use_cls, "_engine": None, "_preview": None}
+
+    def _build(self, **options: Any) -> Any:
+        try:
+            from rapidocr_onnxruntime import RapidOCR
+        except ImportError as exc:  # pragma: no cover - it is a core dependency
+            raise OcrError("OCR needs the rapidocr-onnxruntime package: pip install mmrag") from exc
+        return RapidOCR(intra_op_num_threads=self.threads, inter_op_num_threads=1, use_cls=self.use_cls,
+                        det_unclip_ratio=UNCLIP_RATIO, **options)
 
     def _get(self) -> Any:
         if self._engine is None:
-            try:
-                from rapidocr_onnxruntime import RapidOCR
-            except ImportError as exc:  # pragma: no cover - it is a core dependency
-                raise OcrError("OCR needs the rapidocr-onnxruntime package: pip install mmrag") from exc
-            self._engine = RapidOCR(
-                intra_op_num_threads=self.threads,
-                inter_op_num_threads=1,
-                text_score=MIN_LINE_SCORE,
-                use_cls=self.use_cls,
-                rec_batch_num=REC_BATCH,
-                det_unclip_ratio=UNCLIP_RATIO,
-            )
+            self._engine = self._build(text_score=MIN_LINE_SCORE, rec_batch_num=REC_BATCH)
         return self._engine
+
+    def text_share(self, image: Any) -> tuple[float, float]:
+        """The share of ``image`` the detector alone finds text in, on a :data:`PREVIEW_SIDE` preview.
+
+        Returns:
+            ``(share, seconds)``: the text boxes' area over the preview's (0..1), and the time taken.
+
+        Raises:
+            OcrError: If the engine fails on this image.
+        """
+        if self._preview is None:
+            # "max": the detector keeps the preview's size (RapidOCR's "min" default would
+            # upscale it to 736 px on its short side, which is what makes a full read slow).
+            self._preview = self._build(det_limit_type="max")
+        small = image.convert("RGB") if image.mode != "RGB" else image.copy()
+        small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+        started = time.perf_counter()
+        try:
+            boxes, _ = self._preview(small, use_det=True, use_cls=False, use_rec=False)
+        except Exception as exc:  # onnxruntime/OpenCV raise many types; one image fails, not the run
+            raise OcrError(f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - started
+        area = 0.0
+        for points in boxes or ():
+            xs = [float(p[0]) for p in points]
+            ys = [float(p[1]) for p in points]
+            area += (max(xs) - min(xs)) * (max(ys) - min(ys))
+        return min(1.0, area / (small.width * small.height)), seconds
 
     def read(self, image: Any) -> OcrResult:
         """Read the text in ``image`` (a PIL image).
@@ -226,14 +258,40 @@ class OcrStats:
 
     pages: int = 0
     images: int = 0
+    previews: int = 0
     failed: int = 0
     seconds: float = 0.0
 
     def as_stats(self) -> dict[str, float]:
-        """The non-zero counters as ``ocr_pages``, ``ocr_images``, ``ocr_failed``, ``ocr_seconds``."""
-        values = {"ocr_pages": self.pages, "ocr_images": self.images, "ocr_failed": self.failed,
-                  "ocr_seconds": round(self.seconds, 3)}
+        """The non-zero counters as ``ocr_pages``, ``ocr_images``, ``ocr_previews``, ``ocr_failed``, ``ocr_seconds``."""
+        values = {"ocr_pages": self.pages, "ocr_images": self.images, "ocr_previews": self.previews,
+                  "ocr_failed": self.failed, "ocr_seconds": round(self.seconds, 3)}
         return {key: float(value) for key, value in values.items() if value}
+
+
+def read_if_text(image: Any, mode: str, stats: OcrStats, engine: RapidOcrEngine | None = None) -> OcrResult | None:
+    """OCR ``image`` under ``mode`` (``auto`` or ``always``), counting the work in ``stats``.
+
+    ``auto`` reads only an image whose preview (:meth:`RapidOcrEngine.text_share`) shows at
+    least :data:`MIN_TEXT_AREA` of text, so a photo costs a detector pass on 512 px, not a read.
+
+    Returns:
+        The full result, or ``None`` when the preview found too little text to read.
+
+    Raises:
+        OcrError: If the engine fails on this image.
+    """
+    engine = engine or default_engine()
+    if mode == "auto":
+        share, seconds = engine.text_share(image)
+        stats.previews += 1
+        stats.seconds += seconds
+        if share < MIN_TEXT_AREA:
+            return None
+    result = engine.read(image)
+    stats.images += 1
+    stats.seconds += result.seconds
+    return result
 
 
 def ocr_block(result: OcrResult, page: int | None, **extra: str | int | float | bool) -> TextBlock:
@@ -278,7 +336,7 @@ def ocr_images(
             with Image.open(io.BytesIO(image.read_bytes())) as img:
                 if min(img.size) < MIN_OCR_SIDE:
                     continue
-                result = read_text(img, engine)
+                result = read_if_text(img, mode, stats, engine)
         except OcrError as exc:
             log.warning("%s: OCR failed on embedded image %s (%s); its text is left out", path, image.name, exc)
             stats.failed += 1
@@ -288,8 +346,6 @@ def ocr_images(
                         type(exc).__name__, exc)
             stats.failed += 1
             continue
-        stats.images += 1
-        stats.seconds += result.seconds
-        if keep_text(result, mode):
+        if result is not None and keep_text(result, mode):
             blocks.append(ocr_block(result, image.page, ocr_image=image.name or f"image{image.index}"))
     return blocks
