@@ -139,11 +139,7 @@ class RapidOcrEngine:
         except Exception as exc:  # onnxruntime/OpenCV raise many types; one image fails, not the run
             raise OcrError(f"{type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - started
-        area = 0.0
-        for points in boxes or ():
-            xs = [float(p[0]) for p in points]
-            ys = [float(p[1]) for p in points]
-            area += (max(xs) - min(xs)) * (max(ys) - min(ys))
+        area = sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in (_bbox(points) for points in boxes or ()))
         return min(1.0, area / (small.width * small.height)), seconds
 
     def read(self, image: Any) -> OcrResult:
@@ -170,11 +166,15 @@ class RapidOcrEngine:
         return _result(lines, rgb.size, seconds)
 
 
-def _line(item: Sequence[Any]) -> OcrLine:
-    points, text, score = item[0], str(item[1]), float(item[2])
+def _bbox(points: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    """The axis-aligned box ``(x0, y0, x1, y1)`` around a detector polygon."""
     xs = [float(p[0]) for p in points]
     ys = [float(p[1]) for p in points]
-    return OcrLine(text=text.strip(), confidence=score, box=(min(xs), min(ys), max(xs), max(ys)))
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _line(item: Sequence[Any]) -> OcrLine:
+    return OcrLine(text=str(item[1]).strip(), confidence=float(item[2]), box=_bbox(item[0]))
 
 
 def _result(lines: tuple[OcrLine, ...], size: tuple[int, int], seconds: float) -> OcrResult:

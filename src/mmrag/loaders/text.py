@@ -230,20 +230,15 @@ def _html_blocks(soup: object) -> list[TextBlock]:
     section: str | None = None
     headings: set[str] = set()  # heading lines in the sink since the last cut
 
-    def cut() -> None:
+    def cut(final: bool = False) -> None:
         sink.flush()
-        if all(not line or line in headings for line in sink.lines):
+        if not final and all(not line or line in headings for line in sink.lines):
             return  # only headings so far: they open the next block (no chunk of a bare title)
         text = tidy_blank_lines("\n".join(sink.lines))
         sink.lines = []
         headings.clear()
-        if text:
+        if text:  # at the end, headings alone are still the document's text
             blocks.append(TextBlock(text=text, metadata=section_meta(section)))
-
-    def last_cut() -> None:
-        sink.flush()
-        headings.clear()  # a document of headings alone is still its text
-        cut()
 
     assert isinstance(soup, Tag)
     # Iterative walk: deeply nested (hostile) HTML must not hit the recursion limit.
@@ -276,7 +271,7 @@ def _html_blocks(soup: object) -> list[TextBlock]:
         elif type(node) in (NavigableString, CData):
             # Other NavigableString subclasses are comments, doctypes and processing instructions.
             sink.text(str(node))
-    last_cut()
+    cut(final=True)
     return blocks
 
 
