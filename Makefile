@@ -4,10 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 export ANONYMIZED_TELEMETRY := False
 # Tests never reach a model hub (the demo may: it tries the default models first, then falls back).
-test: export HF_HUB_OFFLINE := 1
-test: export TRANSFORMERS_OFFLINE := 1
+test test-long test-all: export HF_HUB_OFFLINE := 1
+test test-long test-all: export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test bench bench-query bench-scale bench-ocr clean
+.PHONY: install demo test test-long test-all bench bench-query bench-scale bench-ocr clean
 
 $(BIN)/mmrag: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,7 +23,15 @@ install: $(BIN)/mmrag
 demo: install
 	$(BIN)/python ingest/demo.py
 
+# The fast tier (under 20 min on 2 cores): everything but the tests marked `long`.
 test: install
+	$(BIN)/python -m pytest -m "not long"
+
+# The long tier (about an hour on 2 cores): acceptance figures on real data, long property runs, Ray, soak.
+test-long: install
+	$(BIN)/python -m pytest -m long
+
+test-all: install
 	$(BIN)/python -m pytest
 
 bench: install

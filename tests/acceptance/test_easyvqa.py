@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from mmrag.cli import main
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

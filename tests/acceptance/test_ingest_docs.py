@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mmrag.cli import EXIT_PARTIAL, main
 from tests.conftest import shared
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared]
+pytestmark = [pytest.mark.slow, pytest.mark.shared, pytest.mark.long]
 
 BROKEN = {"pillow/Tests/images/broken.png", "pillow/Tests/images/truncated_image.png",
           "pillow/Tests/images/truncated_jpeg.jpg", "unstructured/example-docs/pdf/password.pdf"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 # Read at import: the autouse fixture in conftest.py clears MMRAG_* variables before each test.
 KILL_SEED = os.environ.get("MMRAG_KILL_SEED")
 N_IMAGES = 500

@@ -21,7 +21,7 @@ from mmrag.loaders import FileRef, LoaderLimits, load
 from mmrag.loaders.ocr import read_text
 from tests.conftest import shared
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared]
+pytestmark = [pytest.mark.slow, pytest.mark.shared, pytest.mark.long]
 
 DOCS = "unstructured/example-docs"
 FILES = [f"{DOCS}/pdf/loremipsum-flat.pdf", f"{DOCS}/img/layout-parser-paper-fast.jpg", f"{DOCS}/docx-tables.docx",

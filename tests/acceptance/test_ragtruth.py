@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from mmrag.cli import main
 from tests.conftest import REPO, shared
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared]
+pytestmark = [pytest.mark.slow, pytest.mark.shared, pytest.mark.long]
 
 
 def test_ragtruth_balanced_accuracy(tmp_path) -> None:  # type: ignore[no-untyped-def]

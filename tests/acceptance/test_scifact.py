@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from mmrag.cli import main
 from tests.conftest import REPO, shared
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared]
+pytestmark = [pytest.mark.slow, pytest.mark.shared, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from mmrag.cli import main
 from tests.conftest import free_port, wait_http
 from tests.faults.conftest import ChromaServer, child_env, marker
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 COLLECTION = "soak"
 SEARCHERS = 10

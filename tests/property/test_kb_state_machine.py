@@ -531,6 +531,7 @@ def test_knowledge_base_matches_its_model(zygote: Zygote) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_knowledge_base_matches_its_model_long_runs(zygote: Zygote) -> None:
     """A larger budget: longer histories (more edits between ingests, more kills)."""
     steps, events = _run(60, 30)

@@ -24,7 +24,7 @@ import pytest
 from tests.acceptance.test_kill_resume import _assert_same, _done_count, _snapshot
 from tests.conftest import SAMPLE_CORPUS
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.long]
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need mmrag[ray]")
 
 N_IMAGES = 300
