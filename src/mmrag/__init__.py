@@ -39,18 +39,19 @@ from mmrag.evaluation import (
     run_evaluation,
     write_reports,
 )
-from mmrag.answering import ABSTAIN_TEXT, Answer, Answerer, Citation
+from mmrag.answering import ABSTAIN_TEXT, ANSWER_MODES, Answer, Answerer, Citation
+from mmrag.extractive import AbstentionGate, Extractor
 from mmrag.indexing import Indexer, IngestSummary
 from mmrag.llms import Message
 from mmrag.llms.litellm import LiteLLMChatModel
 from mmrag.kb import KnowledgeBase
 from mmrag.logs import configure_logging
-from mmrag.registry import ModelChoice, answer_stop, build_chat_model, resolve_models
+from mmrag.registry import ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, resolve_models
 from mmrag.retrieval import SearchFilter, Searcher, rrf
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
 
 __all__ = [
-    "ABSTAIN_TEXT", "Answer", "Answerer", "Citation", "LiteLLMChatModel", "Message", "answer_stop", "build_chat_model",
+    "ABSTAIN_TEXT", "ANSWER_MODES", "AbstentionGate", "Answer", "Answerer", "Extractor", "Citation", "LiteLLMChatModel", "Message", "answer_mode", "answer_options", "answer_stop", "build_chat_model",
     "EvalConfig", "EvalRun", "JudgeConfig", "check_gates", "compare_runs", "evaluate_dataset", "load_report",
     "parse_gates", "run_evaluation", "write_reports",
     "Chunk", "ChunkSpec", "ChromaStore", "ClipSpec", "OpenClipEmbedder", "SentenceTransformerEmbedder", "open_client", "ConfigError", "Document", "EmbedderMismatchError", "EvalQuery", "Hit", "ImageAsset",

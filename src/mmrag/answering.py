@@ -25,6 +25,14 @@ own. How an answer is built:
    (:mod:`mmrag.verification`) judges each sentence of a supported answer against the context;
    unsupported sentences are marked (``verify_mode="mark"``) or dropped (``"drop"``; an answer
    with nothing left abstains). The verdict is on :attr:`Answer.verification`.
+
+**Answer modes** (``mode=``, :data:`ANSWER_MODES`). ``generate`` is the above. ``extractive`` asks no
+model: the context sentence closest to the question (:class:`~mmrag.extractive.Extractor`) is the
+answer, cited to its block. ``auto`` generates, then answers extractively when the generated reply
+fails the guard or the detector (a model that says it does not know is believed). With a
+:class:`~mmrag.extractive.AbstentionGate` (``gate=``), every mode first asks the calibrated gate
+whether the context holds an answer at all; a refusal is ``abstained:calibrated`` and
+:attr:`Answer.abstention` says why (probability, threshold, inputs).
 """
 
 from __future__ import annotations
@@ -40,8 +48,12 @@ from mmrag.tracing import span, start_span
 from mmrag.types import Hit, Query
 
 if TYPE_CHECKING:  # retrieval pulls in the knowledge base and its stores; only the type is needed
+    from mmrag.extractive import AbstentionGate, Extraction, Extractor, GateDecision
     from mmrag.retrieval import Searcher
     from mmrag.verification import HallucinationDetector
+
+#: How an answer is made (see the module docstring).
+ANSWER_MODES = ("generate", "extractive", "auto")
 
 ABSTAIN_TEXT = "I don't know: the knowledge base does not contain the answer."
 
@@ -60,6 +72,16 @@ _WORD = re.compile(r"[a-z0-9]+")
 _MODEL_ABSTAINS = re.compile(
     r"\b(i (do not|don't|dont) know|does not contain|doesn't contain|no information|not (mentioned|provided)"
     r"|cannot answer|can't answer|unable to answer)\b", re.IGNORECASE)
+
+
+def without_markers(text: str) -> str:
+    """``text`` with its ``[n]`` citation markers blanked, for a detector: markers are not claims.
+
+    Each marker becomes spaces of the same length, so sentence offsets into ``text`` still fit.
+    """
+    return _MARKER.sub(lambda m: " " * len(m.group(0)), text)
+
+
 _STOPWORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been being it its this that "
     "these those there here what which who whom whose when where why how do does did done not no yes so than "
@@ -110,6 +132,13 @@ class Answer:
     blocks: tuple[ContextBlock, ...] = ()
     #: The detector's verdict when the answer was verified: score, hallucinated, unsupported sentences.
     verification: dict[str, Any] | None = None
+    #: The calibrated gate's decision (``p_answerable``, ``threshold``, ``features``) when one ran.
+    abstention: dict[str, Any] | None = None
+    #: ``generate`` or ``extractive``: how the text was made (``auto`` ends as one of the two).
+    mode: str = "generate"
+    #: The extractor's signals (``block_cos``, ``coverage``, ``sentence_cos``) when an extractor ran:
+    #: the gate's inputs, kept for audits and for calibration (``eval/calibrate_abstention.py``).
+    signals: dict[str, float] | None = None
 
 
 class Answerer:
@@ -131,6 +160,11 @@ class Answerer:
             its answer and whose later lines ramble (the guard would reject the whole reply for them).
         verifier: a :class:`~mmrag.verification.HallucinationDetector` run on every supported answer.
         verify_mode: ``mark`` unsupported sentences, or ``drop`` them.
+        mode: ``generate``, ``extractive`` or ``auto`` (module docstring). ``extractive`` needs no
+            ``model``; ``extractive`` and ``auto`` need an ``extractor``, and ``auto`` a verifier
+            (the detector over the extractor's embedder when none is given).
+        extractor: an :class:`~mmrag.extractive.Extractor` (the knowledge base's text model).
+        gate: an :class:`~mmrag.extractive.AbstentionGate`; needs an ``extractor``.
 
     Example:
         >>> answerer = Answerer(LiteLLMChatModel("mmrag-local/smollm2-135m"), Searcher(kb))  # doctest: +SKIP
@@ -138,16 +172,30 @@ class Answerer:
         'eiffel.txt'
     """
 
-    def __init__(self, model: ChatModel, searcher: Searcher | None = None, *, k: int = 5,
+    def __init__(self, model: ChatModel | None, searcher: Searcher | None = None, *, k: int = 5,
                  retriever: str = "hybrid", budget_chars: int = 6000, max_block_chars: int = 1200,
                  min_score: float | None = None, min_support: float = 0.5, max_tokens: int = 256,
                  stop: Sequence[str] | None = None, verifier: HallucinationDetector | None = None,
-                 verify_mode: str = "mark") -> None:
+                 verify_mode: str = "mark", mode: str = "generate", extractor: Extractor | None = None,
+                 gate: AbstentionGate | None = None) -> None:
         if budget_chars < 100 or max_block_chars < 50:
             raise InvalidInputError("budget_chars must be >= 100 and max_block_chars >= 50")
         if verify_mode not in ("mark", "drop"):
             raise InvalidInputError(f"verify_mode must be mark or drop, got {verify_mode!r}")
+        if mode not in ANSWER_MODES:
+            raise InvalidInputError(f"answer mode must be one of {', '.join(ANSWER_MODES)}, got {mode!r}")
+        if mode != "generate" and extractor is None:
+            raise InvalidInputError(f"answer mode {mode!r} needs an extractor (the text model)")
+        if mode != "extractive" and model is None:
+            raise InvalidInputError(f"answer mode {mode!r} needs a chat model")
+        if gate is not None and extractor is None:
+            raise InvalidInputError("the abstention gate needs an extractor (its inputs come from the text model)")
+        if mode == "auto" and verifier is None:
+            from mmrag.verification import HallucinationDetector
+
+            verifier = HallucinationDetector(extractor.embedder)  # type: ignore[union-attr]
         self.verifier, self.verify_mode = verifier, verify_mode
+        self.mode, self.extractor, self.gate = mode, extractor, gate
         self.model = model
         self.searcher = searcher
         self.k, self.retriever = k, retriever
@@ -162,6 +210,11 @@ class Answerer:
             raise InvalidInputError("This Answerer has no searcher: pass hits to answer()")
         return self.searcher.search(Query(text=question, image=image), self.k, retriever=self.retriever)
 
+    @property
+    def model_name(self) -> str:
+        """The chat model's name, or the extractor's for an extractive answerer."""
+        return self.model.name if self.model is not None else self.extractor.name  # type: ignore[union-attr]
+
     def answer(self, question: str, hits: Sequence[Hit] | None = None, *, image: Any = None) -> Answer:
         """Answer ``question`` from ``hits`` (or from a fresh search when ``hits`` is None).
 
@@ -171,42 +224,54 @@ class Answerer:
         """
         question = _require(question)
         collection = self.searcher.kb.collection if self.searcher is not None else None
-        with span("answer", collection=collection, retriever=self.retriever, k=self.k) as traced:
+        with span("answer", collection=collection, retriever=self.retriever, k=self.k, mode=self.mode) as traced:
             hits = list(hits) if hits is not None else self.retrieve(question, image)
             blocks = self.pack(hits)
-            early = self._precheck(question, hits, blocks)
+            early, extraction, decision = self._prepare(question, hits, blocks)
             if early is not None:
                 traced.set_attributes(hits=len(hits), blocks=len(blocks), guard=early.guard)
                 return early
-            with span("llm", collection=collection, model=self.model.name, blocks=len(blocks)) as llm:
-                completion = self.model.complete(self.messages(question, blocks, image), **self._opts())
-                llm.set_attributes(response_model=completion.model, prompt_tokens=completion.usage.prompt_tokens,
-                                   completion_tokens=completion.usage.completion_tokens)
-            result = self.finish(question, blocks, completion.text, completion.model, completion.usage)
+            if self.mode == "extractive":
+                result = self._extracted(question, blocks, extraction, decision)
+            else:
+                chat: ChatModel = self.model  # type: ignore[assignment]
+                with span("llm", collection=collection, model=chat.name, blocks=len(blocks)) as llm:
+                    completion = chat.complete(self.messages(question, blocks, image), **self._opts())
+                    llm.set_attributes(response_model=completion.model,
+                                       prompt_tokens=completion.usage.prompt_tokens,
+                                       completion_tokens=completion.usage.completion_tokens)
+                result = self._settle(self.finish(question, blocks, completion.text, completion.model,
+                                                  completion.usage), blocks, extraction, decision)
             traced.set_attributes(hits=len(hits), blocks=len(blocks), citations=len(result.citations),
                                   guard=result.guard, abstained=result.abstained)
             return result
 
     def stream(self, question: str, hits: Sequence[Hit] | None = None, *,
                image: Any = None) -> tuple[Iterator[str], "AnswerHolder"]:
-        """Stream the model's raw reply; the checked :class:`Answer` is in the holder at the end.
+        """Stream the reply; the checked :class:`Answer` is in the holder at the end.
 
-        The guard can only judge a whole reply, so a streamed reply may still end as an abstention:
-        callers print the deltas, then :attr:`AnswerHolder.answer` (``abstained``, citations).
+        The guard can only judge a whole reply, so a streamed reply may still end as an abstention
+        (or, in ``auto`` mode, as the extractive answer): callers print the deltas, then
+        :attr:`AnswerHolder.answer` (``abstained``, ``guard``, citations). An extractive answer streams
+        word by word.
         """
         question = _require(question)
         hits = list(hits) if hits is not None else self.retrieve(question, image)
         blocks = self.pack(hits)
         holder = AnswerHolder()
-        early = self._precheck(question, hits, blocks)
+        early, extraction, decision = self._prepare(question, hits, blocks)
         if early is not None:
             holder.answer = early
             return iter((early.text,)), holder
+        if self.mode == "extractive":
+            holder.answer = self._extracted(question, blocks, extraction, decision)
+            return iter(re.findall(r"\S+\s*", holder.answer.text)), holder
+        chat: ChatModel = self.model  # type: ignore[assignment]
         collection = self.searcher.kb.collection if self.searcher is not None else None
         # Not a `with`: the deltas are drawn later, maybe on another thread, so the span is ended by hand.
-        llm = start_span("llm", collection=collection, model=self.model.name, blocks=len(blocks), stream=True)
+        llm = start_span("llm", collection=collection, model=chat.name, blocks=len(blocks), stream=True)
         try:
-            stream: CompletionStream = self.model.stream(self.messages(question, blocks, image), **self._opts())
+            stream: CompletionStream = chat.stream(self.messages(question, blocks, image), **self._opts())
         except BaseException:
             llm.end()
             raise
@@ -222,8 +287,9 @@ class Answerer:
                 llm.end()
             done = stream.completion
             text = done.text if done else ""
-            holder.answer = self.finish(question, blocks, text, done.model if done else self.model.name,
-                                        done.usage if done else Usage())
+            checked = self.finish(question, blocks, text, done.model if done else chat.name,
+                                  done.usage if done else Usage())
+            holder.answer = self._settle(checked, blocks, extraction, decision)
 
         return deltas(), holder
 
@@ -286,8 +352,7 @@ class Answerer:
 
         from mmrag.verification import mark_unsupported
 
-        # [n] markers are not claims: blank them (same length, so sentence offsets still fit).
-        plain = _MARKER.sub(lambda m: " " * len(m.group(0)), answer.text)
+        plain = without_markers(answer.text)
         verdict = self.verifier.verify([b.content for b in blocks], plain, answer.question)  # type: ignore[union-attr]
         info = {"score": round(verdict.score, 4), "hallucinated": verdict.hallucinated, "mode": self.verify_mode,
                 "unsupported": [{"text": answer.text[u.start:u.end], "start": u.start, "end": u.end,
@@ -336,11 +401,67 @@ class Answerer:
 
     def _precheck(self, question: str, hits: Sequence[Hit], blocks: Sequence[ContextBlock]) -> Answer | None:
         if not blocks:
-            return Answer(question, ABSTAIN_TEXT, (), True, "abstained:no_context", self.model.name)
+            return Answer(question, ABSTAIN_TEXT, (), True, "abstained:no_context", self.model_name)
         if self.min_score is not None and max(h.score for h in hits) < self.min_score:
-            return Answer(question, ABSTAIN_TEXT, (), True, "abstained:low_score", self.model.name,
+            return Answer(question, ABSTAIN_TEXT, (), True, "abstained:low_score", self.model_name,
                           blocks=tuple(blocks))
         return None
+
+    def _prepare(self, question: str, hits: Sequence[Hit], blocks: Sequence[ContextBlock]
+                 ) -> tuple[Answer | None, Extraction | None, GateDecision | None]:
+        """The checks before any answer: no context, low score, then the extractor and the gate."""
+        early = self._precheck(question, hits, blocks)
+        if early is not None or self.extractor is None:
+            return early, None, None
+        collection = self.searcher.kb.collection if self.searcher is not None else None
+        with span("extract", collection=collection, blocks=len(blocks)) as traced:
+            extraction = self.extractor.extract(question, blocks)
+            traced.set_attributes(sentences=len(extraction.sentences) if extraction else 0)
+        if extraction is None or self.gate is None:
+            # No text block (an image-only context): the gate has no inputs; the answer cites the image.
+            return None, extraction, None
+        decision = self.gate.decide(extraction)
+        if decision.answer:
+            return None, extraction, decision
+        return (Answer(question, ABSTAIN_TEXT, (), True, "abstained:calibrated", self.model_name, blocks=tuple(blocks),
+                       abstention=decision.to_dict(), mode="extractive" if self.mode == "extractive" else "generate",
+                       signals=_signals(extraction)),
+                extraction, decision)
+
+    def _extracted(self, question: str, blocks: Sequence[ContextBlock], extraction: Extraction | None,
+                   decision: GateDecision | None, guard: str = "extractive") -> Answer:
+        """The extractive answer: its sentences with their [n] (or, with no text, the top image block)."""
+        by_n = {b.n: b for b in blocks}
+        if extraction is not None:
+            parts = [(by_n[x.block], x.text) for x in extraction.chosen or extraction.sentences[:1]]
+        else:
+            parts = [(blocks[0], blocks[0].content)]
+        text = " ".join(f"{sentence} [{block.n}]" for block, sentence in parts)
+        cited = list({block.n: block for block, _ in parts}.values())
+        answer = Answer(question, text, tuple(_citation(b) for b in cited), False, guard,
+                        self.extractor.name if self.extractor is not None else self.model_name,  # type: ignore[union-attr]
+                        Usage(), " ".join(sentence for _, sentence in parts), tuple(blocks), None,
+                        decision.to_dict() if decision else None, "extractive", _signals(extraction))
+        return self._verify(answer, blocks) if self.verifier is not None else answer
+
+    def _settle(self, answer: Answer, blocks: Sequence[ContextBlock], extraction: Extraction | None,
+                decision: GateDecision | None) -> Answer:
+        """Attach the gate's decision; in ``auto`` mode, replace a reply that failed its checks."""
+        from dataclasses import replace as _replace
+
+        answer = _replace(answer, abstention=decision.to_dict() if decision else None, signals=_signals(extraction))
+        if self.mode != "auto" or self.extractor is None or not blocks:
+            return answer
+        hallucinated = bool((answer.verification or {}).get("hallucinated"))
+        if answer.guard in ("abstained:unsupported", "abstained:unverified") or (hallucinated and not answer.abstained):
+            why = "hallucinated" if hallucinated else answer.guard.split(":", 1)[1]
+            fallback = self._extracted(answer.question, blocks, extraction, decision, f"extractive_fallback:{why}")
+            return _replace(fallback, raw_text=answer.raw_text, usage=answer.usage)
+        return answer
+
+
+def _signals(extraction: Extraction | None) -> dict[str, float] | None:
+    return {k: round(v, 6) for k, v in extraction.features().items()} if extraction is not None else None
 
 
 class _AlignedVerdict:

@@ -54,6 +54,27 @@ class LLMSettings(BaseModel):
     api_base: str | None = None
 
 
+class AnswerSettings(BaseModel):
+    """How answers are made, and when they are refused (see :mod:`mmrag.answering`).
+
+    ``mode``: ``generate`` (the chat model), ``extractive`` (the context sentence closest to the
+    question; no LLM) or ``auto`` (generate; the extractive answer when the generated one fails the
+    guard or the detector). None: ``extractive`` for the in-process offline model
+    (``mmrag-local/...``, whose generated answers are rarely right), ``generate`` for any other.
+    ``MMRAG_ANSWER__MODE=auto``.
+    """
+
+    mode: Literal["generate", "extractive", "auto"] | None = None
+    #: The calibrated abstention gate (:class:`~mmrag.extractive.AbstentionGate`). None: on for the
+    #: extractive and auto modes, off for generate (a capable model's own refusal is believed).
+    gate: bool | None = None
+    #: Refuse below this estimated probability that the context holds the answer; None: the
+    #: calibration's own threshold (0.5).
+    abstain_threshold: float | None = Field(None, gt=0, lt=1)
+    #: A calibration file written by ``eval/calibrate_abstention.py``; None: the one mmrag ships.
+    calibration: Path | None = None
+
+
 class ChunkSettings(BaseModel):
     """Chunk size and overlap in word/punctuation tokens."""
 
@@ -118,5 +139,6 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     chunk: ChunkSettings = ChunkSettings()
     llm: LLMSettings = LLMSettings()
+    answer: AnswerSettings = AnswerSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     api: ApiSettings = ApiSettings()

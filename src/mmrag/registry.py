@@ -87,6 +87,35 @@ def answer_stop(model: str) -> list[str] | None:
     return ["\n"] if model.startswith("mmrag-local/") else None
 
 
+def answer_mode(settings: Settings, model: str | None, mode: str | None = None) -> str:
+    """The answer mode for ``model``: ``mode`` if given, else the settings', else the default.
+
+    The default is ``extractive`` for the in-process offline model (``mmrag-local/...``: a 135M
+    model answers fluently and wrongly) and ``generate`` for any other.
+    """
+    chosen = mode or settings.answer.mode
+    if chosen:
+        return chosen
+    name = model or settings.llm.model
+    return "extractive" if name.startswith("mmrag-local/") else "generate"
+
+
+def answer_options(settings: Settings, text_embedder: Any, mode: str) -> dict[str, Any]:
+    """The :class:`~mmrag.answering.Answerer` keywords for ``mode``: its extractor and abstention gate.
+
+    Raises:
+        InvalidInputError: the configured calibration file is not one.
+    """
+    from mmrag.extractive import AbstentionGate, Extractor
+
+    opts: dict[str, Any] = {"mode": mode, "extractor": Extractor(text_embedder)}
+    gate = settings.answer.gate if settings.answer.gate is not None else mode != "generate"
+    if gate:
+        opts["gate"] = AbstentionGate.load(settings.answer.calibration, threshold=settings.answer.abstain_threshold)
+        opts["gate"].check_model(str(getattr(text_embedder, "name", "")))
+    return opts
+
+
 # -- stores -----------------------------------------------------------------------------------------
 def _chroma(client: Any, name: str, identity: Mapping[str, str | int] | None, owner: str | None,
             may_claim: bool) -> VectorStore:
