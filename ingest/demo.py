@@ -21,7 +21,8 @@ import urllib.request
 from pathlib import Path
 
 from mmrag import (Answerer, ImageAsset, Indexer, KnowledgeBase, MissingDependencyError, ModelUnavailableError, MmragError,
-                   Query, Searcher, Settings, answer_stop, build_chat_model, configure_logging, resolve_models)
+                   Query, Searcher, Settings, answer_mode, answer_options, answer_stop, build_chat_model,
+                   configure_logging, resolve_models)
 
 ROOT = Path(__file__).resolve().parent
 CORPUS = ROOT / "sample_corpus"
@@ -146,14 +147,18 @@ def main() -> int:
 
 def ask(settings: Settings, searcher: Searcher) -> bool:
     """Answer one question the corpus holds and one it does not, printing citations."""
+    mode = answer_mode(settings, None)
     try:
-        chat = build_chat_model(settings)
+        chat = build_chat_model(settings) if mode != "extractive" else None
+        answerer = Answerer(chat, searcher, k=5, retriever="hybrid", stop=answer_stop(chat.name) if chat else None,
+                            **answer_options(settings, searcher.kb.text, mode))
     except MmragError as exc:
-        print(f"\n!! no chat model: {exc}", file=sys.stderr)
+        print(f"\n!! no answer model: {exc}", file=sys.stderr)
         return False
-    answerer = Answerer(chat, searcher, k=5, retriever="hybrid", stop=answer_stop(chat.name))
-    print(f"\n>> answers ({chat.name}; a tiny offline model, so short and sometimes wrong: "
-          "the grounding check abstains rather than guess)")
+    how = ("the context sentence closest to the question, no LLM" if mode == "extractive"
+           else "a chat model, checked against the context")
+    print(f"\n>> answers ({answerer.model_name}; {mode}: {how}; a calibrated check says \"I don't know\" "
+          "when the knowledge base does not hold the answer)")
     for question in ("When does the building close on weekdays?", "Who won the 1998 football world cup?"):
         try:
             answer = answerer.answer(question)
@@ -161,6 +166,9 @@ def ask(settings: Settings, searcher: Searcher) -> bool:
             print(f"  Q: {question}\n  !! {type(exc).__name__}: {exc}")
             return False
         print(f"  Q: {question}\n  A: {answer.text}")
+        if answer.abstained and answer.abstention:
+            print(f"     (chance the context holds the answer: {answer.abstention['p_answerable']:.2f}, "
+                  f"below {answer.abstention['threshold']:.2f})")
         for c in answer.citations:
             page = f" p.{c.page}" if c.page is not None else ""
             print(f"     [{c.n}] {c.doc_id}{page} ({c.modality})")

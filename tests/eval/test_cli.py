@@ -86,3 +86,39 @@ def test_bad_gate_fails_before_the_run(tmp_path: Path) -> None:
                                        "--fail-under", "precision@10>0.3"])
     assert result.exit_code == 1 and "METRIC=VALUE" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_answer_metrics_reach_all_three_reports_and_gate_the_run(sample_kb: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    """Issue 14, acceptance 2: the answer metrics are in report.json/.md/.html and --fail-under gates them."""
+    root, data_dir = sample_kb
+    dataset = write_dataset(tmp_path, [
+        {"id": "hours", "query": "When does the building close on weekdays?", "relevant": ["visitor-faq.html"],
+         "reference": "18:00"},
+        {"id": "lift", "query": "When was the east lift back in service?", "relevant": ["maintenance-log.txt"],
+         "reference": "the year 1066"},  # not what the log says: this answer cannot contain it
+        {"id": "cup", "query": "Who won the 1998 football world cup?", "answerable": False},
+        {"id": "mercury", "query": "What is the boiling point of mercury in kelvin?", "answerable": False},
+    ])
+    out = tmp_path / "out"
+    passing = ["--fail-under", "contains_reference=0.5", "--fail-under", "abstention_recall=0.5",
+               "--fail-under", "cites_gold=0.5"]
+    result = _mmrag("eval", "run", str(dataset), "--out", str(out), *passing, data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["contains_reference"]["mean"] == 0.5 and metrics["contains_reference"]["n"] == 2
+    assert metrics["abstention_recall"]["mean"] == 1.0 and metrics["abstention_recall"]["n"] == 2
+    assert metrics["cites_gold"]["mean"] == 1.0
+    assert report["config"]["answer_mode"] == "extractive"
+    cup = next(r for r in report["rows"] if r["id"] == "cup")
+    assert cup["answer"]["guard"] == "abstained:calibrated" and cup["answer"]["abstention"]["p_answerable"] < 0.5
+    markdown = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for name in ("contains_reference", "exact_match", "token_f1", "abstention_recall", "cites_gold"):
+        assert f"| {name} |" in markdown and name in html, name
+
+    result = _mmrag("eval", "run", str(dataset), "--out", str(tmp_path / "gated"),
+                    "--fail-under", "contains_reference=0.9", data_dir=data_dir)
+    assert result.exit_code == 4, result.output
+    assert "failed gates: contains_reference" in result.stderr

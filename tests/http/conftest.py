@@ -54,6 +54,10 @@ def make_api(data_dir: Path, store_url: str | None, *, max_upload_mb: float = 1.
     settings = Settings(data_dir=data_dir, collection=f"default-{suffix}")
     settings.store.url = store_url
     settings.api.max_upload_mb = max_upload_mb
+    # The echo fake stands in for the configured (offline) model, whose default mode is extractive;
+    # these tests are about the generated path's plumbing. Extractive answers over real models are
+    # tested in tests/integration/test_serve.py.
+    settings.answer.mode = "generate"
     echo = EchoChatModel()
     services = Services(settings, clip=HashingEmbedder(16), text=HashingEmbedder(8),
                         chat_models={settings.llm.model: echo})

@@ -72,7 +72,12 @@ def test_openai_client_non_streamed_answer_has_citations(server: tuple[str, str]
     extra = reply.model_extra or {}
     assert "18" in text, text
     assert extra["citations"] and extra["citations"][0]["doc_id"] == "visitor-faq.html"
-    assert extra["mmrag"]["abstained"] is False
+    assert extra["mmrag"]["abstained"] is False and extra["mmrag"]["mode"] == "extractive"  # the offline default
+    # The chat model still answers when asked to (and its tokens are counted).
+    reply = client.chat.completions.create(
+        model="mmrag", messages=[{"role": "user", "content": "When does the building close on weekdays?"}],
+        extra_body={"answer_mode": "generate"})
+    assert (reply.model_extra or {})["mmrag"]["mode"] == "generate"
     assert reply.usage is not None and reply.usage.completion_tokens > 0
 
 
@@ -99,7 +104,9 @@ def test_openai_client_unanswerable_question_abstains(server: tuple[str, str]) -
     client = OpenAI(base_url=f"{url}/v1", api_key=token, timeout=120, max_retries=0)
     reply = client.chat.completions.create(
         model="mmrag", messages=[{"role": "user", "content": "Who won the 1998 football world cup?"}])
-    assert (reply.model_extra or {})["mmrag"]["abstained"] is True
+    verdict = (reply.model_extra or {})["mmrag"]
+    assert verdict["abstained"] is True and verdict["guard"] == "abstained:calibrated"
+    assert verdict["abstention"]["p_answerable"] < verdict["abstention"]["threshold"]  # and says why
     assert "don't know" in (reply.choices[0].message.content or "")
 
 

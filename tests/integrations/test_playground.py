@@ -68,7 +68,9 @@ def test_playground_in_chromium(sample_server: SampleServer, tmp_path: Path) -> 
                "'images/yellow-triangle.png' && li.querySelector('img.thumb').naturalWidth > 0; })()", 60)
         shots.append(b.screenshot(tmp_path / "2-search-by-image.png"))
 
-        # Ask: the answer streams (partial text while the stream is open), then its citation shows.
+        # Ask with the chat model: the answer streams (partial text while the stream is open), then its
+        # citation shows. (An extractive answer streams too, but too fast to catch between two polls.)
+        b.eval("document.querySelector('#mode').value = 'generate'")
         b.type("#question", DEMO_QUESTION)
         b.click("#ask")
         seen, deadline = [], time.monotonic() + 240

@@ -62,10 +62,12 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.mark.slow
-def test_one_answer_request_yields_linked_spans(sample_server: SampleServer, exporter: InMemorySpanExporter) -> None:
+@pytest.mark.parametrize("mode", ["generate", "extractive"])
+def test_one_answer_request_yields_linked_spans(sample_server: SampleServer, exporter: InMemorySpanExporter,
+                                                mode: str) -> None:
     exporter.clear()
     r = httpx.post(f"{sample_server.url}/v1/answer", headers=sample_server.auth(sample_server.reader), timeout=300,
-                   json={"question": DEMO_QUESTION, "verify": "mark"})
+                   json={"question": DEMO_QUESTION, "verify": "mark", "answer_mode": mode})
     assert r.status_code == 200, r.text
     spans = [s for s in exporter.get_finished_spans() if s.name.startswith("mmrag.")]
     by_name: dict[str, list[ReadableSpan]] = {}
@@ -81,12 +83,19 @@ def test_one_answer_request_yields_linked_spans(sample_server: SampleServer, exp
         return s.parent.span_id if s.parent else None
 
     root, search, fuse = one("mmrag.http.answer"), one("mmrag.search"), one("mmrag.fuse")
-    answer, llm, verify = one("mmrag.answer"), one("mmrag.llm"), one("mmrag.verify")
+    # Both modes extract first (the calibrated gate reads the extraction); only generate calls the LLM.
+    answer, extract, verify = one("mmrag.answer"), one("mmrag.extract"), one("mmrag.verify")
+    if mode == "extractive":
+        assert "mmrag.llm" not in by_name, sorted(by_name)
+        llm = extract
+    else:
+        llm = one("mmrag.llm")
     retrieves = by_name["mmrag.retrieve"]
     assert {s.context.trace_id for s in spans} == {root.context.trace_id}
     assert parent_of(search) == root.context.span_id and parent_of(answer) == root.context.span_id
     assert {parent_of(s) for s in [*retrieves, fuse]} == {search.context.span_id}
     assert parent_of(llm) == answer.context.span_id and parent_of(verify) == answer.context.span_id
+    assert parent_of(extract) == answer.context.span_id
     # Hybrid: one span per retriever, each with its count.
     assert sorted(s.attributes["mmrag.retriever"] for s in retrieves) == ["bm25", "clip", "text"]  # type: ignore[index]
     assert all(int(s.attributes["mmrag.hits"]) > 0 for s in retrieves)  # type: ignore[arg-type,index]
@@ -101,6 +110,10 @@ def test_one_answer_request_yields_linked_spans(sample_server: SampleServer, exp
     body = r.json()
     assert fuse.attributes["mmrag.candidates"] >= fuse.attributes["mmrag.hits"] > 0  # type: ignore[index,operator]
     assert answer.attributes["mmrag.citations"] == len(body["citations"])  # type: ignore[index]
-    assert llm.attributes["mmrag.completion_tokens"] == body["usage"]["completion_tokens"] > 0  # type: ignore[index]
+    assert body["mode"] == mode
+    if mode == "generate":
+        assert llm.attributes["mmrag.completion_tokens"] == body["usage"]["completion_tokens"] > 0  # type: ignore[index]
+    else:
+        assert extract.attributes["mmrag.sentences"] > 0 and body["usage"]["completion_tokens"] == 0  # type: ignore[index,operator]
     assert verify.attributes["mmrag.answers"] == 1  # type: ignore[index]
     assert root.end_time >= answer.end_time >= llm.end_time  # type: ignore[operator]

@@ -78,6 +78,8 @@ EXIT_REGRESSED = 4
 @click.option("--no-answer", is_flag=True, help="Score retrieval only (no answers, no hallucination rate).")
 @click.option("--answer-k", type=click.IntRange(1, 50), default=5, show_default=True,
               help="Top documents given to the answer model.")
+@click.option("--answer-mode", type=click.Choice(["generate", "extractive", "auto"]), default=None,
+              help="How answers are made (as `mmrag ask`). Default: extractive for the offline model, else generate.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N queries.")
 @click.option("--sample", type=click.IntRange(1), default=None,
               help="Answer (and judge) a random sample of N queries; retrieval is scored for all.")
@@ -99,7 +101,7 @@ EXIT_REGRESSED = 4
 @common_options
 @errors_to_click
 def eval_run(dataset: Path, out_dir: Path, k: int, retriever: str, model: str | None, no_answer: bool, answer_k: int,
-             limit: int | None, sample: int | None, seed: int, judge: str | None, judge_api_base: str | None,
+             answer_mode: str | None, limit: int | None, sample: int | None, seed: int, judge: str | None, judge_api_base: str | None,
              judge_timeout: float, judge_vision: bool | None, gates: tuple[str, ...], max_rows: int,
              as_json: bool, **opts: Any) -> None:
     """Evaluate DATASET.jsonl end to end and write HTML, JSON and Markdown reports to --out.
@@ -125,7 +127,8 @@ def eval_run(dataset: Path, out_dir: Path, k: int, retriever: str, model: str | 
     kb = open_kb(opts)
     run = evaluate_dataset(kb, dataset, config, answer_model=model or s.llm.model or DEFAULT_ANSWER_MODEL,
                            answer_timeout=s.llm.timeout, answer_retries=s.llm.num_retries, judge=judge_cfg,
-                           searcher=Searcher.from_settings(kb, s.retrieval), progress=None if as_json else _progress)
+                           searcher=Searcher.from_settings(kb, s.retrieval), progress=None if as_json else _progress,
+                           answer_mode=answer_mode, settings=s)
     paths = write_reports(run, out_dir, max_rows=max_rows)
     results = check_gates(run, parsed)
     failed = [r for r in results if not r.passed]

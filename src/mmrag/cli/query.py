@@ -90,31 +90,38 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="Check each sentence against the context with the offline hallucination detector.")
 @click.option("--drop-unsupported", is_flag=True,
               help="With --verify: drop unsupported sentences instead of marking them [unsupported].")
+@click.option("--answer-mode", type=click.Choice(["generate", "extractive", "auto"]), default=None,
+              help="generate (the chat model), extractive (the best context sentence, no LLM) or auto (generate, "
+                   "extractive when that fails verification). Default: extractive for the offline model, else generate.")
 @common_options
 @errors_to_click
 def ask(question: str, image: Path | None, model: str | None, k: int, stream: bool, verify: bool,
-        drop_unsupported: bool, as_json: bool, **opts: Any) -> None:
+        drop_unsupported: bool, answer_mode: str | None, as_json: bool, **opts: Any) -> None:
     """Answer QUESTION from the knowledge base, citing the documents it stands on.
 
-    With --verify, sentences the retrieved context does not support are marked (or dropped).
+    When the context does not hold the answer, it says so (and why). With --verify, sentences the
+    retrieved context does not support are marked (or dropped).
     """
     import dataclasses
 
     from mmrag.answering import Answerer
-    from mmrag.registry import answer_stop, build_chat_model
+    from mmrag.registry import answer_mode as resolve_mode
+    from mmrag.registry import answer_options, answer_stop, build_chat_model
     from mmrag.retrieval import Searcher
     from mmrag.types import ImageAsset
 
     s = settings_from(opts)
-    chat = build_chat_model(s, model)
+    mode = resolve_mode(s, model, answer_mode)
+    chat = build_chat_model(s, model) if mode != "extractive" else None
     kb = open_kb(opts)
     verifier = None
     if verify or drop_unsupported:
         from mmrag.verification import HallucinationDetector
 
         verifier = HallucinationDetector(kb.text)
-    answerer = Answerer(chat, Searcher.from_settings(kb, s.retrieval), k=k, retriever="hybrid", stop=answer_stop(chat.name),
-                        verifier=verifier, verify_mode="drop" if drop_unsupported else "mark")
+    answerer = Answerer(chat, Searcher.from_settings(kb, s.retrieval), k=k, retriever="hybrid",
+                        stop=answer_stop(chat.name) if chat else None, verifier=verifier,
+                        verify_mode="drop" if drop_unsupported else "mark", **answer_options(s, kb.text, mode))
     query_image = ImageAsset(path=str(image)) if image else None
     if stream and not as_json:
         deltas, holder = answerer.stream(question, image=query_image)
@@ -124,6 +131,8 @@ def ask(question: str, image: Path | None, model: str | None, k: int, stream: bo
         answer = holder.answer
         if answer is not None and answer.abstained:
             click.echo(f"(grounding check: {answer.guard}) {answer.text}")
+        elif answer is not None and answer.guard.startswith("extractive_fallback"):
+            click.echo(f"(generated answer failed verification; extractive answer) {answer.text}")
         elif answer is not None and answer.verification and answer.verification["unsupported"]:
             click.echo(f"(verification: {len(answer.verification['unsupported'])} unsupported sentence(s)) {answer.text}")
     else:
@@ -137,6 +146,11 @@ def ask(question: str, image: Path | None, model: str | None, k: int, stream: bo
         return
     if not stream:
         click.echo(answer.text)
+    if answer.abstained and answer.abstention:
+        gate = answer.abstention
+        signals = ", ".join(f"{k} {v:.2f}" for k, v in gate["features"].items())
+        click.echo(f"  (why: the chance that the context holds the answer is {gate['p_answerable']:.2f}, "
+                   f"below {gate['threshold']:.2f}; {signals})")
     for c in answer.citations:
         page = f" p.{c.page}" if c.page is not None else ""
         click.echo(f"  [{c.n}] {c.doc_id}{page} ({c.modality}) {c.source}")

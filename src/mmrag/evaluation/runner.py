@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Coroutine, Sequence
 
+from mmrag.answering import without_markers
 from mmrag.errors import InvalidInputError, MmragError
 from mmrag.evaluation.answers import ANSWER_PRODUCER
 from mmrag.evaluation.answers import METHODS as ANSWER_METHODS
@@ -173,7 +174,8 @@ def run_evaluation(searcher: Any, queries: Sequence[EvalQuery], config: EvalConf
         "failed_queries": sum(1 for r in rows if r["errors"]),
     }
     cfg = {**asdict(config), "judge": asdict(judge.config) if judge is not None else None,
-           "answer_model": getattr(getattr(answerer, "model", None), "name", None) if config.answer else None,
+           "answer_model": getattr(answerer, "model_name", None) if config.answer else None,
+           "answer_mode": getattr(answerer, "mode", None) if config.answer else None,
            "hallucination_producer": hallucination_producer}
     return EvalRun(dataset=dataset, config=cfg, metrics=metrics, rows=rows, counts=counts, timings=timings,
                    versions=_versions(), models=dict(models or {}),
@@ -241,7 +243,9 @@ def _answer(answerer: Any, q: EvalQuery, hits: list[Hit], row: dict[str, Any]) -
     row["answer"] = {"text": answer.text, "abstained": answer.abstained, "guard": answer.guard,
                      "model": answer.model, "raw_text": answer.raw_text,
                      "citations": [c.doc_id for c in answer.citations],
-                     "contexts": [b.content for b in answer.blocks], "latency_s": time.perf_counter() - t}
+                     "contexts": [b.content for b in answer.blocks], "latency_s": time.perf_counter() - t,
+                     "mode": getattr(answer, "mode", "generate"), "abstention": getattr(answer, "abstention", None),
+                     "signals": getattr(answer, "signals", None)}
     row["scores"]["abstained"] = 1.0 if answer.abstained else 0.0
     row["answerable"] = q.answerable
     row["scores"].update(answer_scores(row["answer"], reference=q.reference, relevant=q.relevant,
@@ -254,7 +258,7 @@ def _verify(detector: Any, q: EvalQuery, answer: Any, row: dict[str, Any]) -> No
         return  # an abstention makes no claim
     contexts = [b.content for b in answer.blocks]
     try:
-        verdict = detector.verify(contexts, answer.text, q.text)
+        verdict = detector.verify(contexts, without_markers(answer.text), q.text)
     except MmragError as exc:
         _fail(row, "verify", exc)
         return

@@ -19,7 +19,8 @@ DEFAULT_ANSWER_MODEL = "mmrag-local/smollm2-135m"
 def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), *,
                      answer_model: str = DEFAULT_ANSWER_MODEL, answer_timeout: float = 60.0,
                      answer_retries: int = 2, judge: JudgeConfig | None = None, detector: Any = "offline",
-                     searcher: Any = None, progress: Progress | None = None) -> EvalRun:
+                     searcher: Any = None, progress: Progress | None = None, answer_mode: str | None = None,
+                     settings: Any = None) -> EvalRun:
     """Evaluate ``dataset`` against the knowledge base ``kb``.
 
     Args:
@@ -37,6 +38,10 @@ def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), 
         searcher: a configured :class:`~mmrag.retrieval.Searcher` over ``kb`` (fusion weights...);
             None builds one with the defaults.
         progress: called with (stage, done, total).
+        answer_mode: ``generate``, ``extractive`` or ``auto``; None: the settings' choice, else the
+            default for ``answer_model`` (see :func:`mmrag.registry.answer_mode`).
+        settings: :class:`~mmrag.config.Settings` for the answer mode and the abstention gate;
+            None: the defaults.
 
     Raises:
         MissingDependencyError: ragas (the ``eval`` extra) is not installed.
@@ -50,18 +55,26 @@ def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), 
     answerer = None
     if config.answer:
         from mmrag.answering import Answerer
+        from mmrag.config import Settings
         from mmrag.llms.litellm import LiteLLMChatModel
+        from mmrag.registry import answer_options, answer_stop
+        from mmrag.registry import answer_mode as resolve_mode
 
-        chat = LiteLLMChatModel(answer_model, timeout=answer_timeout, num_retries=answer_retries)
+        settings = settings if settings is not None else Settings()
+        mode = resolve_mode(settings, answer_model, answer_mode)
+        chat = (LiteLLMChatModel(answer_model, timeout=answer_timeout, num_retries=answer_retries)
+                if mode != "extractive" else None)
         # The 135M offline model answers on its first line and rambles after it (as `mmrag ask`).
         answerer = Answerer(chat, searcher, k=config.answer_k, retriever=config.retriever,
-                            stop=["\n"] if answer_model.startswith("mmrag-local/") else None)
+                            stop=answer_stop(answer_model) if chat else None,
+                            **answer_options(settings, kb.text, mode))
     judge_obj = Judge(judge, embedder=kb.text) if judge is not None else None
     if detector == "offline":
         detector = offline_detector(kb) if config.answer and judge_obj is None else None
     models = {"retrieval": kb.models.describe()}
-    if config.answer:
-        models["answers"] = answer_model
+    if answerer is not None:
+        models["answers"] = answerer.model_name if answerer.mode == "extractive" else answer_model
+        models["answer_mode"] = answerer.mode
     if judge is not None:
         models["judge"] = judge.model
     return run_evaluation(searcher, queries, config, answerer=answerer, detector=detector, judge=judge_obj,

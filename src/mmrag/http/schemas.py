@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 Retriever = Literal["clip", "text", "bm25", "hybrid"]
 Modality = Literal["text", "image", "all"]
 Verify = Literal["off", "mark", "drop"]
+AnswerMode = Literal["generate", "extractive", "auto"]
 MetaValue = str | int | float | bool
 #: Collection names, as registry.check_collection_name accepts them.
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$"
@@ -86,6 +87,9 @@ class AnswerRequest(QueryFields):
     stream: bool = Field(False, description="Server-sent events: `delta` events, then one `answer` event.")
     max_tokens: int | None = Field(None, ge=1, le=4096)
     verify: Verify = Field("off", description="Run the offline hallucination detector: mark or drop unsupported sentences.")
+    answer_mode: AnswerMode | None = Field(
+        None, description="generate (the chat model), extractive (the best context sentence, no LLM) or auto "
+                          "(generate, extractive when that fails verification); default: the server's.")
 
 
 class CitationOut(BaseModel):
@@ -116,9 +120,13 @@ class AnswerResponse(BaseModel):
     question: str
     answer: str
     abstained: bool = Field(description="True when the context did not hold the answer (the text says so).")
-    guard: str = Field(description="supported | citation_added | citation_replaced | abstained:<why>")
+    guard: str = Field(description="supported | citation_added | citation_replaced | extractive | "
+                                   "extractive_fallback:<why> | abstained:<why>")
     citations: list[CitationOut]
     verification: dict[str, Any] | None = Field(None, description="The detector's verdict when `verify` was on.")
+    mode: str = Field("generate", description="How the text was made: generate or extractive.")
+    abstention: dict[str, Any] | None = Field(
+        None, description="The calibrated gate's decision: p_answerable, threshold, features, calibration.")
     model: str
     usage: UsageOut
     collection: str
@@ -162,6 +170,7 @@ class ChatCompletionRequest(BaseModel):
     collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
     k: int = Field(5, ge=1, le=50)
     verify: Verify = "off"
+    answer_mode: AnswerMode | None = None
 
 
 class ChatChoiceMessage(BaseModel):

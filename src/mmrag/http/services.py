@@ -226,10 +226,20 @@ class Services:
             return model
 
     def answerer(self, collection: str | None, *, model: str | None, k: int, retriever: str,
-                 max_tokens: int | None, verify: str = "off") -> Answerer:
-        """An :class:`Answerer` over ``collection`` with ``model`` (and the detector unless ``verify`` is off)."""
-        chat = self.chat_model(model)
-        opts: dict[str, Any] = {"k": k, "retriever": retriever, "stop": answer_stop(chat.name)}
+                 max_tokens: int | None, verify: str = "off", answer_mode: str | None = None) -> Answerer:
+        """An :class:`Answerer` over ``collection`` with ``model`` (and the detector unless ``verify`` is off).
+
+        ``answer_mode`` (``generate``, ``extractive``, ``auto``; None: the configured default) also
+        brings the extractor and the abstention gate (:func:`mmrag.registry.answer_options`).
+        """
+        from mmrag.registry import answer_mode as resolve_mode
+        from mmrag.registry import answer_options
+
+        allowed = self.allowed_models()
+        mode = resolve_mode(self.settings, allowed[0] if model in (None, "", "mmrag") else model, answer_mode)
+        chat = self.chat_model(model) if mode != "extractive" else None
+        opts: dict[str, Any] = {"k": k, "retriever": retriever, "stop": answer_stop(chat.name) if chat else None,
+                                **answer_options(self.settings, self._text, mode)}
         if verify != "off":
             from mmrag.verification import HallucinationDetector
 

@@ -75,7 +75,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
     with span("http.answer", collection=collection, stream=body.stream):
         hits = search_hits(services, collection, body, body.question)
         answerer = services.answerer(collection, model=body.model, k=body.k, retriever=body.retriever,
-                                     max_tokens=body.max_tokens, verify=body.verify)
+                                     max_tokens=body.max_tokens, verify=body.verify, answer_mode=body.answer_mode)
         llm_started = time.perf_counter()
         if not body.stream:
             result = answerer.answer(body.question, hits)
@@ -110,7 +110,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     hits = search_hits(services, collection, fields, question, image=image)
     max_tokens = body.max_completion_tokens or body.max_tokens
     answerer = services.answerer(collection, model=body.model, k=body.k, retriever="hybrid", max_tokens=max_tokens,
-                                 verify=body.verify)
+                                 verify=body.verify, answer_mode=body.answer_mode)
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     llm_started = time.perf_counter()
     if not body.stream:
@@ -256,7 +256,7 @@ def answer_out(result: Answer, collection: str, started: float) -> AnswerRespons
     return AnswerResponse(
         question=result.question, answer=result.text, abstained=result.abstained, guard=result.guard,
         citations=[citation_out(collection, c) for c in result.citations], model=result.model,
-        verification=result.verification,
+        verification=result.verification, mode=result.mode, abstention=result.abstention,
         usage=UsageOut(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
                        total_tokens=u.total_tokens, cost_usd=u.cost_usd),
         collection=collection, took_ms=round((time.perf_counter() - started) * 1000, 2))
@@ -264,11 +264,15 @@ def answer_out(result: Answer, collection: str, started: float) -> AnswerRespons
 
 def _verdict(result: Answer, collection: str) -> dict[str, Any]:
     return {"collection": collection, "abstained": result.abstained, "guard": result.guard,
-            "answer": result.text, "cost_usd": result.usage.cost_usd, "verification": result.verification}
+            "answer": result.text, "cost_usd": result.usage.cost_usd, "verification": result.verification,
+            "mode": result.mode, "abstention": result.abstention}
 
 
 def _record(services: Services, result: Answer, llm_started: float) -> None:
-    if not result.guard.startswith(("abstained:no_context", "abstained:low_score")):  # those made no LLM call
+    # Prechecks, the gate and extraction make no LLM call (an auto-mode fallback did make one).
+    no_call = (result.guard.startswith(("abstained:no_context", "abstained:low_score", "abstained:calibrated"))
+               or result.guard == "extractive")
+    if not no_call:
         services.metrics.record_usage(result.model, result.usage, time.perf_counter() - llm_started)
 
 

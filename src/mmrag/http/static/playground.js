@@ -219,7 +219,7 @@ async function ask(event) {
   $("verdict").textContent = "";
   $("citations").replaceChildren();
   const body = { question, stream: true, collection: $("collection").value || undefined,
-                 verify: $("verify").checked ? "mark" : "off" };
+                 verify: $("verify").checked ? "mark" : "off", answer_mode: $("mode").value || undefined };
   try {
     const response = await api("/v1/answer", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
