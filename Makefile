@@ -7,7 +7,7 @@ export ANONYMIZED_TELEMETRY := False
 test test-long test-all: export HF_HUB_OFFLINE := 1
 test test-long test-all: export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-long test-all bench bench-query bench-scale bench-ocr clean
+.PHONY: install demo test test-long test-all bench bench-query bench-scale bench-ocr bench-answer clean
 
 $(BIN)/mmrag: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench-query: install
 # Write, query, disk and RSS costs at 10k, 100k and 1M chunks (issue 9); hours on 2 cores, run it alone.
 bench-scale: install
 	$(BIN)/python eval/bench/scale.py
+
+# Offline answer latency: the default (extractive + calibrated gate) against the generated path (issue 14).
+bench-answer: install
+	$(BIN)/python eval/bench/answer.py
 
 # Scanned SciFact (OCR nDCG@10 against text, pages/s) and the --ocr auto overhead on text-layer PDFs.
 bench-ocr: install
