@@ -2,7 +2,7 @@
 """Offline answer latency: the default answer path against the generated one, in the same run.
 
 Corpus and questions: the HaluEval development set (``eval/datasets/halueval.py``, 250 passages,
-questions half answerable) when ``../shared/data/halueval_qa`` exists, else the sample corpus and
+questions alternately answerable and not) when ``../shared/data/halueval_qa`` exists, else the sample corpus and
 the demo's two questions. The knowledge base is built with the offline profile.
 
 * **mmrag**: the offline default as ``mmrag ask`` builds it (extractive answer, calibrated gate),
@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -71,9 +70,13 @@ def build(workdir: Path) -> tuple[KnowledgeBase, list[str], str]:
 
         convert(HALUEVAL, workdir / "halueval")
         Indexer(kb).ingest([workdir / "halueval" / "corpus"])
-        questions = [q.text or "" for q in load_dataset(workdir / "halueval" / "dev.jsonl")]
-        random.Random(0).shuffle(questions)
-        return kb, questions, "HaluEval development set (half answerable)"
+        queries = load_dataset(workdir / "halueval" / "dev.jsonl")
+        # Alternate answerable and unanswerable questions, so that every prefix (--questions N) is half
+        # of each. (A shuffle is not enough: the file's order already comes from a seeded shuffle.)
+        yes = [q.text or "" for q in queries if q.answerable]
+        no = [q.text or "" for q in queries if not q.answerable]
+        questions = [q for pair in zip(yes, no) for q in pair]
+        return kb, questions, "HaluEval development set, answerable and unanswerable alternately"
     Indexer(kb).ingest([SAMPLE])
     return kb, DEMO_QUESTIONS, "the sample corpus and the demo's questions"
 
