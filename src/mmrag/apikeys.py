@@ -74,8 +74,8 @@ class ApiKey:
         return collection is None or self.sees(collection)
 
     def sees(self, collection: str) -> bool:
-        """Whether this key may touch ``collection`` at all."""
-        return "*" in self.collections or collection in self.collections
+        """Whether this key may touch ``collection`` at all (a key for ``kb`` sees each version ``kb@N``)."""
+        return "*" in self.collections or collection.split("@", 1)[0] in self.collections
 
 
 def hash_token(token: str) -> str:

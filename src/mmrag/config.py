@@ -125,6 +125,25 @@ class RetrievalSettings(BaseModel):
     rrf_k: int = Field(5, ge=0, le=1000)
 
 
+class LifecycleSettings(BaseModel):
+    """Versions, the canary gate, probes and drift (:mod:`mmrag.lifecycle`).
+
+    ``MMRAG_LIFECYCLE__CANARY_BUDGET=0.05`` lets a promote lose up to 5 points of probe recall.
+    """
+
+    #: The most a metric (probe recall, or an evaluation metric) may drop from the live version to
+    #: the candidate before ``promote`` refuses. 0: the candidate must be at least as good.
+    canary_budget: float = Field(0.0, ge=0, le=1)
+    #: An evaluation dataset (JSONL, as ``mmrag eval run`` reads) that ``promote`` also runs on both versions.
+    eval_dataset: Path | None = None
+    #: ``mmrag serve`` runs every collection's probes this often (0: never).
+    probe_interval_minutes: float = Field(5.0, ge=0)
+    #: Drift score above which ``mmrag drift`` reports drift (and exits 4 with ``--fail``).
+    drift_threshold: float = Field(0.2, ge=0)
+    #: How many of the most recent documents' records (and queries) the drift score compares.
+    drift_recent: int = Field(500, ge=10)
+
+
 class Settings(BaseSettings):
     """All of mmrag's configuration."""
 
@@ -142,3 +161,4 @@ class Settings(BaseSettings):
     answer: AnswerSettings = AnswerSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     api: ApiSettings = ApiSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()

@@ -17,6 +17,7 @@ Tree::
     ├── UnauthorizedError                no or an unknown API key (401)
     ├── ForbiddenError                   the key lacks the scope or the collection (403)
     ├── EmbedderMismatchError            a collection was built with another embedding model
+    ├── CanaryRefusedError               a promote's canary found the candidate worse (409)
     ├── StoreError                       a store failed (Chroma, the keyword index, the manifest)
     │   ├── StoreDamagedError            a store's files are damaged; the message names the rebuild
     │   ├── StoreBusyError               another process holds the writer lock or the embedded store (409)
@@ -117,6 +118,13 @@ class EmbedderMismatchError(MmragError):
     """A collection was built with a different embedding model than the one configured."""
 
     code = "embedder_mismatch"
+    status_code = 409
+
+
+class CanaryRefusedError(MmragError):
+    """A promote's canary found the candidate version worse than the live one (``--force`` overrides)."""
+
+    code = "canary_refused"
     status_code = 409
 
 

@@ -190,20 +190,27 @@ class Indexer:
 
     # -- public -------------------------------------------------------------------------------
     def ingest(self, paths: Sequence[Path], *, prune: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> IngestSummary:
+               progress: Callable[[int, int], None] | None = None,
+               files: Sequence[FileRef] | None = None) -> IngestSummary:
         """Index every supported file under ``paths``; skip unchanged ones; redo interrupted ones.
 
         Args:
             paths: files or folders. A folder's files get doc ids relative to it.
             prune: also remove documents whose file (or JSONL record) is gone.
             progress: called with (files done, files total).
+            files: instead of walking ``paths``, exactly these files with these doc ids (a
+                reindex copies another version's documents; see :mod:`mmrag.lifecycle.reindex`).
 
         Returns:
             The run's summary. Bad files are listed in it; they never stop the run.
         """
         with self.kb.write_lock(), span("ingest", collection=self.kb.collection, engine=self.engine.name) as trace:
             try:
-                summary = self._ingest(paths, prune, progress)
+                summary = self._ingest(paths, prune, progress, files)
+                # The version's drift reference, once (a primary-key read after that; never raises).
+                from mmrag.lifecycle.drift import ensure_reference
+
+                ensure_reference(self.kb)
                 trace.set_attributes(files=summary.files_seen, indexed=summary.indexed, unchanged=summary.unchanged,
                                      failed=len(summary.failed), retries=summary.retries)
                 return summary
@@ -214,14 +221,14 @@ class Indexer:
                 raise
 
     def _ingest(self, paths: Sequence[Path], prune: bool,
-                progress: Callable[[int, int], None] | None) -> IngestSummary:
+                progress: Callable[[int, int], None] | None, files: Sequence[FileRef] | None = None) -> IngestSummary:
         started = time.monotonic()
         summary = IngestSummary(collection=self.kb.collection, engine=self.engine.name)
         self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
         with span("ingest.repair") as trace:
             summary.repaired = self._repair()
             trace.set_attributes(documents=summary.repaired)
-        found = list(discover([Path(p) for p in paths]))
+        found = list(discover([Path(p) for p in paths])) if files is None else list(files)
         refs = [r for r in found if isinstance(r, FileRef)]
         run = _Run()
         for problem in (r for r in found if isinstance(r, DiscoveryProblem)):

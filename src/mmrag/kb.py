@@ -395,7 +395,7 @@ def check_health(kb: KnowledgeBase) -> Health:
         problems.append(f"{pending} document(s) are pending (an interrupted run): rerun `mmrag ingest` on the same "
                         "paths to finish them")
     fix = ("the store was damaged or changed outside mmrag. Rerun `mmrag ingest` on the paths you ingested: it "
-           "redoes the documents that disagree from their sources")
+           "redoes the documents that disagree from their sources (`mmrag doctor --repair` finds and fixes each one)")
     for what, got, expected in (("clip store", have[0], want[0]), ("text store", have[1], want[1]),
                                 ("keyword index", have[2], want[1])):
         if got != expected:

@@ -57,6 +57,50 @@ CREATE TABLE IF NOT EXISTS flags (
     value      TEXT NOT NULL,
     PRIMARY KEY (collection, name)
 );
+""" + """
+-- The index lifecycle (mmrag.lifecycle). A knowledge base name (kb) is an alias for one live
+-- version; each version is a physical collection with its own rows above. JSON in TEXT columns.
+CREATE TABLE IF NOT EXISTS versions (
+    kb         TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    physical   TEXT NOT NULL UNIQUE,
+    state      TEXT NOT NULL CHECK (state IN ('building', 'ready', 'failed')),
+    created_at REAL NOT NULL,
+    settings   TEXT NOT NULL DEFAULT '{}',
+    figures    TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (kb, version)
+);
+CREATE TABLE IF NOT EXISTS alias_history (
+    kb      TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    at      REAL NOT NULL,
+    reason  TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (kb, seq)
+);
+CREATE TABLE IF NOT EXISTS probes (
+    kb         TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    query      TEXT NOT NULL,
+    expect     TEXT NOT NULL,
+    k          INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (kb, name)
+);
+CREATE TABLE IF NOT EXISTS drift_refs (
+    collection TEXT NOT NULL,
+    modality   TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (collection, modality)
+);
+CREATE TABLE IF NOT EXISTS events (
+    kb     TEXT NOT NULL,
+    at     REAL NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_kb ON events (kb, at);
 """
 
 
@@ -165,6 +209,31 @@ class Manifest:
             self._all.clear()
         self._local = threading.local()
 
+    def write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
+        """Run ``sql`` once per row in one transaction (for the lifecycle tables' owners in :mod:`mmrag.lifecycle`)."""
+        self._write(sql, rows)
+
+    def read(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Run a query (for the lifecycle tables' owners in :mod:`mmrag.lifecycle`)."""
+        return self._read(sql, args)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction on this thread's connection: committed on exit, rolled back on error.
+
+        For changes that must be atomic across tables (an alias switch and its audit event).
+        """
+        db = self._db
+        with _translate("write", self.path):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
     def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
         db = self._db
         with _translate("write", self.path):
@@ -261,7 +330,7 @@ class Manifest:
 
     def remove_collection(self, collection: str) -> None:
         """Forget a whole collection."""
-        for table in ("documents", "files", "flags", "status_counts"):
+        for table in ("documents", "files", "flags", "status_counts", "drift_refs"):
             self._write(f"DELETE FROM {table} WHERE collection=?", [(collection,)])
 
     def flag(self, collection: str, name: str) -> str | None:

@@ -171,6 +171,8 @@ class Searcher:
                  rrf_k: int | None = None) -> None:
         defaults = RetrievalSettings()
         self.kb = kb
+        #: Told each query vector as ``record(collection, space, vector)`` (the server's drift log).
+        self.query_log: Any = None
         self.weights = check_weights({**defaults.weights.model_dump(), **dict(weights or {})})
         self.depth = int(depth if depth is not None else defaults.depth)
         self.rrf_k = int(rrf_k if rrf_k is not None else defaults.rrf_k)
@@ -269,17 +271,25 @@ class Searcher:
             # tantivy evaluates a broad source prefix itself, so BM25 never over-fetches for it.
             return lambda n: self.kb.keyword.query(query.text or "", n, where=where, source_prefix=plan.prefix)
         if name == "text":
-            vec = self.kb.text.embed_texts([query.text or ""])[0].tolist()
+            raw = self.kb.text.embed_texts([query.text or ""])[0]
+            self._observe("text", raw)
+            vec = raw.tolist()
             return lambda n: self.kb.text_store.query(vec, n, where)
         clip = self.kb.clip
         vecs = []
         if query.text and query.text.strip():
             vecs.append(clip.embed_texts([query.text])[0])
+            self._observe("clip-text", vecs[-1])
         if query.image is not None:
             vecs.append(clip.embed_images([query.image])[0])
+            self._observe("clip-image", vecs[-1])
         mean = (sum(vecs) / len(vecs)).tolist()
         filt = and_where(dict(where) if where else None, {"modality": modality} if modality != "all" else None)
         return lambda n: self.kb.clip_store.query(mean, n, filt)
+
+    def _observe(self, space: str, vector: Any) -> None:
+        if self.query_log is not None:
+            self.query_log.record(self.kb.collection, space, vector)
 
     # -- fusion -----------------------------------------------------------------------------------
     def _hybrid(self, query: Query, k: int, modality: str, plan: _Plan, dedupe: bool) -> list[Hit]:

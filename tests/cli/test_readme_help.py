@@ -11,7 +11,7 @@ from mmrag.cli import main
 from tests.conftest import REPO
 
 
-COMMANDS = [[], ["ingest"], ["ask"], ["serve"], ["mcp"], ["eval", "run"]]
+COMMANDS = [[], ["ingest"], ["ask"], ["serve"], ["mcp"], ["eval", "run"], ["reindex"], ["promote"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(["mmrag", *c]) for c in COMMANDS])

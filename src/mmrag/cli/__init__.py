@@ -6,7 +6,7 @@ Exit status: 0 success; 1 error; 2 usage error; 3 ingest finished but some files
 (each is listed with its reason).
 """
 
-from mmrag.cli import evaluate, ingest, mcp, query, serve  # noqa: F401  (registers the commands)
+from mmrag.cli import doctor, drift, evaluate, ingest, lifecycle, mcp, probes, query, serve, snapshot  # noqa: F401  (registers the commands)
 from mmrag.cli._common import EXIT_PARTIAL, main
 
 __all__ = ["EXIT_PARTIAL", "main"]

@@ -72,15 +72,36 @@ def settings_from(opts: dict[str, Any]) -> Settings:
     return s
 
 
-def open_kb(opts: dict[str, Any]) -> Any:
+def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None) -> Any:
+    """The knowledge base the options name, aliases resolved: ``kb`` opens its live version, ``kb@N`` version N.
+
+    A version built with its own chunk size (``mmrag reindex --chunk-size``) keeps it for later writes.
+    """
     from mmrag.chunking import ChunkSpec
     from mmrag.kb import KnowledgeBase
+    from mmrag.lifecycle.versions import Versions
+    from mmrag.manifest import Manifest
     from mmrag.registry import resolve_models
 
     s = settings_from(opts)
-    return KnowledgeBase(s.data_dir, s.collection, resolve_models(s), store_url=s.store.url,
-                         lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout,
-                         chunk=ChunkSpec(s.chunk.size, s.chunk.overlap))
+    name = name or s.collection
+    built: dict[str, Any] = {}
+    manifest_path = Path(s.data_dir) / "manifest.sqlite3"
+    if manifest_path.exists():
+        manifest = Manifest(manifest_path)
+        try:
+            versions = Versions(manifest)
+            physical = versions.resolve(name)
+            owner = versions.owner(physical)
+            built = versions.get(*owner).settings if owner else {}
+        finally:
+            manifest.close()
+    else:
+        physical = name
+    if chunk is None:
+        chunk = ChunkSpec(int(built.get("chunk_size") or s.chunk.size), int(built.get("chunk_overlap") or s.chunk.overlap))
+    return KnowledgeBase(s.data_dir, physical, resolve_models(s), store_url=s.store.url,
+                         lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout, chunk=chunk)
 
 
 def errors_to_click(fn: Callable[..., Any]) -> Callable[..., Any]:

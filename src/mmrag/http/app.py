@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         >>> uvicorn.run(app, port=8080)                     # doctest: +SKIP
     """
     from mmrag import __version__
-    from mmrag.http.routes import documents, health, query
+    from mmrag.http.routes import documents, drift, health, lifecycle, probes, query
 
     from mmrag import tracing
 
@@ -74,13 +74,13 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         await _error_response(services, exc, scope.get("method", ""), scope.get("path", ""))(scope, receive, send)
 
     # Added after BodyLimit, so it runs first: a keyless client learns nothing, not even the size limit.
-    routes = [*query.router.routes, *documents.router.routes, *health.router.routes]
+    routers = [query.router, documents.router, health.router, lifecycle.router, probes.router, drift.router]
+    routes = [route for router in routers for route in router.routes]
     app.add_middleware(AuthGate, services=services, routes=routes, refuse=refuse)
     _install_metrics(app, services)
     _install_errors(app, services)
-    app.include_router(query.router)
-    app.include_router(documents.router)
-    app.include_router(health.router)
+    for router in routers:
+        app.include_router(router)
     app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"]))
     playground.install(app)
     return app

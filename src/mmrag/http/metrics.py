@@ -49,6 +49,13 @@ class Metrics:
         self.ingested = Counter("mmrag_ingested_documents_total", "Documents indexed through the API.",
                                 ["collection"], registry=registry)
         self.registry.register(_IndexSizes(services))
+        from mmrag.lifecycle.drift import QueryLog
+
+        #: Recent query vectors per collection (the search route records them; drift reads them).
+        self.queries = QueryLog(services.data_dir)
+        self.drift = _DriftScores(services, self.queries)
+        self.registry.register(self.drift)
+        self.registry.register(_ProbeFigures(services))
 
     def render(self) -> bytes:
         """The text exposition format."""
@@ -79,3 +86,82 @@ class _IndexSizes:
             for index, n in sizes.items():
                 family.add_metric([name, index], n)
         yield family
+
+
+class _ProbeFigures:
+    """The last serve-time probe round of each knowledge base's live version (:mod:`mmrag.http.probing`)."""
+
+    def __init__(self, services: "Services") -> None:
+        self.services = services
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["collection", "version"]
+        recall = GaugeMetricFamily("mmrag_probe_recall", "Mean probe recall of the last probe round "
+                                   "(share of expected documents found in each probe's top k).", labels=labels)
+        failing = GaugeMetricFamily("mmrag_probe_failing", "Probes that failed in the last round.", labels=labels)
+        latency = GaugeMetricFamily("mmrag_probe_latency_seconds", "Median probe search latency of the last round.",
+                                    labels=labels)
+        worst = GaugeMetricFamily("mmrag_probe_latency_max_seconds", "Slowest probe search of the last round.",
+                                  labels=labels)
+        at = GaugeMetricFamily("mmrag_probe_last_run_timestamp_seconds", "When the last probe round ran.",
+                               labels=labels)
+        monitor = getattr(self.services, "prober", None)
+        for run in monitor.last() if monitor is not None else []:
+            key, report = [run.collection, run.version], run.report
+            if report.recall is not None:
+                recall.add_metric(key, report.recall)
+            failing.add_metric(key, len(report.failed))
+            latency.add_metric(key, report.p50_latency_s)
+            worst.add_metric(key, report.max_latency_s)
+            at.add_metric(key, report.at)
+        yield from (recall, failing, latency, worst, at)
+
+
+class _DriftScores:
+    """Drift of every version against its reference (:mod:`mmrag.lifecycle.drift`), cached.
+
+    Scores are recomputed in a background thread at most once a minute (each reads a few thousand
+    vectors per version), so a scrape only reads the last figures; the first scrape after start
+    may have none yet.
+    """
+
+    def __init__(self, services: "Services", queries: Any) -> None:
+        from mmrag.lifecycle.drift import ScoreCache
+
+        self.services = services
+        self.queries = queries
+        self.cache = ScoreCache(self._compute, every=60.0)
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def _versions(self) -> Iterator[tuple[Any, str]]:
+        services = self.services
+        for kb in services.collections():
+            for version in services.versions.list(kb):
+                yield services._bare(version.physical), version.label  # noqa: SLF001 - the per-collection bare kb
+
+    def _compute(self) -> dict[str, Any]:
+        from mmrag.lifecycle.drift import score_all
+
+        s = self.services.settings.lifecycle
+        return score_all(self._versions(), recent=s.drift_recent, threshold=s.drift_threshold, queries=self.queries)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["collection", "version", "modality"]
+        docs = GaugeMetricFamily("mmrag_drift_score", "Drift of the most recent documents' vectors from the version's "
+                                 "reference (0 same distribution, 1 disjoint; see mmrag.lifecycle.drift).", labels=labels)
+        asked = GaugeMetricFamily("mmrag_query_drift_score", "Drift of the recent queries' vectors from the "
+                                  "version's document reference.", labels=labels)
+        threshold = GaugeMetricFamily("mmrag_drift_threshold", "Drift score above which a version counts as drifted.")
+        threshold.add_metric([], self.services.settings.lifecycle.drift_threshold)
+        for report in self.cache.current().values():
+            kb = report.label.rsplit("@", 1)[0]
+            for family, scores in ((docs, report.documents), (asked, report.queries)):
+                for modality, entry in scores.items():
+                    if entry.score is not None:
+                        family.add_metric([kb, report.label, modality], entry.score)
+        yield from (docs, asked, threshold)

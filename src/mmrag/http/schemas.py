@@ -13,6 +13,8 @@ AnswerMode = Literal["generate", "extractive", "auto"]
 MetaValue = str | int | float | bool
 #: Collection names, as registry.check_collection_name accepts them.
 COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$"
+#: What a read may name: a knowledge base (its live version) or one version of it, ``kb@3``.
+READ_COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}(@[0-9]{1,6})?$"
 
 
 class ErrorBody(BaseModel):
@@ -39,7 +41,8 @@ class QueryFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    collection: str | None = Field(None, pattern=COLLECTION_PATTERN, description="Default: the server's collection.")
+    collection: str | None = Field(None, pattern=READ_COLLECTION_PATTERN,
+                                   description="Default: the server's collection. `kb@3` reads version 3 of `kb`.")
     image: str | None = Field(None, max_length=20_000_000,
                               description="An image as base64 or a data: URI (query by image, or text + image).")
     k: int = Field(5, ge=1, le=100)
@@ -77,6 +80,7 @@ class SearchResponse(BaseModel):
     retriever: str
     hits: list[HitOut]
     took_ms: float
+    version: str | None = Field(None, description="The version that answered, `kb@N`.")
 
 
 class AnswerRequest(QueryFields):
@@ -167,7 +171,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
-    collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
+    collection: str | None = Field(None, pattern=READ_COLLECTION_PATTERN)
     k: int = Field(5, ge=1, le=50)
     verify: Verify = "off"
     answer_mode: AnswerMode | None = None

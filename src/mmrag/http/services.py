@@ -21,6 +21,7 @@ from mmrag.config import Settings
 from mmrag.errors import InvalidInputError, ModelUnavailableError, MmragError, NotFoundError
 from mmrag.http.metrics import Metrics
 from mmrag.kb import KnowledgeBase
+from mmrag.lifecycle.versions import Versions
 from mmrag.llms import ChatModel
 from mmrag.registry import ModelChoice, answer_stop, build_chat_model, check_collection_name, resolve_models
 from mmrag.retrieval import Searcher
@@ -63,6 +64,9 @@ class Services:
         """Load the embedders in the background (idempotent)."""
         if self._loader is not None or self.settled.is_set():
             return
+        from mmrag.http.probing import ProbeMonitor
+
+        self.prober = ProbeMonitor.start_for(self)  # its first round waits for the models
         if self._clip is not None and self._text is not None:
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             self.ready.set()
@@ -138,45 +142,72 @@ class Services:
 
     # -- knowledge bases ------------------------------------------------------------------------
     def collections(self) -> list[str]:
-        """Collections that hold (or held) documents."""
-        return sorted(self._bare(self.settings.collection).manifest.collections())
+        """Knowledge bases that hold (or held) documents (a knowledge base's versions count once)."""
+        bare = self._bare(self.settings.collection)
+        return self.versions.knowledge_bases(bare.manifest.collections())
+
+    @property
+    def versions(self) -> Versions:
+        """The versions and aliases in this data dir (:mod:`mmrag.lifecycle.versions`)."""
+        return Versions(self._bare(self.settings.collection).manifest)
+
+    def physical(self, collection: str | None) -> str:
+        """The physical collection a name stands for now: ``kb`` -> its live version, ``kb@N`` -> that version.
+
+        Read on every request (one primary-key lookup), so a promote or rollback in any process
+        takes effect on the next request, without a restart.
+        """
+        return self.versions.resolve(collection or self.settings.collection)
 
     def kb(self, collection: str | None, *, create: bool = False) -> KnowledgeBase:
-        """The knowledge base ``collection`` (default: the server's), models attached.
+        """The knowledge base ``collection`` (default: the server's), models attached; aliases resolved.
 
         Raises:
             NotFoundError: the collection does not exist and ``create`` is False.
         """
-        name = check_collection_name(collection or self.settings.collection)
+        name = self.physical(collection)
         if not create and not self._bare(name).manifest.has_collection(name):
-            raise NotFoundError(f"no collection {name!r}; upload documents to it first (POST /v1/documents)")
+            raise NotFoundError(f"no collection {collection or name!r}; upload documents to it first (POST /v1/documents)")
         self.wait_ready()
+        # The version's chunk spec is read from the manifest before the lock (_bare takes it too).
+        spec = self._chunk_spec(name) if name not in self._kbs else None
         with self._lock:
             kb = self._kbs.get(name)
             if kb is None:
                 s = self.settings
                 kb = KnowledgeBase(self.data_dir, name, self.models, store_url=s.store.url,
-                                   chunk=ChunkSpec(s.chunk.size, s.chunk.overlap), clip=self._clip, text=self._text,
+                                   chunk=spec or ChunkSpec(s.chunk.size, s.chunk.overlap), clip=self._clip, text=self._text,
                                    lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout)
                 self._kbs[name] = kb
             return kb
 
+    def _chunk_spec(self, physical: str) -> ChunkSpec:
+        return self._spec_from(self.versions, physical)
+
+    def _spec_from(self, versions: Versions, physical: str) -> ChunkSpec:
+        # A version built with its own chunk size keeps it for every later write.
+        s = self.settings
+        owner = versions.owner(physical)
+        built = versions.get(*owner).settings if owner else {}
+        return ChunkSpec(int(built.get("chunk_size") or s.chunk.size), int(built.get("chunk_overlap") or s.chunk.overlap))
+
     def collection_sizes(self, name: str) -> dict[str, int]:
-        """Documents (indexed) and records per index, read without loading any model."""
-        kb = self._bare(name)
-        counts = kb.manifest.counts(name)
+        """Documents (indexed) and records per index of ``name``'s live version, read without loading any model."""
+        kb = self._bare(self.physical(name))
+        counts = kb.manifest.counts(kb.collection)
         return {"documents": counts.get("done", 0), "clip_records": kb.raw_store("clip").count(),
                 "text_records": kb.raw_store("text").count()}
 
     def drop(self, name: str) -> None:
-        """Delete collection ``name`` everywhere."""
-        kb = self._bare(name)
-        with kb.write_lock():
-            kb.drop()
+        """Delete collection ``name`` everywhere: every version of it, and its lifecycle rows."""
+        from mmrag.lifecycle.reindex import drop_knowledge_base
+
+        names = drop_knowledge_base(self._bare(self.settings.collection), name, self._bare)
         with self._lock:
-            self._kbs.pop(name, None)
-            self._searchers.pop(name, None)
-            self._bare_kbs.pop(name, None)
+            for physical in names:
+                self._kbs.pop(physical, None)
+                self._searchers.pop(physical, None)
+                self._bare_kbs.pop(physical, None)
 
     def searcher(self, collection: str | None) -> Searcher:
         """A searcher over ``collection``; its keyword index reloads by itself when another process commits."""
@@ -271,6 +302,8 @@ class Services:
 
     def close(self) -> None:
         """Release what the process holds open."""
+        if getattr(self, "prober", None) is not None:
+            self.prober.stop()
         self._kbs.clear()
         self._searchers.clear()
 

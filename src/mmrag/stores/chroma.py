@@ -8,6 +8,7 @@ collection metadata so a different model is refused instead of silently mixing s
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
@@ -252,6 +253,33 @@ class ChromaStore:
         return [Record(rid, list(map(float, vec)), dict(meta or {}), doc or None)
                 for rid, vec, meta, doc in zip(res["ids"], res["embeddings"], res["metadatas"], docs)]
 
+    def embeddings(self, limit: int, offset: int = 0) -> np.ndarray:
+        """Up to ``limit`` vectors from position ``offset`` in Chroma's order, as a ``(n, dim)`` array.
+
+        For bounded samples (:mod:`mmrag.lifecycle.drift`): one page, never a scan.
+        """
+        if limit <= 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        with _translate(f"read {self.name!r}"):
+            res = self._col.get(include=["embeddings"], limit=limit, offset=offset)
+        return _matrix(res.get("embeddings"))
+
+    def embeddings_of(self, doc_ids: Sequence[str], limit: int) -> np.ndarray:
+        """Up to ``limit`` vectors of these documents' records, as a ``(n, dim)`` array (indexed lookups)."""
+        parts = []
+        left = limit
+        for lo in range(0, len(doc_ids), IN_BATCH):
+            if left <= 0:
+                break
+            with _translate(f"read {self.name!r}"):
+                res = self._col.get(where={"doc_id": {"$in": list(doc_ids[lo : lo + IN_BATCH])}}, limit=left,
+                                    include=["embeddings"])
+            part = _matrix(res.get("embeddings"))
+            if len(part):
+                parts.append(part)
+                left -= len(part)
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
     def iter_all(self, include: Sequence[str] = ("metadatas",), page: int = 5000) -> Iterator[tuple[str, dict[str, Any], str | None]]:
         """Yield ``(id, metadata, document)`` for every record, a page at a time.
 
@@ -271,6 +299,70 @@ class ChromaStore:
             for rid, meta, doc in zip(ids, metas, docs):
                 yield rid, dict(meta or {}), doc
             offset += len(ids)
+
+    def iter_batches(self, size: int = 5000) -> Iterator[RecordBatch]:
+        """Yield every record with its vector, ``size`` records at a time (snapshots).
+
+        Pages by offset like :meth:`iter_all`, so the caller holds the writer lock for a
+        consistent scan. Vectors come back as float32, exactly as Chroma stores them.
+        """
+        offset = 0
+        while True:
+            with _translate(f"read {self.name!r}"):
+                res = self._col.get(include=["embeddings", "metadatas", "documents"], limit=size, offset=offset)
+            ids = list(res["ids"])
+            if not ids:
+                return
+            metas = res.get("metadatas") or [None] * len(ids)
+            docs = res.get("documents") or [None] * len(ids)
+            vectors = np.asarray(res["embeddings"], dtype=np.float32).reshape(len(ids), -1)
+            yield RecordBatch(ids, vectors, [dict(m) if m else None for m in metas], list(docs))
+            offset += len(ids)
+
+    def upsert_batch(self, batch: "RecordBatch") -> None:
+        """Write a :class:`RecordBatch` as it is (vectors, metadata and documents unchanged; restores)."""
+        self.check_writable()
+        for lo in range(0, len(batch.ids), self._max_batch):
+            hi = lo + self._max_batch
+            with _translate(f"write to {self.name!r}"):
+                self._col.upsert(ids=batch.ids[lo:hi], embeddings=batch.vectors[lo:hi],
+                                 metadatas=batch.metadatas[lo:hi],  # type: ignore[arg-type]
+                                 documents=[d if d is not None else "" for d in batch.documents[lo:hi]])
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    """Records of one collection as columns: what a snapshot writes and a restore reads back."""
+
+    ids: list[str]
+    vectors: np.ndarray  # float32, shape (len(ids), dim)
+    metadatas: list[dict[str, Any] | None]
+    documents: list[str | None]
+
+
+def collection_info(client: Any, name: str) -> dict[str, Any] | None:
+    """The metadata (identity and owner) and HNSW space of collection ``name``; None when it does not exist."""
+    with _translate(f"read collection {name!r}"):
+        if name not in collection_names(client):
+            return None
+        col = client.get_collection(name=name, embedding_function=None)
+        config = getattr(col, "configuration", None) or {}
+        hnsw = config.get("hnsw") if isinstance(config, Mapping) else None
+        space = hnsw.get("space") if isinstance(hnsw, Mapping) else None
+        return {"name": name, "metadata": dict(col.metadata or {}), "space": space}
+
+
+def collection_names(client: Any) -> set[str]:
+    """Names of every collection in the store."""
+    with _translate("list collections"):
+        return {c if isinstance(c, str) else c.name for c in client.list_collections()}
+
+
+def _matrix(vectors: Any) -> np.ndarray:
+    # Chroma returns None, a list of arrays or one array, depending on version and count.
+    if vectors is None or len(vectors) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.asarray(vectors, dtype=np.float32)
 
 
 def hit_from(rid: str, meta: Mapping[str, Any], text: str | None, score: float) -> Hit:

@@ -149,6 +149,17 @@ class InMemoryStore:
         for rid, (_, meta, doc) in list(self._rows.items()):
             yield self._row(rid, meta, doc, include)
 
+    def embeddings(self, limit: int, offset: int = 0) -> np.ndarray:
+        """Up to ``limit`` vectors from position ``offset`` (insertion order), as a ``(n, dim)`` array."""
+        rows = [vec for vec, _, _ in list(self._rows.values())[offset : offset + max(0, limit)]]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
+
+    def embeddings_of(self, doc_ids: Sequence[str], limit: int) -> np.ndarray:
+        """Up to ``limit`` vectors of these documents' records, as a ``(n, dim)`` array."""
+        wanted = set(doc_ids)
+        rows = [vec for vec, meta, _ in list(self._rows.values()) if meta.get("doc_id") in wanted][: max(0, limit)]
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
+
     @staticmethod
     def _row(rid: str, meta: dict[str, Any], doc: str, include: Sequence[str]) -> tuple[str, dict[str, Any], str | None]:
         return rid, dict(meta) if "metadatas" in include else {}, doc if "documents" in include else None

@@ -117,3 +117,26 @@ class ModalitySplitStore:
         """Every record, text half first."""
         yield from self.texts.iter_all(include)
         yield from self.images.iter_all(include)
+
+    def embeddings(self, limit: int, offset: int = 0) -> Any:
+        """Up to ``limit`` vectors from position ``offset``, text half first (as if one collection)."""
+        import numpy as np
+
+        n_texts = self.texts.count()
+        parts = []
+        if offset < n_texts:
+            parts.append(self.texts.embeddings(limit, offset))  # type: ignore[attr-defined]
+        left = limit - sum(len(p) for p in parts)
+        if left > 0:
+            parts.append(self.images.embeddings(left, max(0, offset - n_texts)))  # type: ignore[attr-defined]
+        parts = [p for p in parts if len(p)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    def embeddings_of(self, doc_ids: Sequence[str], limit: int) -> Any:
+        """Up to ``limit`` vectors of these documents' records, text half first."""
+        import numpy as np
+
+        texts = self.texts.embeddings_of(doc_ids, limit)  # type: ignore[attr-defined]
+        images = self.images.embeddings_of(doc_ids, limit - len(texts))  # type: ignore[attr-defined]
+        parts = [p for p in (texts, images) if len(p)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)

@@ -52,11 +52,13 @@ def search(body: SearchRequest, request: Request, key: ApiKey | None = Depends(r
     services = services_of(request)
     collection = _collection(services, key, body.collection)
     started = time.perf_counter()
+    served: list[str] = []
     with span("http.search", collection=collection):
-        hits = search_hits(services, collection, body, body.query)
+        hits = search_hits(services, collection, body, body.query, served=served)
     return SearchResponse(collection=collection, retriever=body.retriever,
                           hits=[hit_out(collection, h) for h in hits],
-                          took_ms=round((time.perf_counter() - started) * 1000, 2))
+                          took_ms=round((time.perf_counter() - started) * 1000, 2),
+                          version=services.versions.label_of(served[0]) if served else None)
 
 
 @router.post("/v1/answer", response_model=AnswerResponse, responses=STREAMING)
@@ -183,8 +185,11 @@ def _collection(services: Services, key: ApiKey | None, name: str | None) -> str
 
 
 def search_hits(services: Services, collection: str, fields: QueryFields, text: str | None, *,
-                image: ImageAsset | None = None) -> list[Hit]:
-    """Run one search as the API's routes (and the MCP tools) do, timing it in the metrics."""
+                image: ImageAsset | None = None, served: list[str] | None = None) -> list[Hit]:
+    """Run one search as the API's routes (and the MCP tools) do, timing it in the metrics.
+
+    ``served``, when given, receives the physical collection that answered (the alias is read once).
+    """
     image = image or (query_image(fields.image, "image") if fields.image else None)
     query = Query(text=text if text and text.strip() else None, image=image)
     kwargs: dict[str, Any] = {"modality": fields.modality, "retriever": fields.retriever}
@@ -195,6 +200,9 @@ def search_hits(services: Services, collection: str, fields: QueryFields, text: 
     if fields.dedupe:
         kwargs["dedupe"] = True
     searcher = services.searcher(collection)
+    searcher.query_log = services.metrics.queries  # recent query vectors, for the drift gauge
+    if served is not None:
+        served.append(searcher.kb.collection)
     started = time.perf_counter()
     hits = searcher.search(query, fields.k, **kwargs)
     services.metrics.retrieval_seconds.labels(fields.retriever).observe(time.perf_counter() - started)

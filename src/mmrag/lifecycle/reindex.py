@@ -1,0 +1,177 @@
+"""Build a new version of a knowledge base from the live version's sources, while the live one serves.
+
+``reindex`` reads which files the live version was built from (the manifest's document rows:
+each row's source path and doc id give the file and the root its id is relative to), ingests
+exactly those files with the same doc ids into a new physical collection (``kb--vN``) with the
+new chunk size or models, then catches up under the live version's writer lock: files that
+changed or arrived meanwhile are ingested again (unchanged ones cost a ``stat``), documents the
+live version lost are deleted. The new version is then ``ready``; nothing serves it until
+``promote``.
+
+The build is an ordinary ingest, so it is resumable: a reindex killed part-way leaves its version
+``building``, and the next ``mmrag reindex`` with the same settings resumes it (finished
+documents are not embedded again). The live version is never written by a reindex.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mmrag.chunking import ChunkSpec
+from mmrag.errors import InvalidInputError
+from mmrag.kb import KnowledgeBase
+from mmrag.lifecycle.versions import Version, Versions, split_label
+from mmrag.loaders import FileRef
+from mmrag.registry import ModelChoice
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReindexResult:
+    """What a reindex built."""
+
+    version: Version
+    source: str  # the live version's label it was built from
+    documents: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    resumed: bool = False
+    missing: list[str] = field(default_factory=list)  # sources that no longer exist
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version.to_dict(), "from": self.source, "documents": self.documents,
+                "indexed": self.indexed, "unchanged": self.unchanged, "removed": self.removed,
+                "resumed": self.resumed, "missing_sources": self.missing, "failed": self.failed}
+
+
+def source_files(kb: KnowledgeBase) -> tuple[list[FileRef], list[str]]:
+    """The files ``kb``'s documents came from, with the doc ids they were given; and the sources now missing.
+
+    A file's doc id is its path relative to the folder it was ingested under, so the root is the
+    source path less the doc id. A JSONL corpus holds many documents whose ids are not paths: it
+    is one file, keyed by its own name.
+    """
+    refs: dict[str, FileRef] = {}
+    missing: list[str] = []
+    for state in kb.manifest.all(kb.collection):
+        if state.status == "skipped" or state.source in refs:
+            continue
+        source = Path(state.source)
+        if source.suffix.lower() == ".jsonl":
+            ref = FileRef.from_path(source)
+        elif state.source.endswith("/" + state.doc_id) or state.source == state.doc_id:
+            ref = FileRef.from_path(source, state.source[: len(state.source) - len(state.doc_id)] or ".")
+        else:
+            ref = FileRef.from_path(source)
+        if not os.path.exists(source):
+            missing.append(state.source)
+            continue
+        refs[state.source] = ref
+    return sorted(refs.values(), key=lambda r: str(r.path)), missing
+
+
+def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase], chunk: ChunkSpec,
+            models: ModelChoice, progress: Callable[[int, int], None] | None = None) -> ReindexResult:
+    """Build a new version of ``kb_name`` from its live version's sources (see the module docstring).
+
+    Args:
+        kb_name: the knowledge base (not a version label).
+        open_kb: opens a physical collection with a chunk spec (the caller's store and models).
+        chunk: the new version's chunk sizing.
+        models: the new version's models (recorded with the version).
+        progress: called with (files done, files total) during the main build.
+
+    Raises:
+        NotFoundError: ``kb_name`` holds no documents.
+        InvalidInputError: ``kb_name`` is a version label, or a collection of that name is in the way.
+    """
+    from mmrag.indexing import Indexer
+
+    if split_label(kb_name)[1] is not None:
+        raise InvalidInputError(f"reindex takes a knowledge base name, not a version: use {split_label(kb_name)[0]!r}")
+    live_kb = open_kb(kb_name, chunk)
+    versions = Versions(live_kb.manifest)
+    live_physical = versions.resolve(kb_name)
+    if not live_kb.manifest.has_collection(live_physical):
+        from mmrag.errors import NotFoundError
+
+        raise NotFoundError(f"no knowledge base {kb_name!r} to reindex; ingest documents into it first")
+    versions.adopt_if_unversioned(kb_name)
+    live = versions.get(kb_name, versions.live_number(kb_name) or 1)
+    if live.physical != live_kb.collection:
+        live_kb.close()
+        live_kb = open_kb(live.physical, chunk)
+    wanted = {"chunk_size": chunk.size, "chunk_overlap": chunk.overlap, "clip": models.clip.model,
+              "clip_pretrained": str(models.clip.pretrained), "text": models.text_model, "from": live.label}
+    version, resumed = _resume_or_begin(versions, kb_name, wanted)
+    target = open_kb(version.physical, chunk)
+    result = ReindexResult(version=version, source=live.label, resumed=resumed)
+    try:
+        with target.write_lock():
+            refs, result.missing = source_files(live_kb)
+            for path in result.missing:
+                log.warning("reindex %s: source %s no longer exists; its documents are left out", version.label, path)
+            summary = Indexer(target).ingest([], files=refs, progress=progress)
+            result.indexed, result.unchanged = summary.indexed, summary.unchanged
+            result.failed = [{"path": p.path, "reason": p.reason} for p in summary.failed]
+            # Catch up with what the live version took in meanwhile, holding its writer lock so
+            # that nothing more arrives until the new version is complete.
+            with live_kb.write_lock():
+                refs, result.missing = source_files(live_kb)
+                again = Indexer(target).ingest([], files=refs)
+                result.indexed += again.indexed
+                live_ids = {s.doc_id for s in live_kb.manifest.all(live_kb.collection)}
+                gone = [s.doc_id for s in target.manifest.all(target.collection) if s.doc_id not in live_ids]
+                result.removed = Indexer(target).delete(gone) if gone else 0
+                result.documents = target.manifest.counts(target.collection).get("done", 0)
+                identity = {"clip": _identity(target, "clip"), "text": _identity(target, "text")}
+                versions.set_state(kb_name, version.number, "ready",
+                                   {**wanted, **identity, "documents": result.documents})
+    except BaseException:
+        # Left ``building``: a rerun with the same settings resumes it; nothing of the live version changed.
+        log.error("reindex %s did not finish; rerun `mmrag reindex %s` with the same options to resume it",
+                  version.label, kb_name)
+        raise
+    finally:
+        target.close()
+        live_kb.close()
+    result.version = versions.get(kb_name, version.number)
+    return result
+
+
+def _resume_or_begin(versions: Versions, kb: str, wanted: dict[str, Any]) -> tuple[Version, bool]:
+    for v in reversed(versions.list(kb)):
+        if v.state == "building" and {k: v.settings.get(k) for k in wanted if k != "from"} == \
+                {k: wanted[k] for k in wanted if k != "from"}:
+            log.warning("resuming the interrupted build of %s", v.label)
+            return v, True
+    return versions.begin(kb, wanted), False
+
+
+def _identity(kb: KnowledgeBase, which: str) -> dict[str, Any]:
+    return dict(getattr(kb.raw_store(which), "identity", None) or {})
+
+
+def drop_knowledge_base(manifest_kb: KnowledgeBase, name: str, open_bare: Callable[[str], KnowledgeBase]) -> list[str]:
+    """Delete a knowledge base everywhere: each of its versions, its probes and its lifecycle rows.
+
+    Returns:
+        The physical collections dropped.
+    """
+    versions = Versions(manifest_kb.manifest)
+    physicals = [v.physical for v in versions.list(name)] or [name]
+    for physical in physicals:
+        kb = open_bare(physical)
+        with kb.write_lock():
+            kb.drop()
+    with manifest_kb.manifest.transaction() as db:
+        for table in ("versions", "alias_history", "probes", "events"):
+            db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
+    return physicals

@@ -1,0 +1,537 @@
+"""Consistent, checksummed snapshots of one knowledge base version, and their restore.
+
+A snapshot is taken under the collection's writer lock, which every writer (ingest, delete, the
+keyword index, uploads) takes, so the manifest rows, the Chroma records and the keyword index in
+it are of one instant. It is written into a hidden sibling folder and renamed into place at the
+end, so a crash never leaves a partial snapshot that looks complete.
+
+Format (``format_version`` 1), a folder::
+
+    snapshot.json                 format, mmrag version, source kb/label, record counts, every file's
+                                  sha256 and size, and a digest of snapshot.json itself
+    manifest/documents.jsonl      the collection's document rows (status, hashes, record counts)
+    manifest/files.jsonl          file stamps (size, mtime, sha256) of its sources
+    manifest/flags.jsonl          per-collection flags
+    manifest/drift_refs.jsonl     drift reference rows, if any
+    manifest/probes.jsonl         the knowledge base's probes
+    chroma/<role>/collection.json Chroma collection name, metadata (embedding identity, owner), space
+    chroma/<role>/NNNNN.jsonl     one line per record: id, metadata, document
+    chroma/<role>/NNNNN.npy       the same records' vectors, float32 (n, dim), in the same order
+    keyword/...                   the tantivy keyword index folder, as it was
+
+``<role>`` is ``clip``, ``image`` or ``text`` (the three Chroma collections of a knowledge base),
+so a restore under another name maps each onto that name's collection. Records are streamed
+:data:`BATCH` at a time both ways: a snapshot of 1M records never holds them all in memory.
+Vectors are saved exactly as Chroma returns them; writing them back, Chroma 1.5.9 (cosine space)
+can move a float32 by an ulp or two (measured here: at most 3e-8 on unit vectors), so a restored
+vector equals the snapshot's to about 1e-7, not always bit for bit.
+
+Restore verifies every checksum and size before it creates anything, refuses a name that exists,
+and removes everything it created when a step or the final count check fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from mmrag.embedders.openclip import ClipSpec
+from mmrag.errors import InvalidInputError, MmragError, NotFoundError, StoreDamagedError, StoreError
+from mmrag.kb import LOCK_TIMEOUT, KnowledgeBase
+from mmrag.lifecycle.versions import Versions, split_label
+from mmrag.manifest import Manifest
+from mmrag.registry import ModelChoice, check_collection_name
+from mmrag.stores.chroma import (IDENTITY_PREFIX, SERVER_TIMEOUT, ChromaStore, RecordBatch, collection_info,
+                                 collection_names)
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mmrag-snapshot"
+FORMAT_VERSION = 1
+INDEX = "snapshot.json"
+#: Records per batch file (and per Chroma read and write).
+BATCH = 5000
+#: Document columns after ``collection``, in table order.
+_DOC_COLUMNS = ("doc_id", "source", "doc_type", "content_hash", "status", "reason", "n_clip", "n_text", "updated_at")
+_FILE_COLUMNS = ("source", "size", "mtime_ns", "sha256")
+#: Snapshots and restores never embed; the knowledge base they open needs no models.
+_NO_MODELS = ModelChoice(profile="none", clip=ClipSpec(pretrained=None), text_model="")
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What :func:`create` wrote."""
+
+    path: Path
+    kb: str
+    label: str  # kb@N
+    physical: str
+    counts: dict[str, int]
+    files: int
+    size_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {**asdict(self), "path": str(self.path)}
+
+
+@dataclass(frozen=True)
+class RestoreInfo:
+    """What :func:`restore` created."""
+
+    name: str
+    source_label: str
+    counts: dict[str, int]
+    seconds: float
+    checked: list[str] = field(default_factory=list)  # what was verified after the restore
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def _roles(kb: KnowledgeBase) -> list[tuple[str, str]]:
+    return [("clip", kb.clip_name), ("image", kb.image_name), ("text", kb.text_name)]
+
+
+def _open_kb(data_dir: Path, collection: str, models: ModelChoice | None, store_url: str | None,
+             lock_timeout: float, store_timeout: float) -> KnowledgeBase:
+    return KnowledgeBase(data_dir, collection, models or _NO_MODELS, store_url=store_url, lock_timeout=lock_timeout,
+                         store_timeout=store_timeout)
+
+
+# -- create ------------------------------------------------------------------------------------
+def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | None = None,
+           store_url: str | None = None, lock_timeout: float = LOCK_TIMEOUT,
+           store_timeout: float = SERVER_TIMEOUT, batch: int = BATCH) -> SnapshotInfo:
+    """Snapshot knowledge base ``kb_name`` (its live version, or ``kb@N``) into the new folder ``out``.
+
+    Holds the version's writer lock for the whole copy, so writers wait and readers go on. The
+    knowledge base it opens is closed at the end (for the embedded store, that lets another
+    process open it again).
+
+    Args:
+        kb_name: ``kb`` (its live version) or ``kb@N``.
+        out: the snapshot folder; must not exist, or be empty.
+        data_dir: the data dir holding the knowledge base.
+        models: unused (nothing is embedded); accepted so callers pass what they have.
+        store_url: a Chroma server URL; ``None`` for the embedded store.
+        lock_timeout: seconds to wait for a writer that holds the lock.
+        store_timeout: seconds a Chroma server request may take.
+        batch: records per batch file.
+
+    Returns:
+        What was written.
+
+    Raises:
+        NotFoundError: no such knowledge base or version.
+        InvalidInputError: ``out`` exists and is not empty.
+        StoreBusyError: a writer held the lock for longer than ``lock_timeout``.
+        StoreError: a store or the disk failed (nothing is left at ``out``).
+    """
+    started = time.monotonic()
+    out, data_dir = Path(out), Path(data_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInputError(f"{out} exists and is not empty; snapshot into a new folder")
+    if not (data_dir / "manifest.sqlite3").is_file():
+        raise NotFoundError(f"{data_dir} holds no mmrag data dir (no manifest.sqlite3); pass --data-dir")
+    manifest = Manifest(data_dir / "manifest.sqlite3")
+    try:
+        versions = Versions(manifest)
+        physical = versions.resolve(kb_name)
+        owner = versions.owner(physical)
+        kb = owner[0] if owner else physical
+        label = versions.label_of(physical)
+        version = versions.get(*owner).to_dict() if owner else None
+    finally:
+        manifest.close()
+    source = _open_kb(data_dir, physical, models, store_url, lock_timeout, store_timeout)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with source.write_lock():
+            present = collection_names(source.client)
+            if not source.manifest.has_collection(physical) and not present & {n for _, n in _roles(source)}:
+                raise NotFoundError(f"knowledge base {kb_name!r} does not exist in {data_dir}")
+            files = _Files(tmp)
+            counts = _write_manifest(files, source.manifest, physical, kb)
+            collections = {}
+            for role, name in _roles(source):
+                collections[role], counts[role] = _write_collection(files, source.client, role, name, batch)
+            counts["keyword"] = source.keyword.count()
+            files.copy_tree(source.keyword_dir, "keyword")
+            n_clip, n_text = source.manifest.totals(physical)
+        body = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "mmrag_version": _mmrag_version(),
+            "created_at": time.time(),
+            "source": {"kb": kb, "label": label, "physical": physical, "data_dir": str(data_dir.resolve()),
+                       "store": store_url or "embedded", "version": version},
+            "counts": counts, "manifest_totals": {"n_clip": n_clip, "n_text": n_text},
+            "collections": collections, "files": files.listing,
+        }
+        files.write(INDEX, json.dumps({**body, "digest": _digest(body)}, indent=1, sort_keys=True).encode())
+        _fsync_dir(tmp)
+        if out.exists():
+            out.rmdir()  # empty (checked above): rename needs the name free
+        os.rename(tmp, out)
+        _fsync_dir(out.parent)
+    except MmragError:
+        raise
+    except (OSError, ValueError) as exc:  # the disk, or a value JSON cannot hold (NaN)
+        raise StoreError(f"Cannot write the snapshot {out}: {getattr(exc, 'strerror', None) or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        source.close()
+    return SnapshotInfo(path=out, kb=kb, label=label, physical=physical, counts=counts, files=len(files.listing) + 1,
+                        size_bytes=sum(f["size"] for f in files.listing.values()), seconds=time.monotonic() - started)
+
+
+def _write_manifest(files: "_Files", manifest: Manifest, physical: str, kb: str) -> dict[str, int]:
+    counts = {
+        "documents": files.write_jsonl("manifest/documents.jsonl", _paged(
+            manifest, "documents", physical, "doc_id", _DOC_COLUMNS)),
+        "files": files.write_jsonl("manifest/files.jsonl", _paged(
+            manifest, "files", physical, "source", _FILE_COLUMNS)),
+    }
+    small = {
+        "flags": ("SELECT name, value FROM flags WHERE collection=? ORDER BY name", physical, ("name", "value")),
+        "drift_refs": ("SELECT modality, value, created_at FROM drift_refs WHERE collection=? ORDER BY modality",
+                       physical, ("modality", "value", "created_at")),
+        "probes": ("SELECT name, query, expect, k, created_at FROM probes WHERE kb=? ORDER BY name", kb,
+                   ("name", "query", "expect", "k", "created_at")),
+    }
+    for table, (sql, key, columns) in small.items():
+        rows = (dict(zip(columns, r)) for r in manifest.read(sql, (key,)))
+        counts[table] = files.write_jsonl(f"manifest/{table}.jsonl", rows)
+    return counts
+
+
+def _paged(manifest: Manifest, table: str, collection: str, key: str, columns: tuple[str, ...]
+           ) -> Iterator[dict[str, Any]]:
+    # Keyset pages on the primary key: a million document rows are never read at once.
+    sql = f"SELECT {', '.join(columns)} FROM {table} WHERE collection=? AND {key}>? ORDER BY {key} LIMIT ?"
+    last = ""
+    while rows := manifest.read(sql, (collection, last, BATCH)):
+        for row in rows:
+            yield dict(zip(columns, row))
+        last = str(rows[-1][0])
+
+
+def _write_collection(files: "_Files", client: Any, role: str, name: str, batch: int
+                      ) -> tuple[dict[str, Any] | None, int]:
+    info = collection_info(client, name)
+    if info is None:
+        return None, 0
+    files.write(f"chroma/{role}/collection.json", json.dumps(info, sort_keys=True).encode())
+    store = ChromaStore(client, name, None)  # no identity, no owner: opens without claiming anything
+    batches, total = [], 0
+    for i, part in enumerate(store.iter_batches(batch)):
+        stem = f"chroma/{role}/{i:05d}"
+        buf = io.BytesIO()
+        np.save(buf, part.vectors, allow_pickle=False)
+        files.write(stem + ".npy", buf.getvalue())
+        files.write_jsonl(stem + ".jsonl", ({"id": rid, "metadata": meta, "document": doc}
+                                            for rid, meta, doc in zip(part.ids, part.metadatas, part.documents)))
+        batches.append({"stem": stem, "records": len(part.ids)})
+        total += len(part.ids)
+    if total != store.count():
+        raise StoreDamagedError(f"Chroma collection {name!r} reports {store.count()} records but a full read gave "
+                                f"{total}; run `mmrag doctor` on it before taking a snapshot")
+    return {**info, "batches": batches}, total
+
+
+class _Files:
+    """Writes the snapshot's files under ``root``, fsynced, remembering each one's sha256 and size."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.listing: dict[str, dict[str, Any]] = {}
+
+    def _open(self, rel: str) -> Any:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "xb")
+
+    def write(self, rel: str, data: bytes) -> None:
+        with self._open(rel) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if rel != INDEX:
+            self.listing[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    def write_jsonl(self, rel: str, rows: Iterable[Any]) -> int:
+        digest, size, n = hashlib.sha256(), 0, 0
+        with self._open(rel) as fh:
+            for row in rows:
+                line = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode()
+                fh.write(line)
+                digest.update(line)
+                size, n = size + len(line), n + 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.listing[rel] = {"sha256": digest.hexdigest(), "size": size}
+        return n
+
+    def copy_tree(self, src: Path, rel: str) -> None:
+        for path in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+            if path.name.startswith(".tantivy-") and path.name.endswith(".lock"):
+                continue  # tantivy's own lock files: recreated on open, meaningless in a copy
+            target = f"{rel}/{path.relative_to(src).as_posix()}"
+            digest, size = hashlib.sha256(), 0
+            with open(path, "rb") as fin, self._open(target) as fout:
+                while chunk := fin.read(1 << 20):
+                    fout.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+            self.listing[target] = {"sha256": digest.hexdigest(), "size": size}
+
+
+# -- verify ------------------------------------------------------------------------------------
+def verify(snapshot: Path) -> dict[str, Any]:
+    """Check a snapshot's index, every file's size and sha256; return its ``snapshot.json``.
+
+    Raises:
+        NotFoundError: no such folder.
+        InvalidInputError: the folder is not an mmrag snapshot, or of a newer format.
+        StoreDamagedError: a file is missing, of another size or checksum (the message names it).
+    """
+    snapshot = Path(snapshot)
+    if not snapshot.is_dir():
+        raise NotFoundError(f"no snapshot at {snapshot}")
+    again = ("Nothing was restored. Restore another copy of this snapshot, or take a new one with "
+             "`mmrag snapshot create`.")
+    try:
+        index = json.loads((snapshot / INDEX).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"{snapshot} is not an mmrag snapshot (it has no {INDEX})") from None
+    except (OSError, ValueError) as exc:
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} cannot be read ({exc}). {again}") from exc
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise InvalidInputError(f"{snapshot} is not an mmrag snapshot ({INDEX} has no format {FORMAT!r})")
+    if index.get("format_version") != FORMAT_VERSION:
+        raise InvalidInputError(f"{snapshot} is a snapshot of format {index.get('format_version')}; this mmrag "
+                                f"reads format {FORMAT_VERSION}. Restore it with the mmrag that wrote it "
+                                f"({index.get('mmrag_version')})")
+    body = {k: v for k, v in index.items() if k != "digest"}
+    if index.get("digest") != _digest(body):
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} was changed after it was written "
+                                f"(its digest does not match). {again}")
+    problems = []
+    for rel, want in index["files"].items():
+        path = snapshot / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif path.stat().st_size != want["size"]:
+            problems.append(f"{rel} has {path.stat().st_size} bytes, not {want['size']}")
+        elif _sha256(path) != want["sha256"]:
+            problems.append(f"{rel} has another checksum (sha256) than when it was written")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {'; '.join(problems[:3])}{more}. {again}")
+    return index  # type: ignore[no-any-return]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -- restore -----------------------------------------------------------------------------------
+def restore(snapshot: Path, as_name: str, *, data_dir: Path, models: ModelChoice | None = None,
+            store_url: str | None = None, lock_timeout: float = LOCK_TIMEOUT,
+            store_timeout: float = SERVER_TIMEOUT) -> RestoreInfo:
+    """Restore a snapshot as the new knowledge base ``as_name`` (unversioned: version 1).
+
+    Every checksum is verified before anything is created. The Chroma collections are created
+    with the snapshot's embedding identity and owned by this data dir; records are written with
+    their vectors; then the keyword index and the manifest rows. Counts are checked against the
+    snapshot at the end; on any failure everything the restore created is removed again.
+
+    Args:
+        snapshot: the snapshot folder.
+        as_name: the new knowledge base's name (must not exist in this data dir or store).
+        data_dir: the data dir to restore into (created when missing).
+        models: unused (nothing is embedded).
+        store_url: a Chroma server URL; ``None`` for the embedded store.
+        lock_timeout: seconds to wait for the new name's writer lock.
+        store_timeout: seconds a Chroma server request may take.
+
+    Raises:
+        NotFoundError: no snapshot at ``snapshot``.
+        InvalidInputError: not a snapshot, or ``as_name`` is not a plain new name.
+        StoreDamagedError: a snapshot file is missing or corrupt, or the restored counts disagree.
+        StoreError: a store failed (what was created is removed).
+    """
+    started = time.monotonic()
+    snapshot = Path(snapshot)
+    index = verify(snapshot)
+    if split_label(as_name)[1] is not None or re.fullmatch(r".+--v[0-9]+", as_name):
+        plain = as_name.split("@")[0].split("--v")[0]
+        raise InvalidInputError(f"restore as a plain knowledge base name, not a version label or a version's "
+                                f"collection ({as_name!r}); for example --as {plain}-restored")
+    check_collection_name(as_name)
+    target = _open_kb(Path(data_dir), as_name, models, store_url, lock_timeout, store_timeout)
+    try:
+        with target.write_lock():
+            _refuse_existing(target)
+            try:
+                checked = _restore_into(target, snapshot, index)
+            except BaseException as exc:
+                _undo(target)
+                if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, MmragError):
+                    raise StoreError(f"Cannot restore {snapshot} as {as_name!r}: {exc}; nothing was kept") from exc
+                raise
+    finally:
+        target.close()
+    return RestoreInfo(name=as_name, source_label=index["source"]["label"], counts=dict(index["counts"]),
+                       seconds=time.monotonic() - started, checked=checked)
+
+
+def _refuse_existing(kb: KnowledgeBase) -> None:
+    name, m = kb.collection, kb.manifest
+    where = []
+    if m.has_collection(name) or m.read("SELECT 1 FROM flags WHERE collection=? LIMIT 1", (name,)):
+        where.append("the manifest")
+    if m.read("SELECT 1 FROM versions WHERE kb=? OR physical=? LIMIT 1", (name, name)) \
+            or m.read("SELECT 1 FROM probes WHERE kb=? LIMIT 1", (name,)):
+        where.append("the lifecycle tables (versions, probes)")
+    clash = sorted(collection_names(kb.client) & {n for _, n in _roles(kb)})
+    if clash:
+        where.append(f"the Chroma store ({', '.join(clash)})")
+    if kb.keyword_dir.exists() and any(kb.keyword_dir.iterdir()):
+        where.append(f"the keyword index folder {kb.keyword_dir}")
+    if where:
+        raise InvalidInputError(f"knowledge base {name!r} already exists here (in {'; '.join(where)}); restore "
+                                "under another name with --as, or drop it first")
+
+
+def _restore_into(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any]) -> list[str]:
+    counts = index["counts"]
+    for role, name in _roles(kb):
+        info = index["collections"].get(role)
+        if info is None:
+            continue
+        identity = {k[len(IDENTITY_PREFIX):]: v for k, v in info["metadata"].items() if k.startswith(IDENTITY_PREFIX)}
+        # The ordinary open path: created in cosine space with the identity, owned by this data dir.
+        store = ChromaStore(kb.client, name, identity or None, owner=kb.owner_id)
+        for part in info["batches"]:
+            store.upsert_batch(_read_batch(snapshot, part))
+    _copy_keyword(snapshot / "keyword", kb.keyword_dir)
+    _write_rows(kb, snapshot)
+
+    # What the restore holds must be what the snapshot says it held.
+    have = {role: ChromaStore(kb.client, name, None).count() for role, name in _roles(kb)
+            if index["collections"].get(role) is not None}
+    have["keyword"] = kb.keyword.count()
+    m_counts = kb.manifest.counts(kb.collection)
+    have["documents"] = sum(m_counts.values())
+    n_clip, n_text = kb.manifest.totals(kb.collection)
+    wrong = [f"{what}: {got} restored, {counts[what]} in the snapshot" for what, got in have.items()
+             if int(got) != counts[what]]
+    totals = index["manifest_totals"]
+    if (n_clip, n_text) != (totals["n_clip"], totals["n_text"]):
+        wrong.append(f"manifest totals: {(n_clip, n_text)} restored, {(totals['n_clip'], totals['n_text'])} in the "
+                     "snapshot")
+    if wrong:
+        raise StoreDamagedError(f"The restore of {snapshot} as {kb.collection!r} does not match the snapshot "
+                                f"({'; '.join(wrong)}); nothing was kept. Check the store and retry.")
+    return sorted(have) + ["manifest totals"]
+
+
+def _read_batch(snapshot: Path, part: dict[str, Any]) -> RecordBatch:
+    rows = [json.loads(line) for line in (snapshot / f"{part['stem']}.jsonl").read_text(encoding="utf-8").splitlines()]
+    try:
+        vectors = np.load(snapshot / f"{part['stem']}.npy", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {part['stem']}.npy cannot be read "
+                                f"({exc})") from exc
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != len(rows) or len(rows) != part["records"]:
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {part['stem']}.npy holds {vectors.shape} "
+                                f"{vectors.dtype} vectors for {len(rows)} records")
+    return RecordBatch([r["id"] for r in rows], vectors, [r["metadata"] for r in rows], [r["document"] for r in rows])
+
+
+def _copy_keyword(src: Path, dest: Path) -> None:
+    # Copied beside the destination, then renamed: a crash never leaves half an index in place.
+    tmp = dest.with_name(f".{dest.name}.restoring-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+        else:
+            tmp.mkdir(parents=True)
+        if dest.exists():
+            dest.rmdir()  # empty: checked before the restore began
+        os.rename(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StoreError(f"Cannot restore the keyword index into {dest}: {exc.strerror or exc}") from exc
+
+
+def _write_rows(kb: KnowledgeBase, snapshot: Path) -> None:
+    name = kb.collection
+
+    def rows(table: str, columns: tuple[str, ...], key: str) -> Iterator[tuple[Any, ...]]:
+        with open(snapshot / "manifest" / f"{table}.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                yield (key, *(row[c] for c in columns))
+
+    # One transaction: the knowledge base appears in the manifest whole, or not at all.
+    with kb.manifest.transaction() as db:
+        db.executemany(f"INSERT INTO documents VALUES ({','.join('?' * 10)})", rows("documents", _DOC_COLUMNS, name))
+        db.executemany("INSERT INTO files VALUES (?,?,?,?,?)", rows("files", _FILE_COLUMNS, name))
+        db.executemany("INSERT INTO flags VALUES (?,?,?)", rows("flags", ("name", "value"), name))
+        db.executemany("INSERT INTO drift_refs VALUES (?,?,?,?)",
+                       rows("drift_refs", ("modality", "value", "created_at"), name))
+        db.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)",
+                       rows("probes", ("name", "query", "expect", "k", "created_at"), name))
+
+
+def _undo(kb: KnowledgeBase) -> None:
+    """Remove what a failed restore created (the name did not exist before it began)."""
+    try:
+        kb.drop()
+        kb.manifest.write("DELETE FROM probes WHERE kb=?", [(kb.collection,)])
+    except MmragError as exc:
+        log.error("The failed restore of %r could not remove all it created (%s); drop it with `mmrag reset "
+                  "--collection %s`", kb.collection, exc, kb.collection)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mmrag_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmrag")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,269 @@
+"""Versioned collections behind an alias: ``kb`` names one live version ``kb@N``.
+
+Each version is a complete physical collection (its own Chroma collections, keyword index, manifest
+rows and writer lock), so everything that works on a collection works on a version unchanged, and
+a new version is built beside the live one without touching it. The alias is a row history in the
+manifest (``alias_history``): the live version is its last row, a promote appends a row and a
+rollback deletes one, each in one SQLite transaction, so a switch is atomic and every process
+sees it on its next lookup (a primary-key read).
+
+A knowledge base written before versions existed has no rows: it is version 1 and its physical
+collection is its own name. It is adopted (given a ``versions`` row) the first time a lifecycle
+command touches it, with nothing copied. Later versions live in ``<kb>--v<N>``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmrag.errors import InvalidInputError, NotFoundError
+from mmrag.manifest import Manifest
+from mmrag.registry import check_collection_name
+
+#: The highest version number (``kb@999999``; labels in the API are at most 6 digits).
+MAX_VERSION = 999_999
+#: ``kb@3``: a version named explicitly.
+_LABEL = re.compile(r"^(?P<kb>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<n>[0-9]+)$")
+#: The physical collection of version N >= 2.
+_PHYSICAL = re.compile(r"^(?P<kb>.+)--v(?P<n>[0-9]+)$")
+
+
+def physical_name(kb: str, number: int) -> str:
+    """The physical collection of ``kb@number`` (version 1 is the knowledge base's own name)."""
+    return kb if number == 1 else f"{kb}--v{number}"
+
+
+def split_label(name: str) -> tuple[str, int | None]:
+    """``"kb@3"`` -> ``("kb", 3)``; ``"kb"`` -> ``("kb", None)``."""
+    m = _LABEL.match(name)
+    if m:
+        return m.group("kb"), int(m.group("n"))
+    return name, None
+
+
+@dataclass(frozen=True)
+class Version:
+    """One version of a knowledge base."""
+
+    kb: str
+    number: int
+    physical: str
+    state: str  # building | ready | failed
+    created_at: float
+    #: What it was built with: ``chunk_size``, ``chunk_overlap``, ``clip``, ``text`` (identities), ``sources``.
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: Last measured figures: ``probes`` (recall, latency), ``eval`` (metric -> value), with times.
+    figures: dict[str, Any] = field(default_factory=dict)
+    live: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.kb}@{self.number}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kb": self.kb, "version": self.number, "label": self.label, "physical": self.physical,
+                "state": self.state, "live": self.live, "created_at": self.created_at, "settings": self.settings,
+                "figures": self.figures}
+
+
+class Versions:
+    """The versions and alias of every knowledge base in one manifest."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    # -- reading --------------------------------------------------------------------------------
+    def live_number(self, kb: str) -> int | None:
+        """The live version of ``kb``, or None when it has no alias yet (unversioned: version 1)."""
+        rows = self.manifest.read("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 1", (kb,))
+        return int(rows[0][0]) if rows else None  # type: ignore[call-overload]
+
+    def resolve(self, name: str) -> str:
+        """The physical collection a name stands for: ``kb`` -> its live version, ``kb@N`` -> version N.
+
+        A name with no versions is its own physical collection (the knowledge bases of before).
+
+        Raises:
+            NotFoundError: ``kb@N`` names a version that does not exist.
+        """
+        kb, number = split_label(name)
+        if number is None:
+            check_collection_name(name)
+            live = self.live_number(name)
+            return name if live is None else self.get(name, live).physical
+        check_collection_name(kb)
+        return self.get(kb, number).physical
+
+    def get(self, kb: str, number: int) -> Version:
+        """One version.
+
+        Raises:
+            NotFoundError: there is no such version.
+        """
+        if not 1 <= number <= MAX_VERSION:
+            raise NotFoundError(f"{kb}@{number} does not exist: versions are numbered 1 to {MAX_VERSION}; "
+                                f"`mmrag versions {kb}` lists them")
+        rows = self.manifest.read("SELECT kb, version, physical, state, created_at, settings, figures FROM versions "
+                                  "WHERE kb=? AND version=?", (kb, number))
+        if not rows:
+            if number == 1 and self.manifest.has_collection(kb):
+                return Version(kb, 1, kb, "ready", 0.0, live=self.live_number(kb) in (None, 1))
+            raise NotFoundError(f"{kb}@{number} does not exist; `mmrag versions {kb}` lists its versions")
+        return self._version(rows[0], self.live_number(kb))
+
+    def list(self, kb: str) -> list[Version]:
+        """Every version of ``kb``, oldest first (an unversioned knowledge base shows as version 1)."""
+        live = self.live_number(kb)
+        rows = self.manifest.read("SELECT kb, version, physical, state, created_at, settings, figures FROM versions "
+                                  "WHERE kb=? ORDER BY version", (kb,))
+        versions = [self._version(r, live) for r in rows]
+        if not versions and self.manifest.has_collection(kb):
+            versions = [Version(kb, 1, kb, "ready", 0.0, live=True)]
+        return versions
+
+    def owner(self, physical: str) -> tuple[str, int] | None:
+        """The (kb, version) a physical collection belongs to, or None for an unversioned one."""
+        rows = self.manifest.read("SELECT kb, version FROM versions WHERE physical=?", (physical,))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None  # type: ignore[call-overload]
+
+    def label_of(self, physical: str) -> str:
+        """``kb@N`` for a version's physical collection; ``<name>@1`` for an unversioned one."""
+        owner = self.owner(physical)
+        return f"{owner[0]}@{owner[1]}" if owner else f"{physical}@1"
+
+    def knowledge_bases(self, collections: list[str]) -> list[str]:
+        """Knowledge base names for a list of physical collections (versions folded into their kb)."""
+        physical = {str(r[0]): str(r[1]) for r in self.manifest.read("SELECT physical, kb FROM versions", ())}
+        return sorted({physical.get(c, c) for c in collections})
+
+    def events(self, kb: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The audit log of ``kb``'s promotes, rollbacks, forced overrides and prunes, newest first."""
+        rows = self.manifest.read("SELECT at, kind, detail FROM events WHERE kb=? ORDER BY at DESC LIMIT ?", (kb, limit))
+        return [{"at": r[0], "kind": r[1], **json.loads(str(r[2]))} for r in rows]
+
+    # -- writing --------------------------------------------------------------------------------
+    def adopt(self, kb: str) -> Version:
+        """Give an unversioned knowledge base its version-1 row and alias (nothing is copied); idempotent."""
+        check_collection_name(kb)
+        now = time.time()
+        with self.manifest.transaction() as db:
+            if not db.execute("SELECT 1 FROM versions WHERE kb=? AND version=1", (kb,)).fetchone():
+                db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)", (kb, 1, kb, "ready", now, "{}", "{}"))
+            if not db.execute("SELECT 1 FROM alias_history WHERE kb=?", (kb,)).fetchone():
+                db.execute("INSERT INTO alias_history VALUES (?,?,?,?,?)", (kb, 1, 1, now, "adopted"))
+        return self.get(kb, 1)
+
+    def begin(self, kb: str, settings: dict[str, Any]) -> Version:
+        """Reserve the next version number of ``kb`` for a build (state ``building``)."""
+        check_collection_name(kb)
+        if _PHYSICAL.match(kb):
+            raise InvalidInputError(f"{kb!r} looks like a version's own collection; reindex its knowledge base instead")
+        now = time.time()
+        with self.manifest.transaction() as db:
+            top = db.execute("SELECT MAX(version) FROM versions WHERE kb=?", (kb,)).fetchone()[0] or 1
+            number = int(top) + 1
+            physical = physical_name(kb, number)
+            if db.execute("SELECT 1 FROM documents WHERE collection=? LIMIT 1", (physical,)).fetchone():
+                raise InvalidInputError(f"a collection named {physical!r} already exists and is not a version of "
+                                        f"{kb!r}; rename or drop it before reindexing {kb!r}")
+            db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
+                       (kb, number, physical, "building", now, json.dumps(settings, default=str), "{}"))
+        return self.get(kb, number)
+
+    def set_state(self, kb: str, number: int, state: str, settings: dict[str, Any] | None = None) -> None:
+        """Mark a build ``ready`` or ``failed`` (and record what it ended with)."""
+        if settings is None:
+            self.manifest.write("UPDATE versions SET state=? WHERE kb=? AND version=?", [(state, kb, number)])
+        else:
+            self.manifest.write("UPDATE versions SET state=?, settings=? WHERE kb=? AND version=?",
+                                [(state, json.dumps(settings, default=str), kb, number)])
+
+    def record_figures(self, physical: str, what: str, figures: dict[str, Any]) -> None:
+        """Store a version's last ``probes`` or ``eval`` figures (shown by ``mmrag versions``)."""
+        owner = self.owner(physical)
+        if owner is None:
+            self.adopt(physical)
+            owner = (physical, 1)
+        kb, number = owner
+        current = self.get(kb, number).figures
+        current[what] = {**figures, "at": time.time()}
+        self.manifest.write("UPDATE versions SET figures=? WHERE kb=? AND version=?",
+                            [(json.dumps(current, default=str), kb, number)])
+
+    def switch(self, kb: str, number: int, *, reason: str, detail: dict[str, Any] | None = None) -> Version:
+        """Make ``kb@number`` live: one transaction appends the alias row and its audit event.
+
+        Raises:
+            NotFoundError: no such version.
+            InvalidInputError: the version is not ``ready`` (still building, or its build failed).
+        """
+        target = self.get(kb, number)
+        if target.state != "ready":
+            raise InvalidInputError(f"{target.label} is {target.state}, not ready; finish its build with "
+                                    f"`mmrag reindex {kb}` or pick another version")
+        self.adopt_if_unversioned(kb)
+        now = time.time()
+        with self.manifest.transaction() as db:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM alias_history WHERE kb=?", (kb,)).fetchone()[0]
+            live = db.execute("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 1",
+                              (kb,)).fetchone()
+            db.execute("INSERT INTO alias_history VALUES (?,?,?,?,?)", (kb, int(seq) + 1, number, now, reason))
+            db.execute("INSERT INTO events VALUES (?,?,?,?)",
+                       (kb, now, reason, json.dumps({"from": live[0] if live else None, "to": number, **(detail or {})},
+                                                    default=str)))
+        return self.get(kb, number)
+
+    def adopt_if_unversioned(self, kb: str) -> None:
+        if self.live_number(kb) is None and self.manifest.has_collection(kb):
+            self.adopt(kb)
+
+    def previous(self, kb: str) -> int:
+        """The version a rollback of ``kb`` returns to.
+
+        Raises:
+            InvalidInputError: ``kb`` has never been promoted, so there is nothing to return to.
+        """
+        rows = self.manifest.read("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 2", (kb,))
+        if len(rows) < 2:
+            raise InvalidInputError(f"{kb!r} has no earlier live version to roll back to; `mmrag versions {kb}` "
+                                    "lists its versions")
+        return int(rows[1][0])  # type: ignore[call-overload]
+
+    def rollback(self, kb: str, *, detail: dict[str, Any] | None = None) -> Version:
+        """Return ``kb`` to the version that was live before the current one (one transaction)."""
+        now = time.time()
+        with self.manifest.transaction() as db:
+            rows = db.execute("SELECT seq, version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 2",
+                              (kb,)).fetchall()
+            if len(rows) < 2:
+                raise InvalidInputError(f"{kb!r} has no earlier live version to roll back to; `mmrag versions {kb}` "
+                                        "lists its versions")
+            (seq, current), (_, back) = rows
+            db.execute("DELETE FROM alias_history WHERE kb=? AND seq=?", (kb, seq))
+            db.execute("INSERT INTO events VALUES (?,?,?,?)",
+                       (kb, now, "rollback", json.dumps({"from": current, "to": back, **(detail or {})}, default=str)))
+        return self.get(kb, int(back))
+
+    def forget(self, kb: str, number: int) -> None:
+        """Remove a version's rows (its collections are dropped by the caller first)."""
+        with self.manifest.transaction() as db:
+            db.execute("DELETE FROM versions WHERE kb=? AND version=?", (kb, number))
+            db.execute("DELETE FROM alias_history WHERE kb=? AND version=?", (kb, number))
+            db.execute("INSERT INTO events VALUES (?,?,?,?)", (kb, time.time(), "prune",
+                                                              json.dumps({"version": number})))
+
+    def log(self, kb: str, kind: str, detail: dict[str, Any]) -> None:
+        """Append an audit event (a forced promote, a refused canary)."""
+        self.manifest.write("INSERT INTO events VALUES (?,?,?,?)",
+                            [(kb, time.time(), kind, json.dumps(detail, default=str))])
+
+    @staticmethod
+    def _version(row: tuple[object, ...], live: int | None) -> Version:
+        kb, number, physical, state, created, settings, figures = row
+        return Version(str(kb), int(number), str(physical), str(state), float(created),  # type: ignore[call-overload]
+                       json.loads(str(settings)), json.loads(str(figures)),
+                       live=(live if live is not None else 1) == int(number))  # type: ignore[call-overload]
