@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from mmrag.errors import ConfigError, InvalidInputError, NotFoundError
+from mmrag.locks import fsync_dir
 
 SCOPES = ("read", "write", "admin")
 _IMPLIED = {"admin": {"admin", "write", "read"}, "write": {"write", "read"}, "read": {"read"}}
@@ -225,7 +226,8 @@ class KeyStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(self.path.parent)
+        # Without this, a crash right after a revoke could bring the revoked key back.
+        fsync_dir(self.path.parent)
         with self._mutex:
             self._keys, self._signature, self._raw = dict(keys), None, None
 
@@ -237,11 +239,3 @@ def _parse(raw: bytes) -> dict[str, ApiKey]:
     return {k.id: k for k in keys}
 
 
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable only once the folder's entry is on disk: without this, a crash right
-    # after a revoke could bring the revoked key back.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -3,6 +3,9 @@
 Both are ``flock`` locks, which the kernel releases when the holder dies, so a ``kill -9`` never
 leaves a stale lock behind. The holder writes its pid, command line and start time into the lock
 file once it holds the lock, so a process that waits or is refused can name it.
+
+:func:`fsync_dir` is here too: what a writer that replaces files by rename (the key file, a
+snapshot) calls so the rename survives a crash.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ from mmrag.errors import StoreBusyError, StoreError
 POLL = 0.05
 _claims: dict[str, IO[bytes]] = {}
 _claims_guard = threading.Lock()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk: a rename into it is durable only once this returns."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def describe_holder(path: Path) -> str:

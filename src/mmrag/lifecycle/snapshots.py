@@ -46,9 +46,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from mmrag import __version__
 from mmrag.embedders.openclip import ClipSpec
 from mmrag.errors import InvalidInputError, MmragError, NotFoundError, StoreDamagedError, StoreError
 from mmrag.kb import LOCK_TIMEOUT, KnowledgeBase
+from mmrag.locks import fsync_dir
 from mmrag.lifecycle.versions import Versions, split_label
 from mmrag.manifest import Manifest
 from mmrag.registry import ModelChoice, check_collection_name
@@ -174,7 +176,7 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
             files.copy_tree(source.keyword_dir, "keyword")
             n_clip, n_text = source.manifest.totals(physical)
         body = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "mmrag_version": _mmrag_version(),
+            "format": FORMAT, "format_version": FORMAT_VERSION, "mmrag_version": __version__,
             "created_at": time.time(),
             "source": {"kb": kb, "label": label, "physical": physical, "data_dir": str(data_dir.resolve()),
                        "store": store_url or "embedded", "version": version},
@@ -182,11 +184,11 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
             "collections": collections, "files": files.listing,
         }
         files.write(INDEX, json.dumps({**body, "digest": _digest(body)}, indent=1, sort_keys=True).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if out.exists():
             out.rmdir()  # empty (checked above): rename needs the name free
         os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except MmragError:
         raise
     except (OSError, ValueError) as exc:  # the disk, or a value JSON cannot hold (NaN)
@@ -518,20 +520,3 @@ def _undo(kb: KnowledgeBase) -> None:
     except MmragError as exc:
         log.error("The failed restore of %r could not remove all it created (%s); drop it with `mmrag reset "
                   "--collection %s`", kb.collection, exc, kb.collection)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _mmrag_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mmrag")
-    except PackageNotFoundError:
-        return "unknown"
