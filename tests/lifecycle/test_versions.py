@@ -117,6 +117,8 @@ def test_reindex_catches_up_with_writes_and_resumes_after_a_crash(tmp_path: Path
     monkeypatch.setattr(Indexer, "ingest", real)
     versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
     assert versions.get("kb", 2).state == "building"
+    with pytest.raises(InvalidInputError, match=r"kb@2 is building, not ready.*it resumes"):
+        versions.switch("kb", 2, reason="promote")  # a half-built version is never served
 
     # Meanwhile the live version changes: one document edited, one added, one deleted.
     (corpus / "doc0.md").write_text("# Doc 0\n\nentirely new text about a windmill.\n")

@@ -85,21 +85,17 @@ def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None)
 
     s = settings_from(opts)
     name = name or s.collection
-    built: dict[str, Any] = {}
+    physical, configured = name, ChunkSpec(s.chunk.size, s.chunk.overlap)
     manifest_path = Path(s.data_dir) / "manifest.sqlite3"
     if manifest_path.exists():
         manifest = Manifest(manifest_path)
         try:
             versions = Versions(manifest)
             physical = versions.resolve(name)
-            owner = versions.owner(physical)
-            built = versions.get(*owner).settings if owner else {}
+            chunk = chunk or versions.chunk_spec(physical, configured)
         finally:
             manifest.close()
-    else:
-        physical = name
-    if chunk is None:
-        chunk = ChunkSpec(int(built.get("chunk_size") or s.chunk.size), int(built.get("chunk_overlap") or s.chunk.overlap))
+    chunk = chunk or configured
     return KnowledgeBase(s.data_dir, physical, resolve_models(s), store_url=s.store.url,
                          lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout, chunk=chunk)
 

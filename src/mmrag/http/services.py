@@ -182,14 +182,8 @@ class Services:
             return kb
 
     def _chunk_spec(self, physical: str) -> ChunkSpec:
-        return self._spec_from(self.versions, physical)
-
-    def _spec_from(self, versions: Versions, physical: str) -> ChunkSpec:
-        # A version built with its own chunk size keeps it for every later write.
         s = self.settings
-        owner = versions.owner(physical)
-        built = versions.get(*owner).settings if owner else {}
-        return ChunkSpec(int(built.get("chunk_size") or s.chunk.size), int(built.get("chunk_overlap") or s.chunk.overlap))
+        return self.versions.chunk_spec(physical, ChunkSpec(s.chunk.size, s.chunk.overlap))
 
     def collection_sizes(self, name: str) -> dict[str, int]:
         """Documents (indexed) and records per index of ``name``'s live version, read without loading any model."""

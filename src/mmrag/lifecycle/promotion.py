@@ -56,13 +56,10 @@ def promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str]
     from mmrag.lifecycle.probes import ProbeStore
 
     versions.adopt_if_unversioned(kb)
-    candidate = versions.get(kb, number)
+    candidate = versions.ready(kb, number)
     live_number = versions.live_number(kb)
     if live_number == number:
         raise InvalidInputError(f"{candidate.label} is already live")
-    if candidate.state != "ready":
-        raise InvalidInputError(f"{candidate.label} is {candidate.state}, not ready; finish its build with "
-                                f"`mmrag reindex {kb}` (it resumes) or pick another version")
     previous = versions.get(kb, live_number) if live_number is not None else None
     probes = ProbeStore(versions.manifest).list(kb)
     result = None

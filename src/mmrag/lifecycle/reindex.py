@@ -147,9 +147,9 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
 
 
 def _resume_or_begin(versions: Versions, kb: str, wanted: dict[str, Any]) -> tuple[Version, bool]:
+    same = {k: v for k, v in wanted.items() if k != "from"}  # what must match to resume a build
     for v in reversed(versions.list(kb)):
-        if v.state == "building" and {k: v.settings.get(k) for k in wanted if k != "from"} == \
-                {k: wanted[k] for k in wanted if k != "from"}:
+        if v.state == "building" and {k: v.settings.get(k) for k in same} == same:
             log.warning("resuming the interrupted build of %s", v.label)
             return v, True
     return versions.begin(kb, wanted), False

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmrag.chunking import ChunkSpec
 from mmrag.errors import InvalidInputError, NotFoundError
 from mmrag.manifest import Manifest
 from mmrag.registry import check_collection_name
@@ -93,10 +94,22 @@ class Versions:
         kb, number = split_label(name)
         if number is None:
             check_collection_name(name)
-            live = self.live_number(name)
-            return name if live is None else self.get(name, live).physical
+            # Read on every request of a server: one indexed join, the newest alias row's version.
+            rows = self.manifest.read(
+                "SELECT v.physical FROM alias_history a JOIN versions v ON v.kb = a.kb AND v.version = a.version "
+                "WHERE a.kb=? ORDER BY a.seq DESC LIMIT 1", (name,))
+            return str(rows[0][0]) if rows else name
         check_collection_name(kb)
         return self.get(kb, number).physical
+
+    def chunk_spec(self, physical: str, default: ChunkSpec) -> ChunkSpec:
+        """The chunk sizing ``physical`` was built with (``reindex --chunk-size``), else ``default``.
+
+        A version keeps its chunk size for every later write, whoever writes it (CLI or server).
+        """
+        rows = self.manifest.read("SELECT settings FROM versions WHERE physical=?", (physical,))
+        built = json.loads(str(rows[0][0])) if rows else {}
+        return ChunkSpec(int(built.get("chunk_size") or default.size), int(built.get("chunk_overlap") or default.overlap))
 
     def get(self, kb: str, number: int) -> Version:
         """One version.
@@ -201,10 +214,7 @@ class Versions:
             NotFoundError: no such version.
             InvalidInputError: the version is not ``ready`` (still building, or its build failed).
         """
-        target = self.get(kb, number)
-        if target.state != "ready":
-            raise InvalidInputError(f"{target.label} is {target.state}, not ready; finish its build with "
-                                    f"`mmrag reindex {kb}` or pick another version")
+        self.ready(kb, number)
         self.adopt_if_unversioned(kb)
         now = time.time()
         with self.manifest.transaction() as db:
@@ -216,6 +226,19 @@ class Versions:
                        (kb, now, reason, json.dumps({"from": live[0] if live else None, "to": number, **(detail or {})},
                                                     default=str)))
         return self.get(kb, number)
+
+    def ready(self, kb: str, number: int) -> Version:
+        """``kb@number``, which must be ``ready`` to be served.
+
+        Raises:
+            NotFoundError: no such version.
+            InvalidInputError: it is still building, or its build failed.
+        """
+        version = self.get(kb, number)
+        if version.state != "ready":
+            raise InvalidInputError(f"{version.label} is {version.state}, not ready; finish its build with "
+                                    f"`mmrag reindex {kb}` (it resumes) or pick another version")
+        return version
 
     def adopt_if_unversioned(self, kb: str) -> None:
         if self.live_number(kb) is None and self.manifest.has_collection(kb):
