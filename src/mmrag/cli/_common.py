@@ -72,10 +72,11 @@ def settings_from(opts: dict[str, Any]) -> Settings:
     return s
 
 
-def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None) -> Any:
+def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None, embedders: Any = None) -> Any:
     """The knowledge base the options name, aliases resolved: ``kb`` opens its live version, ``kb@N`` version N.
 
     A version built with its own chunk size (``mmrag reindex --chunk-size``) keeps it for later writes.
+    ``embedders``: another knowledge base whose models this one shares (loaded once, not per version).
     """
     from mmrag.chunking import ChunkSpec
     from mmrag.kb import KnowledgeBase
@@ -96,8 +97,9 @@ def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None)
         finally:
             manifest.close()
     chunk = chunk or configured
+    shared = {"clip": embedders.clip, "text": embedders.text} if embedders is not None else {}
     return KnowledgeBase(s.data_dir, physical, resolve_models(s), store_url=s.store.url,
-                         lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout, chunk=chunk)
+                         lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout, chunk=chunk, **shared)
 
 
 def errors_to_click(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -91,9 +91,15 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
     s = settings_from(opts)
     if budget is not None:
         s.lifecycle.canary_budget = budget
+    opened: list[Any] = []
+
+    def open_version(name: str) -> Any:
+        # The canary searches both versions: they share one load of the models.
+        opened.append(open_kb(opts, name, embedders=opened[0] if opened else None))
+        return opened[-1]
+
     try:
-        result = run(kb, version, versions=_versions(opts), open_kb=lambda name: open_kb(opts, name), settings=s,
-                     force=force)
+        result = run(kb, version, versions=_versions(opts), open_kb=open_version, settings=s, force=force)
     except CanaryRefusedError as exc:
         click.echo(f"REFUSED {exc}", err=True)
         sys.exit(EXIT_CANARY_REFUSED)

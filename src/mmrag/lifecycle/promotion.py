@@ -62,9 +62,10 @@ def promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str]
         raise InvalidInputError(f"{candidate.label} is already live")
     previous = versions.get(kb, live_number) if live_number is not None else None
     probes = ProbeStore(versions.manifest).list(kb)
+    target = open_kb(candidate.physical)
     result = None
     if previous is not None and (probes or settings.lifecycle.eval_dataset):
-        result = gate(open_kb(previous.physical), open_kb(candidate.physical), probes, settings=settings,
+        result = gate(open_kb(previous.physical), target, probes, settings=settings,
                       eval_dataset=settings.lifecycle.eval_dataset, live_label=previous.label,
                       candidate_label=candidate.label)
         versions.record_figures(candidate.physical, "canary", result.to_dict())
@@ -80,7 +81,7 @@ def promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str]
     elif previous is not None:
         log.warning("promote %s: %s has no probes and no evaluation dataset, so there is no canary; add probes "
                     "with `mmrag probes add %s`", candidate.label, kb, kb)
-    _check_servable(open_kb(candidate.physical), candidate)
+    _check_servable(target, candidate)
     forced = bool(force and result is not None and not result.passed)
     detail = {"canary": result.to_dict() if result is not None else None}
     live = versions.switch(kb, number, reason="promote-forced" if forced else "promote", detail=detail)
