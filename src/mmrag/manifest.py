@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (collection, doc_id)
 );
 CREATE INDEX IF NOT EXISTS documents_source ON documents (collection, source);
+-- The most recently updated documents (drift scores them): a range read, not a sort of the collection.
+CREATE INDEX IF NOT EXISTS documents_updated ON documents (collection, status, updated_at);
 CREATE TABLE IF NOT EXISTS files (
     collection TEXT NOT NULL,
     source     TEXT NOT NULL,
