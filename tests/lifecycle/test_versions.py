@@ -157,6 +157,9 @@ def test_prune_keeps_the_live_version_and_the_rollback_target(tmp_path: Path) ->
     assert not open_kb("kb").manifest.has_collection("kb--v2")  # its rows went with it
     assert open_kb("kb--v2").raw_store("text").count() == 0
     assert versions.resolve("kb") == "kb--v4"
+    # Version 1's collection is named like the knowledge base: pruning it must not touch the live one.
+    assert not versions.manifest.has_collection("kb")
+    assert open_kb("kb@4").raw_store("text").count() > 0 and open_kb("kb@4").health().problems == []
 
 
 # -- acceptance 1: a server keeps answering through reindex, promote and rollback -------------------
@@ -282,3 +285,71 @@ def test_promote_refuses_a_version_these_models_cannot_serve(tmp_path: Path) -> 
         promote("kb", 2, versions=versions, open_kb=_opener(data_dir), settings=Settings())
     assert versions.resolve("kb") == "kb"
     assert promote("kb", 2, versions=versions, open_kb=other_models, settings=Settings()).live.label == "kb@2"
+
+
+def test_reset_deletes_every_version_and_the_alias(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mmrag.cli import main
+
+    data_dir = tmp_path / "data"
+    _ingest(data_dir, _corpus(tmp_path / "corpus", 2))
+    open_kb = _opener(data_dir)
+    reindex("kb", open_kb=open_kb, chunk=ChunkSpec(32, 8), models=resolve_models(Settings()))
+    versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
+    versions.switch("kb", 2, reason="promote")
+    args = ["reset", "--yes", "--data-dir", str(data_dir), "--json"]
+
+    refused = CliRunner().invoke(main, [*args, "--collection", "kb@1"])
+    assert refused.exit_code == 1 and "mmrag versions prune kb" in refused.output
+    done = CliRunner().invoke(main, [*args, "--collection", "kb"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output) == {"reset": "kb", "versions": ["kb", "kb--v2"]}
+    # Before, reset dropped only the live version and left the alias pointing at nothing.
+    assert versions.list("kb") == [] and versions.resolve("kb") == "kb"
+    assert versions.manifest.collections() == []
+    assert open_kb("kb--v2").raw_store("text").count() == 0 and open_kb("kb").raw_store("text").count() == 0
+
+
+def test_promoting_back_to_version_one_canaries_version_one(tmp_path: Path) -> None:
+    from mmrag.errors import CanaryRefusedError
+    from mmrag.indexing import Indexer
+    from mmrag.lifecycle.probes import Probe, ProbeStore
+    from mmrag.lifecycle.promotion import promote
+
+    data_dir = tmp_path / "data"
+    _ingest(data_dir, _corpus(tmp_path / "corpus"))
+    open_kb = _opener(data_dir)
+    reindex("kb", open_kb=open_kb, chunk=ChunkSpec(32, 8), models=resolve_models(Settings()))
+    versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
+    versions.switch("kb", 2, reason="promote")
+    Indexer(open_kb("kb@1")).delete(["doc1.md"])  # the old version, whose collection is named "kb", degraded
+    ProbeStore(versions.manifest).add("kb", Probe("doc-one", "Doc 1 harbor lighthouse", ("doc1.md",), k=4))
+    with pytest.raises(CanaryRefusedError, match="probe doc-one FAILS on kb@1"):
+        promote("kb", 1, versions=versions, open_kb=open_kb, settings=Settings())
+    assert versions.resolve("kb") == "kb--v2"
+
+
+def test_probes_run_on_version_one_measures_version_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import mmrag.cli.probes as probes_cli
+    from mmrag.cli import main
+    from mmrag.indexing import Indexer
+    from mmrag.lifecycle.probes import Probe, ProbeStore
+
+    data_dir = tmp_path / "data"
+    _ingest(data_dir, _corpus(tmp_path / "corpus"))
+    open_kb = _opener(data_dir)
+    reindex("kb", open_kb=open_kb, chunk=ChunkSpec(32, 8), models=resolve_models(Settings()))
+    versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
+    versions.switch("kb", 2, reason="promote")
+    Indexer(open_kb("kb@1")).delete(["doc1.md"])
+    ProbeStore(versions.manifest).add("kb", Probe("doc-one", "Doc 1 harbor lighthouse", ("doc1.md",), k=4))
+    # The CLI's own opener, with the hashing models in place of the configured ones.
+    monkeypatch.setattr(probes_cli, "open_kb", lambda opts, name=None, **_: open_kb(name or opts["collection"]))
+    args = ["probes", "run", "kb", "--data-dir", str(data_dir), "--json"]
+    live = CliRunner().invoke(main, args)
+    old = CliRunner().invoke(main, [*args, "--version", "1"])
+    assert live.exit_code == 0 and json.loads(live.stdout)["version"] == "kb@2"
+    assert old.exit_code == 4 and json.loads(old.stdout)["version"] == "kb@1", old.output

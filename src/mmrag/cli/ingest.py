@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_click, main, open_kb
+from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_click, main, open_kb, settings_from
 
 
 @main.command()
@@ -165,10 +165,17 @@ def delete(doc_ids: tuple[str, ...], as_json: bool, **opts: Any) -> None:
 @common_options
 @errors_to_click
 def reset(yes: bool, as_json: bool, **opts: Any) -> None:
-    """Delete a whole collection (all three indexes and its manifest)."""
+    """Delete a whole collection (all three indexes and its manifest), every version of it."""
+    from mmrag.errors import InvalidInputError
+    from mmrag.lifecycle.reindex import drop_knowledge_base
+    from mmrag.lifecycle.versions import split_label
+
+    name = settings_from(opts).collection
+    if split_label(name)[1] is not None:
+        raise InvalidInputError(f"reset deletes a whole knowledge base; to drop old versions of "
+                                f"{split_label(name)[0]!r} run `mmrag versions prune {split_label(name)[0]}`")
     kb = open_kb(opts)
     if not yes:
-        click.confirm(f"Delete collection {kb.collection!r} in {kb.data_dir}?", abort=True)
-    with kb.write_lock():
-        kb.drop()
-    emit({"reset": kb.collection}) if as_json else click.echo(f"collection {kb.collection} deleted")
+        click.confirm(f"Delete collection {name!r} in {kb.data_dir}?", abort=True)
+    dropped = drop_knowledge_base(kb, name, lambda physical: open_kb(opts, physical))
+    emit({"reset": name, "versions": dropped}) if as_json else click.echo(f"collection {name} deleted")

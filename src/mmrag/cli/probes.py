@@ -132,7 +132,7 @@ def probes_run(kb: str, number: int | None, retriever: str, as_json: bool, **opt
     physical = versions.resolve(kb if number is None else f"{kb}@{number}")
     _require_kb(manifest, kb)
     label = versions.label_of(physical)
-    version_kb = open_kb({**opts, "collection": physical})
+    version_kb = open_kb(opts, label)  # by label: version 1's physical name would open the live version
     report = run_probes(Searcher.from_settings(version_kb, settings_from(opts).retrieval), items, retriever=retriever)
     record_probe_run(manifest, physical, report)
     if as_json:

@@ -110,7 +110,7 @@ class ProbeMonitor:
         if not probes or not self.versions.manifest.has_collection(physical):
             return None  # probes of a knowledge base not built (or dropped): nothing to measure
         label = self.versions.label_of(physical)
-        report = run_probes(self.services.searcher(physical), probes)
+        report = run_probes(self.services.searcher(label), probes)  # the version resolved above
         record_probe_run(self.versions.manifest, physical, report)
         run = ProbeRun(kb, label, physical, report)
         with self._lock:

@@ -196,7 +196,8 @@ class Services:
         """Delete collection ``name`` everywhere: every version of it, and its lifecycle rows."""
         from mmrag.lifecycle.reindex import drop_knowledge_base
 
-        names = drop_knowledge_base(self._bare(self.settings.collection), name, self._bare)
+        names = drop_knowledge_base(self._bare(self.settings.collection), name,
+                                    lambda label: self._bare(self.physical(label)))
         with self._lock:
             for physical in names:
                 self._kbs.pop(physical, None)

@@ -43,7 +43,9 @@ def promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str]
         kb: the knowledge base.
         number: the candidate version.
         versions: the data dir's versions.
-        open_kb: opens a physical collection with models attached (the canary searches it).
+        open_kb: opens a version by its label ``kb@N``, models attached (the canary searches it).
+            Labels, never physical names: version 1's physical name is the knowledge base's own,
+            which opens whatever version is live.
         settings: ``lifecycle.canary_budget`` and ``lifecycle.eval_dataset`` are read from it.
         force: switch even when the canary refuses (logged as an override).
 
@@ -62,10 +64,10 @@ def promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str]
         raise InvalidInputError(f"{candidate.label} is already live")
     previous = versions.get(kb, live_number) if live_number is not None else None
     probes = ProbeStore(versions.manifest).list(kb)
-    target = open_kb(candidate.physical)
+    target = open_kb(candidate.label)
     result = None
     if previous is not None and (probes or settings.lifecycle.eval_dataset):
-        result = gate(open_kb(previous.physical), target, probes, settings=settings,
+        result = gate(open_kb(previous.label), target, probes, settings=settings,
                       eval_dataset=settings.lifecycle.eval_dataset, live_label=previous.label,
                       candidate_label=candidate.label)
         versions.record_figures(candidate.physical, "canary", result.to_dict())
@@ -111,7 +113,7 @@ def prune(kb: str, *, versions: Versions, open_bare: Callable[[str], KnowledgeBa
     others = [v for v in versions.list(kb) if v.number != (live or 1) and v.state != "building"]
     dropped = []
     for v in others[: max(0, len(others) - keep)]:
-        target = open_bare(v.physical)
+        target = open_bare(v.label)
         with target.write_lock():
             target.drop()
         target.close()

@@ -83,7 +83,9 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
 
     Args:
         kb_name: the knowledge base (not a version label).
-        open_kb: opens a physical collection with a chunk spec (the caller's store and models).
+        open_kb: opens a knowledge base (its live version) or a version label ``kb@N``, with a chunk
+            spec (the caller's store and models). Labels, never physical names: version 1's
+            physical name is the knowledge base's own, which would open the live version.
         chunk: the new version's chunk sizing.
         models: the new version's models (recorded with the version).
         progress: called with (files done, files total) during the main build.
@@ -105,13 +107,10 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
         raise NotFoundError(f"no knowledge base {kb_name!r} to reindex; ingest documents into it first")
     versions.adopt_if_unversioned(kb_name)
     live = versions.get(kb_name, versions.live_number(kb_name) or 1)
-    if live.physical != live_kb.collection:
-        live_kb.close()
-        live_kb = open_kb(live.physical, chunk)
     wanted = {"chunk_size": chunk.size, "chunk_overlap": chunk.overlap, "clip": models.clip.model,
               "clip_pretrained": str(models.clip.pretrained), "text": models.text_model, "from": live.label}
     version, resumed = _resume_or_begin(versions, kb_name, wanted)
-    target = open_kb(version.physical, chunk)
+    target = open_kb(version.label, chunk)
     result = ReindexResult(version=version, source=live.label, resumed=resumed)
     try:
         with target.write_lock():
@@ -162,16 +161,18 @@ def _identity(kb: KnowledgeBase, which: str) -> dict[str, Any]:
 def drop_knowledge_base(manifest_kb: KnowledgeBase, name: str, open_bare: Callable[[str], KnowledgeBase]) -> list[str]:
     """Delete a knowledge base everywhere: each of its versions, its probes and its lifecycle rows.
 
+    ``open_bare`` opens a version by its label ``kb@N`` (see :func:`reindex`), without models.
+
     Returns:
         The physical collections dropped.
     """
     versions = Versions(manifest_kb.manifest)
-    physicals = [v.physical for v in versions.list(name)] or [name]
-    for physical in physicals:
-        kb = open_bare(physical)
+    listed = versions.list(name)
+    for label in [v.label for v in listed] or [name]:
+        kb = open_bare(label)
         with kb.write_lock():
             kb.drop()
     with manifest_kb.manifest.transaction() as db:
         for table in ("versions", "alias_history", "probes", "events"):
             db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
-    return physicals
+    return [v.physical for v in listed] or [name]
