@@ -97,3 +97,17 @@ def test_promote_refused_by_the_canary_is_a_409_naming_the_probe(api: Api) -> No
     assert forced.status_code == 200 and forced.json()["forced"] is True
     events = api.client.get(f"/v1/collections/{kb}/versions", headers=api.auth("reader")).json()["events"]
     assert [e["kind"] for e in events[:2]] == ["promote-forced", "promote-refused"]
+
+
+def test_serve_time_probes_are_not_counted_as_users_queries(api: Api) -> None:
+    kb = api.col("kb")
+    assert api.upload("admin", kb, *DOCS).status_code == 201
+    _search_version(api, kb)  # a user's query: recorded for query drift
+    ProbeStore(api.services._bare(kb).manifest).add(kb, Probe("museum", "museum opens", ("note0.txt",), k=3))
+    queries = api.services.metrics.queries
+    before = len(queries.recent(kb, "text"))
+    from mmrag.http.probing import ProbeMonitor
+
+    runs = ProbeMonitor(api.services, interval_s=0).run_once()
+    assert [r.report.passed for r in runs if r.collection == kb] == [True]
+    assert before == 1 and len(queries.recent(kb, "text")) == before

@@ -19,6 +19,7 @@ from mmrag.errors import MmragError
 from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.probes import ProbeReport, ProbeStore, record_probe_run, run_probes
 from mmrag.lifecycle.versions import Versions
+from mmrag.retrieval import Searcher
 
 if TYPE_CHECKING:
     from mmrag.http.services import Services
@@ -110,7 +111,10 @@ class ProbeMonitor:
         if not probes or not self.versions.manifest.has_collection(physical):
             return None  # probes of a knowledge base not built (or dropped): nothing to measure
         label = self.versions.label_of(physical)
-        report = run_probes(self.services.searcher(label), probes)  # the version resolved above
+        # A searcher of its own, with the server's fusion settings: the shared one feeds the query
+        # drift log, and probe queries are not users' queries.
+        searcher = Searcher.from_settings(self.services.kb(label), self.services.settings.retrieval)
+        report = run_probes(searcher, probes)
         record_probe_run(self.versions.manifest, physical, report)
         run = ProbeRun(kb, label, physical, report)
         with self._lock:
