@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["default", "offline"]
@@ -125,6 +125,36 @@ class RetrievalSettings(BaseModel):
     rrf_k: int = Field(5, ge=0, le=1000)
 
 
+class RerankSettings(BaseModel):
+    """The rerank stage after retrieval (:mod:`mmrag.rerank`): which model rereads the top hits.
+
+    ``model`` names a backend (:func:`mmrag.registry.build_reranker`): ``offline`` (mmrag's own
+    reader), ``cross-encoder:<hub name or folder>`` (sentence-transformers), or
+    ``litellm:<provider>/<model>`` (any provider of ``litellm.rerank``: Cohere, Jina, Voyage...).
+    None: no rerank. ``MMRAG_RERANK__MODEL=cross-encoder:/models/bge-reranker-base``,
+    ``MMRAG_RERANK__DEPTH=20``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    #: How many of the first stage's top hits are reread (the rest keep their order below them).
+    depth: int = Field(30, ge=1, le=1000)
+    #: Seconds a hosted reranker (litellm) may take per call; always passed (litellm's default is 6000 s).
+    timeout: float = Field(30.0, gt=0)
+    #: A hosted reranker's base URL (a self-hosted Cohere-compatible server, a proxy...).
+    api_base: str | None = None
+    #: A hosted reranker's key; None lets litellm read the provider's own variable (COHERE_API_KEY...).
+    api_key: SecretStr | None = None
+    #: Tokens a cross-encoder reads per (query, passage) pair; None: the model's own limit.
+    max_length: int | None = Field(None, ge=16, le=8192)
+    #: Cross-encoder numerics: ``auto`` is bf16 where the CPU has AVX-512 BF16, fp16 on a GPU, else fp32.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    batch_size: int = Field(32, ge=1, le=1024)
+    #: Other rerankers an API request's ``rerank`` field may name, besides ``model`` (each built once).
+    allowed: list[str] = []
+
+
 class LifecycleSettings(BaseModel):
     """Versions, the canary gate, probes and drift (:mod:`mmrag.lifecycle`).
 
@@ -160,5 +190,6 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     answer: AnswerSettings = AnswerSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    rerank: RerankSettings = RerankSettings()
     api: ApiSettings = ApiSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()

@@ -1,4 +1,4 @@
-"""The interfaces services depend on. Implementations: embedders/, stores/ (fakes included)."""
+"""The interfaces services depend on. Implementations: embedders/, stores/, rerankers/ (fakes included)."""
 
 from __future__ import annotations
 
@@ -154,4 +154,27 @@ class KeywordIndex(Protocol):
     def query(self, text: str, k: int, *, where: Mapping[str, Any] | None = None,
               source_prefix: str | None = None) -> list[Hit]:
         """Top ``k`` rows by BM25 that pass ``where`` (Chroma semantics) and ``source_prefix``."""
+        ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Scores passages against a query by reading the two together (a cross-encoder, or a hosted API).
+
+    ``name`` identifies the backend and its weights (``offline``, ``cross-encoder:<name or folder>``,
+    ``litellm:<provider>/<model>``). Implementations: :mod:`mmrag.rerankers` and the offline reader
+    (``mmrag.reader``); :func:`mmrag.registry.build_reranker` builds one from such a name. A reranker
+    may be called from several threads at once (the server shares one).
+
+    Example:
+        >>> from mmrag.registry import build_reranker
+        >>> reranker = build_reranker("cross-encoder:/models/my-cross-encoder")  # doctest: +SKIP
+        >>> reranker.score("when does the museum open?", ["Opens at 9.", "Parking is free."])  # doctest: +SKIP
+        [0.91, 0.02]
+    """
+
+    name: str
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """One relevance score per passage, in the passages' order; higher is more relevant."""
         ...

