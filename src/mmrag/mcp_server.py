@@ -75,12 +75,14 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
                      collection: str | None = None, k: int = 5,
                      modality: Literal["all", "text", "image"] = "all",
                      retriever: Literal["hybrid", "clip", "text", "bm25"] = "hybrid",
-                     filters: dict[str, Any] | None = None) -> CallToolResult:
+                     filters: dict[str, Any] | None = None, rerank: str | None = None,
+                     rerank_depth: int | None = None) -> CallToolResult:
         """Search the knowledge base by text, by image (base64 or a data: URI), or both.
 
         Returns the hits as JSON (id, doc_id, source, page, modality, score, text), then each
         image hit's pixels as image content. `filters` takes source_prefix, doc_type, page and
-        metadata (equality on ingested keys).
+        metadata (equality on ingested keys). `rerank` names a reranker the server offers (`none`:
+        off; default the server's) and `rerank_depth` how many top hits it rereads.
         """
         key = key_of(ctx)
 
@@ -88,7 +90,8 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
             from mmrag.http.routes.query import hit_out, search_hits
 
             body = _parse(SearchRequest, query=query, image=image, collection=collection, k=k, modality=modality,
-                          retriever=retriever, filters=_parse(Filters, **filters) if filters else None)
+                          retriever=retriever, filters=_parse(Filters, **filters) if filters else None,
+                          rerank=rerank, rerank_depth=rerank_depth)
             name = _collection(services, key, body.collection)
             hits = search_hits(services, name, body, body.query)
             out = [hit_out(name, h).model_dump(exclude={"image_uri"}) for h in hits]

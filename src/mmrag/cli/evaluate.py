@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb, settings_from
+from mmrag.cli.query import reranker_from, rerank_options
 
 
 @main.group(name="eval")
@@ -22,9 +23,11 @@ def eval_group() -> None:
 @click.option("--weights", metavar="NAME=W,...", default=None,
               help="Hybrid fusion weights, e.g. clip=0.5,text=1,bm25=1; unnamed ones keep their setting. "
                    "[env MMRAG_RETRIEVAL__WEIGHTS__<NAME>; default all 1]")
+@rerank_options
 @common_options
 @errors_to_click
-def eval_retrieval(dataset: Path, retriever: str, k: int, weights: str | None, as_json: bool, **opts: Any) -> None:
+def eval_retrieval(dataset: Path, retriever: str, k: int, weights: str | None, rerank: str | None,
+                   rerank_depth: int | None, as_json: bool, **opts: Any) -> None:
     """Score document-level retrieval (precision@k, recall@k, MRR, nDCG@10) on DATASET.jsonl.
 
     Ingests nothing: the collection must already hold the corpus.
@@ -33,17 +36,21 @@ def eval_retrieval(dataset: Path, retriever: str, k: int, weights: str | None, a
     from mmrag.retrieval import Searcher
 
     s = settings_from(opts)
+    reranker, depth = reranker_from(s, rerank, rerank_depth)
     searcher = Searcher(open_kb(opts), weights={**s.retrieval.weights.model_dump(), **_parse_weights(weights)},
-                        depth=s.retrieval.depth, rrf_k=s.retrieval.rrf_k)
+                        depth=s.retrieval.depth, rrf_k=s.retrieval.rrf_k, reranker=reranker, rerank_depth=depth)
     report = evaluate_retrieval(searcher, load_dataset(dataset), retriever=retriever, k=k)
     fusion = {"weights": searcher.weights, "rrf_k": searcher.rrf_k, "depth": searcher.depth}
+    reranked = {"model": reranker.name, "depth": depth} if reranker is not None else None
     if as_json:
-        emit({**report.to_dict(), **({"fusion": fusion} if retriever == "hybrid" else {})})
+        emit({**report.to_dict(), **({"fusion": fusion} if retriever == "hybrid" else {}), "rerank": reranked})
         return
     click.echo(f"{len(report.per_query)} queries, retriever {retriever}, collection {searcher.kb.collection}")
     if retriever == "hybrid":
         click.echo("fusion: " + ", ".join(f"{name}={w:g}" for name, w in searcher.weights.items())
                    + f"; rrf k={searcher.rrf_k}, depth {searcher.depth}")
+    if reranked is not None:
+        click.echo(f"rerank: {reranked['model']}, top {depth} reread")
     for name, value in report.metrics.items():
         click.echo(f"{name:>14}: {value:.4f}")
 

@@ -5,11 +5,28 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb, settings_from
+
+
+def rerank_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--rerank NAME`` and ``--rerank-depth N``, shared by search, ask and eval retrieval."""
+    fn = click.option("--rerank-depth", type=click.IntRange(1, 1000), default=None,
+                      help="How many top hits the reranker rereads. [env MMRAG_RERANK__DEPTH; default 30]")(fn)
+    return click.option(
+        "--rerank", metavar="NAME", default=None,
+        help="Reread the top hits with a reranker: offline, cross-encoder:<hub name or folder>, "
+             "litellm:<provider>/<model>, or none. [env MMRAG_RERANK__MODEL; default none]")(fn)
+
+
+def reranker_from(settings: Any, name: str | None, depth: int | None) -> tuple[Any, int]:
+    """The reranker the options (or the settings) name, or None; and the depth it rereads."""
+    from mmrag.registry import RerankerPool
+
+    return RerankerPool(settings, allow_any=True).get(name), depth or settings.rerank.depth
 
 
 @main.command()
@@ -27,10 +44,12 @@ from mmrag.cli._common import common_options, emit, errors_to_click, main, open_
               help="Only hits whose metadata KEY equals VALUE; repeatable. VALUE is a number, true/false, "
                    "or text (quote it as JSON, '\"2024\"', to match a number stored as text).")
 @click.option("--dedupe", is_flag=True, help="Each document's best hit only (still --k documents when there are).")
+@rerank_options
 @common_options
 @errors_to_click
 def search(text: str | None, image: Path | None, k: int | None, modality: str, retriever: str, source_prefix: str | None,
-           doc_type: str | None, page: int | None, meta: tuple[str, ...], dedupe: bool, as_json: bool, **opts: Any) -> None:
+           doc_type: str | None, page: int | None, meta: tuple[str, ...], dedupe: bool, rerank: str | None,
+           rerank_depth: int | None, as_json: bool, **opts: Any) -> None:
     """Search by TEXT, by --image, or both; filters apply to every retriever before the top k."""
     from mmrag.retrieval import Searcher, SearchFilter
     from mmrag.types import ImageAsset, Query
@@ -40,14 +59,17 @@ def search(text: str | None, image: Path | None, k: int | None, modality: str, r
     s = settings_from(opts)
     filters = SearchFilter(source_prefix=_absolute_prefix(source_prefix) if source_prefix else None, doc_type=doc_type,
                            page=page, metadata=_parse_meta(meta))
+    reranker, depth = reranker_from(s, rerank, rerank_depth)
     kb = open_kb(opts)
     query = Query(text=text, image=ImageAsset(path=str(image)) if image else None)
-    hits = Searcher.from_settings(kb, s.retrieval).search(
+    hits = Searcher.from_settings(kb, s.retrieval, reranker=reranker, rerank_depth=depth).search(
         query, k or s.retrieval.k, modality=modality, retriever=retriever,
         filters=None if filters.is_empty else filters, dedupe=dedupe)
     if as_json:
         emit([{"id": h.id, "doc_id": h.doc_id, "source": h.source, "page": h.page, "modality": h.modality,
-                "score": round(h.score, 6), "text": h.text} for h in hits])
+               "score": round(h.score, 6), "text": h.text,
+               **{key: h.metadata[key] for key in ("rerank_score", "first_stage_score") if key in h.metadata}}
+              for h in hits])
         return
     if not hits:
         click.echo("no hits (is the collection empty, or do the filters exclude everything?)")
@@ -93,10 +115,12 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--answer-mode", type=click.Choice(["generate", "extractive", "auto"]), default=None,
               help="generate (the chat model), extractive (the best context sentence, no LLM) or auto (generate, "
                    "extractive when that fails verification). Default: extractive for the offline model, else generate.")
+@rerank_options
 @common_options
 @errors_to_click
 def ask(question: str, image: Path | None, model: str | None, k: int, stream: bool, verify: bool,
-        drop_unsupported: bool, answer_mode: str | None, as_json: bool, **opts: Any) -> None:
+        drop_unsupported: bool, answer_mode: str | None, rerank: str | None, rerank_depth: int | None,
+        as_json: bool, **opts: Any) -> None:
     """Answer QUESTION from the knowledge base, citing the documents it stands on.
 
     When the context does not hold the answer, it says so (and why). With --verify, sentences the
@@ -113,13 +137,15 @@ def ask(question: str, image: Path | None, model: str | None, k: int, stream: bo
     s = settings_from(opts)
     mode = resolve_mode(s, model, answer_mode)
     chat = build_chat_model(s, model) if mode != "extractive" else None
+    reranker, depth = reranker_from(s, rerank, rerank_depth)
     kb = open_kb(opts)
     verifier = None
     if verify or drop_unsupported:
         from mmrag.verification import HallucinationDetector
 
         verifier = HallucinationDetector(kb.text)
-    answerer = Answerer(chat, Searcher.from_settings(kb, s.retrieval), k=k, retriever="hybrid",
+    searcher = Searcher.from_settings(kb, s.retrieval, reranker=reranker, rerank_depth=depth)
+    answerer = Answerer(chat, searcher, k=k, retriever="hybrid",
                         stop=answer_stop(chat.name) if chat else None, verifier=verifier,
                         verify_mode="drop" if drop_unsupported else "mark", **answer_options(s, kb.text, mode))
     query_image = ImageAsset(path=str(image)) if image else None

@@ -50,6 +50,13 @@ class QueryFields(BaseModel):
     modality: Modality = "all"
     filters: Filters | None = None
     dedupe: bool = Field(False, description="Keep only each document's best hit.")
+    rerank: str | None = Field(
+        None, max_length=300,
+        description="Reread the top hits with a reranker the server offers (its MMRAG_RERANK__MODEL, or one of "
+                    "MMRAG_RERANK__ALLOWED), e.g. `offline` or `litellm:cohere/rerank-v3.5`; `none` turns it "
+                    "off. Default: the server's (none unless configured).")
+    rerank_depth: int | None = Field(None, ge=1, le=1000,
+                                     description="How many top hits the reranker rereads; default the server's.")
 
 
 class SearchRequest(QueryFields):
@@ -175,6 +182,8 @@ class ChatCompletionRequest(BaseModel):
     k: int = Field(5, ge=1, le=50)
     verify: Verify = "off"
     answer_mode: AnswerMode | None = None
+    rerank: str | None = Field(None, max_length=300, description="As /v1/answer's `rerank`.")
+    rerank_depth: int | None = Field(None, ge=1, le=1000)
 
 
 class ChatChoiceMessage(BaseModel):

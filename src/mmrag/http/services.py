@@ -23,7 +23,8 @@ from mmrag.http.metrics import Metrics
 from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.versions import Versions
 from mmrag.llms import ChatModel
-from mmrag.registry import ModelChoice, answer_stop, build_chat_model, check_collection_name, resolve_models
+from mmrag.registry import (ModelChoice, RerankerPool, answer_stop, build_chat_model, check_collection_name,
+                            resolve_models)
 from mmrag.retrieval import Searcher
 
 log = logging.getLogger("mmrag.http")
@@ -58,6 +59,8 @@ class Services:
         self.load_error: str | None = None
         self._loader: threading.Thread | None = None
         self._bare_kbs: dict[str, KnowledgeBase] = {}
+        #: The rerankers requests may name, each built once and shared (the default one at start-up).
+        self.rerankers = RerankerPool(settings)
 
     # -- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,6 +88,7 @@ class Services:
                 self._clip = OpenClipEmbedder(self.models.clip)
             if self._text is None:
                 self._text = SentenceTransformerEmbedder(self.models.text_model)
+            self.rerankers.get(None)  # the configured reranker loads with the models, not on a first request
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             log.info("models loaded: %s", self.models.describe())
             self.ready.set()

@@ -108,7 +108,8 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     services = services_of(request)
     collection = _collection(services, key, body.collection)
     question, image = _last_user_turn(body)
-    fields = QueryFields(collection=collection, k=body.k, retriever="hybrid", image=None)
+    fields = QueryFields(collection=collection, k=body.k, retriever="hybrid", image=None, rerank=body.rerank,
+                         rerank_depth=body.rerank_depth)
     hits = search_hits(services, collection, fields, question, image=image)
     max_tokens = body.max_completion_tokens or body.max_tokens
     answerer = services.answerer(collection, model=body.model, k=body.k, retriever="hybrid", max_tokens=max_tokens,
@@ -199,6 +200,9 @@ def search_hits(services: Services, collection: str, fields: QueryFields, text: 
         kwargs["filters"] = SearchFilter.from_dict(fields.filters.model_dump())
     if fields.dedupe:
         kwargs["dedupe"] = True
+    # Built once per name and shared by every request (RerankerPool); a name the server does not offer is a 400.
+    kwargs["reranker"] = services.rerankers.get(fields.rerank)
+    kwargs["rerank_depth"] = fields.rerank_depth or services.settings.rerank.depth
     searcher = services.searcher(collection)
     searcher.query_log = services.metrics.queries  # recent query vectors, for the drift gauge
     if served is not None:
