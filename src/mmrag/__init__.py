@@ -46,7 +46,9 @@ from mmrag.llms import Message
 from mmrag.llms.litellm import LiteLLMChatModel
 from mmrag.kb import KnowledgeBase
 from mmrag.logs import configure_logging
-from mmrag.registry import ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, resolve_models
+from mmrag.protocols import Reranker
+from mmrag.registry import (ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, build_reranker,
+                            resolve_models)
 from mmrag.retrieval import SearchFilter, Searcher, rrf
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
 
@@ -59,5 +61,6 @@ __all__ = [
     "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "Query", "Record", "SearchFilter", "Searcher",
     "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "configure_logging", "evaluate_retrieval",
     "load_dataset", "ndcg_at", "offline_minilm_dir", "precision_at", "resolve_models", "rrf",
+    "Reranker", "build_reranker",
 ]
 __version__ = "0.1.0"
