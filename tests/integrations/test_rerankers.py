@@ -325,3 +325,31 @@ def test_http_upstream_errors_of_the_reranker_reach_the_client_translated(sample
     with TestClient(create_app(settings, services=Services(settings, clip=clip, text=text))) as client:
         r = client.post("/v1/search", json={"query": QUESTION, "k": 3})
     assert r.status_code == 429 and r.json()["error"] == "rate_limited"
+
+
+def test_mcp_search_tool_takes_rerank(api: Any, cohere: CohereRerankServer) -> None:
+    import anyio
+    from mcp import Client
+
+    from mmrag.mcp_server import build_server
+
+    _, services = api
+    server = build_server(services, use_keys=False)
+
+    async def run() -> tuple[Any, Any, Any, Any]:
+        async with Client(server) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            args = {"query": QUESTION, "k": 3, "modality": "text"}
+            default = await client.call_tool("search", {**args, "rerank_depth": 4})
+            off = await client.call_tool("search", {**args, "rerank": "none"})
+            refused = await client.call_tool("search", {**args, "rerank": "litellm:cohere/other"})
+            return tools["search"], default, off, refused
+
+    tool, default, off, refused = anyio.run(run)
+    assert {"rerank", "rerank_depth"} <= set(tool.input_schema["properties"])
+    assert not default.is_error, default.content
+    hits = default.structured_content["hits"]
+    assert all("rerank_score" in h["metadata"] for h in hits)
+    assert len(cohere.requests) == 1 and len(cohere.requests[0]["body"]["documents"]) == 4
+    assert all("rerank_score" not in h["metadata"] for h in off.structured_content["hits"])
+    assert refused.is_error and "not a reranker this server offers" in refused.content[0].text
