@@ -28,4 +28,8 @@ def test_query_bench_runs_end_to_end_on_a_small_index(tmp_path: Path) -> None:
     assert set(report["latency"]["mmrag"]) == {"hybrid", "clip", "text", "bm25"}
     assert report["latency"]["mmrag"]["hybrid"]["n"] == 25 and report["latency"]["naive"]["hybrid"]["n"] == 25
     assert report["load"]["errors"] == 0 and report["load"]["requests"] > 0, report["load"]
+    # Hybrid with the rerank stage (top 20), in the same run as hybrid without it.
+    rerank = report["rerank"]
+    assert rerank["depth"] == 20 and rerank["hybrid"]["n"] == 25 and rerank["stage"]["n"] == 25, rerank
+    assert "rerank stage" in run.stdout
     assert "hybrid p50" in run.stdout
