@@ -242,14 +242,26 @@ def test_cli_eval_retrieval_and_ask_take_rerank(sample_dir: Path, cohere: Cohere
                "--rerank", "litellm:cohere/rerank-v3.5", "--rerank-depth", "5", env=env)
     assert out.exit_code == 0, out.output
     report = json.loads(out.output)
-    assert report["rerank"] == {"model": "litellm:cohere/rerank-v3.5", "depth": 5}
+    rerank = report["rerank"]
+    assert (rerank["model"], rerank["depth"]) == ("litellm:cohere/rerank-v3.5", 5)
     # The top 5 documents were reread (the text ones: image documents keep their places).
     assert len(cohere.requests) == 1 and 1 <= len(cohere.requests[0]["body"]["documents"]) <= 5
     assert report["metrics"]["recall@10"] == 1.0
+    # The same retriever without the reranker, scored in the same run, with the difference.
+    assert set(rerank["without_rerank"]) == set(report["metrics"])
+    for name, value in report["metrics"].items():
+        assert rerank["delta"][name] == pytest.approx(value - rerank["without_rerank"][name])
+    text = _cli(sample_dir, "eval", "retrieval", str(dataset), "--retriever", "hybrid",
+                "--rerank", "litellm:cohere/rerank-v3.5", env=env)
+    assert text.exit_code == 0 and "without" in text.output and "delta" in text.output, text.output
+    single = _cli(sample_dir, "eval", "retrieval", str(dataset), "--json", "--no-baseline",
+                  "--rerank", "litellm:cohere/rerank-v3.5", env=env)
+    assert json.loads(single.output)["rerank"] == {"model": "litellm:cohere/rerank-v3.5", "depth": 30}
+    cohere.requests.clear()
 
     asked = _cli(sample_dir, "ask", QUESTION, "--rerank", "litellm:cohere/rerank-v3.5", "--json", env=env)
     assert asked.exit_code == 0, asked.output
-    assert len(cohere.requests) == 2  # ask searched through the reranker
+    assert len(cohere.requests) == 1  # ask searched through the reranker
     answer = json.loads(asked.output)
     assert answer["citations"] and answer["citations"][0]["doc_id"] == "visitor-faq.html"
 

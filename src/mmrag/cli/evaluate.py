@@ -24,13 +24,17 @@ def eval_group() -> None:
               help="Hybrid fusion weights, e.g. clip=0.5,text=1,bm25=1; unnamed ones keep their setting. "
                    "[env MMRAG_RETRIEVAL__WEIGHTS__<NAME>; default all 1]")
 @rerank_options
+@click.option("--no-baseline", is_flag=True,
+              help="With --rerank: skip scoring the same retriever without the reranker (by default both are "
+                   "scored in the same run, with the difference).")
 @common_options
 @errors_to_click
 def eval_retrieval(dataset: Path, retriever: str, k: int, weights: str | None, rerank: str | None,
-                   rerank_depth: int | None, as_json: bool, **opts: Any) -> None:
+                   rerank_depth: int | None, no_baseline: bool, as_json: bool, **opts: Any) -> None:
     """Score document-level retrieval (precision@k, recall@k, MRR, nDCG@10) on DATASET.jsonl.
 
-    Ingests nothing: the collection must already hold the corpus.
+    Ingests nothing: the collection must already hold the corpus. With --rerank, the same
+    retriever without the reranker is scored too, on the same queries and index.
     """
     from mmrag.evaluation import evaluate_retrieval, load_dataset
     from mmrag.retrieval import Searcher
@@ -39,9 +43,17 @@ def eval_retrieval(dataset: Path, retriever: str, k: int, weights: str | None, r
     reranker, depth = reranker_from(s, rerank, rerank_depth)
     searcher = Searcher(open_kb(opts), weights={**s.retrieval.weights.model_dump(), **_parse_weights(weights)},
                         depth=s.retrieval.depth, rrf_k=s.retrieval.rrf_k, reranker=reranker, rerank_depth=depth)
-    report = evaluate_retrieval(searcher, load_dataset(dataset), retriever=retriever, k=k)
+    queries = load_dataset(dataset)
+    report = evaluate_retrieval(searcher, queries, retriever=retriever, k=k)
     fusion = {"weights": searcher.weights, "rrf_k": searcher.rrf_k, "depth": searcher.depth}
-    reranked = {"model": reranker.name, "depth": depth} if reranker is not None else None
+    reranked: dict[str, Any] | None = None
+    if reranker is not None:
+        reranked = {"model": reranker.name, "depth": depth}
+        if not no_baseline:
+            plain = Searcher(searcher.kb, weights=searcher.weights, depth=searcher.depth, rrf_k=searcher.rrf_k)
+            base = evaluate_retrieval(plain, queries, retriever=retriever, k=k).metrics
+            reranked["without_rerank"] = base
+            reranked["delta"] = {name: value - base[name] for name, value in report.metrics.items()}
     if as_json:
         emit({**report.to_dict(), **({"fusion": fusion} if retriever == "hybrid" else {}), "rerank": reranked})
         return
@@ -51,6 +63,11 @@ def eval_retrieval(dataset: Path, retriever: str, k: int, weights: str | None, r
                    + f"; rrf k={searcher.rrf_k}, depth {searcher.depth}")
     if reranked is not None:
         click.echo(f"rerank: {reranked['model']}, top {depth} reread")
+    if reranked is not None and "delta" in reranked:
+        click.echo(f"{'':>14}  {'rerank':>7}  {'without':>7}  {'delta':>7}")
+        for name, value in report.metrics.items():
+            click.echo(f"{name:>14}: {value:.4f}  {reranked['without_rerank'][name]:.4f}  {reranked['delta'][name]:+.4f}")
+        return
     for name, value in report.metrics.items():
         click.echo(f"{name:>14}: {value:.4f}")
 
