@@ -53,6 +53,15 @@ CREATE TABLE IF NOT EXISTS status_counts (
     n_text     INTEGER NOT NULL,
     PRIMARY KEY (collection, status)
 );
+-- The folders (or single files) a collection was ingested from: doctor's repair and reindex read
+-- sources only under them (mmrag.lifecycle.roots), so a planted manifest row cannot make them read
+-- any file on the machine.
+CREATE TABLE IF NOT EXISTS roots (
+    collection TEXT NOT NULL,
+    root       TEXT NOT NULL,
+    added_at   REAL NOT NULL,
+    PRIMARY KEY (collection, root)
+);
 CREATE TABLE IF NOT EXISTS flags (
     collection TEXT NOT NULL,
     name       TEXT NOT NULL,
@@ -139,8 +148,20 @@ CREATE TRIGGER IF NOT EXISTS documents_counted_update AFTER UPDATE ON documents 
     ON CONFLICT (collection, status) DO UPDATE SET n = n + 1, n_clip = n_clip + new.n_clip, n_text = n_text + new.n_text;
 END;
 """
-#: ``PRAGMA user_version`` of a manifest with counting triggers (0: written before them).
-SCHEMA_VERSION = 1
+#: A root per document of a manifest written before roots were recorded: the folder its doc id is
+#: relative to (the source less the doc id), or the file itself (a JSONL corpus, a file ingested on
+#: its own), which is what the ingest that wrote the row was given.
+BACKFILL_ROOTS = """
+INSERT OR IGNORE INTO roots
+SELECT DISTINCT collection, COALESCE(NULLIF(CASE
+    WHEN lower(source) LIKE '%.jsonl' THEN source
+    WHEN substr(source, length(source) - length(doc_id)) = '/' || doc_id
+        THEN substr(source, 1, length(source) - length(doc_id) - 1)
+    ELSE source END, ''), '/'), ?
+FROM documents WHERE status != 'skipped'
+"""
+#: ``PRAGMA user_version``: 1 added the counting triggers, 2 the ``roots`` table (backfilled once).
+SCHEMA_VERSION = 2
 
 
 @contextlib.contextmanager
@@ -170,18 +191,26 @@ class Manifest:
             self._migrate()
 
     def _migrate(self) -> None:
-        """Add the counting triggers to a manifest written before them, and count what it holds (once)."""
+        """Bring a manifest written by an older mmrag up to :data:`SCHEMA_VERSION`, one step at a time (once).
+
+        1: add the counting triggers and count what it holds. 2: record the roots its documents
+        were ingested from (:data:`BACKFILL_ROOTS`).
+        """
         db = self._db
         if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
         db.execute("BEGIN IMMEDIATE")
         try:
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # another process may have won
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            if version < 1:
                 for trigger in TRIGGERS.split("END;")[:-1]:  # executescript would commit the transaction
                     db.execute(trigger + "END;")
                 db.execute("DELETE FROM status_counts")
                 db.execute("INSERT INTO status_counts SELECT collection, status, COUNT(*), SUM(n_clip), SUM(n_text) "
                            "FROM documents GROUP BY collection, status")
+            if version < 2:
+                db.execute(BACKFILL_ROOTS, (time.time(),))
+            if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except sqlite3.Error:
@@ -332,8 +361,21 @@ class Manifest:
 
     def remove_collection(self, collection: str) -> None:
         """Forget a whole collection."""
-        for table in ("documents", "files", "flags", "status_counts", "drift_refs"):
+        for table in ("documents", "files", "flags", "status_counts", "drift_refs", "roots"):
             self._write(f"DELETE FROM {table} WHERE collection=?", [(collection,)])
+
+    def add_roots(self, collection: str, roots: Iterable[str]) -> None:
+        """Remember folders (or files) ``collection`` was ingested from, as absolute paths.
+
+        Doctor's repair and reindex read a document's source only under one of them (see
+        :mod:`mmrag.lifecycle.roots`).
+        """
+        now = time.time()
+        self._write("INSERT OR IGNORE INTO roots VALUES (?,?,?)", [(collection, r, now) for r in roots])
+
+    def roots(self, collection: str) -> list[str]:
+        """The roots recorded for ``collection`` (see :meth:`add_roots`), sorted."""
+        return [str(r[0]) for r in self._read("SELECT root FROM roots WHERE collection=? ORDER BY root", (collection,))]
 
     def flag(self, collection: str, name: str) -> str | None:
         """Read a per-collection flag."""

@@ -24,6 +24,7 @@ from typing import Any, Callable
 from mmrag.chunking import ChunkSpec
 from mmrag.errors import InvalidInputError
 from mmrag.kb import KnowledgeBase
+from mmrag.lifecycle.roots import refuse_outside
 from mmrag.lifecycle.versions import Version, Versions, split_label
 from mmrag.loaders import FileRef
 from mmrag.registry import ModelChoice
@@ -51,7 +52,7 @@ class ReindexResult:
                 "resumed": self.resumed, "missing_sources": self.missing, "failed": self.failed}
 
 
-def source_files(kb: KnowledgeBase) -> tuple[list[FileRef], list[str]]:
+def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[list[FileRef], list[str]]:
     """The files ``kb``'s documents came from, with the doc ids they were given; and the sources now missing.
 
     A file's doc id is its path relative to the folder it was ingested under, so the root is the
@@ -74,11 +75,13 @@ def source_files(kb: KnowledgeBase) -> tuple[list[FileRef], list[str]]:
             missing.append(state.source)
             continue
         refs[state.source] = ref
+    refuse_outside(kb.manifest, kb.collection, refs, allow_outside=allow_outside_roots, action="reindex")
     return sorted(refs.values(), key=lambda r: str(r.path)), missing
 
 
 def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase], chunk: ChunkSpec,
-            models: ModelChoice, progress: Callable[[int, int], None] | None = None) -> ReindexResult:
+            models: ModelChoice, progress: Callable[[int, int], None] | None = None,
+            allow_outside_roots: bool = False) -> ReindexResult:
     """Build a new version of ``kb_name`` from its live version's sources (see the module docstring).
 
     Args:
@@ -89,10 +92,13 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
         chunk: the new version's chunk sizing.
         models: the new version's models (recorded with the version).
         progress: called with (files done, files total) during the main build.
+        allow_outside_roots: read sources outside the roots the knowledge base was ingested from
+            (see :mod:`mmrag.lifecycle.roots`).
 
     Raises:
         NotFoundError: ``kb_name`` holds no documents.
-        InvalidInputError: ``kb_name`` is a version label, or a collection of that name is in the way.
+        InvalidInputError: ``kb_name`` is a version label, a collection of that name is in the way, or a
+            source lies outside the knowledge base's roots.
     """
     from mmrag.indexing import Indexer
 
@@ -114,7 +120,7 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
     result = ReindexResult(version=version, source=live.label, resumed=resumed)
     try:
         with target.write_lock():
-            refs, result.missing = source_files(live_kb)
+            refs, result.missing = source_files(live_kb, allow_outside_roots)
             for path in result.missing:
                 log.warning("reindex %s: source %s no longer exists; its documents are left out", version.label, path)
             summary = Indexer(target).ingest([], files=refs, progress=progress)
@@ -123,7 +129,7 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
             # Catch up with what the live version took in meanwhile, holding its writer lock so
             # that nothing more arrives until the new version is complete.
             with live_kb.write_lock():
-                refs, result.missing = source_files(live_kb)
+                refs, result.missing = source_files(live_kb, allow_outside_roots)
                 again = Indexer(target).ingest([], files=refs)
                 result.indexed += again.indexed
                 live_ids = {s.doc_id for s in live_kb.manifest.all(live_kb.collection)}
