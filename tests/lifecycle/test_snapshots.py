@@ -149,8 +149,10 @@ def test_round_trip_with_real_models_keeps_records_keyword_results_and_figures(
     made = CliRunner().invoke(main, ["snapshot", "create", "test", str(tmp_path / "snap"), *cli])
     assert made.exit_code == 0, made.output
     assert json.loads(made.stdout)["label"] == "test@1"
+    shutil.copy(data_dir / "snapshot.key", tmp_path / "kept.key")  # kept apart, as a backup's key must be
     shutil.rmtree(data_dir)
-    done = CliRunner().invoke(main, ["snapshot", "restore", str(tmp_path / "snap"), "--as", "restored", *cli])
+    done = CliRunner().invoke(main, ["snapshot", "restore", str(tmp_path / "snap"), "--as", "restored", *cli,
+                                     "--key", str(tmp_path / "kept.key")])
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["source_label"] == "test@1"
 
@@ -175,7 +177,8 @@ def test_restore_under_a_new_name_in_an_empty_data_dir(small_snapshot: tuple[Pat
     assert len(listing["collections"]["text"]["batches"]) >= 2  # batches of 2 records
     assert all(len(f["sha256"]) == 64 for f in listing["files"].values())
 
-    info = snapshots.restore(snap, "copy", data_dir=tmp_path / "other")
+    info = snapshots.restore(snap, "copy", data_dir=tmp_path / "other", key_file=data / "snapshot.key")
+    assert (info.trust, info.roots) == ("key", [])  # another data dir's folders are not trusted
     assert info.counts == listing["counts"]
     copy = hashing(tmp_path / "other", "copy")
     assert_same(state(copy), before)
@@ -204,7 +207,7 @@ def test_a_version_label_is_snapshotted_and_an_existing_name_or_out_is_refused(
 @pytest.mark.parametrize("damage", ["flip a vector byte", "delete a file", "edit snapshot.json"])
 def test_a_corrupted_snapshot_is_refused_and_nothing_is_created(small_snapshot: tuple[Path, Path],
                                                                 tmp_path: Path, damage: str) -> None:
-    snap, _ = small_snapshot
+    snap, data = small_snapshot
     if damage == "flip a vector byte":
         vectors = snap / "chroma" / "text" / "00001.npy"
         raw = bytearray(vectors.read_bytes())
@@ -221,16 +224,18 @@ def test_a_corrupted_snapshot_is_refused_and_nothing_is_created(small_snapshot: 
         expected = "snapshot.json was changed"
     target = tmp_path / "target"
     with pytest.raises(StoreDamagedError, match=expected) as caught:
-        snapshots.restore(snap, "copy", data_dir=target)
+        snapshots.restore(snap, "copy", data_dir=target, key_file=data / "snapshot.key")
     assert "Nothing was restored" in str(caught.value)
     assert not target.exists()  # refused before anything was opened or created
-    result = CliRunner().invoke(main, ["snapshot", "restore", str(snap), "--as", "copy", "--data-dir", str(target)])
+    result = CliRunner().invoke(main, ["snapshot", "restore", str(snap), "--as", "copy", "--data-dir", str(target),
+                                       "--key", str(data / "snapshot.key")])
     assert result.exit_code == 1 and "StoreDamagedError" in result.output and "damaged" in result.output
 
 
 def test_a_restore_that_fails_part_way_removes_what_it_created(small_snapshot: tuple[Path, Path], tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    snap, _ = small_snapshot
+    snap, data = small_snapshot
+    key = data / "snapshot.key"
     real = ChromaStore.upsert_batch
     calls = []
 
@@ -243,7 +248,7 @@ def test_a_restore_that_fails_part_way_removes_what_it_created(small_snapshot: t
     monkeypatch.setattr(ChromaStore, "upsert_batch", failing)
     target = tmp_path / "target"
     with pytest.raises(StoreError, match="injected"):
-        snapshots.restore(snap, "copy", data_dir=target)
+        snapshots.restore(snap, "copy", data_dir=target, key_file=key)
     monkeypatch.undo()
     kb = hashing(target, "copy")
     assert not collection_names(kb.client) & {kb.clip_name, kb.image_name, kb.text_name}
@@ -252,7 +257,7 @@ def test_a_restore_that_fails_part_way_removes_what_it_created(small_snapshot: t
     assert kb.manifest.read("SELECT * FROM probes WHERE kb='copy'") == []
     kb.close()
     # The same name restores cleanly afterwards.
-    assert snapshots.restore(snap, "copy", data_dir=target).counts["documents"] == 4
+    assert snapshots.restore(snap, "copy", data_dir=target, key_file=key).counts["documents"] == 4
 
 
 @pytest.mark.slow
@@ -267,7 +272,8 @@ def test_round_trip_against_a_chroma_server(chroma_server: str, tmp_path: Path) 
     source.close()
     shutil.rmtree(tmp_path / "a")
 
-    info = snapshots.restore(tmp_path / "snap", "test", data_dir=tmp_path / "b", store_url=chroma_server)
+    info = snapshots.restore(tmp_path / "snap", "test", data_dir=tmp_path / "b", store_url=chroma_server,
+                             trust_unsigned=True)  # its key went with data dir a
     assert info.counts["documents"] == 4
     copy = hashing(tmp_path / "b", store_url=chroma_server)
     assert_same(state(copy), before)

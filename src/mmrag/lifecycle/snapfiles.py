@@ -1,0 +1,191 @@
+"""Reading a snapshot folder as hostile input: only listed regular files, of bounded size and shape.
+
+A snapshot may come from anyone, and its checksums are plain sha256 that its author recomputes.
+So before a restore reads a byte of it:
+
+* the whole tree is walked without following links: a symbolic link anywhere (listed or not), a
+  device, a FIFO or a socket refuses the snapshot (a link to ``/etc/passwd`` or ``/dev/zero``
+  would otherwise be copied or read);
+* every listed path must be a plain relative path under ``manifest/``, ``chroma/`` or
+  ``keyword/`` (no absolute path, no ``..``), checked before the file system is asked about it,
+  so a listing cannot probe the machine for the existence or size of ``/etc/shadow``;
+* sizes are capped, and an ``.npy`` file's header is parsed and checked (dtype, 2 dimensions,
+  its row count, and shape times item size equal to the bytes that follow) before any array is
+  allocated: a 100-byte file declaring 2e9 x 384 floats is refused, not allocated.
+
+Files are opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked again on the open descriptor, so a
+file swapped for a link or a FIFO after the walk is refused too. Every refusal is an
+:class:`~mmrag.errors.InvalidInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import numpy as np
+
+from mmrag.errors import InvalidInputError, StoreDamagedError
+
+#: The largest ``snapshot.json`` read (a listing of ~500k files).
+MAX_INDEX_BYTES = 64 << 20
+#: The largest file a snapshot may list (keyword index segments are the largest mmrag writes).
+MAX_FILE_BYTES = 16 << 30
+#: The largest batch ``.jsonl`` (read whole, one batch at a time).
+MAX_BATCH_BYTES = 1 << 30
+#: The most records per batch and the widest vector a restore accepts (mmrag writes 5000 and <= 1024).
+MAX_BATCH_RECORDS = 100_000
+MAX_DIM = 16_384
+#: The most entries (files and folders) walked in a snapshot.
+MAX_ENTRIES = 1_000_000
+TOPS = ("manifest", "chroma", "keyword")
+_PART = re.compile(r"[^/\\\x00]+")
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def refused(snapshot: Path, what: str) -> InvalidInputError:
+    """The error for a snapshot that is not one mmrag writes (``what`` names the file and the problem)."""
+    return InvalidInputError(f"The snapshot {snapshot} is refused: {what}. Nothing was restored. A snapshot mmrag "
+                             "writes holds only the regular files its snapshot.json lists; restore only snapshots "
+                             "from a source you trust, or take a new one with `mmrag snapshot create`")
+
+
+def check_path(snapshot: Path, rel: Any) -> str:
+    """``rel`` if it is a plain relative path under one of :data:`TOPS`; else raise (the file system is not asked)."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or parts[0] not in TOPS or len(parts) < 2 \
+            or not all(_PART.fullmatch(p) and p not in {".", ".."} for p in parts):
+        raise refused(snapshot, f"snapshot.json lists the path {rel!r}, which is not a plain relative path under "
+                                f"{', '.join(t + '/' for t in TOPS)}")
+    return rel
+
+
+def check_listing(snapshot: Path, files: Any) -> dict[str, dict[str, Any]]:
+    """Validate ``snapshot.json``'s ``files``: safe paths, integer sizes under the caps, sha256 hex digests."""
+    if not isinstance(files, dict):
+        raise refused(snapshot, "snapshot.json has no listing of files")
+    for rel, want in files.items():
+        check_path(snapshot, rel)
+        size = want.get("size") if isinstance(want, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 \
+                or not isinstance(want.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", want["sha256"]):
+            raise refused(snapshot, f"snapshot.json lists {rel} without a valid size and sha256")
+        cap = MAX_BATCH_BYTES if rel.startswith("chroma/") else MAX_FILE_BYTES
+        if size > cap:
+            raise refused(snapshot, f"{rel} is listed at {size} bytes, over the {cap >> 20} MiB a restore reads")
+    return files
+
+
+def walk(snapshot: Path) -> dict[str, os.stat_result]:
+    """Every regular file under ``snapshot`` by relative path; raise on a link, a special file or too many entries."""
+    found: dict[str, os.stat_result] = {}
+    entries = 0
+    stack = [("", str(snapshot))]
+    while stack:
+        rel_dir, folder = stack.pop()
+        try:
+            scan = list(os.scandir(folder))
+        except OSError as exc:
+            raise refused(snapshot, f"its folder {rel_dir or '.'} cannot be read ({exc.strerror or exc})") from exc
+        for entry in scan:
+            entries += 1
+            if entries > MAX_ENTRIES:
+                raise refused(snapshot, f"it holds more than {MAX_ENTRIES} files and folders")
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise refused(snapshot, f"{rel} is a symbolic link (to {os.readlink(entry.path)!r})")
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((rel, entry.path))
+            elif stat.S_ISREG(st.st_mode):
+                found[rel] = st
+            else:
+                raise refused(snapshot, f"{rel} is not a regular file (a device, FIFO or socket)")
+    return found
+
+
+@contextlib.contextmanager
+def open_listed(snapshot: Path, rel: str, size: int) -> Iterator[BinaryIO]:
+    """Open a listed file without following a link or blocking on a FIFO; check it is regular and of ``size``."""
+    check_path(snapshot, rel)
+    try:
+        fd = os.open(snapshot / rel, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {rel} is missing. Nothing was restored.") \
+            from None
+    except OSError as exc:  # ELOOP: it is a link
+        raise refused(snapshot, f"{rel} cannot be opened as a regular file ({exc.strerror or exc})") from exc
+    fh = os.fdopen(fd, "rb")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refused(snapshot, f"{rel} is not a regular file")
+        if st.st_size != size:
+            raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {rel} has {st.st_size} bytes, not {size}. "
+                                    "Nothing was restored.")
+        yield fh
+    finally:
+        fh.close()
+
+
+def sha256_of(fh: BinaryIO) -> str:
+    """The sha256 of an open file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    while chunk := fh.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_index(snapshot: Path, name: str) -> bytes | None:
+    """The raw ``snapshot.json``, or ``None`` when there is none; refused if it is a link, special or too big."""
+    try:
+        st = os.lstat(snapshot / name)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise refused(snapshot, f"{name} is not a regular file")
+    if st.st_size > MAX_INDEX_BYTES:
+        raise refused(snapshot, f"{name} has {st.st_size} bytes, over the {MAX_INDEX_BYTES >> 20} MiB a restore reads")
+    with os.fdopen(os.open(snapshot / name, _OPEN_FLAGS), "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped since the lstat
+            raise refused(snapshot, f"{name} is not a regular file")
+        return fh.read(MAX_INDEX_BYTES + 1)
+
+
+def npy_header(snapshot: Path, rel: str, fh: BinaryIO, size: int, records: int) -> tuple[int, int]:
+    """Parse and check an ``.npy`` header on ``fh`` (left at the data); return (rows, dim). Nothing is allocated."""
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=10_000)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=10_000)
+        else:
+            raise ValueError(f"npy format version {version}")
+    except (ValueError, SyntaxError) as exc:  # numpy parses the header dict with a literal eval
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {rel} has no valid .npy header ({exc}). "
+                                "Nothing was restored.") from exc
+    if dtype != np.dtype("<f4") or fortran or len(shape) != 2:
+        raise refused(snapshot, f"{rel} holds {shape} {dtype} values; a snapshot holds float32 (records, dim) vectors")
+    rows, dim = (int(n) for n in shape)
+    if rows != records or rows > MAX_BATCH_RECORDS or not 0 < dim <= MAX_DIM:
+        raise refused(snapshot, f"{rel} declares {rows} x {dim} vectors for a batch of {records} records "
+                                f"(at most {MAX_BATCH_RECORDS} records of at most {MAX_DIM} dimensions)")
+    if fh.tell() + rows * dim * 4 != size:
+        raise refused(snapshot, f"{rel} declares {rows} x {dim} float32 vectors but holds "
+                                f"{size - fh.tell()} bytes of data, not {rows * dim * 4}")
+    return rows, dim
+
+
+def read_vectors(snapshot: Path, rel: str, fh: BinaryIO, size: int, records: int) -> np.ndarray:
+    """The checked ``.npy`` file's vectors (see :func:`npy_header`)."""
+    rows, dim = npy_header(snapshot, rel, fh, size, records)
+    data = bytearray(rows * dim * 4)  # bounded: npy_header checked it against the file's real size
+    if fh.readinto(data) != len(data):
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {rel} ends early. Nothing was restored.")
+    return np.frombuffer(data, dtype="<f4").reshape(rows, dim)
