@@ -370,8 +370,16 @@ class Manifest:
         Doctor's repair and reindex read a document's source only under one of them (see
         :mod:`mmrag.lifecycle.roots`).
         """
+        roots = sorted(set(roots))
+        known = set()
+        for lo in range(0, len(roots), 500):  # a read first: most ingests repeat known roots, and a write fsyncs
+            part = roots[lo : lo + 500]
+            known.update(str(r[0]) for r in self._read(
+                f"SELECT root FROM roots WHERE collection=? AND root IN ({','.join('?' * len(part))})",
+                (collection, *part)))
         now = time.time()
-        self._write("INSERT OR IGNORE INTO roots VALUES (?,?,?)", [(collection, r, now) for r in roots])
+        if new := [r for r in roots if r not in known]:
+            self._write("INSERT OR IGNORE INTO roots VALUES (?,?,?)", [(collection, r, now) for r in new])
 
     def roots(self, collection: str) -> list[str]:
         """The roots recorded for ``collection`` (see :meth:`add_roots`), sorted."""

@@ -132,9 +132,9 @@ def check(snapshot: Path, index: dict[str, Any], *, data_dir: Path | None, key_f
     if signature is None:
         if trust_unsigned:
             return Trust("unsigned")
-        raise InvalidInputError(f"The snapshot {snapshot} is not signed (written by an mmrag before signatures, or "
-                                f"stripped of its signature). {_REFUSED} Its checksums prove only that it is whole, not "
-                                f"who wrote it: {flag}")
+        raise InvalidInputError(f"The snapshot {snapshot} is not signed (written by an mmrag before signatures, "
+                                f"or stripped of its signature). {_REFUSED} Its checksums prove only that it is "
+                                f"whole, not who wrote it: {flag}")
     if not isinstance(signature, dict) or signature.get("algorithm") != ALGORITHM \
             or not all(isinstance(signature.get(k), str) for k in ("key_id", "mac")):
         raise InvalidInputError(f"The snapshot {snapshot} has a malformed signature in snapshot.json. {_REFUSED}")

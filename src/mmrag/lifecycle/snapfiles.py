@@ -1,7 +1,10 @@
-"""Reading a snapshot folder as hostile input: only listed regular files, of bounded size and shape.
+"""Reading a snapshot folder as hostile input: its index, then only listed regular files of bounded size and shape.
 
-A snapshot may come from anyone, and its checksums are plain sha256 that its author recomputes.
-So before a restore reads a byte of it:
+A snapshot may come from anyone, and its checksums are plain sha256 that its author recomputes
+(its signature is :mod:`mmrag.lifecycle.signing`'s concern). So before a restore reads a byte of it:
+
+* ``snapshot.json`` is read with a size cap and checked for the shape a restore relies on, so a
+  malformed one is refused with its name rather than a ``KeyError`` part-way;
 
 * the whole tree is walked without following links: a symbolic link anywhere (listed or not), a
   device, a FIFO or a socket refuses the snapshot (a link to ``/etc/passwd`` or ``/dev/zero``
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import stat
@@ -30,7 +34,15 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from mmrag.errors import InvalidInputError, StoreDamagedError
+from mmrag.errors import InvalidInputError, NotFoundError, StoreDamagedError
+
+FORMAT = "mmrag-snapshot"
+FORMAT_VERSION = 1
+INDEX = "snapshot.json"
+AGAIN = "Nothing was restored. Restore another copy of this snapshot, or take a new one with `mmrag snapshot create`."
+#: The manifest files every snapshot lists (``roots.jsonl`` is optional: older snapshots lack it).
+_MANIFEST_FILES = ("documents", "files", "flags", "drift_refs", "probes")
+
 
 #: The largest ``snapshot.json`` read (a listing of ~500k files).
 MAX_INDEX_BYTES = 64 << 20
@@ -189,3 +201,87 @@ def read_vectors(snapshot: Path, rel: str, fh: BinaryIO, size: int, records: int
     if fh.readinto(data) != len(data):
         raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {rel} ends early. Nothing was restored.")
     return np.frombuffer(data, dtype="<f4").reshape(rows, dim)
+
+
+# -- the index and the files it lists -----------------------------------------------------------
+def load_index(snapshot: Path) -> dict[str, Any]:
+    """Read and check ``snapshot.json``: format, digest, and the shape of everything a restore reads from it."""
+    if not snapshot.is_dir():
+        raise NotFoundError(f"no snapshot at {snapshot}")
+    try:
+        raw = read_index(snapshot, INDEX)
+        if raw is None:
+            raise InvalidInputError(f"{snapshot} is not an mmrag snapshot (it has no {INDEX})")
+        index = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} cannot be read ({exc}). {AGAIN}") from exc
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise InvalidInputError(f"{snapshot} is not an mmrag snapshot ({INDEX} has no format {FORMAT!r})")
+    if index.get("format_version") != FORMAT_VERSION:
+        raise InvalidInputError(f"{snapshot} is a snapshot of format {index.get('format_version')}; this mmrag "
+                                f"reads format {FORMAT_VERSION}. Restore it with the mmrag that wrote it "
+                                f"({index.get('mmrag_version')})")
+    body = {k: v for k, v in index.items() if k not in ("digest", "signature")}
+    if index.get("digest") != index_digest(body):
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} was changed after it was written "
+                                f"(its digest does not match). {AGAIN}")
+    listing = check_listing(snapshot, index.get("files"))
+    try:
+        _check_shape(index, listing)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise refused(snapshot, f"{INDEX} is not shaped as mmrag writes it ({type(exc).__name__}: {exc})") from exc
+    return index  # type: ignore[no-any-return]
+
+
+def _check_shape(index: dict[str, Any], listing: dict[str, Any]) -> None:
+    """Raise KeyError, TypeError or ValueError unless what a restore reads from ``index`` is there and of its type."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(what)
+
+    for table in _MANIFEST_FILES:
+        need(f"manifest/{table}.jsonl" in listing, f"manifest/{table}.jsonl is not listed")
+    counts, totals = index["counts"], index["manifest_totals"]
+    need(isinstance(index["source"]["label"], str), "source.label is not a string")
+    for key in ("documents", "keyword"):
+        need(type(counts[key]) is int, f"counts.{key} is not an integer")
+    for key in ("n_clip", "n_text"):
+        need(type(totals[key]) is int, f"manifest_totals.{key} is not an integer")
+    need(set(index["collections"]) <= {"clip", "image", "text"}, "collections has roles other than clip, image, text")
+    for role, info in index["collections"].items():
+        if info is None:
+            continue
+        need(type(counts[role]) is int and isinstance(info["metadata"], dict), f"collections.{role} is malformed")
+        for part in info["batches"]:
+            need(bool(re.fullmatch(rf"chroma/{role}/[0-9]{{5,}}", part["stem"])) and type(part["records"]) is int,
+                 f"a batch of collections.{role} is malformed")
+            for suffix in (".jsonl", ".npy"):
+                need(part["stem"] + suffix in listing, f"{part['stem']}{suffix} is not listed")
+
+
+def check_files(snapshot: Path, index: dict[str, Any]) -> None:
+    found = walk(snapshot)  # refuses links and special files anywhere, listed or not
+    problems = []
+    for rel, want in index["files"].items():
+        if rel not in found:
+            problems.append(f"{rel} is missing")
+        elif found[rel].st_size != want["size"]:
+            problems.append(f"{rel} has {found[rel].st_size} bytes, not {want['size']}")
+        else:
+            with open_listed(snapshot, rel, want["size"]) as fh:
+                if sha256_of(fh) != want["sha256"]:
+                    problems.append(f"{rel} has another checksum (sha256) than when it was written")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {'; '.join(problems[:3])}{more}. {AGAIN}")
+    for role, info in index["collections"].items():
+        for part in (info or {}).get("batches", []):
+            rel = part["stem"] + ".npy"
+            with open_listed(snapshot, rel, index["files"][rel]["size"]) as fh:
+                npy_header(snapshot, rel, fh, index["files"][rel]["size"], part["records"])
+
+
+def index_digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()

@@ -58,8 +58,8 @@ from mmrag.kb import LOCK_TIMEOUT, KnowledgeBase
 from mmrag.locks import fsync_dir
 from mmrag.lifecycle import signing
 from mmrag.lifecycle.roots import allowed_roots, outside_roots
-from mmrag.lifecycle.snapfiles import (check_listing, npy_header, open_listed, read_index, read_vectors, refused,
-                                       sha256_of, walk)
+from mmrag.lifecycle.snapfiles import (AGAIN, FORMAT, FORMAT_VERSION, INDEX, check_files, index_digest,
+                                       load_index, open_listed, read_vectors, refused)
 from mmrag.lifecycle.versions import Versions, split_label
 from mmrag.manifest import Manifest
 from mmrag.registry import ModelChoice, check_collection_name
@@ -68,9 +68,6 @@ from mmrag.stores.chroma import (IDENTITY_PREFIX, SERVER_TIMEOUT, ChromaStore, R
 
 log = logging.getLogger(__name__)
 
-FORMAT = "mmrag-snapshot"
-FORMAT_VERSION = 1
-INDEX = "snapshot.json"
 #: Records per batch file (and per Chroma read and write).
 BATCH = 5000
 #: Document columns after ``collection``, in table order.
@@ -199,7 +196,7 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
             "counts": counts, "manifest_totals": {"n_clip": n_clip, "n_text": n_text},
             "collections": collections, "files": files.listing,
         }
-        signed = {**body, "digest": _digest(body)}
+        signed = {**body, "digest": index_digest(body)}
         index = {**signed, "signature": signing.sign(signed, key)}
         files.write(INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
         fsync_dir(tmp)
@@ -342,11 +339,6 @@ def _regular_files(root: Path) -> Iterator[Path]:
 
 
 # -- verify ------------------------------------------------------------------------------------
-_AGAIN = "Nothing was restored. Restore another copy of this snapshot, or take a new one with `mmrag snapshot create`."
-#: The manifest files every snapshot lists (``roots.jsonl`` is optional: older snapshots lack it).
-_MANIFEST_FILES = ("documents", "files", "flags", "drift_refs", "probes")
-
-
 def verify(snapshot: Path) -> dict[str, Any]:
     """Check that a snapshot is whole and holds nothing but its listed regular files; return its ``snapshot.json``.
 
@@ -361,92 +353,9 @@ def verify(snapshot: Path) -> dict[str, Any]:
             snapshot never does (a link, a device, a path outside it, an oversized array).
         StoreDamagedError: a file is missing, of another size or checksum (the message names it).
     """
-    index = _load_index(Path(snapshot))
-    _check_files(Path(snapshot), index)
+    index = load_index(Path(snapshot))
+    check_files(Path(snapshot), index)
     return index
-
-
-def _load_index(snapshot: Path) -> dict[str, Any]:
-    """Read and check ``snapshot.json``: format, digest, and the shape of everything a restore reads from it."""
-    if not snapshot.is_dir():
-        raise NotFoundError(f"no snapshot at {snapshot}")
-    try:
-        raw = read_index(snapshot, INDEX)
-        if raw is None:
-            raise InvalidInputError(f"{snapshot} is not an mmrag snapshot (it has no {INDEX})")
-        index = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, InvalidInputError):
-            raise
-        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} cannot be read ({exc}). {_AGAIN}") from exc
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise InvalidInputError(f"{snapshot} is not an mmrag snapshot ({INDEX} has no format {FORMAT!r})")
-    if index.get("format_version") != FORMAT_VERSION:
-        raise InvalidInputError(f"{snapshot} is a snapshot of format {index.get('format_version')}; this mmrag "
-                                f"reads format {FORMAT_VERSION}. Restore it with the mmrag that wrote it "
-                                f"({index.get('mmrag_version')})")
-    body = {k: v for k, v in index.items() if k not in ("digest", "signature")}
-    if index.get("digest") != _digest(body):
-        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} was changed after it was written "
-                                f"(its digest does not match). {_AGAIN}")
-    listing = check_listing(snapshot, index.get("files"))
-    try:
-        _check_shape(index, listing)
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise refused(snapshot, f"{INDEX} is not shaped as mmrag writes it ({type(exc).__name__}: {exc})") from exc
-    return index  # type: ignore[no-any-return]
-
-
-def _check_shape(index: dict[str, Any], listing: dict[str, Any]) -> None:
-    """Raise KeyError, TypeError or ValueError unless what a restore reads from ``index`` is there and of its type."""
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise ValueError(what)
-
-    for table in _MANIFEST_FILES:
-        need(f"manifest/{table}.jsonl" in listing, f"manifest/{table}.jsonl is not listed")
-    counts, totals = index["counts"], index["manifest_totals"]
-    need(isinstance(index["source"]["label"], str), "source.label is not a string")
-    for key in ("documents", "keyword"):
-        need(type(counts[key]) is int, f"counts.{key} is not an integer")
-    for key in ("n_clip", "n_text"):
-        need(type(totals[key]) is int, f"manifest_totals.{key} is not an integer")
-    need(set(index["collections"]) <= {"clip", "image", "text"}, "collections has roles other than clip, image, text")
-    for role, info in index["collections"].items():
-        if info is None:
-            continue
-        need(type(counts[role]) is int and isinstance(info["metadata"], dict), f"collections.{role} is malformed")
-        for part in info["batches"]:
-            need(bool(re.fullmatch(rf"chroma/{role}/[0-9]{{5,}}", part["stem"])) and type(part["records"]) is int,
-                 f"a batch of collections.{role} is malformed")
-            for suffix in (".jsonl", ".npy"):
-                need(part["stem"] + suffix in listing, f"{part['stem']}{suffix} is not listed")
-
-
-def _check_files(snapshot: Path, index: dict[str, Any]) -> None:
-    found = walk(snapshot)  # refuses links and special files anywhere, listed or not
-    problems = []
-    for rel, want in index["files"].items():
-        if rel not in found:
-            problems.append(f"{rel} is missing")
-        elif found[rel].st_size != want["size"]:
-            problems.append(f"{rel} has {found[rel].st_size} bytes, not {want['size']}")
-        else:
-            with open_listed(snapshot, rel, want["size"]) as fh:
-                if sha256_of(fh) != want["sha256"]:
-                    problems.append(f"{rel} has another checksum (sha256) than when it was written")
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {'; '.join(problems[:3])}{more}. {_AGAIN}")
-    for role, info in index["collections"].items():
-        for part in (info or {}).get("batches", []):
-            rel = part["stem"] + ".npy"
-            with open_listed(snapshot, rel, index["files"][rel]["size"]) as fh:
-                npy_header(snapshot, rel, fh, index["files"][rel]["size"], part["records"])
-
-
-def _digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # -- restore -----------------------------------------------------------------------------------
@@ -493,9 +402,9 @@ def restore(snapshot: Path, as_name: str, *, data_dir: Path, models: ModelChoice
         raise InvalidInputError(f"restore as a plain knowledge base name, not a version label or a version's "
                                 f"collection ({as_name!r}); for example --as {plain}-restored")
     check_collection_name(as_name)
-    index = _load_index(snapshot)
+    index = load_index(snapshot)
     trust = signing.check(snapshot, index, data_dir=Path(data_dir), key_file=key_file, trust_unsigned=trust_unsigned)
-    _check_files(snapshot, index)
+    check_files(snapshot, index)
     roots = sorted({os.path.abspath(p) for p in source_roots}
                    | (set(_listed_roots(snapshot, index)) if trust.how == "own" else set()))
     target = _open_kb(Path(data_dir), as_name, models, store_url, lock_timeout, store_timeout)
@@ -597,7 +506,7 @@ def _read_batch(snapshot: Path, index: dict[str, Any], part: dict[str, Any]) -> 
         vectors = read_vectors(snapshot, stem + ".npy", fh, size, part["records"])
     if len(rows) != len(vectors):
         raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {stem}.npy holds {vectors.shape} vectors for "
-                                f"{len(rows)} records. {_AGAIN}")
+                                f"{len(rows)} records. {AGAIN}")
     return RecordBatch([r[0] for r in rows], vectors, [r[1] for r in rows], [r[2] for r in rows])
 
 
