@@ -53,15 +53,6 @@ CREATE TABLE IF NOT EXISTS status_counts (
     n_text     INTEGER NOT NULL,
     PRIMARY KEY (collection, status)
 );
--- The folders (or single files) a collection was ingested from: doctor's repair and reindex read
--- sources only under them (mmrag.lifecycle.roots), so a planted manifest row cannot make them read
--- any file on the machine.
-CREATE TABLE IF NOT EXISTS roots (
-    collection TEXT NOT NULL,
-    root       TEXT NOT NULL,
-    added_at   REAL NOT NULL,
-    PRIMARY KEY (collection, root)
-);
 CREATE TABLE IF NOT EXISTS flags (
     collection TEXT NOT NULL,
     name       TEXT NOT NULL,
@@ -112,7 +103,19 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_kb ON events (kb, at);
+-- The folders (or single files) a knowledge base was ingested from, kept per knowledge base (a kb
+-- name; every version reads the same sources): doctor's repair and reindex read sources only under
+-- them (mmrag.lifecycle.roots), so a planted manifest row cannot make them read any file.
+CREATE TABLE IF NOT EXISTS roots (
+    kb       TEXT NOT NULL,
+    root     TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    PRIMARY KEY (kb, root)
+);
 """
+#: The knowledge base a physical collection (bound as two parameters) belongs to: its versions
+#: row's, else its own name (an unversioned knowledge base).
+KB_OF = "COALESCE((SELECT kb FROM versions WHERE physical=?), ?)"
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ END;
 #: its own), which is what the ingest that wrote the row was given.
 BACKFILL_ROOTS = """
 INSERT OR IGNORE INTO roots
-SELECT DISTINCT collection, COALESCE(NULLIF(CASE
+SELECT DISTINCT COALESCE((SELECT kb FROM versions WHERE physical=collection), collection), COALESCE(NULLIF(CASE
     WHEN lower(source) LIKE '%.jsonl' THEN source
     WHEN substr(source, length(source) - length(doc_id)) = '/' || doc_id
         THEN substr(source, 1, length(source) - length(doc_id) - 1)
@@ -361,29 +364,28 @@ class Manifest:
 
     def remove_collection(self, collection: str) -> None:
         """Forget a whole collection."""
-        for table in ("documents", "files", "flags", "status_counts", "drift_refs", "roots"):
+        for table in ("documents", "files", "flags", "status_counts", "drift_refs"):
             self._write(f"DELETE FROM {table} WHERE collection=?", [(collection,)])
 
     def add_roots(self, collection: str, roots: Iterable[str]) -> None:
-        """Remember folders (or files) ``collection`` was ingested from, as absolute paths.
+        """Remember folders (or files) ``collection`` was ingested from, as absolute paths, for its knowledge base.
 
-        Doctor's repair and reindex read a document's source only under one of them (see
-        :mod:`mmrag.lifecycle.roots`).
+        Kept per knowledge base, not per version: a reindexed version reads the same sources, and
+        pruning the version that was ingested must not forget them. Doctor's repair and reindex
+        read a document's source only under one of them (see :mod:`mmrag.lifecycle.roots`); the
+        rows go when the knowledge base is dropped whole (``mmrag reset``).
         """
         roots = sorted(set(roots))
-        known = set()
-        for lo in range(0, len(roots), 500):  # a read first: most ingests repeat known roots, and a write fsyncs
-            part = roots[lo : lo + 500]
-            known.update(str(r[0]) for r in self._read(
-                f"SELECT root FROM roots WHERE collection=? AND root IN ({','.join('?' * len(part))})",
-                (collection, *part)))
+        known = set(self.roots(collection))  # a read first: most ingests repeat known roots, and a write fsyncs
         now = time.time()
         if new := [r for r in roots if r not in known]:
-            self._write("INSERT OR IGNORE INTO roots VALUES (?,?,?)", [(collection, r, now) for r in new])
+            self._write(f"INSERT OR IGNORE INTO roots VALUES ({KB_OF},?,?)",
+                        [(collection, collection, r, now) for r in new])
 
     def roots(self, collection: str) -> list[str]:
-        """The roots recorded for ``collection`` (see :meth:`add_roots`), sorted."""
-        return [str(r[0]) for r in self._read("SELECT root FROM roots WHERE collection=? ORDER BY root", (collection,))]
+        """The roots recorded for ``collection``'s knowledge base (see :meth:`add_roots`), sorted."""
+        return [str(r[0]) for r in self._read(f"SELECT root FROM roots WHERE kb={KB_OF} ORDER BY root",
+                                              (collection, collection))]
 
     def flag(self, collection: str, name: str) -> str | None:
         """Read a per-collection flag."""

@@ -586,3 +586,29 @@ def test_roots_are_recorded_by_ingest_and_backfilled_in_an_older_manifest(tmp_pa
     assert allowed_roots(manifest, "test") == {str(corpus)}
     assert outside_roots(manifest, "test", sources) == []
     manifest.close()
+
+
+def test_roots_survive_a_prune_of_the_version_that_was_ingested(tmp_path: Path) -> None:
+    from mmrag.chunking import ChunkSpec
+    from mmrag.lifecycle.promotion import prune
+    from mmrag.lifecycle.reindex import reindex
+    from mmrag.manifest import Manifest
+
+    data = tmp_path / "data"
+    corpus = make_corpus(tmp_path)
+    kb = hashing(data)
+    Indexer(kb).ingest([corpus])
+    kb.close()
+
+    def open_kb(name: str, chunk: ChunkSpec = ChunkSpec()) -> KnowledgeBase:
+        physical = Versions(Manifest(data / "manifest.sqlite3")).resolve(name)
+        return KnowledgeBase(data, physical, resolve_models(Settings()), chunk=chunk, clip=HashingEmbedder(16),
+                             text=HashingEmbedder(8))
+
+    assert reindex("test", open_kb=open_kb, chunk=ChunkSpec(64, 8), models=resolve_models(Settings())).documents == 4
+    versions = Versions(Manifest(data / "manifest.sqlite3"))
+    versions.switch("test", 2, reason="promote")
+    assert prune("test", versions=versions, open_bare=open_kb, keep=0) == ["test@1"]  # the ingested version
+    # The sources are still allowed: the third version is built from the second's rows.
+    assert reindex("test", open_kb=open_kb, chunk=ChunkSpec(48, 8), models=resolve_models(Settings())).documents == 4
+    assert versions.manifest.roots("test--v2") == [str(corpus)]

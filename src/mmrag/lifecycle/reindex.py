@@ -179,6 +179,6 @@ def drop_knowledge_base(manifest_kb: KnowledgeBase, name: str, open_bare: Callab
         with kb.write_lock():
             kb.drop()
     with manifest_kb.manifest.transaction() as db:
-        for table in ("versions", "alias_history", "probes", "events"):
+        for table in ("versions", "alias_history", "probes", "events", "roots"):
             db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
     return [v.physical for v in listed] or [name]

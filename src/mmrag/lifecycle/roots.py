@@ -5,9 +5,9 @@ ingest name files under the paths that ingest was given, which :meth:`Manifest.a
 <mmrag.manifest.Manifest.add_roots>` records; rows restored from a snapshot come from the
 snapshot's author, who could name any file on this machine (``/etc/passwd``), and a repair would
 then make its contents searchable by any read key. :func:`outside_roots` is the one check both
-callers make: a source is read only when it lies under a recorded root of the collection or of
-another version of the same knowledge base (a reindex builds ``kb--v2`` from ``kb``'s sources),
-unless the caller says otherwise (``--allow-source-outside-roots``).
+callers make: a source is read only when it lies under a root recorded for the collection's
+knowledge base (shared by its versions: a reindex builds ``kb--v2`` from ``kb``'s sources), unless
+the caller says otherwise (``--allow-source-outside-roots``).
 
 Paths are compared after :func:`os.path.normpath`, not :func:`os.path.realpath`: an ingest keeps a
 symlinked file's path under its root (it does not resolve links), and a planted row cannot create
@@ -29,16 +29,13 @@ EXAMPLES = 3
 
 
 def allowed_roots(manifest: Manifest, collection: str) -> set[str]:
-    """The roots ``collection`` may read sources under: its own and its sibling versions'.
+    """The roots ``collection`` may read sources under: its knowledge base's, shared by every version.
 
     Args:
         manifest: the data dir's manifest.
         collection: a physical collection (``kb`` or ``kb--vN``).
     """
-    rows = manifest.read(
-        "SELECT root FROM roots WHERE collection=? OR collection IN (SELECT physical FROM versions WHERE kb="
-        "(SELECT kb FROM versions WHERE physical=?))", (collection, collection))
-    return {os.path.normpath(str(r[0])) for r in rows}
+    return {os.path.normpath(r) for r in manifest.roots(collection)}
 
 
 def inside(source: str, roots: set[str]) -> bool:

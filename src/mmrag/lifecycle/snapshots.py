@@ -233,7 +233,7 @@ def _write_manifest(files: "_Files", manifest: Manifest, physical: str, kb: str)
     for table, (sql, key, columns) in small.items():
         rows = (dict(zip(columns, r)) for r in manifest.read(sql, (key,)))
         counts[table] = files.write_jsonl(f"manifest/{table}.jsonl", rows)
-    # Its versions' roots too: a reindexed version reads the sources its first version was ingested from.
+    # Its knowledge base's roots (every version reads the sources the first one was ingested from).
     counts["roots"] = files.write_jsonl("manifest/roots.jsonl",
                                         ({"root": r} for r in sorted(allowed_roots(manifest, physical))))
     return counts
@@ -554,14 +554,16 @@ def _write_rows(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any], roots:
                        rows("drift_refs", ("modality", "value", "created_at"), name))
         db.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)",
                        rows("probes", ("name", "query", "expect", "k", "created_at"), name))
-        db.executemany("INSERT OR IGNORE INTO roots VALUES (?,?,?)", [(name, r, time.time()) for r in roots])
+        db.execute("DELETE FROM roots WHERE kb=?", (name,))  # a dropped name's leftovers are not this snapshot's
+        db.executemany("INSERT INTO roots VALUES (?,?,?)", [(name, r, time.time()) for r in roots])
 
 
 def _undo(kb: KnowledgeBase) -> None:
     """Remove what a failed restore created (the name did not exist before it began)."""
     try:
         kb.drop()
-        kb.manifest.write("DELETE FROM probes WHERE kb=?", [(kb.collection,)])
+        for table in ("probes", "roots"):  # kept per knowledge base, so kb.drop() leaves them
+            kb.manifest.write(f"DELETE FROM {table} WHERE kb=?", [(kb.collection,)])
     except MmragError as exc:
         log.error("The failed restore of %r could not remove all it created (%s); drop it with `mmrag reset "
                   "--collection %s`", kb.collection, exc, kb.collection)
