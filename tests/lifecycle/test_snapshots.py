@@ -295,11 +295,12 @@ def test_round_trip_against_a_chroma_server(chroma_server: str, tmp_path: Path) 
 SECRET = b"TOP-SECRET-PASSPHRASE-42 lives only outside the snapshot"
 
 
-def forge(snap: Path, data_dir: Path | None = None) -> None:
-    """Do what a snapshot's author can: recompute every listed file's sha256 and size and the index digest,
-    and, given a data dir whose key they hold, sign again with it (HMAC-SHA256, as mmrag signs)."""
+def forge(snap: Path, data_dir: Path | None = None, *, files: bool = True) -> None:
+    """Do what a snapshot's author can: recompute every listed file's sha256 and size (unless not ``files``)
+    and the index digest, and, given a data dir whose key they hold, sign again with it (HMAC-SHA256, as
+    mmrag signs)."""
     index = json.loads((snap / "snapshot.json").read_text())
-    for rel, want in index["files"].items():
+    for rel, want in index["files"].items() if files else ():
         path = snap / rel
         if not path.is_symlink() and path.is_file() and not rel.startswith(("/", "..")):
             data = path.read_bytes()
@@ -612,3 +613,26 @@ def test_roots_survive_a_prune_of_the_version_that_was_ingested(tmp_path: Path) 
     # The sources are still allowed: the third version is built from the second's rows.
     assert reindex("test", open_kb=open_kb, chunk=ChunkSpec(48, 8), models=resolve_models(Settings())).documents == 4
     assert versions.manifest.roots("test--v2") == [str(corpus)]
+
+
+@pytest.mark.parametrize("bomb", ["a listed size over the cap", "a manifest row nested 100,000 deep",
+                                  "snapshot.json nested 100,000 deep"])
+def test_finding5_oversized_or_deeply_nested_input_is_refused_with_its_name(small_snapshot: tuple[Path, Path],
+                                                                           bomb: str) -> None:
+    snap, data = small_snapshot
+    if bomb == "snapshot.json nested 100,000 deep":
+        (snap / "snapshot.json").write_text("[" * 100_000 + "]" * 100_000)
+        with pytest.raises(StoreDamagedError, match="snapshot.json cannot be read"):
+            snapshots.restore(snap, "copy", data_dir=data)
+        return
+    if bomb == "a listed size over the cap":
+        index = json.loads((snap / "snapshot.json").read_text())
+        index["files"]["keyword/meta.json"]["size"] = 1 << 40  # 1 TiB, for a file of a few hundred bytes
+        (snap / "snapshot.json").write_text(json.dumps(index))
+        forge(snap, data, files=False)
+        _restore_refused(snap, data, r"keyword/meta\.json is listed at 1099511627776 bytes, over the")
+    else:
+        with open(snap / "manifest" / "flags.jsonl", "a") as fh:
+            fh.write("[" * 100_000 + "]" * 100_000 + "\n")
+        forge(snap, data)
+        _restore_refused(snap, data, r"manifest/flags\.jsonl line [0-9]+ is not a JSON row \(RecursionError\)")

@@ -53,6 +53,8 @@ MAX_BATCH_BYTES = 1 << 30
 #: The most records per batch and the widest vector a restore accepts (mmrag writes 5000 and <= 1024).
 MAX_BATCH_RECORDS = 100_000
 MAX_DIM = 16_384
+#: The longest JSONL line read (a record or a manifest row; mmrag writes a few KB).
+MAX_LINE_BYTES = 64 << 20
 #: The most entries (files and folders) walked in a snapshot.
 MAX_ENTRIES = 1_000_000
 TOPS = ("manifest", "chroma", "keyword")
@@ -101,23 +103,23 @@ def walk(snapshot: Path) -> dict[str, os.stat_result]:
     while stack:
         rel_dir, folder = stack.pop()
         try:
-            scan = list(os.scandir(folder))
+            with os.scandir(folder) as scan:  # iterated, not listed: a folder of millions is refused, not held
+                for entry in scan:
+                    entries += 1
+                    if entries > MAX_ENTRIES:
+                        raise refused(snapshot, f"it holds more than {MAX_ENTRIES} files and folders")
+                    rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                    st = entry.stat(follow_symlinks=False)
+                    if stat.S_ISLNK(st.st_mode):
+                        raise refused(snapshot, f"{rel} is a symbolic link (to {os.readlink(entry.path)!r})")
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append((rel, entry.path))
+                    elif stat.S_ISREG(st.st_mode):
+                        found[rel] = st
+                    else:
+                        raise refused(snapshot, f"{rel} is not a regular file (a device, FIFO or socket)")
         except OSError as exc:
             raise refused(snapshot, f"its folder {rel_dir or '.'} cannot be read ({exc.strerror or exc})") from exc
-        for entry in scan:
-            entries += 1
-            if entries > MAX_ENTRIES:
-                raise refused(snapshot, f"it holds more than {MAX_ENTRIES} files and folders")
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            st = entry.stat(follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                raise refused(snapshot, f"{rel} is a symbolic link (to {os.readlink(entry.path)!r})")
-            if stat.S_ISDIR(st.st_mode):
-                stack.append((rel, entry.path))
-            elif stat.S_ISREG(st.st_mode):
-                found[rel] = st
-            else:
-                raise refused(snapshot, f"{rel} is not a regular file (a device, FIFO or socket)")
     return found
 
 
@@ -143,6 +145,19 @@ def open_listed(snapshot: Path, rel: str, size: int) -> Iterator[BinaryIO]:
         yield fh
     finally:
         fh.close()
+
+
+def jsonl_rows(snapshot: Path, rel: str, fh: BinaryIO) -> Iterator[Any]:
+    """The rows of an open JSONL file, one line at a time; a line over :data:`MAX_LINE_BYTES` or not JSON is refused."""
+    n = 0
+    while line := fh.readline(MAX_LINE_BYTES + 1):
+        n += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise refused(snapshot, f"{rel} line {n} is over {MAX_LINE_BYTES >> 20} MiB")
+        try:
+            yield json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise refused(snapshot, f"{rel} line {n} is not a JSON row ({type(exc).__name__})") from exc
 
 
 def sha256_of(fh: BinaryIO) -> str:
@@ -213,7 +228,7 @@ def load_index(snapshot: Path) -> dict[str, Any]:
         if raw is None:
             raise InvalidInputError(f"{snapshot} is not an mmrag snapshot (it has no {INDEX})")
         index = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
         if isinstance(exc, InvalidInputError):
             raise
         raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} cannot be read ({exc}). {AGAIN}") from exc

@@ -58,7 +58,7 @@ from mmrag.kb import LOCK_TIMEOUT, KnowledgeBase
 from mmrag.locks import fsync_dir
 from mmrag.lifecycle import signing
 from mmrag.lifecycle.roots import allowed_roots, outside_roots
-from mmrag.lifecycle.snapfiles import (AGAIN, FORMAT, FORMAT_VERSION, INDEX, check_files, index_digest,
+from mmrag.lifecycle.snapfiles import (AGAIN, FORMAT, FORMAT_VERSION, INDEX, check_files, index_digest, jsonl_rows,
                                        load_index, open_listed, read_vectors, refused)
 from mmrag.lifecycle.versions import Versions, split_label
 from mmrag.manifest import Manifest
@@ -437,11 +437,7 @@ def _listed_roots(snapshot: Path, index: dict[str, Any]) -> list[str]:
 def _jsonl(snapshot: Path, index: dict[str, Any], rel: str) -> Iterator[Any]:
     """A listed JSONL file's rows, streamed."""
     with open_listed(snapshot, rel, index["files"][rel]["size"]) as fh:
-        for n, line in enumerate(fh, 1):
-            try:
-                yield json.loads(line)
-            except ValueError as exc:
-                raise refused(snapshot, f"{rel} line {n} is not JSON ({exc})") from exc
+        yield from jsonl_rows(snapshot, rel, fh)
 
 
 def _refuse_existing(kb: KnowledgeBase) -> None:
