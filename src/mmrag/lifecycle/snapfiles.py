@@ -277,6 +277,12 @@ def _check_shape(index: dict[str, Any], listing: dict[str, Any]) -> None:
 
 
 def check_files(snapshot: Path, index: dict[str, Any]) -> None:
+    """Walk the snapshot (see :func:`walk`), then check every listed file's size, sha256 and ``.npy`` header.
+
+    Raises:
+        InvalidInputError: a link, special file or oversized array (see the module docstring).
+        StoreDamagedError: a listed file is missing, of another size or checksum (up to three are named).
+    """
     found = walk(snapshot)  # refuses links and special files anywhere, listed or not
     problems = []
     for rel, want in index["files"].items():
