@@ -61,8 +61,12 @@ def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[
     """
     refs: dict[str, FileRef] = {}
     missing: list[str] = []
-    for state in kb.manifest.all(kb.collection):
-        if state.status == "skipped" or state.source in refs:
+    states = [s for s in kb.manifest.all(kb.collection) if s.status != "skipped"]
+    # Before the file system is asked anything about them: a restored row can name any path.
+    refuse_outside(kb.manifest, kb.collection, sorted({s.source for s in states}), allow_outside=allow_outside_roots,
+                   action="reindex")
+    for state in states:
+        if state.source in refs:
             continue
         source = Path(state.source)
         if source.suffix.lower() == ".jsonl":
@@ -75,7 +79,6 @@ def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[
             missing.append(state.source)
             continue
         refs[state.source] = ref
-    refuse_outside(kb.manifest, kb.collection, refs, allow_outside=allow_outside_roots, action="reindex")
     return sorted(refs.values(), key=lambda r: str(r.path)), missing
 
 
