@@ -225,6 +225,8 @@ class Indexer:
         started = time.monotonic()
         summary = IngestSummary(collection=self.kb.collection, engine=self.engine.name)
         self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
+        if files is None:  # repair and reindex read sources only under these (mmrag.lifecycle.roots)
+            self.kb.manifest.add_roots(self.kb.collection, [os.path.abspath(p) for p in paths])
         with span("ingest.repair") as trace:
             summary.repaired = self._repair()
             trace.set_attributes(documents=summary.repaired)

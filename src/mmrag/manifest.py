@@ -103,7 +103,19 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_kb ON events (kb, at);
+-- The folders (or single files) a knowledge base was ingested from, kept per knowledge base (a kb
+-- name; every version reads the same sources): doctor's repair and reindex read sources only under
+-- them (mmrag.lifecycle.roots), so a planted manifest row cannot make them read any file.
+CREATE TABLE IF NOT EXISTS roots (
+    kb       TEXT NOT NULL,
+    root     TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    PRIMARY KEY (kb, root)
+);
 """
+#: The knowledge base a physical collection (bound as two parameters) belongs to: its versions
+#: row's, else its own name (an unversioned knowledge base).
+KB_OF = "COALESCE((SELECT kb FROM versions WHERE physical=?), ?)"
 
 
 @dataclass(frozen=True)
@@ -139,8 +151,20 @@ CREATE TRIGGER IF NOT EXISTS documents_counted_update AFTER UPDATE ON documents 
     ON CONFLICT (collection, status) DO UPDATE SET n = n + 1, n_clip = n_clip + new.n_clip, n_text = n_text + new.n_text;
 END;
 """
-#: ``PRAGMA user_version`` of a manifest with counting triggers (0: written before them).
-SCHEMA_VERSION = 1
+#: A root per document of a manifest written before roots were recorded: the folder its doc id is
+#: relative to (the source less the doc id), or the file itself (a JSONL corpus, a file ingested on
+#: its own), which is what the ingest that wrote the row was given.
+BACKFILL_ROOTS = """
+INSERT OR IGNORE INTO roots
+SELECT DISTINCT COALESCE((SELECT kb FROM versions WHERE physical=collection), collection), COALESCE(NULLIF(CASE
+    WHEN lower(source) LIKE '%.jsonl' THEN source
+    WHEN substr(source, length(source) - length(doc_id)) = '/' || doc_id
+        THEN substr(source, 1, length(source) - length(doc_id) - 1)
+    ELSE source END, ''), '/'), ?
+FROM documents WHERE status != 'skipped'
+"""
+#: ``PRAGMA user_version``: 1 added the counting triggers, 2 the ``roots`` table (backfilled once).
+SCHEMA_VERSION = 2
 
 
 @contextlib.contextmanager
@@ -170,18 +194,26 @@ class Manifest:
             self._migrate()
 
     def _migrate(self) -> None:
-        """Add the counting triggers to a manifest written before them, and count what it holds (once)."""
+        """Bring a manifest written by an older mmrag up to :data:`SCHEMA_VERSION`, one step at a time (once).
+
+        1: add the counting triggers and count what it holds. 2: record the roots its documents
+        were ingested from (:data:`BACKFILL_ROOTS`).
+        """
         db = self._db
         if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
         db.execute("BEGIN IMMEDIATE")
         try:
-            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:  # another process may have won
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            if version < 1:
                 for trigger in TRIGGERS.split("END;")[:-1]:  # executescript would commit the transaction
                     db.execute(trigger + "END;")
                 db.execute("DELETE FROM status_counts")
                 db.execute("INSERT INTO status_counts SELECT collection, status, COUNT(*), SUM(n_clip), SUM(n_text) "
                            "FROM documents GROUP BY collection, status")
+            if version < 2:
+                db.execute(BACKFILL_ROOTS, (time.time(),))
+            if version < SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except sqlite3.Error:
@@ -334,6 +366,26 @@ class Manifest:
         """Forget a whole collection."""
         for table in ("documents", "files", "flags", "status_counts", "drift_refs"):
             self._write(f"DELETE FROM {table} WHERE collection=?", [(collection,)])
+
+    def add_roots(self, collection: str, roots: Iterable[str]) -> None:
+        """Remember folders (or files) ``collection`` was ingested from, as absolute paths, for its knowledge base.
+
+        Kept per knowledge base, not per version: a reindexed version reads the same sources, and
+        pruning the version that was ingested must not forget them. Doctor's repair and reindex
+        read a document's source only under one of them (see :mod:`mmrag.lifecycle.roots`); the
+        rows go when the knowledge base is dropped whole (``mmrag reset``).
+        """
+        roots = sorted(set(roots))
+        known = set(self.roots(collection))  # a read first: most ingests repeat known roots, and a write fsyncs
+        now = time.time()
+        if new := [r for r in roots if r not in known]:
+            self._write(f"INSERT OR IGNORE INTO roots VALUES ({KB_OF},?,?)",
+                        [(collection, collection, r, now) for r in new])
+
+    def roots(self, collection: str) -> list[str]:
+        """The roots recorded for ``collection``'s knowledge base (see :meth:`add_roots`), sorted."""
+        return [str(r[0]) for r in self._read(f"SELECT root FROM roots WHERE kb={KB_OF} ORDER BY root",
+                                              (collection, collection))]
 
     def flag(self, collection: str, name: str) -> str | None:
         """Read a per-collection flag."""

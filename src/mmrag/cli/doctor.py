@@ -21,11 +21,14 @@ EXIT_PROBLEMS = 4
 @click.option("--repair", "fix", is_flag=True,
               help="Fix what the manifest and the sources can: re-ingest documents whose records are missing, "
                    "delete orphan records, rewrite stale keyword rows. Then check again.")
+@click.option("--allow-source-outside-roots", "allow_outside", is_flag=True,
+              help="With --repair: also re-ingest documents whose source lies outside the folders KB was ingested "
+                   "from (a restored snapshot's rows can name any file).")
 @click.option("--examples", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="Example ids listed per problem (the counts are always complete).")
 @common_options
 @errors_to_click
-def doctor(kb: str | None, fix: bool, examples: int, as_json: bool, **opts: Any) -> None:
+def doctor(kb: str | None, fix: bool, allow_outside: bool, examples: int, as_json: bool, **opts: Any) -> None:
     """Check KB's manifest, Chroma collections and keyword index against each other.
 
     Compares counts, record ids per document, keyword rows, the embedding identity, pending
@@ -48,7 +51,7 @@ def doctor(kb: str | None, fix: bool, examples: int, as_json: bool, **opts: Any)
     else:
         with base.write_lock():  # the examination the repair acts on must not go stale meanwhile
             before = examine(base, examples=examples)
-            done = repair(base, before) if not before.healthy else None
+            done = repair(base, before, allow_outside_roots=allow_outside) if not before.healthy else None
         if as_json:
             emit({"before": before.to_dict(), "repair": done.to_dict() if done else None})
         else:

@@ -35,9 +35,12 @@ def _versions(opts: dict[str, Any]) -> Any:
 @click.option("--chunk-size", type=click.IntRange(16), default=None,
               help="The new version's chunk size in tokens. [default: the configured one]")
 @click.option("--chunk-overlap", type=click.IntRange(0), default=None, help="The new version's chunk overlap.")
+@click.option("--allow-source-outside-roots", "allow_outside", is_flag=True,
+              help="Read document sources outside the folders KB was ingested from (a restored snapshot's).")
 @common_options
 @errors_to_click
-def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, as_json: bool, **opts: Any) -> None:
+def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_outside: bool, as_json: bool,
+            **opts: Any) -> None:
     """Build a new version of KB from its live version's sources, while KB keeps serving.
 
     Takes --clip-model/--text-model (and the other model options) for the new version. The new
@@ -56,7 +59,7 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, as_json:
             click.echo(f"  {done}/{total} files", err=True)
 
     result = run(kb, open_kb=lambda name, spec: open_kb(opts, name, chunk=spec), chunk=chunk,
-                 models=resolve_models(s), progress=progress)
+                 models=resolve_models(s), progress=progress, allow_outside_roots=allow_outside)
     if as_json:
         emit(result.to_dict())
         return

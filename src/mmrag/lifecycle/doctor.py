@@ -31,6 +31,8 @@ from mmrag.errors import ConfigError, MissingDependencyError, StoreError
 from mmrag.indexing import Indexer
 from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.probes import Probe, ProbeStore, run_probes
+from mmrag.lifecycle.roots import outside_roots
+from mmrag.lifecycle.roots import reason as roots_reason
 from mmrag.lifecycle.versions import Versions, split_label
 from mmrag.loaders import FileRef
 from mmrag.manifest import DocState
@@ -333,7 +335,7 @@ def _probes(kb: KnowledgeBase, probes: Sequence[Probe] | None, plan: _Plan, note
 
 # -- repairing ---------------------------------------------------------------------------------
 def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None = None,
-           probes: Sequence[Probe] | None = None) -> RepairReport:
+           probes: Sequence[Probe] | None = None, allow_outside_roots: bool = False) -> RepairReport:
     """Fix what ``report`` found that the manifest and the sources can fix, then examine again.
 
     Under the collection's writer lock: orphan records are deleted from Chroma and the keyword
@@ -344,7 +346,9 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
     re-ingested into a collection of another model).
 
     Only the affected files are ingested again, each with the doc id it had (a path relative to
-    the folder it was ingested under), so nothing else in those folders is touched.
+    the folder it was ingested under), so nothing else in those folders is touched. A source
+    outside the roots the collection was ingested from (a row restored from a snapshot can name
+    any file) is not read: it is listed as unrepairable (see :mod:`mmrag.lifecycle.roots`).
 
     Args:
         kb: the collection ``report`` examined.
@@ -352,6 +356,7 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
         indexer: the indexer to ingest with (for JSONL field names or loader limits other than the
             defaults); default ``Indexer(kb)``.
         probes: as for :func:`examine`, for the examination after the repair.
+        allow_outside_roots: read sources outside the collection's roots too.
 
     Returns:
         What was done, what was not, and the examination after it.
@@ -366,7 +371,7 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
         elif rewrite := sorted(plan.keyword_rewrite - {d for docs in plan.orphans.values() for d in docs}):
             out.keyword_rewritten = _rewrite_keyword(kb, rewrite)
         if plan.redo:
-            _redo(kb, plan, indexer or Indexer(kb), out)
+            _redo(kb, plan, indexer or Indexer(kb), out, allow_outside_roots)
         out.after = examine(kb, probes=probes)
     return out
 
@@ -402,16 +407,19 @@ def _rewrite_keyword(kb: KnowledgeBase, docs: list[str]) -> int:
     return len(docs)
 
 
-def _redo(kb: KnowledgeBase, plan: _Plan, indexer: Indexer, out: RepairReport) -> None:
+def _redo(kb: KnowledgeBase, plan: _Plan, indexer: Indexer, out: RepairReport, allow_outside_roots: bool) -> None:
     col = kb.collection
     states = [s for s in (kb.manifest.get(col, d) for d in sorted(plan.redo)) if s is not None]
     if not plan.identity_ok:
         out.unrepairable += [{"doc_id": s.doc_id, "source": s.source, "reason": "not re-ingested: the collection was "
                               "built with another embedding model (see identity_mismatch)"} for s in states]
         return
+    outside = set(outside_roots(kb.manifest, col, [s.source for s in states], allow_outside=allow_outside_roots))
     redo: list[DocState] = []
     for s in states:
-        if os.path.exists(s.source):
+        if s.source in outside:  # checked before the file system is asked anything about it
+            out.unrepairable.append({"doc_id": s.doc_id, "source": s.source, "reason": roots_reason(kb.manifest, col)})
+        elif os.path.exists(s.source):
             redo.append(s)
         else:
             out.unrepairable.append({"doc_id": s.doc_id, "source": s.source, "reason": "its source no longer exists: "

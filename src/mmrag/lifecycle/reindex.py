@@ -24,6 +24,7 @@ from typing import Any, Callable
 from mmrag.chunking import ChunkSpec
 from mmrag.errors import InvalidInputError
 from mmrag.kb import KnowledgeBase
+from mmrag.lifecycle.roots import refuse_outside
 from mmrag.lifecycle.versions import Version, Versions, split_label
 from mmrag.loaders import FileRef
 from mmrag.registry import ModelChoice
@@ -51,7 +52,7 @@ class ReindexResult:
                 "resumed": self.resumed, "missing_sources": self.missing, "failed": self.failed}
 
 
-def source_files(kb: KnowledgeBase) -> tuple[list[FileRef], list[str]]:
+def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[list[FileRef], list[str]]:
     """The files ``kb``'s documents came from, with the doc ids they were given; and the sources now missing.
 
     A file's doc id is its path relative to the folder it was ingested under, so the root is the
@@ -60,8 +61,12 @@ def source_files(kb: KnowledgeBase) -> tuple[list[FileRef], list[str]]:
     """
     refs: dict[str, FileRef] = {}
     missing: list[str] = []
-    for state in kb.manifest.all(kb.collection):
-        if state.status == "skipped" or state.source in refs:
+    states = [s for s in kb.manifest.all(kb.collection) if s.status != "skipped"]
+    # Before the file system is asked anything about them: a restored row can name any path.
+    refuse_outside(kb.manifest, kb.collection, sorted({s.source for s in states}), allow_outside=allow_outside_roots,
+                   action="reindex")
+    for state in states:
+        if state.source in refs:
             continue
         source = Path(state.source)
         if source.suffix.lower() == ".jsonl":
@@ -78,7 +83,8 @@ def source_files(kb: KnowledgeBase) -> tuple[list[FileRef], list[str]]:
 
 
 def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase], chunk: ChunkSpec,
-            models: ModelChoice, progress: Callable[[int, int], None] | None = None) -> ReindexResult:
+            models: ModelChoice, progress: Callable[[int, int], None] | None = None,
+            allow_outside_roots: bool = False) -> ReindexResult:
     """Build a new version of ``kb_name`` from its live version's sources (see the module docstring).
 
     Args:
@@ -89,10 +95,13 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
         chunk: the new version's chunk sizing.
         models: the new version's models (recorded with the version).
         progress: called with (files done, files total) during the main build.
+        allow_outside_roots: read sources outside the roots the knowledge base was ingested from
+            (see :mod:`mmrag.lifecycle.roots`).
 
     Raises:
         NotFoundError: ``kb_name`` holds no documents.
-        InvalidInputError: ``kb_name`` is a version label, or a collection of that name is in the way.
+        InvalidInputError: ``kb_name`` is a version label, a collection of that name is in the way, or a
+            source lies outside the knowledge base's roots.
     """
     from mmrag.indexing import Indexer
 
@@ -114,7 +123,7 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
     result = ReindexResult(version=version, source=live.label, resumed=resumed)
     try:
         with target.write_lock():
-            refs, result.missing = source_files(live_kb)
+            refs, result.missing = source_files(live_kb, allow_outside_roots)
             for path in result.missing:
                 log.warning("reindex %s: source %s no longer exists; its documents are left out", version.label, path)
             summary = Indexer(target).ingest([], files=refs, progress=progress)
@@ -123,7 +132,7 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
             # Catch up with what the live version took in meanwhile, holding its writer lock so
             # that nothing more arrives until the new version is complete.
             with live_kb.write_lock():
-                refs, result.missing = source_files(live_kb)
+                refs, result.missing = source_files(live_kb, allow_outside_roots)
                 again = Indexer(target).ingest([], files=refs)
                 result.indexed += again.indexed
                 live_ids = {s.doc_id for s in live_kb.manifest.all(live_kb.collection)}
@@ -173,6 +182,6 @@ def drop_knowledge_base(manifest_kb: KnowledgeBase, name: str, open_bare: Callab
         with kb.write_lock():
             kb.drop()
     with manifest_kb.manifest.transaction() as db:
-        for table in ("versions", "alias_history", "probes", "events"):
+        for table in ("versions", "alias_history", "probes", "events", "roots"):
             db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
     return [v.physical for v in listed] or [name]

@@ -8,12 +8,14 @@ end, so a crash never leaves a partial snapshot that looks complete.
 Format (``format_version`` 1), a folder::
 
     snapshot.json                 format, mmrag version, source kb/label, record counts, every file's
-                                  sha256 and size, and a digest of snapshot.json itself
+                                  sha256 and size, a digest of snapshot.json itself, and its
+                                  signature: an HMAC under the data dir's key (mmrag.lifecycle.signing)
     manifest/documents.jsonl      the collection's document rows (status, hashes, record counts)
     manifest/files.jsonl          file stamps (size, mtime, sha256) of its sources
     manifest/flags.jsonl          per-collection flags
     manifest/drift_refs.jsonl     drift reference rows, if any
     manifest/probes.jsonl         the knowledge base's probes
+    manifest/roots.jsonl          the folders its documents were ingested from (mmrag.lifecycle.roots)
     chroma/<role>/collection.json Chroma collection name, metadata (embedding identity, owner), space
     chroma/<role>/NNNNN.jsonl     one line per record: id, metadata, document
     chroma/<role>/NNNNN.npy       the same records' vectors, float32 (n, dim), in the same order
@@ -26,8 +28,10 @@ Vectors are saved exactly as Chroma returns them; writing them back, Chroma 1.5.
 can move a float32 by an ulp or two (measured here: at most 3e-8 on unit vectors), so a restored
 vector equals the snapshot's to about 1e-7, not always bit for bit.
 
-Restore verifies every checksum and size before it creates anything, refuses a name that exists,
-and removes everything it created when a step or the final count check fails.
+Restore treats the folder as hostile input. Before it creates anything it checks the signature,
+every checksum and size, and that the folder holds nothing but listed regular files of bounded
+size and array shape (:mod:`mmrag.lifecycle.snapfiles`); then it reads only those files. It refuses a
+name that exists, and removes everything it created when a step or the final count check fails.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +56,10 @@ from mmrag.embedders.openclip import ClipSpec
 from mmrag.errors import InvalidInputError, MmragError, NotFoundError, StoreDamagedError, StoreError
 from mmrag.kb import LOCK_TIMEOUT, KnowledgeBase
 from mmrag.locks import fsync_dir
+from mmrag.lifecycle import signing
+from mmrag.lifecycle.roots import allowed_roots, outside_roots
+from mmrag.lifecycle.snapfiles import (AGAIN, FORMAT, FORMAT_VERSION, INDEX, check_files, index_digest, jsonl_rows,
+                                       load_index, open_listed, read_vectors, refused)
 from mmrag.lifecycle.versions import Versions, split_label
 from mmrag.manifest import Manifest
 from mmrag.registry import ModelChoice, check_collection_name
@@ -59,9 +68,6 @@ from mmrag.stores.chroma import (IDENTITY_PREFIX, SERVER_TIMEOUT, ChromaStore, R
 
 log = logging.getLogger(__name__)
 
-FORMAT = "mmrag-snapshot"
-FORMAT_VERSION = 1
-INDEX = "snapshot.json"
 #: Records per batch file (and per Chroma read and write).
 BATCH = 5000
 #: Document columns after ``collection``, in table order.
@@ -83,6 +89,7 @@ class SnapshotInfo:
     files: int
     size_bytes: int
     seconds: float
+    key_id: str = ""  # the data dir key that signed it (see mmrag.lifecycle.signing)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -98,6 +105,11 @@ class RestoreInfo:
     counts: dict[str, int]
     seconds: float
     checked: list[str] = field(default_factory=list)  # what was verified after the restore
+    trust: str = "own"  # how the snapshot was trusted: own (this data dir's key), key (--key), unsigned
+    key_id: str | None = None  # the key that signed it, if any
+    roots: list[str] = field(default_factory=list)  # folders repair and reindex may read sources under
+    outside_roots: int = 0  # document sources outside them (repair and reindex refuse to read them)
+    outside_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -159,6 +171,7 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
         version = versions.get(*owner).to_dict() if owner else None
     finally:
         manifest.close()
+    key = signing.signing_key(data_dir)
     source = _open_kb(data_dir, physical, models, store_url, lock_timeout, store_timeout)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -183,7 +196,9 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
             "counts": counts, "manifest_totals": {"n_clip": n_clip, "n_text": n_text},
             "collections": collections, "files": files.listing,
         }
-        files.write(INDEX, json.dumps({**body, "digest": _digest(body)}, indent=1, sort_keys=True).encode())
+        signed = {**body, "digest": index_digest(body)}
+        index = {**signed, "signature": signing.sign(signed, key)}
+        files.write(INDEX, json.dumps(index, indent=1, sort_keys=True).encode())
         fsync_dir(tmp)
         if out.exists():
             out.rmdir()  # empty (checked above): rename needs the name free
@@ -197,7 +212,8 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
         shutil.rmtree(tmp, ignore_errors=True)
         source.close()
     return SnapshotInfo(path=out, kb=kb, label=label, physical=physical, counts=counts, files=len(files.listing) + 1,
-                        size_bytes=sum(f["size"] for f in files.listing.values()), seconds=time.monotonic() - started)
+                        size_bytes=sum(f["size"] for f in files.listing.values()), seconds=time.monotonic() - started,
+                        key_id=signing.key_id(key))
 
 
 def _write_manifest(files: "_Files", manifest: Manifest, physical: str, kb: str) -> dict[str, int]:
@@ -217,6 +233,9 @@ def _write_manifest(files: "_Files", manifest: Manifest, physical: str, kb: str)
     for table, (sql, key, columns) in small.items():
         rows = (dict(zip(columns, r)) for r in manifest.read(sql, (key,)))
         counts[table] = files.write_jsonl(f"manifest/{table}.jsonl", rows)
+    # Its knowledge base's roots (every version reads the sources the first one was ingested from).
+    counts["roots"] = files.write_jsonl("manifest/roots.jsonl",
+                                        ({"root": r} for r in sorted(allowed_roots(manifest, physical))))
     return counts
 
 
@@ -288,7 +307,9 @@ class _Files:
         return n
 
     def copy_tree(self, src: Path, rel: str) -> None:
-        for path in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+        if not Path(src).is_dir():
+            return
+        for path in sorted(_regular_files(Path(src))):
             if path.name.startswith(".tantivy-") and path.name.endswith(".lock"):
                 continue  # tantivy's own lock files: recreated on open, meaningless in a copy
             target = f"{rel}/{path.relative_to(src).as_posix()}"
@@ -303,73 +324,57 @@ class _Files:
             self.listing[target] = {"sha256": digest.hexdigest(), "size": size}
 
 
+def _regular_files(root: Path) -> Iterator[Path]:
+    """The regular files under ``root``; raise on a link or special file (mmrag never writes one there)."""
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            path = Path(folder) / name
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode) or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise StoreDamagedError(f"{path} is a link or special file, which mmrag never writes into a keyword "
+                                        "index folder (a restore by an older mmrag may have): remove it, then run "
+                                        "`mmrag doctor --repair` and snapshot again")
+            if stat.S_ISREG(mode):
+                yield path
+
+
 # -- verify ------------------------------------------------------------------------------------
 def verify(snapshot: Path) -> dict[str, Any]:
-    """Check a snapshot's index, every file's size and sha256; return its ``snapshot.json``.
+    """Check that a snapshot is whole and holds nothing but its listed regular files; return its ``snapshot.json``.
+
+    Checks the index's digest, refuses links, special files and unsafe listed paths anywhere (see
+    :mod:`mmrag.lifecycle.snapfiles`), then every listed file's size, sha256 and, for vectors,
+    ``.npy`` header. Who wrote the snapshot is :func:`mmrag.lifecycle.signing.check`'s question,
+    which :func:`restore` asks in between.
 
     Raises:
         NotFoundError: no such folder.
-        InvalidInputError: the folder is not an mmrag snapshot, or of a newer format.
+        InvalidInputError: the folder is not an mmrag snapshot, of a newer format, or holds what a
+            snapshot never does (a link, a device, a path outside it, an oversized array).
         StoreDamagedError: a file is missing, of another size or checksum (the message names it).
     """
-    snapshot = Path(snapshot)
-    if not snapshot.is_dir():
-        raise NotFoundError(f"no snapshot at {snapshot}")
-    again = ("Nothing was restored. Restore another copy of this snapshot, or take a new one with "
-             "`mmrag snapshot create`.")
-    try:
-        index = json.loads((snapshot / INDEX).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"{snapshot} is not an mmrag snapshot (it has no {INDEX})") from None
-    except (OSError, ValueError) as exc:
-        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} cannot be read ({exc}). {again}") from exc
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        raise InvalidInputError(f"{snapshot} is not an mmrag snapshot ({INDEX} has no format {FORMAT!r})")
-    if index.get("format_version") != FORMAT_VERSION:
-        raise InvalidInputError(f"{snapshot} is a snapshot of format {index.get('format_version')}; this mmrag "
-                                f"reads format {FORMAT_VERSION}. Restore it with the mmrag that wrote it "
-                                f"({index.get('mmrag_version')})")
-    body = {k: v for k, v in index.items() if k != "digest"}
-    if index.get("digest") != _digest(body):
-        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {INDEX} was changed after it was written "
-                                f"(its digest does not match). {again}")
-    problems = []
-    for rel, want in index["files"].items():
-        path = snapshot / rel
-        if not path.is_file():
-            problems.append(f"{rel} is missing")
-        elif path.stat().st_size != want["size"]:
-            problems.append(f"{rel} has {path.stat().st_size} bytes, not {want['size']}")
-        elif _sha256(path) != want["sha256"]:
-            problems.append(f"{rel} has another checksum (sha256) than when it was written")
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {'; '.join(problems[:3])}{more}. {again}")
-    return index  # type: ignore[no-any-return]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    index = load_index(Path(snapshot))
+    check_files(Path(snapshot), index)
+    return index
 
 
 # -- restore -----------------------------------------------------------------------------------
 def restore(snapshot: Path, as_name: str, *, data_dir: Path, models: ModelChoice | None = None,
             store_url: str | None = None, lock_timeout: float = LOCK_TIMEOUT,
-            store_timeout: float = SERVER_TIMEOUT) -> RestoreInfo:
+            store_timeout: float = SERVER_TIMEOUT, key_file: Path | None = None, trust_unsigned: bool = False,
+            source_roots: Iterable[Path] = ()) -> RestoreInfo:
     """Restore a snapshot as the new knowledge base ``as_name`` (unversioned: version 1).
 
-    Every checksum is verified before anything is created. The Chroma collections are created
-    with the snapshot's embedding identity and owned by this data dir; records are written with
-    their vectors; then the keyword index and the manifest rows. Counts are checked against the
-    snapshot at the end; on any failure everything the restore created is removed again.
+    The snapshot is checked before anything is created: whole (every checksum), closed (nothing
+    but listed regular files, see :func:`verify`) and signed by a trusted key (see
+    :mod:`mmrag.lifecycle.signing`). The Chroma collections are created with the snapshot's
+    embedding identity and owned by this data dir; records are written with their vectors; then
+    the keyword index and the manifest rows. Counts are checked against the snapshot at the end;
+    on any failure everything the restore created is removed again.
+
+    The folders the documents were ingested from (where ``doctor --repair`` and ``reindex`` may
+    read their sources, see :mod:`mmrag.lifecycle.roots`) are taken from the snapshot only when
+    this data dir's own key signed it; otherwise only ``source_roots`` are.
 
     Args:
         snapshot: the snapshot folder.
@@ -379,36 +384,60 @@ def restore(snapshot: Path, as_name: str, *, data_dir: Path, models: ModelChoice
         store_url: a Chroma server URL; ``None`` for the embedded store.
         lock_timeout: seconds to wait for the new name's writer lock.
         store_timeout: seconds a Chroma server request may take.
+        key_file: the ``snapshot.key`` of the data dir that made the snapshot, when another.
+        trust_unsigned: restore a snapshot that no held key signed.
+        source_roots: folders of this machine the restored documents' sources may be read under.
 
     Raises:
         NotFoundError: no snapshot at ``snapshot``.
-        InvalidInputError: not a snapshot, or ``as_name`` is not a plain new name.
+        InvalidInputError: not a snapshot, not one mmrag writes, not signed by a trusted key, or
+            ``as_name`` is not a plain new name.
         StoreDamagedError: a snapshot file is missing or corrupt, or the restored counts disagree.
         StoreError: a store failed (what was created is removed).
     """
     started = time.monotonic()
     snapshot = Path(snapshot)
-    index = verify(snapshot)
     if split_label(as_name)[1] is not None or re.fullmatch(r".+--v[0-9]+", as_name):
         plain = as_name.split("@")[0].split("--v")[0]
         raise InvalidInputError(f"restore as a plain knowledge base name, not a version label or a version's "
                                 f"collection ({as_name!r}); for example --as {plain}-restored")
     check_collection_name(as_name)
+    index = load_index(snapshot)
+    trust = signing.check(snapshot, index, data_dir=Path(data_dir), key_file=key_file, trust_unsigned=trust_unsigned)
+    check_files(snapshot, index)
+    roots = sorted({os.path.abspath(p) for p in source_roots}
+                   | (set(_listed_roots(snapshot, index)) if trust.how == "own" else set()))
     target = _open_kb(Path(data_dir), as_name, models, store_url, lock_timeout, store_timeout)
     try:
         with target.write_lock():
             _refuse_existing(target)
             try:
-                checked = _restore_into(target, snapshot, index)
+                checked = _restore_into(target, snapshot, index, roots)
             except BaseException as exc:
                 _undo(target)
                 if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, MmragError):
                     raise StoreError(f"Cannot restore {snapshot} as {as_name!r}: {exc}; nothing was kept") from exc
                 raise
+            sources = [str(r[0]) for r in target.manifest.read("SELECT DISTINCT source FROM documents WHERE "
+                                                                "collection=?", (as_name,))]
+            outside = outside_roots(target.manifest, as_name, sources)
     finally:
         target.close()
     return RestoreInfo(name=as_name, source_label=index["source"]["label"], counts=dict(index["counts"]),
-                       seconds=time.monotonic() - started, checked=checked)
+                       seconds=time.monotonic() - started, checked=checked, trust=trust.how, key_id=trust.key_id,
+                       roots=roots, outside_roots=len(outside), outside_examples=outside[:3])
+
+
+def _listed_roots(snapshot: Path, index: dict[str, Any]) -> list[str]:
+    return [r["root"] for r in _jsonl(snapshot, index, "manifest/roots.jsonl")
+            if isinstance(r, dict) and isinstance(r.get("root"), str) and os.path.isabs(r["root"])] \
+        if "manifest/roots.jsonl" in index["files"] else []
+
+
+def _jsonl(snapshot: Path, index: dict[str, Any], rel: str) -> Iterator[Any]:
+    """A listed JSONL file's rows, streamed."""
+    with open_listed(snapshot, rel, index["files"][rel]["size"]) as fh:
+        yield from jsonl_rows(snapshot, rel, fh)
 
 
 def _refuse_existing(kb: KnowledgeBase) -> None:
@@ -429,7 +458,7 @@ def _refuse_existing(kb: KnowledgeBase) -> None:
                                 "under another name with --as, or drop it first")
 
 
-def _restore_into(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any]) -> list[str]:
+def _restore_into(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any], roots: list[str]) -> list[str]:
     counts = index["counts"]
     for role, name in _roles(kb):
         info = index["collections"].get(role)
@@ -439,9 +468,9 @@ def _restore_into(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any]) -> l
         # The ordinary open path: created in cosine space with the identity, owned by this data dir.
         store = ChromaStore(kb.client, name, identity or None, owner=kb.owner_id)
         for part in info["batches"]:
-            store.upsert_batch(_read_batch(snapshot, part))
-    _copy_keyword(snapshot / "keyword", kb.keyword_dir)
-    _write_rows(kb, snapshot)
+            store.upsert_batch(_read_batch(snapshot, index, part))
+    _copy_keyword(snapshot, index, kb.keyword_dir)
+    _write_rows(kb, snapshot, index, roots)
 
     # What the restore holds must be what the snapshot says it held.
     have = {role: ChromaStore(kb.client, name, None).count() for role, name in _roles(kb)
@@ -462,44 +491,55 @@ def _restore_into(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any]) -> l
     return sorted(have) + ["manifest totals"]
 
 
-def _read_batch(snapshot: Path, part: dict[str, Any]) -> RecordBatch:
-    rows = [json.loads(line) for line in (snapshot / f"{part['stem']}.jsonl").read_text(encoding="utf-8").splitlines()]
+def _read_batch(snapshot: Path, index: dict[str, Any], part: dict[str, Any]) -> RecordBatch:
+    stem = part["stem"]
     try:
-        vectors = np.load(snapshot / f"{part['stem']}.npy", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {part['stem']}.npy cannot be read "
-                                f"({exc})") from exc
-    if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != len(rows) or len(rows) != part["records"]:
-        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {part['stem']}.npy holds {vectors.shape} "
-                                f"{vectors.dtype} vectors for {len(rows)} records")
-    return RecordBatch([r["id"] for r in rows], vectors, [r["metadata"] for r in rows], [r["document"] for r in rows])
+        rows = [(r["id"], r["metadata"], r["document"]) for r in _jsonl(snapshot, index, stem + ".jsonl")]
+    except (KeyError, TypeError) as exc:
+        raise refused(snapshot, f"{stem}.jsonl holds a line that is not a record ({exc})") from exc
+    size = index["files"][stem + ".npy"]["size"]
+    with open_listed(snapshot, stem + ".npy", size) as fh:
+        vectors = read_vectors(snapshot, stem + ".npy", fh, size, part["records"])
+    if len(rows) != len(vectors):
+        raise StoreDamagedError(f"The snapshot {snapshot} is damaged: {stem}.npy holds {vectors.shape} vectors for "
+                                f"{len(rows)} records. {AGAIN}")
+    return RecordBatch([r[0] for r in rows], vectors, [r[1] for r in rows], [r[2] for r in rows])
 
 
-def _copy_keyword(src: Path, dest: Path) -> None:
-    # Copied beside the destination, then renamed: a crash never leaves half an index in place.
+def _copy_keyword(snapshot: Path, index: dict[str, Any], dest: Path) -> None:
+    # Only the listed files, each opened without following links; copied beside the destination,
+    # then renamed: a crash never leaves half an index in place.
     tmp = dest.with_name(f".{dest.name}.restoring-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        if src.is_dir():
-            shutil.copytree(src, tmp)
-        else:
-            tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True)
+        for rel, want in sorted(index["files"].items()):
+            if not rel.startswith("keyword/"):
+                continue
+            target = tmp / rel[len("keyword/"):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open_listed(snapshot, rel, want["size"]) as fin, open(target, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
         if dest.exists():
             dest.rmdir()  # empty: checked before the restore began
         os.rename(tmp, dest)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise StoreError(f"Cannot restore the keyword index into {dest}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise StoreError(f"Cannot restore the keyword index into {dest}: {exc.strerror or exc}") from exc
+        raise
 
 
-def _write_rows(kb: KnowledgeBase, snapshot: Path) -> None:
+def _write_rows(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any], roots: list[str]) -> None:
     name = kb.collection
 
     def rows(table: str, columns: tuple[str, ...], key: str) -> Iterator[tuple[Any, ...]]:
-        with open(snapshot / "manifest" / f"{table}.jsonl", encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
+        rel = f"manifest/{table}.jsonl"
+        for n, row in enumerate(_jsonl(snapshot, index, rel), 1):
+            try:
                 yield (key, *(row[c] for c in columns))
+            except (KeyError, TypeError) as exc:
+                raise refused(snapshot, f"{rel} line {n} is not a row of the {table} table ({exc})") from exc
 
     # One transaction: the knowledge base appears in the manifest whole, or not at all.
     with kb.manifest.transaction() as db:
@@ -510,13 +550,16 @@ def _write_rows(kb: KnowledgeBase, snapshot: Path) -> None:
                        rows("drift_refs", ("modality", "value", "created_at"), name))
         db.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)",
                        rows("probes", ("name", "query", "expect", "k", "created_at"), name))
+        db.execute("DELETE FROM roots WHERE kb=?", (name,))  # a dropped name's leftovers are not this snapshot's
+        db.executemany("INSERT INTO roots VALUES (?,?,?)", [(name, r, time.time()) for r in roots])
 
 
 def _undo(kb: KnowledgeBase) -> None:
     """Remove what a failed restore created (the name did not exist before it began)."""
     try:
         kb.drop()
-        kb.manifest.write("DELETE FROM probes WHERE kb=?", [(kb.collection,)])
+        for table in ("probes", "roots"):  # kept per knowledge base, so kb.drop() leaves them
+            kb.manifest.write(f"DELETE FROM {table} WHERE kb=?", [(kb.collection,)])
     except MmragError as exc:
         log.error("The failed restore of %r could not remove all it created (%s); drop it with `mmrag reset "
                   "--collection %s`", kb.collection, exc, kb.collection)
