@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb, settings_from
+from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb, require_collection, settings_from
 from mmrag.errors import CanaryRefusedError
 
 EXIT_CANARY_REFUSED = 4
@@ -149,6 +149,7 @@ def list_versions(kb: str, as_json: bool, **opts: Any) -> None:
     """KB's versions: live marker, state, embedding identity, record counts, last figures."""
     from mmrag.kb import KnowledgeBase
 
+    require_collection(settings_from(opts), kb)  # before _versions, which would create the manifest
     vs = _versions(opts)
     rows = []
     for v in vs.list(kb):
@@ -200,6 +201,7 @@ def prune_versions(kb: str, keep: int, as_json: bool, **opts: Any) -> None:
     """Drop KB's old versions: all but the live one and the KEEP newest others (builds in progress stay)."""
     from mmrag.lifecycle.promotion import prune
 
+    require_collection(settings_from(opts), kb)
     dropped = prune(kb, versions=_versions(opts), open_bare=lambda name: open_kb(opts, name), keep=keep)
     if as_json:
         emit({"kb": kb, "dropped": dropped})
