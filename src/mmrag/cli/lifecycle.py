@@ -89,6 +89,7 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
     from mmrag.lifecycle.promotion import promote as run
 
     s = settings_from(opts)
+    require_collection(s, kb)
     if budget is not None:
         s.lifecycle.canary_budget = budget
     opened: list[Any] = []
@@ -118,6 +119,7 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
 @errors_to_click
 def rollback(kb: str, as_json: bool, **opts: Any) -> None:
     """Return KB to the version that was live before the current one."""
+    require_collection(settings_from(opts), kb)
     versions = _versions(opts)
     current = versions.live_number(kb)
     live = versions.rollback(kb)

@@ -36,6 +36,7 @@ class FileWatch:
         self.problems = [p for p in found if isinstance(p, DiscoveryProblem)]
         self._doc_ids = {str(r.path): r.doc_id for r in self.refs}
         self._queue: deque[str] = deque()
+        self._lock = threading.Lock()  # current() is asked from the ingest thread and the progress thread
         #: Source path -> the file's end, for the files the engine worked on (the rest were unchanged).
         self.ended: dict[str, FileResult] = {}
         #: Source path -> documents of it that were embedded for writing.
@@ -61,16 +62,18 @@ class FileWatch:
 
     def current(self) -> str | None:
         """The doc id of the file in work, or None (before the engine starts, or while the last batch is written)."""
-        while self._queue and self._queue[0] in self.ended:
-            self._queue.popleft()
-        return self._doc_ids.get(self._queue[0]) if self._queue else None
+        with self._lock:
+            while self._queue and self._queue[0] in self.ended:
+                self._queue.popleft()
+            return self._doc_ids.get(self._queue[0]) if self._queue else None
 
 
 class Progress:
     """The ``progress`` callback of :meth:`mmrag.indexing.Indexer.ingest`, drawn as a bar or as lines.
 
     Use it as a context manager: off a terminal a thread prints a line every ``every`` seconds
-    (also while one large file takes minutes, and while the models load), and stops on exit.
+    (also while one large file takes minutes, and while the models load); on one it redraws the
+    bar every second with the file in work. The thread stops on exit.
 
     Args:
         watch: the engine wrapper that knows the file in work.
@@ -79,6 +82,9 @@ class Progress:
         bar: draw a bar on a terminal (False: nothing on a terminal, as with --json).
     """
 
+    #: Seconds between redraws of the bar: tqdm draws only on an update, and one large file can take minutes.
+    REDRAW = 1.0
+
     def __init__(self, watch: FileWatch, stream: IO[str], *, every: float = 5.0, bar: bool = True) -> None:
         self.watch = watch
         self.stream = stream
@@ -86,6 +92,7 @@ class Progress:
         self.total = len(watch.refs)
         self.done = 0
         self._first: tuple[float, int] | None = None  # (time, files done) when the engine began
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bar: Any = None
@@ -93,8 +100,10 @@ class Progress:
         if on_terminal and bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, unit="file", file=stream, desc="ingest", dynamic_ncols=True)
-        elif not on_terminal:
+            # disable=False: mmrag.logs sets TQDM_DISABLE for the libraries' own bars, not for this one.
+            self._bar = tqdm(total=self.total, unit="file", file=stream, desc="ingest", dynamic_ncols=True,
+                             disable=False)
+        if self._bar is not None or not on_terminal:
             self._thread = threading.Thread(target=self._tick, name="mmrag-progress", daemon=True)
 
     def __enter__(self) -> Progress:
@@ -137,6 +146,11 @@ class Progress:
         return out
 
     def _tick(self) -> None:
+        if self._bar is not None:
+            while not self._stop.wait(self.REDRAW):
+                self._bar.set_postfix_str(self.watch.current() or "", refresh=False)
+                self._bar.refresh()  # under tqdm's lock, so it never interleaves with an update
+            return
         while not self._stop.wait(self.every):
             print(self.line(), file=self.stream, flush=True)
 
