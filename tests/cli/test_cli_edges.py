@@ -258,7 +258,7 @@ def test_progress_lines_name_the_file_in_work_every_few_seconds(tmp_path: Path) 
     log = tmp_path / "log"
     with log.open("w") as stream:
         for in_work in _drive(stream, every=0.05):
-            time.sleep(0.3)  # a slow file: lines keep coming, naming it
+            time.sleep(0.5)  # a slow file: lines keep coming, naming it
             if in_work:
                 assert log.read_text().splitlines()[-1].endswith(f"; on {in_work}"), log.read_text()
     assert re.search(r"^ingest: 3/3 files, [0-9.]+ files/s over \d+s", log.read_text(), re.M)
@@ -278,7 +278,7 @@ def test_progress_bar_on_a_terminal_names_the_file_in_work() -> None:
     with os.fdopen(slave, "w") as stream:
         for in_work in _drive(stream, every=5):
             if in_work:
-                time.sleep(1.5)  # longer than the redraw: the bar shows the file even if no update drew it
+                time.sleep(2.5)  # longer than the redraw: the bar shows the file even if no update drew it
                 seen = read()
                 assert in_work.encode() in seen, seen
         assert b"3/3" in read()  # the bar's last state, drawn as it closes

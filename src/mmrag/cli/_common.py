@@ -181,11 +181,12 @@ def require_collection(s: Settings, name: str) -> None:
         finally:
             manifest.close()
     known = known_collections(s.data_dir)
-    raise UsageFailure(
-        (problem or f"no collection {name!r} in {s.data_dir}")
-        + (f". Known: {', '.join(known)}" if known else "; it holds no collection yet")
-        + f". Pass --collection NAME, or create {split_label(name)[0]!r} with "
-          f"`mmrag ingest PATH --collection {split_label(name)[0]}`")
+    listed = f". Known: {', '.join(known)}" if known else "; it holds no collection yet"
+    kb = split_label(name)[0]
+    if problem and kb in known:  # kb@N of a knowledge base that exists: its versions are the way out
+        raise UsageFailure(problem + listed)
+    raise UsageFailure(f"no collection {kb!r} in {s.data_dir}{listed}. Pass --collection NAME, or create "
+                       f"{kb!r} with `mmrag ingest PATH --collection {kb}`")
 
 
 def errors_to_click(fn: Callable[..., Any]) -> Callable[..., Any]:
