@@ -34,7 +34,8 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--clip-pretrained", envvar="MMRAG_CLIP__PRETRAINED", default=None,
                      help="open_clip pretrained tag or a local checkpoint path."),
         click.option("--random-weights", is_flag=True, envvar="MMRAG_CLIP__RANDOM_WEIGHTS",
-                     help="Allow --clip-model without --clip-pretrained: a randomly initialised CLIP (benchmarks only)."),
+                     help="Allow --clip-model without --clip-pretrained: a randomly initialised CLIP "
+                          "(benchmarks only)."),
         click.option("--text-model", envvar="MMRAG_TEXT__MODEL", default=None,
                      help="sentence-transformers model name or local folder."),
         click.option("--store-url", envvar="MMRAG_STORE__URL", default=None,
