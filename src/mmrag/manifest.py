@@ -302,6 +302,16 @@ class Manifest:
         for row in self._read(sql + " ORDER BY doc_id", args):
             yield DocState(*row)  # type: ignore[arg-type]
 
+    def listing(self, collection: str, status: str | None = None) -> list[tuple[DocState, float]]:
+        """Every document of a collection (optionally of one status) with its last update time, by doc id."""
+        sql = ("SELECT doc_id, source, doc_type, content_hash, status, reason, n_clip, n_text, updated_at "
+               "FROM documents WHERE collection=?")
+        args: tuple[object, ...] = (collection,)
+        if status:
+            sql += " AND status=?"
+            args += (status,)
+        return [(DocState(*row[:8]), float(row[8])) for row in self._read(sql + " ORDER BY doc_id", args)]  # type: ignore[arg-type]
+
     def under(self, collection: str, prefix: str) -> Iterator[DocState]:
         """Documents whose source path starts with ``prefix``, by an index range scan on ``source``."""
         # [prefix, prefix + U+10FFFF) holds exactly the strings that start with prefix.

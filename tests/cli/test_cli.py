@@ -58,7 +58,8 @@ def test_partial_failure_exits_3_and_names_the_file(corpus: Path) -> None:
     assert "FAILED" in out and "bad.png" in out
 
 
-def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
+def test_errors_are_messages_not_tracebacks(corpus: Path) -> None:
+    _run("ingest", str(corpus))  # an unknown doc id of a collection that exists (an unknown collection: exit 2)
     result = CliRunner().invoke(main, ["delete", "nope.txt", "--profile", "offline"])
     assert result.exit_code == 1 and "Unknown doc id" in result.stderr and "Traceback" not in result.output
     result = CliRunner().invoke(main, ["search", "x", "--collection", "bad name!"])

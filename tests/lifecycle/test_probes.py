@@ -204,7 +204,7 @@ def test_cli_refuses_bad_input_with_a_message(live: KnowledgeBase) -> None:
     code, _, err = _cli("probes", "add", "test", "--query", "q", "--expect", "a", "--k", "0", "--data-dir", data)
     assert code == 1 and "k must be a whole number from 1 to 100" in err
     code, _, err = _cli("probes", "add", "nope", "--query", "q", "--expect", "a", "--data-dir", data)
-    assert code == 1 and "no knowledge base 'nope'" in err
+    assert code == 2 and "no collection 'nope'" in err and "Known: test" in err  # as every command (issue 27)
     code, _, err = _cli("probes", "run", "test", "--data-dir", data)
     assert code == 1 and "has no probes" in err
 

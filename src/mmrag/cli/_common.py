@@ -1,7 +1,7 @@
 """Shared pieces of the command line: the ``main`` group, common options, settings, error mapping.
 
-Exit status: 0 success; 1 error; 2 usage error; 3 ingest finished but some files failed
-(each is listed with its reason).
+Exit status: 0 success; 1 error; 2 usage error (an unknown collection included); 3 ingest finished
+but some files failed (each is listed with its reason).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--clip-model", envvar="MMRAG_CLIP__MODEL", default=None, help="Any open_clip architecture, e.g. ViT-B-16."),
         click.option("--clip-pretrained", envvar="MMRAG_CLIP__PRETRAINED", default=None,
                      help="open_clip pretrained tag or a local checkpoint path."),
+        click.option("--random-weights", is_flag=True, envvar="MMRAG_CLIP__RANDOM_WEIGHTS",
+                     help="Allow --clip-model without --clip-pretrained: a randomly initialised CLIP "
+                          "(benchmarks only)."),
         click.option("--text-model", envvar="MMRAG_TEXT__MODEL", default=None,
                      help="sentence-transformers model name or local folder."),
         click.option("--store-url", envvar="MMRAG_STORE__URL", default=None,
@@ -44,8 +47,19 @@ def common_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+class UsageFailure(click.ClickException):
+    """A mistake in the command line that is not click's to see (an unknown collection): exit status 2."""
+
+    exit_code = 2
+
+
 def settings_from(opts: dict[str, Any]) -> Settings:
-    """Build settings: environment first, then explicit options."""
+    """Build settings: environment first, then explicit options.
+
+    Raises:
+        UsageFailure: ``--clip-model`` names an architecture without ``--clip-pretrained`` weights
+            (and no ``--random-weights``).
+    """
     s = Settings()
     if opts.get("data_dir"):
         s.data_dir = opts["data_dir"]
@@ -65,6 +79,12 @@ def settings_from(opts: dict[str, Any]) -> Settings:
         s.clip.device = opts["device"]
     if opts.get("batch_size"):
         s.clip.batch_size = opts["batch_size"]
+    # Only commands with the model options carry "random_weights"; `mmrag keys` never loads a model.
+    if "random_weights" in opts and s.clip.model and not s.clip.pretrained and not opts["random_weights"]:
+        raise UsageFailure(
+            f"--clip-model {s.clip.model} has no weights: pass --clip-pretrained (an open_clip tag such as "
+            "laion2b_s34b_b79k, or a local checkpoint file), or --random-weights to build on a randomly "
+            "initialised CLIP on purpose (benchmarks only; its search results are meaningless)")
     if s.profile == "offline":
         # Belt and braces: the offline profile must never reach a hub, even by a library default.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,11 +92,17 @@ def settings_from(opts: dict[str, Any]) -> Settings:
     return s
 
 
-def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None, embedders: Any = None) -> Any:
+def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None, embedders: Any = None,
+            create: bool = False) -> Any:
     """The knowledge base the options name, aliases resolved: ``kb`` opens its live version, ``kb@N`` version N.
 
     A version built with its own chunk size (``mmrag reindex --chunk-size``) keeps it for later writes.
     ``embedders``: another knowledge base whose models this one shares (loaded once, not per version).
+    ``create``: the command writes (ingest), so a new name is made; every other command refuses an
+    unknown name before anything is opened or created (see :func:`require_collection`).
+
+    Raises:
+        UsageFailure: the collection does not exist and ``create`` is False.
     """
     from mmrag.chunking import ChunkSpec
     from mmrag.kb import KnowledgeBase
@@ -86,6 +112,8 @@ def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None,
 
     s = settings_from(opts)
     name = name or s.collection
+    if not create:
+        require_collection(s, name)
     physical, configured = name, ChunkSpec(s.chunk.size, s.chunk.overlap)
     manifest_path = Path(s.data_dir) / "manifest.sqlite3"
     if manifest_path.exists():
@@ -100,6 +128,66 @@ def open_kb(opts: dict[str, Any], name: str | None = None, *, chunk: Any = None,
     shared = {"clip": embedders.clip, "text": embedders.text} if embedders is not None else {}
     return KnowledgeBase(s.data_dir, physical, resolve_models(s), store_url=s.store.url,
                          lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout, chunk=chunk, **shared)
+
+
+def known_collections(data_dir: Path) -> list[str]:
+    """The knowledge bases ``data_dir`` holds (versions folded into their name); creates nothing.
+
+    The manifest records every collection: no manifest file means no collection, and it is not
+    created to find that out.
+    """
+    from mmrag.lifecycle.versions import Versions
+    from mmrag.manifest import Manifest
+
+    path = Path(data_dir) / "manifest.sqlite3"
+    if not path.is_file():
+        return []
+    manifest = Manifest(path)
+    try:
+        return Versions(manifest).knowledge_bases(manifest.collections())
+    finally:
+        manifest.close()
+
+
+def require_collection(s: Settings, name: str) -> None:
+    """Refuse a collection (``kb`` or ``kb@N``) that ``s.data_dir`` does not hold, naming the ones it does.
+
+    Reads the manifest only when it exists; opens no store and creates no file or folder, so a
+    mistyped ``--collection`` leaves nothing behind.
+
+    Raises:
+        InvalidInputError: the name is not a valid collection name.
+        UsageFailure: no such collection (or version) in the data dir.
+    """
+    from mmrag.errors import NotFoundError
+    from mmrag.lifecycle.versions import Versions, split_label
+    from mmrag.manifest import Manifest
+    from mmrag.registry import check_collection_name
+
+    check_collection_name(split_label(name)[0])
+    path = Path(s.data_dir) / "manifest.sqlite3"
+    problem = ""
+    if path.is_file():
+        manifest = Manifest(path)
+        try:
+            versions = Versions(manifest)
+            try:
+                physical = versions.resolve(name)
+            except NotFoundError as exc:
+                problem = str(exc)
+            else:
+                # A version being built has no documents yet, but its versions row makes it known.
+                if manifest.has_collection(physical) or versions.owner(physical) is not None:
+                    return
+        finally:
+            manifest.close()
+    known = known_collections(s.data_dir)
+    listed = f". Known: {', '.join(known)}" if known else "; it holds no collection yet"
+    kb = split_label(name)[0]
+    if problem and kb in known:  # kb@N of a knowledge base that exists: its versions are the way out
+        raise UsageFailure(problem + listed)
+    raise UsageFailure(f"no collection {kb!r} in {s.data_dir}{listed}. Pass --collection NAME, or create "
+                       f"{kb!r} with `mmrag ingest PATH --collection {kb}`")
 
 
 def errors_to_click(fn: Callable[..., Any]) -> Callable[..., Any]:

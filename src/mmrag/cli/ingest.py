@@ -34,19 +34,24 @@ from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_clic
               help="Where the models run: auto = cuda when torch sees a GPU. On a GPU they run in fp16 (checked against fp32).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=None,
               help="Items per embedding batch. [default: 32 images / 64 chunks on CPU, 256 on a GPU]")
+@click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True, metavar="SECONDS",
+              help="When stderr is not a terminal: print a progress line this often (a terminal gets a bar).")
 @common_options
 @errors_to_click
 def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
            max_file_mb: int, ocr: str, page_images: bool, engine_name: str, ray_address: str | None,
-           embed_workers: int | None, device: str, batch_size: int | None, as_json: bool, **opts: Any) -> None:
+           embed_workers: int | None, device: str, batch_size: int | None, progress_every: float, as_json: bool,
+           **opts: Any) -> None:
     """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
 
-    Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed.
+    Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed. --json
+    gives each file's outcome (indexed, unchanged, failed or skipped, with the reason).
     """
+    from mmrag.cli.progress import FileWatch, Progress, file_outcomes
     from mmrag.indexing import Indexer, LocalEngine
-    from mmrag.loaders import JsonlFields, LoaderLimits
+    from mmrag.loaders import JsonlFields, LoaderLimits, discover
 
-    kb = open_kb({**opts, "device": device, "batch_size": batch_size})
+    kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
     engine: Any = LocalEngine()
     if engine_name == "ray":
         from mmrag.rayingest import RayEngine, RayOptions, import_ray
@@ -58,25 +63,16 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
         raise click.UsageError("--ray-address and --embed-workers need --engine ray")
     if not as_json:
         click.echo(f"mmrag: {kb.models.describe()}; engine {engine.name}", err=True)
-    indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=engine,
+    # Walked once here, so the progress can name files and the summary can give each one's outcome.
+    found = list(discover(list(paths)))
+    watch = FileWatch(engine, found)
+    indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=watch,
                       limits=LoaderLimits(max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
                                           page_images=page_images))
-    bar = None
-    if not as_json and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, unit="file", file=sys.stderr, disable=False)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-    summary = indexer.ingest(list(paths), prune=prune, progress=progress)
-    if bar is not None:
-        bar.close()
+    with Progress(watch, sys.stderr, every=progress_every, bar=not as_json) as progress:
+        summary = indexer.ingest(list(paths), prune=prune, progress=progress, files=found)
     if as_json:
-        emit(summary.to_dict())
+        emit({**summary.to_dict(), "files": file_outcomes(watch, summary)})
     else:
         click.echo(f"files seen {summary.files_seen}; indexed {summary.indexed}; unchanged {summary.unchanged}; "
                    f"pruned {summary.pruned}; failed {len(summary.failed)}; skipped {len(summary.skipped)}; "

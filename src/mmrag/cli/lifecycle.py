@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb, settings_from
+from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb, require_collection, settings_from
 from mmrag.errors import CanaryRefusedError
 
 EXIT_CANARY_REFUSED = 4
@@ -92,6 +92,7 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
     from mmrag.lifecycle.promotion import promote as run
 
     s = settings_from(opts)
+    require_collection(s, kb)
     if budget is not None:
         s.lifecycle.canary_budget = budget
     opened: list[Any] = []
@@ -121,6 +122,7 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
 @errors_to_click
 def rollback(kb: str, as_json: bool, **opts: Any) -> None:
     """Return KB to the version that was live before the current one."""
+    require_collection(settings_from(opts), kb)
     versions = _versions(opts)
     current = versions.live_number(kb)
     live = versions.rollback(kb)
@@ -152,6 +154,7 @@ def list_versions(kb: str, as_json: bool, **opts: Any) -> None:
     """KB's versions: live marker, state, embedding identity, record counts, last figures."""
     from mmrag.kb import KnowledgeBase
 
+    require_collection(settings_from(opts), kb)  # before _versions, which would create the manifest
     vs = _versions(opts)
     rows = []
     for v in vs.list(kb):
@@ -203,6 +206,7 @@ def prune_versions(kb: str, keep: int, as_json: bool, **opts: Any) -> None:
     """Drop KB's old versions: all but the live one and the KEEP newest others (builds in progress stay)."""
     from mmrag.lifecycle.promotion import prune
 
+    require_collection(settings_from(opts), kb)
     dropped = prune(kb, versions=_versions(opts), open_bare=lambda name: open_kb(opts, name), keep=keep)
     if as_json:
         emit({"kb": kb, "dropped": dropped})

@@ -34,7 +34,7 @@ def reranker_from(settings: Any, name: str | None, depth: int | None) -> tuple[A
 @click.option("--image", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Query by an image.")
 @click.option("--k", type=click.IntRange(1, 1000), default=None, help="Hits to return. [env MMRAG_RETRIEVAL__K; default 10]")
 @click.option("--modality", type=click.Choice(["text", "image", "all"]), default="all", show_default=True)
-@click.option("--retriever", type=click.Choice(["clip", "text", "bm25", "hybrid"]), default="clip", show_default=True,
+@click.option("--retriever", type=click.Choice(["clip", "text", "bm25", "hybrid"]), default="hybrid", show_default=True,
               help="Which index to search; hybrid fuses all three by reciprocal rank.")
 @click.option("--source-prefix", metavar="PATH", default=None,
               help="Only hits whose source file path starts with PATH (relative paths are made absolute).")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mmrag.cli._common import common_options, emit, errors_to_click, main, settings_from
+from mmrag.cli._common import UsageFailure, common_options, emit, errors_to_click, main, settings_from
 from mmrag.errors import ConfigError
 
 
@@ -43,6 +43,7 @@ def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool
     if max_upload_mb:
         s.api.max_upload_mb = max_upload_mb
     check_serving(s)
+    check_port(s.api.host, s.api.port)  # before uvicorn loads the app and its models
     if s.api.auth and not _keys(s).keys():
         click.echo(f"warning: no API keys in {_keys(s).path}; every request will get 401. Create one with "
                    "`mmrag keys create NAME --scope read`.", err=True)
@@ -54,6 +55,29 @@ def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool
         os.environ[name] = value
     uvicorn.run("mmrag.http.app:create_app", factory=True, host=s.api.host, port=s.api.port,
                 workers=s.api.workers, log_level="info", proxy_headers=False)
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another process listens on, before any model loads (uvicorn would fail after start-up).
+
+    Raises:
+        UsageFailure: the port is in use (exit status 2).
+        ConfigError: the address cannot be listened on for another reason (an unknown host).
+    """
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as sock:
+            # As uvicorn does: a port whose old connections linger in TIME_WAIT is free to listen on.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageFailure(f"port {port} on {host} is in use; pass --port or stop the other process") from exc
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host") from exc
 
 
 def check_serving(s: Any) -> None:

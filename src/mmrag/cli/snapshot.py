@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mmrag.cli._common import common_options, emit, errors_to_click, main, settings_from
+from mmrag.cli._common import common_options, emit, errors_to_click, main, require_collection, settings_from
 
 
 @main.group(name="snapshot")
@@ -28,6 +28,7 @@ def snapshot_create(kb: str, out: Path, as_json: bool, **opts: Any) -> None:
     from mmrag.lifecycle import snapshots
 
     s = settings_from(opts)
+    require_collection(s, kb)
     info = snapshots.create(kb, out, data_dir=s.data_dir, store_url=s.store.url, lock_timeout=s.store.lock_timeout,
                             store_timeout=s.store.timeout)
     if as_json:
