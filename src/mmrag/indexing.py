@@ -225,7 +225,9 @@ class Indexer:
         started = time.monotonic()
         summary = IngestSummary(collection=self.kb.collection, engine=self.engine.name)
         self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
-        if files is None:  # repair and reindex read sources only under these (mmrag.lifecycle.roots)
+        # Repair and reindex read sources only under these (mmrag.lifecycle.roots). The CLI passes
+        # the paths it walked beside ``files``; repair and reindex pass no paths.
+        if paths:
             self.kb.manifest.add_roots(self.kb.collection, [os.path.abspath(p) for p in paths])
         with span("ingest.repair") as trace:
             summary.repaired = self._repair()

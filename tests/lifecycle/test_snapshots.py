@@ -563,6 +563,18 @@ def test_finding6_a_foreign_snapshot_trusts_only_the_source_roots_given(
         assert result.exit_code == (0 if readable else 4)
 
 
+def test_roots_are_recorded_when_the_cli_passes_the_files_it_walked(tmp_path: Path) -> None:
+    """`mmrag ingest` walks the paths itself (for its progress) and hands the files over with them:
+    the paths it was given are still the knowledge base's roots."""
+    from mmrag.loaders.discovery import discover
+
+    kb = hashing(tmp_path / "data")
+    corpus = make_corpus(tmp_path)
+    Indexer(kb).ingest([corpus], files=list(discover([corpus])))
+    assert kb.manifest.roots("test") == [str(corpus)]
+    kb.close()
+
+
 def test_roots_are_recorded_by_ingest_and_backfilled_in_an_older_manifest(tmp_path: Path) -> None:
     import sqlite3
 
