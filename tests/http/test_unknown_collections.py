@@ -155,3 +155,21 @@ def test_finding3_acceptance5_10000_unknown_collections_keep_fds_and_rss_flat(em
           f"{figures['rss_after'] / 2**20:.1f} MiB")
     assert figures["fds_after"] <= figures["fds"] * 1.05
     assert figures["rss_after"] <= figures["rss"] * 1.05
+
+
+def test_finding3_metrics_series_do_not_grow_with_client_chosen_methods(embedded: Api) -> None:
+    """Any token is an HTTP method to the parser; counted as it came, each would add /metrics series for good."""
+    api = embedded
+
+    def series() -> int:
+        text = api.client.get("/metrics", headers=api.auth("admin")).text
+        return sum(1 for line in text.splitlines() if line.startswith("mmrag_http_request"))
+
+    api.client.request("BREW0", "/v1/search")
+    series()  # /metrics counts itself too: after one scrape, its own series exist
+    before = series()
+    for i in range(1, 50):
+        assert api.client.request(f"BREW{i}", "/v1/search").status_code == 405
+    assert series() == before
+    assert any('method="other"' in line and 'status="405"' in line
+               for line in api.client.get("/metrics", headers=api.auth("admin")).text.splitlines())
