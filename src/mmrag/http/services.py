@@ -83,7 +83,7 @@ class Services:
 
     # -- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Load the embedders in the background (idempotent)."""
+        """Load the embedders in the background, then resume interrupted uploads in a thread of their own (idempotent)."""
         if self._loader is not None or self.settled.is_set():
             return
         from mmrag.http.probing import ProbeMonitor
@@ -131,6 +131,9 @@ class Services:
             ModelUnavailableError: loading failed, or did not finish within ``api.ready_timeout``.
         """
         self.start()
+        if threading.current_thread() is self._loader and not self.settled.is_set():
+            # settled is set when the loader returns: waiting for it here would wait out ready_timeout on itself.
+            raise RuntimeError("the model loader may not wait for the models it is loading (a bug in mmrag)")
         if not self.settled.wait(self.settings.api.ready_timeout):
             raise ModelUnavailableError("the models are still loading; retry shortly (see /readyz)")
         if self.load_error or not self.ready.is_set():
