@@ -66,12 +66,15 @@ class KnowledgeBase:
         vector_store: the vector store backend (``registry.VECTOR_STORES``): ``chroma``, or
             ``memory`` (the test fake) for unit tests.
         keyword_index: the keyword index backend (``registry.KEYWORD_INDEXES``).
+        manifest: an open manifest of ``data_dir`` to use (a server shares one across its knowledge
+            bases, so each one opened costs no sqlite connections); :meth:`close` leaves it open.
     """
 
     def __init__(self, data_dir: Path, collection: str, models: ModelChoice, *, store_url: str | None = None,
                  chunk: ChunkSpec = ChunkSpec(), clip: Any = None, text: Any = None,
                  lock_timeout: float = LOCK_TIMEOUT, vector_store: str = "chroma",
-                 keyword_index: str = "tantivy", store_timeout: float = SERVER_TIMEOUT) -> None:
+                 keyword_index: str = "tantivy", store_timeout: float = SERVER_TIMEOUT,
+                 manifest: Manifest | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.collection = check_collection_name(collection)
         self.models = models
@@ -87,6 +90,9 @@ class KnowledgeBase:
             self.__dict__["clip"] = clip
         if text is not None:
             self.__dict__["text"] = text
+        self._owns_manifest = manifest is None
+        if manifest is not None:
+            self.__dict__["manifest"] = manifest
 
     # -- models ---------------------------------------------------------------------------------
     @cached_property
@@ -335,7 +341,9 @@ class KnowledgeBase:
         for name in ("clip_store", "text_store", "_raw_stores", "keyword"):
             self.__dict__.pop(name, None)
         if "manifest" in self.__dict__:
-            self.__dict__.pop("manifest").close()
+            manifest = self.__dict__.pop("manifest")
+            if self._owns_manifest:
+                manifest.close()
         if client is not None and not self.store_url and self.backend == "chroma":
             release_embedded_store(self.data_dir)
 

@@ -187,7 +187,9 @@ class Manifest:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Every connection with the thread that opened it, so close() reaches them all and the
+        # connections of threads that have ended are closed (see _db).
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._guard = threading.Lock()
         with _translate("open", path):
             self._db.executescript(SCHEMA)
@@ -232,13 +234,25 @@ class Manifest:
                 raise StoreError(f"Cannot open the manifest {self.path}: {exc}") from exc
             self._local.db = db
             with self._guard:
-                self._all.append(db)
+                # A server's thread pool retires idle threads and starts new ones (anyio after 10 s
+                # idle): each new thread opens a connection here, so without this the connections
+                # of ended threads (two or three descriptors each) would pile up for good.
+                ended = [conn for thread, conn in self._all if not thread.is_alive()]
+                self._all = [(thread, conn) for thread, conn in self._all if thread.is_alive()]
+                self._all.append((threading.current_thread(), db))
+            for conn in ended:
+                conn.close()
         return db
+
+    def open_connections(self) -> int:
+        """How many sqlite connections this manifest holds (one per live thread that used it)."""
+        with self._guard:
+            return len(self._all)
 
     def close(self) -> None:
         """Close every thread's connection."""
         with self._guard:
-            for db in self._all:
+            for _, db in self._all:
                 db.close()
             self._all.clear()
         self._local = threading.local()

@@ -143,6 +143,10 @@ class _KeyedMcp:
         await self.sessions.asgi_app(scope, receive, send)
 
 
+#: Methods counted under their own name; any other token a client sends is counted as ``other``.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _install_metrics(app: FastAPI, services: Services) -> None:
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Any:
@@ -154,8 +158,11 @@ def _install_metrics(app: FastAPI, services: Services) -> None:
             return response
         finally:
             route = getattr(request.scope.get("route"), "path", "unmatched")
-            services.metrics.requests.labels(request.method, route, str(status)).inc()
-            services.metrics.request_seconds.labels(request.method, route).observe(time.perf_counter() - started)
+            # The method is the client's to choose (any token passes the HTTP parser): as a label
+            # as it came, each new one would add series to /metrics for good.
+            method = request.method if request.method in _METHODS else "other"
+            services.metrics.requests.labels(method, route, str(status)).inc()
+            services.metrics.request_seconds.labels(method, route).observe(time.perf_counter() - started)
 
 
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:

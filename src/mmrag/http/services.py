@@ -5,14 +5,23 @@ background thread: the server accepts connections at once, ``/readyz`` says 503 
 are in, and requests that need a model wait for them (up to ``api.ready_timeout``). If loading
 fails, whatever the exception, the server never becomes ready: ``/readyz`` stays 503 with the
 error, and requests that need a model get ``503 model_unavailable`` saying why.
+
+Once loading has finished (``settled``), uploads a killed server left unfinished are resumed in a
+thread of their own (:mod:`mmrag.http.resume`), never on the loader thread or a request.
+
+Every cache here is keyed by a collection name, which clients send: only names that exist get an
+entry (existence is read from the one shared manifest, which opens nothing per name), and each
+cache holds at most :data:`MAX_OPEN_COLLECTIONS` entries, least recently used first out.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from mmrag.apikeys import KeyStore
 from mmrag.answering import Answerer
@@ -20,14 +29,20 @@ from mmrag.chunking import ChunkSpec
 from mmrag.config import Settings
 from mmrag.errors import InvalidInputError, ModelUnavailableError, MmragError, NotFoundError
 from mmrag.http.metrics import Metrics
+from mmrag.http.resume import UploadResume
 from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.versions import Versions
 from mmrag.llms import ChatModel
+from mmrag.manifest import Manifest
 from mmrag.registry import (ModelChoice, RerankerPool, answer_stop, build_chat_model, check_collection_name,
                             resolve_models)
 from mmrag.retrieval import Searcher
 
 log = logging.getLogger("mmrag.http")
+#: Collections whose knowledge base (and searcher) a server keeps open at once; the least recently
+#: used is let go beyond it (reopening one costs a few milliseconds of file opens).
+MAX_OPEN_COLLECTIONS = 128
+V = TypeVar("V")
 
 
 class Services:
@@ -49,8 +64,8 @@ class Services:
         self.metrics = Metrics(self)
         self._clip, self._text = clip, text
         self._chat: dict[str, ChatModel] = dict(chat_models or {})
-        self._kbs: dict[str, KnowledgeBase] = {}
-        self._searchers: dict[str, Searcher] = {}
+        self._kbs: _Lru[KnowledgeBase] = _Lru(MAX_OPEN_COLLECTIONS)
+        self._searchers: _Lru[Searcher] = _Lru(MAX_OPEN_COLLECTIONS)
         self._lock = threading.Lock()
         #: Set once the models are loaded, and only then.
         self.ready = threading.Event()
@@ -58,13 +73,20 @@ class Services:
         self.settled = threading.Event()
         self.load_error: str | None = None
         self._loader: threading.Thread | None = None
-        self._bare_kbs: dict[str, KnowledgeBase] = {}
+        self._bare_kbs: _Lru[KnowledgeBase] = _Lru(MAX_OPEN_COLLECTIONS)
         #: The rerankers requests may name, each built once and shared (the default one at start-up).
         self.rerankers = RerankerPool(settings)
+        #: The resume of interrupted uploads, started once the models are in.
+        self.resume = UploadResume(self)
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        """The data dir's manifest, shared by every knowledge base this process opens (one connection per thread)."""
+        return Manifest(self.data_dir / "manifest.sqlite3")
 
     # -- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Load the embedders in the background (idempotent)."""
+        """Load the embedders in the background, then resume interrupted uploads in a thread of their own (idempotent)."""
         if self._loader is not None or self.settled.is_set():
             return
         from mmrag.http.probing import ProbeMonitor
@@ -74,7 +96,7 @@ class Services:
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             self.ready.set()
             self.settled.set()
-            self.resume_uploads()
+            self.resume.start()
             return
         self._loader = threading.Thread(target=self._load, name="mmrag-model-loader", daemon=True)
         self._loader.start()
@@ -92,7 +114,6 @@ class Services:
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             log.info("models loaded: %s", self.models.describe())
             self.ready.set()
-            self.resume_uploads()
         except MmragError as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model loading failed: %s", self.load_error)
@@ -102,34 +123,10 @@ class Services:
             log.exception("model loading failed unexpectedly")
         finally:
             self.settled.set()
-
-    def resume_uploads(self) -> None:
-        """Finish uploads a killed server left behind: stored files not indexed, documents still pending.
-
-        A server killed mid-upload leaves files under ``DATA_DIR/uploads/<collection>/`` whose
-        manifest rows are missing or ``pending``. Re-ingesting that folder finishes them (unchanged
-        files cost a ``stat``); it runs once, at start-up, under each collection's writer lock.
-        """
-        from mmrag.indexing import Indexer
-
-        root = Path(self.data_dir) / "uploads"
-        if not root.is_dir():
-            return
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            try:
-                kb = self.kb(folder.name, create=True)
-                files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-                indexed = {s.source for s in kb.manifest.under(kb.collection, str(folder) + "/") if s.status != "pending"}
-                todo = [p for p in files if str(p) not in indexed]
-                if not todo:
-                    continue
-                log.warning("collection %r: resuming %d interrupted upload(s) from %s", folder.name, len(todo), folder)
-                summary = Indexer(kb).ingest(todo)
-                log.warning("collection %r: resumed uploads: %d indexed, %d failed", folder.name, summary.indexed,
-                            len(summary.failed))
-            except MmragError:
-                # The server still serves; the operator can finish it by hand (the log says how).
-                log.exception("collection %r: could not resume its uploads; run `mmrag ingest %s`", folder.name, folder)
+        if self.ready.is_set():
+            # After settled, in a thread of its own: resuming needs the models (kb() waits for
+            # settled), and the search path must not queue behind it.
+            self.resume.start()
 
     def wait_ready(self) -> None:
         """Block until the models are loaded.
@@ -138,6 +135,9 @@ class Services:
             ModelUnavailableError: loading failed, or did not finish within ``api.ready_timeout``.
         """
         self.start()
+        if threading.current_thread() is self._loader and not self.settled.is_set():
+            # settled is set when the loader returns: waiting for it here would wait out ready_timeout on itself.
+            raise RuntimeError("the model loader may not wait for the models it is loading (a bug in mmrag)")
         if not self.settled.wait(self.settings.api.ready_timeout):
             raise ModelUnavailableError("the models are still loading; retry shortly (see /readyz)")
         if self.load_error or not self.ready.is_set():
@@ -147,13 +147,12 @@ class Services:
     # -- knowledge bases ------------------------------------------------------------------------
     def collections(self) -> list[str]:
         """Knowledge bases that hold (or held) documents (a knowledge base's versions count once)."""
-        bare = self._bare(self.settings.collection)
-        return self.versions.knowledge_bases(bare.manifest.collections())
+        return self.versions.knowledge_bases(self.manifest.collections())
 
     @property
     def versions(self) -> Versions:
         """The versions and aliases in this data dir (:mod:`mmrag.lifecycle.versions`)."""
-        return Versions(self._bare(self.settings.collection).manifest)
+        return Versions(self.manifest)
 
     def physical(self, collection: str | None) -> str:
         """The physical collection a name stands for now: ``kb`` -> its live version, ``kb@N`` -> that version.
@@ -170,7 +169,8 @@ class Services:
             NotFoundError: the collection does not exist and ``create`` is False.
         """
         name = self.physical(collection)
-        if not create and not self._bare(name).manifest.has_collection(name):
+        # Read from the shared manifest: a name that does not exist opens nothing and is cached nowhere.
+        if not create and not self.manifest.has_collection(name):
             raise NotFoundError(f"no collection {collection or name!r}; upload documents to it first (POST /v1/documents)")
         self.wait_ready()
         # The version's chunk spec is read from the manifest before the lock (_bare takes it too).
@@ -181,8 +181,10 @@ class Services:
                 s = self.settings
                 kb = KnowledgeBase(self.data_dir, name, self.models, store_url=s.store.url,
                                    chunk=spec or ChunkSpec(s.chunk.size, s.chunk.overlap), clip=self._clip, text=self._text,
-                                   lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout)
-                self._kbs[name] = kb
+                                   lock_timeout=s.store.lock_timeout, store_timeout=s.store.timeout,
+                                   manifest=self.manifest)
+                for evicted in self._kbs.put(name, kb):
+                    self._searchers.pop(evicted, None)  # a searcher holds its knowledge base
             return kb
 
     def _chunk_spec(self, physical: str) -> ChunkSpec:
@@ -215,19 +217,19 @@ class Services:
             cached = self._searchers.get(kb.collection)
             if cached is None:
                 cached = Searcher.from_settings(kb, self.settings.retrieval)
-                self._searchers[kb.collection] = cached
+                self._searchers.put(kb.collection, cached)
             return cached
 
     def _bare(self, name: str) -> KnowledgeBase:
-        # A knowledge base with no models attached reads the manifest and counts records; kept per
-        # collection so listings and existence checks do not reopen the manifest and store each time.
+        # A knowledge base with no models attached counts records and drops collections; kept per
+        # collection (of those that exist: callers check first) so listings do not reopen its stores.
         with self._lock:
             kb = self._bare_kbs.get(name)
             if kb is None:
                 kb = KnowledgeBase(self.data_dir, name, self.models, store_url=self.settings.store.url,
                                    lock_timeout=self.settings.store.lock_timeout,
-                                   store_timeout=self.settings.store.timeout)
-                self._bare_kbs[name] = kb
+                                   store_timeout=self.settings.store.timeout, manifest=self.manifest)
+                self._bare_kbs.put(name, kb)
             return kb
 
     # -- chat -----------------------------------------------------------------------------------
@@ -288,7 +290,7 @@ class Services:
         """Record counts of the collections this process has opened (for /metrics)."""
         out: dict[str, dict[str, int]] = {}
         with self._lock:
-            kbs = dict(self._kbs)
+            kbs = dict(self._kbs.items())
         for name, kb in kbs.items():
             try:
                 sizes = {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count(),
@@ -303,8 +305,56 @@ class Services:
         """Release what the process holds open."""
         if getattr(self, "prober", None) is not None:
             self.prober.stop()
-        self._kbs.clear()
-        self._searchers.clear()
+        with self._lock:
+            self._kbs.clear()
+            self._searchers.clear()
+            self._bare_kbs.clear()
+        if "manifest" in self.__dict__:
+            self.__dict__.pop("manifest").close()
+
+    def open_collections(self) -> dict[str, int]:
+        """How many entries each per-collection cache holds (each is at most :data:`MAX_OPEN_COLLECTIONS`)."""
+        with self._lock:
+            return {"knowledge_bases": len(self._kbs), "searchers": len(self._searchers),
+                    "bare": len(self._bare_kbs)}
+
+
+class _Lru(Generic[V]):
+    """A dict that keeps its ``limit`` most recently used entries (callers hold the services' lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: V) -> list[str]:
+        """Store ``value``; returns the keys let go to stay within the limit."""
+        self._items[key] = value
+        self._items.move_to_end(key)
+        evicted = []
+        while len(self._items) > self.limit:
+            evicted.append(self._items.popitem(last=False)[0])
+        return evicted
+
+    def pop(self, key: str, default: V | None = None) -> V | None:
+        return self._items.pop(key, default)
+
+    def items(self) -> list[tuple[str, V]]:
+        return list(self._items.items())
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class _Serialized:

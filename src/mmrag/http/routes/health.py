@@ -29,7 +29,12 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz(request: Request) -> JSONResponse:
-    """The models are loaded and the store answers; 503 (with the reason) otherwise."""
+    """The models are loaded and the store answers; 503 (with the reason) otherwise.
+
+    While uploads a killed server left behind are being finished, the server is ready (200) and
+    the detail says ``resuming N interrupted upload(s)``: why it is not a 503 is in
+    :meth:`mmrag.http.resume.UploadResume.status`.
+    """
     services = services_of(request)
     if services.load_error:
         return JSONResponse(Health(status="failed", detail=services.load_error).model_dump(), status_code=503)
@@ -41,7 +46,7 @@ def readyz(request: Request) -> JSONResponse:
     except MmragError as exc:
         return JSONResponse(Health(status="unavailable", detail=f"{type(exc).__name__}: {exc}").model_dump(),
                             status_code=503)
-    return JSONResponse(Health(status="ready").model_dump())
+    return JSONResponse(Health(status="ready", detail=services.resume.status()).model_dump())
 
 
 @router.get("/metrics", response_class=Response,
