@@ -228,3 +228,60 @@ def test_a_good_reupload_still_replaces_the_file(embedded: Api) -> None:
     assert r.json()["indexed"] == 1 and r.json()["failed"] == []
     assert (embedded.data_dir / "uploads" / a / "sign.png").read_bytes() == _image("blue")
     assert embedded.upload("writer", a, ("sign.png", _image("blue"))).json()["unchanged"] == 1
+
+
+# -- issue 23, finding 8: what a client can get wrong in a filter is a 400, from every index ------------
+def _search(api: Api, collection: str, **body: object) -> httpx.Response:
+    return api.client.post("/v1/search", headers=api.auth("reader"),
+                           json={"query": "cats and dogs", "collection": collection, **body})
+
+
+@pytest.fixture
+def one_document(embedded: Api) -> str:
+    a = embedded.col("a")
+    assert embedded.upload("writer", a, ("pets.txt", b"Cats and dogs live here. " * 20)).json()["indexed"] == 1
+    return a
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "hybrid", "clip", "text"])
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**70], ids=["int64max+1", "int64min-1", "2^70"])
+def test_finding8_an_integer_filter_outside_int64_is_400_on_every_retriever(
+        embedded: Api, one_document: str, retriever: str, value: int) -> None:
+    r = _search(embedded, one_document, retriever=retriever, filters={"metadata": {"year": value}})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_input" and "64-bit" in r.json()["message"] and str(value) in r.json()["message"]
+    # The connection survives: the next request on the same client is answered normally.
+    ok = _search(embedded, one_document, retriever=retriever, filters={"metadata": {"year": 2**63 - 1}})
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "hybrid", "clip", "text"])
+def test_finding8_too_many_metadata_keys_is_400_naming_the_limit(embedded: Api, one_document: str,
+                                                                   retriever: str) -> None:
+    from mmrag.keyword import MAX_WHERE_CONDITIONS
+
+    many = {f"k{i}": i for i in range(5000)}
+    r = _search(embedded, one_document, retriever=retriever, filters={"metadata": many})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_input" and f"at most {MAX_WHERE_CONDITIONS} metadata keys" in r.json()["message"]
+    # The limit is one every index can take: a filter at it is answered (no match), not a 503.
+    at_limit = {f"k{i}": i for i in range(MAX_WHERE_CONDITIONS - 1)}  # + the doc_type clause below
+    r = _search(embedded, one_document, retriever=retriever, filters={"metadata": at_limit, "doc_type": "txt"})
+    assert r.status_code == 200, r.text
+    assert r.json()["hits"] == []
+
+
+@pytest.mark.parametrize("levels", [1_000, 100_000])
+def test_finding8_check_where_refuses_deep_nesting_without_recursing(levels: int) -> None:
+    from mmrag.errors import InvalidInputError
+    from mmrag.keyword import MAX_WHERE_DEPTH, check_where
+
+    where: dict[str, object] = {"a": 1}
+    for _ in range(levels):
+        where = {"$and": [where]}
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_WHERE_DEPTH} levels"):
+        check_where(where)
+    allowed: dict[str, object] = {"a": 1}
+    for _ in range(MAX_WHERE_DEPTH - 1):
+        allowed = {"$or": [allowed, {"b": {"$gte": 2}}]}
+    check_where(allowed)  # the deepest filter allowed still passes

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from mmrag.errors import EmbedderMismatchError, ForeignCollectionError, InvalidInputError, StoreError
+from mmrag.keyword import check_where
 from mmrag.types import Hit, Record
 
 IDENTITY_PREFIX = "mmrag:"
@@ -29,11 +30,19 @@ IN_BATCH = 1000
 
 
 @contextlib.contextmanager
-def _translate(action: str) -> Iterator[None]:
+def _translate(action: str, *, where: Mapping[str, Any] | None = None) -> Iterator[None]:
     try:
         yield
     except (StoreError, EmbedderMismatchError, InvalidInputError):
         raise
+    except ValueError as exc:
+        # chromadb validates a ``where`` in the client, with a plain ValueError: the caller's
+        # filter is at fault (400), not the store (503).
+        if where is not None and type(exc) is ValueError:
+            raise InvalidInputError(f"where: Chroma refused the filter ({exc})") from exc
+        error = StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}")
+        error.transient = _is_transient(exc)
+        raise error from exc
     except Exception as exc:  # noqa: BLE001 - chromadb raises many exception types; none may leak
         error = StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}")
         error.transient = _is_transient(exc)
@@ -215,7 +224,9 @@ class ChromaStore:
         """
         if k <= 0:
             return []
-        with _translate(f"query {self.name!r}"):
+        if where:
+            check_where(where)  # what the client can get wrong is a 400 here, never Chroma's 503
+        with _translate(f"query {self.name!r}", where=where):
             res = self._col.query(
                 query_embeddings=np.asarray([vector], dtype=np.float32), n_results=k,
                 where=dict(where) if where else None, include=["metadatas", "documents", "distances"],
