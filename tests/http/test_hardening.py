@@ -285,3 +285,61 @@ def test_finding8_check_where_refuses_deep_nesting_without_recursing(levels: int
     for _ in range(MAX_WHERE_DEPTH - 1):
         allowed = {"$or": [allowed, {"b": {"$gte": 2}}]}
     check_where(allowed)  # the deepest filter allowed still passes
+
+
+# -- issue 23, finding 4: an image of an extreme aspect ratio is refused before any resize ---------------
+def _strip_png(width: int = 120_000, height: int = 1) -> bytes:
+    """A real, decodable PNG of one row: a few hundred bytes, but CLIP's resize makes it 64x7,680,000."""
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 200).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("where", ["search", "chat"])
+def test_finding4_an_extreme_aspect_query_image_is_400_naming_its_size(embedded: Api, where: str) -> None:
+    strip = _strip_png()
+    assert len(strip) < 2048
+    a = embedded.col("a")
+    embedded.services.settings.collection = a  # the chat route searches the server's collection
+    assert embedded.upload("writer", a, ("sign.png", _image("red"))).json()["indexed"] == 1
+    if where == "search":
+        r = embedded.client.post("/v1/search", headers=embedded.auth("reader"),
+                                 json={"image": _uri(strip), "collection": a, "retriever": "clip"})
+        field = "image: "
+    else:
+        content = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": _uri(strip)}}]
+        r = embedded.client.post("/v1/chat/completions", headers=embedded.auth("reader"),
+                                 json={"model": "mmrag", "messages": [{"role": "user", "content": content}]})
+        field = "messages[0].image_url: "
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert r.json()["error"] == "invalid_input"
+    assert message.startswith(field) and "120000x1" in message and "20:1 limit" in message, message
+
+
+@pytest.mark.slow
+def test_finding4_an_extreme_aspect_query_image_allocates_nothing_with_the_real_clip(
+        tmp_path: Path, offline_models) -> None:  # type: ignore[no-untyped-def]
+    """The real CLIP preprocessing: before the fix, +2.3 GB of RSS and 8 s for this 553-byte PNG."""
+    _, clip, text = offline_models
+    settings = Settings(data_dir=tmp_path / "data", collection="strip")
+    settings.api.auth = False
+    services = Services(settings, clip=clip, text=text)
+    with TestClient(create_app(settings, services=services)) as client:
+        up = client.post("/v1/documents", data={"collection": "strip"},
+                         files=[("files", ("note.txt", b"A red sign by the road."))])
+        assert up.status_code == 201 and up.json()["indexed"] == 1, up.text
+        ok = client.post("/v1/search", json={"image": _uri(_image("red")), "retriever": "clip"})
+        assert ok.status_code == 200 and ok.json()["hits"], ok.text  # an ordinary image goes the same path
+        before, started = _peak_rss_mib(), time.monotonic()
+        r = client.post("/v1/search", json={"image": _uri(_strip_png()), "retriever": "clip"})
+        seconds, grown = time.monotonic() - started, _peak_rss_mib() - before
+    assert r.status_code == 400, r.text
+    assert seconds < 2.0, f"took {seconds:.1f} s"
+    assert grown < 200, f"peak RSS grew by {grown:.0f} MiB"

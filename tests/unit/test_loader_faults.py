@@ -355,3 +355,58 @@ def test_record_problem_is_a_public_frozen_dataclass() -> None:
     assert problem.doc_id is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         problem.line = 4  # type: ignore[misc]
+
+
+# --- issue 23, finding 4: images of an extreme aspect ratio are skipped before any decode -----------
+
+
+def _png(size: tuple[int, int], colour: int = 200) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(size: tuple[int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, "red").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_finding4_an_extreme_aspect_image_file_is_skipped_naming_its_size(tmp_path: Path) -> None:
+    with pytest.raises(LoadError) as caught:
+        load_path(write(tmp_path / "strip.png", _png((120_000, 1))))
+    assert caught.value.skipped
+    assert "120000x1" in caught.value.reason and "20:1 limit" in caught.value.reason
+    # Up to the limit it loads; the limit is a setting.
+    [doc] = load_path(write(tmp_path / "wide.png", _png((2000, 100))), limits=LoaderLimits(ocr="never"))
+    assert doc.images
+    with pytest.raises(LoadError, match="10:1 limit"):
+        load_path(tmp_path / "wide.png", limits=LoaderLimits(ocr="never", max_image_aspect=10))
+
+
+def test_finding4_an_extreme_aspect_image_inside_a_pdf_or_docx_is_left_out(tmp_path: Path) -> None:
+    import io
+
+    import docx
+    from docx.shared import Inches
+
+    from tests.unit.test_loaders import build_pdf
+
+    pdf = write(tmp_path / "a.pdf", build_pdf([("A page with a strip and a square.", [_jpeg((3000, 16)), _jpeg((64, 64))])]))
+    [doc] = load_path(pdf, limits=LoaderLimits(ocr="never"))
+    assert len(doc.images) == 1 and doc.metadata["images_skipped"] == 1
+    document = docx.Document()
+    document.add_paragraph("A report with a strip and a square.")
+    document.add_picture(io.BytesIO(_png((3000, 16))), width=Inches(6))
+    document.add_picture(io.BytesIO(_png((64, 64), 90)), width=Inches(1))
+    document.save(str(tmp_path / "a.docx"))
+    [doc] = load_path(tmp_path / "a.docx", limits=LoaderLimits(ocr="never"))
+    assert len(doc.images) == 1 and doc.metadata["images_skipped"] == 1

@@ -28,6 +28,7 @@ from mmrag.loaders._common import (
     JsonlFields,
     LoaderLimits,
     RecordProblem,
+    image_shape_problem,
     mb,
     translating,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "RecordProblem",
     "discover",
     "file_sha256",
+    "image_shape_problem",
     "load",
     "load_iter",
 ]

@@ -21,6 +21,7 @@ from mmrag.loaders._common import (
     LoaderLimits,
     check_text_size,
     flat_metadata,
+    image_shape_problem,
     normalize_newlines,
     translating,
 )
@@ -121,7 +122,7 @@ def _keep_declared(xobj: Any, limits: LoaderLimits) -> bool:
     if width and height:
         if min(width, height) < MIN_IMAGE_SIDE:
             return False
-        if width * height > limits.max_image_pixels:
+        if image_shape_problem(width, height, limits) is not None:
             return False
     return True
 
@@ -137,7 +138,7 @@ def _decode(page: Any, image_id: str | list[str], limits: LoaderLimits) -> tuple
         return None
     if not data:
         return None
-    if size is not None and (min(size) < MIN_IMAGE_SIDE or size[0] * size[1] > limits.max_image_pixels):
+    if size is not None and (min(size) < MIN_IMAGE_SIDE or image_shape_problem(size[0], size[1], limits) is not None):
         return None
     return data, name
 
@@ -390,6 +391,12 @@ def _enrich(
     rendered: list[ImageAsset] = []
     try:
         for page_no in sorted(ocr_pages | image_pages):
+            width, height = pdf[page_no - 1].get_size()
+            problem = image_shape_problem(max(1, round(width)), max(1, round(height)), limits)
+            if problem is not None:  # a strip of a page: its render, OCR and CLIP resizes would explode
+                log.warning("%s: page %d not rendered: %s", path, page_no, problem)
+                stats.failed += 1
+                continue
             try:
                 picture = _render(pdf[page_no - 1], OCR_DPI)
                 if page_no in ocr_pages:
