@@ -43,8 +43,8 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
 
     Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed.
     """
-    from mmrag.indexing import Indexer, LocalEngine
-    from mmrag.loaders import JsonlFields, LoaderLimits
+    from mmrag.indexing import Indexer, LocalEngine, ingest_limits
+    from mmrag.loaders import JsonlFields
 
     kb = open_kb({**opts, "device": device, "batch_size": batch_size})
     engine: Any = LocalEngine()
@@ -58,9 +58,10 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
         raise click.UsageError("--ray-address and --embed-workers need --engine ray")
     if not as_json:
         click.echo(f"mmrag: {kb.models.describe()}; engine {engine.name}", err=True)
+    # The per-document budgets come from the settings (MMRAG_INGEST__MAX_PAGES, ...); the flags win.
     indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=engine,
-                      limits=LoaderLimits(max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
-                                          page_images=page_images))
+                      limits=ingest_limits(settings_from(opts), max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
+                                           page_images=page_images))
     bar = None
     if not as_json and sys.stderr.isatty():
         from tqdm import tqdm

@@ -111,6 +111,8 @@ def load(
     Raises:
         LoadError: If the file cannot be loaded. ``skipped`` is ``True`` when the file is fine
             but has nothing to index (empty, whitespace only, a PDF with no text and no images).
+            :class:`~mmrag.errors.BudgetExceededError`, a ``LoadError``, when the document goes
+            over one of ``limits``' budgets (pages, images, OCR seconds, load seconds).
     """
     path = str(ref.path)
     doc_type = _check_file(ref, limits)
