@@ -498,8 +498,11 @@ class Indexer:
         if not pending and have == (want_clip, want_text, want_text):
             return 0
         known = {s.doc_id: s for s in manifest.all(col) if s.status != "pending"}
-        ids = sorted(known)
         redo: dict[str, DocState] = {s.doc_id: s for s in pending}
+        # Pending documents' records are counted too: a long document another run is writing, a
+        # slice at a time, holds more records than its row says, and must not send this repair
+        # scanning the whole store for orphans.
+        ids = sorted(set(known) | set(redo))
         for store, attr, total in ((clip, "n_clip", have[0]), (text, "n_text", have[1])):
             counts: dict[str, int] = {}
             for _, meta, _ in store.records_of(ids):
@@ -640,7 +643,7 @@ class _Writer:
             self._add_time("chroma", time.monotonic() - started)
 
         if self.pool is None:
-            chroma()
+            self._write_in_slices(ids, (clip_store, clip_records), (text_store, text_records))
             self._finish(docs, text_records)
             self._release()
             return
@@ -651,6 +654,28 @@ class _Writer:
             while self.inflight:
                 self._complete_oldest()
             self._release()
+
+    def _write_in_slices(self, ids: list[str], *writes: tuple[Any, list[Record]]) -> None:
+        """Write a batch to the embedded store :data:`FLUSH_ITEMS` records at a time, letting other
+        writers in between slices: one long document is one batch, and its thousands of records
+        took seconds to write. Its documents stay ``pending`` meanwhile, which another writer's
+        repair leaves alone (and a crash leaves for the next run's repair, as ever)."""
+        col = self.kb.collection
+        with span("ingest.write", collection=col, documents=len(ids), clip=len(writes[0][1]), text=len(writes[1][1])):
+            started = time.monotonic()
+            self._retrying("delete", lambda _: self.kb.delete_records(ids))
+            first = True
+            for store, records in writes:
+                for lo in range(0, len(records), FLUSH_ITEMS):
+                    if not first:
+                        self._add_time("chroma", time.monotonic() - started)
+                        self._release()
+                        self._hold()
+                        started = time.monotonic()
+                    first = False
+                    part = records[lo:lo + FLUSH_ITEMS]
+                    self._retrying("write", lambda n: store.upsert(part, fresh=n == 0))  # noqa: B023 - called here
+            self._add_time("chroma", time.monotonic() - started)
 
     def close(self) -> None:
         self.flush()

@@ -27,6 +27,12 @@ from mmrag.tracing import start_span
 from mmrag.types import Chunk, Document, ImageAsset, Record
 
 
+#: Texts per embedder call. A server runs one forward pass at a time per model, shared by every
+#: request; a long document's thousands of chunks in one call kept a 60-byte upload (and every
+#: search) waiting until all were done. Calls of one model batch let them in between.
+EMBED_SLICE = 32
+
+
 class Embedders(Protocol):
     """Where :func:`embed_documents` gets its models (a knowledge base, or a Ray actor's own)."""
 
@@ -205,8 +211,8 @@ def embed_documents(loaded: Sequence[LoadedDoc], models: Embedders) -> list[Prep
         return []
     chunks = [c for d in loaded for c in d.chunks]
     texts = [c.text for c in chunks]
-    clip_text = models.clip.embed_texts(texts) if texts else None
-    text_vecs = models.text.embed_texts([c.embed_text for c in chunks]) if texts else None
+    clip_text = _embed_texts(models.clip, texts) if texts else None
+    text_vecs = _embed_texts(models.text, [c.embed_text for c in chunks]) if texts else None
 
     images = [(n, a) for n, d in enumerate(loaded) for a in d.doc.images]
     labels = [_image_label(loaded[n].doc, a) for n, a in images]
@@ -262,6 +268,14 @@ def embed_documents(loaded: Sequence[LoadedDoc], models: Embedders) -> list[Prep
         ))
         pos += k
     return out
+
+
+def _embed_texts(embedder: Any, texts: Sequence[str]) -> np.ndarray:
+    """``embedder.embed_texts`` a slice of :data:`EMBED_SLICE` texts at a time."""
+    if len(texts) <= EMBED_SLICE:
+        return np.asarray(embedder.embed_texts(texts))
+    return np.concatenate([np.asarray(embedder.embed_texts(texts[lo:lo + EMBED_SLICE]))
+                           for lo in range(0, len(texts), EMBED_SLICE)])
 
 
 def _image_label(doc: Document, asset: ImageAsset) -> str:

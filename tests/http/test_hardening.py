@@ -343,3 +343,48 @@ def test_finding4_an_extreme_aspect_query_image_allocates_nothing_with_the_real_
     assert r.status_code == 400, r.text
     assert seconds < 2.0, f"took {seconds:.1f} s"
     assert grown < 200, f"peak RSS grew by {grown:.0f} MiB"
+
+
+# -- issue 23, finding 7: a small upload is not held behind a long document ------------------------------
+def test_finding7_a_small_upload_completes_while_a_long_document_ingests(tmp_path: Path) -> None:
+    import threading
+
+    from mmrag.llms.echo import EchoChatModel
+    from tests.unit.test_write_lock import _PacedHashing
+
+    embedding_long = threading.Event()
+
+    class Paced(_PacedHashing):
+        embedded = 0
+
+        def embed_texts(self, texts):  # type: ignore[no-untyped-def]
+            self.embedded += len(texts)
+            if self.embedded > 300:  # well into the long document's chunks
+                embedding_long.set()
+            return super().embed_texts(texts)
+
+    settings = Settings(data_dir=tmp_path / "data", collection="busy")
+    settings.api.auth = False
+    settings.api.max_upload_mb = 64
+    services = Services(settings, clip=Paced(16, 0.004), text=HashingEmbedder(8),
+                        chat_models={settings.llm.model: EchoChatModel()})
+    long_text = " ".join(f"Sentence {n} of the long report says the budget grew by {n % 7} percent."
+                         for n in range(12_000)).encode()
+    with TestClient(create_app(settings, services=services)) as client:
+        def upload(name: str, data: bytes) -> httpx.Response:
+            return client.post("/v1/documents", data={"collection": "busy"}, files=[("files", (name, data))])
+
+        assert upload("seed.txt", b"The first note of the collection.").status_code == 201
+        long: dict[str, httpx.Response] = {}
+        worker = threading.Thread(target=lambda: long.update(r=upload("long-report.txt", long_text)))
+        worker.start()
+        assert embedding_long.wait(60), "the long document never reached its embedding"
+        started = time.monotonic()
+        small = upload("note.txt", b"A 60-byte note: the budget meeting moved to Thursday.")
+        took = time.monotonic() - started
+        still_running = worker.is_alive()
+        worker.join(timeout=300)
+    assert small.status_code == 201 and small.json()["indexed"] == 1, small.text
+    assert still_running, "the long upload ended first: the test proved nothing"
+    assert took < 3.0, f"the small upload took {took:.1f} s behind a long document"
+    assert long["r"].status_code == 201 and long["r"].json()["indexed"] == 1, long["r"].text
