@@ -79,39 +79,68 @@ def check_where(where: Mapping[str, Any]) -> None:
 
     Checked without recursion, so a hostile filter costs one pass over it whatever its shape:
     at most :data:`MAX_WHERE_DEPTH` levels of ``$and``/``$or``, :data:`MAX_WHERE_CONDITIONS`
-    conditions, and integers within int64.
+    conditions, and integers within int64 (:func:`check_where_bounds`), besides the operators.
 
     Raises:
         InvalidInputError: an unknown operator, a malformed clause, or a filter over those limits.
     """
+    _walk(where, strict=True)
+
+
+def check_where_bounds(where: Mapping[str, Any]) -> None:
+    """Refuse only a ``where`` over the limits every index can take (nesting, conditions, int64).
+
+    What a store's own validation refuses is left to it (the Chroma store reports that as its
+    error); these limits are what a store fails on with an unrelated error or not at all.
+
+    Raises:
+        InvalidInputError: a filter nested too deeply, with too many conditions, or an integer
+            outside int64.
+    """
+    _walk(where, strict=False)
+
+
+def _walk(where: Any, *, strict: bool) -> None:
     stack: list[tuple[Any, str, int]] = [(where, "where", 1)]
     conditions = 0
     while stack:
         node, at, depth = stack.pop()
         if not isinstance(node, Mapping):
-            raise InvalidInputError(f"{at} must be a mapping (a Chroma metadata filter)")
+            if strict:
+                raise InvalidInputError(f"{at} must be a mapping (a Chroma metadata filter)")
+            continue
         if depth > MAX_WHERE_DEPTH:
             raise InvalidInputError(f"where: a filter nests at most {MAX_WHERE_DEPTH} levels of $and/$or; flatten it")
         for key, cond in node.items():
             if not isinstance(key, str):
-                raise InvalidInputError(f"{at}: keys must be strings, got {key!r}")
+                if strict:
+                    raise InvalidInputError(f"{at}: keys must be strings, got {key!r}")
+                continue
             if key in ("$and", "$or"):
                 if not isinstance(cond, (list, tuple)) or not cond:
-                    raise InvalidInputError(f"{at}.{key} must be a non-empty list of filters")
+                    if strict:
+                        raise InvalidInputError(f"{at}.{key} must be a non-empty list of filters")
+                    continue
                 stack.extend((part, f"{at}.{key}[{n}]", depth + 1) for n, part in enumerate(cond))
                 continue
             if key.startswith("$"):
-                raise InvalidInputError(f"{at}: unknown operator {key!r}. Known: $and, $or")
+                if strict:
+                    raise InvalidInputError(f"{at}: unknown operator {key!r}. Known: $and, $or")
+                continue
             conditions += 1
             if conditions > MAX_WHERE_CONDITIONS:
                 raise InvalidInputError(f"where: a filter (filters.metadata and where together) compares at most "
                                         f"{MAX_WHERE_CONDITIONS} metadata keys; narrow it")
-            if isinstance(cond, Mapping):
+            if not isinstance(cond, Mapping):
+                _check_value(f"{at}.{key}", cond)
+            elif strict:
                 if len(cond) != 1 or next(iter(cond)) not in _OPERATORS:
                     raise InvalidInputError(f"{at}.{key}: one operator of {', '.join(_OPERATORS)}, got {dict(cond)!r}")
                 _check_operand(f"{at}.{key}", *next(iter(cond.items())))
             else:
-                _check_value(f"{at}.{key}", cond)
+                for op, arg in cond.items():
+                    for value in arg if isinstance(arg, (list, tuple)) else [arg]:
+                        _check_value(f"{at}.{key}.{op}", value)
 
 
 def _check_value(at: str, value: Any) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from mmrag.errors import EmbedderMismatchError, ForeignCollectionError, InvalidInputError, StoreError
-from mmrag.keyword import check_where
+from mmrag.keyword import check_where_bounds
 from mmrag.types import Hit, Record
 
 IDENTITY_PREFIX = "mmrag:"
@@ -30,19 +30,11 @@ IN_BATCH = 1000
 
 
 @contextlib.contextmanager
-def _translate(action: str, *, where: Mapping[str, Any] | None = None) -> Iterator[None]:
+def _translate(action: str) -> Iterator[None]:
     try:
         yield
     except (StoreError, EmbedderMismatchError, InvalidInputError):
         raise
-    except ValueError as exc:
-        # chromadb validates a ``where`` in the client, with a plain ValueError: the caller's
-        # filter is at fault (400), not the store (503).
-        if where is not None and type(exc) is ValueError:
-            raise InvalidInputError(f"where: Chroma refused the filter ({exc})") from exc
-        error = StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}")
-        error.transient = _is_transient(exc)
-        raise error from exc
     except Exception as exc:  # noqa: BLE001 - chromadb raises many exception types; none may leak
         error = StoreError(f"Chroma failed to {action}: {type(exc).__name__}: {exc}")
         error.transient = _is_transient(exc)
@@ -225,8 +217,9 @@ class ChromaStore:
         if k <= 0:
             return []
         if where:
-            check_where(where)  # what the client can get wrong is a 400 here, never Chroma's 503
-        with _translate(f"query {self.name!r}", where=where):
+            # Past these limits Chroma fails with an internal error (a 503): they are the caller's (400).
+            check_where_bounds(where)
+        with _translate(f"query {self.name!r}"):
             res = self._col.query(
                 query_embeddings=np.asarray([vector], dtype=np.float32), n_results=k,
                 where=dict(where) if where else None, include=["metadatas", "documents", "distances"],
