@@ -346,6 +346,7 @@ def test_finding4_an_extreme_aspect_query_image_allocates_nothing_with_the_real_
 
 
 # -- issue 23, finding 7: a small upload is not held behind a long document ------------------------------
+@pytest.mark.slow
 def test_finding7_a_small_upload_completes_while_a_long_document_ingests(tmp_path: Path) -> None:
     import threading
 

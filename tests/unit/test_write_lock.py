@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 
 def test_write_lock_is_reentrant_and_exclusive(hashing_kb) -> None:  # type: ignore[no-untyped-def]
     order: list[str] = []
@@ -57,6 +59,7 @@ def _long_corpus(folder, files: int):  # type: ignore[no-untyped-def]
     return folder
 
 
+@pytest.mark.slow
 def test_finding7_small_ingests_are_not_held_behind_a_long_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from mmrag.indexing import Indexer
 
