@@ -82,6 +82,26 @@ class ChunkSettings(BaseModel):
     overlap: int = Field(40, ge=0)
 
 
+class IngestSettings(BaseModel):
+    """What one document may cost to ingest (:class:`~mmrag.loaders.LoaderLimits`).
+
+    A document over a budget fails, and its failure row names the budget and the variable that
+    raises it, e.g. ``MMRAG_INGEST__MAX_PAGES=5000``.
+    """
+
+    #: Pages of a PDF, or slides of a PPTX.
+    max_pages: int = Field(2_000, ge=1)
+    #: Embedded images kept for embedding (and OCR).
+    max_images: int = Field(1_000, ge=0)
+    #: Seconds of OCR.
+    max_ocr_seconds: float = Field(600.0, ge=0)
+    #: Seconds to load the document: parsing, rendering and OCR (embedding is bounded by the above).
+    max_seconds: float = Field(1_200.0, ge=0)
+    #: Images whose long side is over this many times their short side are skipped (ingest) or
+    #: refused (query images get the default): resizing them for the embedder blows them up.
+    max_image_aspect: float = Field(20.0, ge=1)
+
+
 class ApiSettings(BaseModel):
     """``mmrag serve``: where it listens, who may call it, and how much it accepts."""
 
@@ -187,6 +207,7 @@ class Settings(BaseSettings):
     text: TextSettings = TextSettings()
     store: StoreSettings = StoreSettings()
     chunk: ChunkSettings = ChunkSettings()
+    ingest: IngestSettings = IngestSettings()
     llm: LLMSettings = LLMSettings()
     answer: AnswerSettings = AnswerSettings()
     retrieval: RetrievalSettings = RetrievalSettings()

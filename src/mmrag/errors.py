@@ -12,6 +12,7 @@ Tree::
     ├── NotFoundError
     ├── InvalidInputError (ValueError)
     │   ├── LoadError                    a file could not be read/parsed; carries ``path`` and ``reason``
+    │   │   └── BudgetExceededError      a document went over a budget (pages, images, OCR or load seconds)
     │   ├── PayloadTooLargeError         a request body or upload over the limit (413)
     │   └── UnsupportedMediaTypeError    an upload of a type mmrag cannot ingest (415)
     ├── UnauthorizedError                no or an unknown API key (401)
@@ -84,6 +85,22 @@ class LoadError(InvalidInputError):
         self.reason = reason
         #: True when the file is not an error but has nothing to index (empty, image-only scan).
         self.skipped = skipped
+
+
+class BudgetExceededError(LoadError):
+    """A document went over one of its budgets; ``budget`` names which, ``setting`` how to raise it.
+
+    The reason (kept in the document's failure row) reads like "over the page budget: 2,500
+    pages > 2,000 per document; raise MMRAG_INGEST__MAX_PAGES to index it".
+    """
+
+    code = "budget_exceeded"
+    status_code = 422
+
+    def __init__(self, path: str, budget: str, found: str, limit: str, setting: str) -> None:
+        super().__init__(path, f"over the {budget} budget: {found} > {limit} per document; raise {setting} to index it")
+        self.budget = budget
+        self.setting = setting
 
 
 class PayloadTooLargeError(InvalidInputError):

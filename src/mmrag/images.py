@@ -1,7 +1,8 @@
 """Image bytes at the API's edges: query images sent by clients, and the pixels behind an image hit.
 
 A query image (:func:`query_image`) arrives as base64 and is checked here, header first, so a
-decompression bomb or a file Pillow cannot read is an :class:`~mmrag.errors.InvalidInputError`
+decompression bomb, an image of an extreme aspect ratio (which the embedder's resize would blow
+up to gigabytes) or a file Pillow cannot read is an :class:`~mmrag.errors.InvalidInputError`
 naming the request field, never a Pillow exception.
 
 The vector store keeps vectors and metadata, not image bytes; the source file is the truth. So
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mmrag.errors import InvalidInputError, LoadError, NotFoundError, PayloadTooLargeError
-from mmrag.loaders import FileRef, LoaderLimits, load
+from mmrag.loaders import FileRef, LoaderLimits, image_shape_problem, load
 from mmrag.types import Hit, ImageAsset
 
 _CACHE_SIZE = 32
@@ -37,7 +38,9 @@ def query_image(value: str, field: str, *, max_pixels: int = MAX_QUERY_PIXELS) -
     """Check an image sent with a request (base64, or a ``data:`` URI) and wrap it as an asset.
 
     Only the header is parsed and the file's structure verified: decoding the pixels is the
-    embedder's job, and a decompression bomb must be refused before anything allocates them.
+    embedder's job, and a decompression bomb must be refused before anything allocates them. So
+    must an image of an extreme aspect ratio: a 1x120,000 PNG of 553 bytes passes the pixel
+    count, and CLIP's resize (short side up to its input size) made it 64x7,680,000 pixels.
 
     Args:
         value: base64 bytes, or a ``data:image/...;base64,`` URI.
@@ -48,7 +51,8 @@ def query_image(value: str, field: str, *, max_pixels: int = MAX_QUERY_PIXELS) -
         An :class:`ImageAsset` holding the bytes.
 
     Raises:
-        InvalidInputError: not base64, or not an image Pillow can read.
+        InvalidInputError: not base64, not an image Pillow can read, or of an aspect ratio over
+            ``LoaderLimits.max_image_aspect`` (the message names its size and the limit).
         PayloadTooLargeError: more than ``max_pixels`` pixels (a decompression bomb, or just too big).
 
     Example:
@@ -66,9 +70,12 @@ def query_image(value: str, field: str, *, max_pixels: int = MAX_QUERY_PIXELS) -
             width, height = img.size
             if width * height > max_pixels:
                 raise PayloadTooLargeError(_too_many_pixels(field, width * height, max_pixels))
+            problem = image_shape_problem(width, height, LoaderLimits(max_image_pixels=max_pixels))
+            if problem is not None:
+                raise InvalidInputError(f"{field}: {problem} (CLIP sees about 224x224 pixels)")
             img.verify()
-    except PayloadTooLargeError:
-        raise  # an InvalidInputError, hence a ValueError: keep it out of the clause below
+    except InvalidInputError:
+        raise  # a ValueError: keep it out of the clause below
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own guard fires inside open(), before the size reaches us (the warning is an
         # error only where warnings are errors); its message carries the pixel count.

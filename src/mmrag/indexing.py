@@ -20,6 +20,16 @@ except a repair that found the stores and the manifest disagree in their totals 
 damaged store), and then only the documents involved (plus a scan for orphans when a store holds
 records no manifest row accounts for).
 
+The writer lock (:meth:`~mmrag.kb.KnowledgeBase.write_lock`) is held only while the stores and
+the manifest change: for the repair and the plan at the start, for each batch's write (or, on a
+Chroma server, until the batches in flight are done, at most about :data:`LOCK_SLICE` seconds past
+a batch), for a file's failure row, and for the prune at the end. Loading, OCR and embedding run
+without it, so a small upload to the same collection waits for one batch's write, not for a
+long document's minutes of work. A document whose file changed after it was read is not written
+(the run that read the new version writes that one). Each document also has budgets (pages,
+images, OCR and load seconds: :class:`~mmrag.loaders.LoaderLimits`, set by
+:func:`ingest_limits`); one over budget fails with a failure row naming the budget.
+
 What is never lost: a source that exists but fails to load (a corrupt PDF, an unreadable file, a
 JSONL with bad lines) keeps its previously indexed records, and ``prune`` removes only documents
 whose source is gone (or a JSONL record no longer in a file that loaded without problems). A doc
@@ -28,6 +38,7 @@ id already held by another existing source is refused, not overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -36,7 +47,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from mmrag.chunking import SentenceChunker
 from mmrag.errors import StoreError, disk_full_hint
@@ -47,6 +58,9 @@ from mmrag.pipeline import FileResult, FileTask, LoadedDoc, Prepared, embed_docu
 from mmrag.tracing import span
 from mmrag.types import Record
 
+if TYPE_CHECKING:
+    from mmrag.config import Settings
+
 log = logging.getLogger(__name__)
 #: Items (chunks + images) embedded together, and written together.
 FLUSH_ITEMS = 256
@@ -55,6 +69,31 @@ WRITE_CONCURRENCY = 4
 #: Retries of a store request that failed transiently (connection refused or reset, a timeout, a
 #: 5xx or 429): 0.5 s, then doubling to 8 s, about 30 s in all before the run fails.
 STORE_RETRIES = 6
+#: On a Chroma server, batches stay in flight (and the writer lock held) across flushes for at most
+#: about this many seconds; then the writer drains them and lets another writer in.
+LOCK_SLICE = 1.0
+
+
+def ingest_limits(settings: "Settings", **overrides: Any) -> LoaderLimits:
+    """The loaders' limits and per-document budgets from the settings (for the CLI and the server).
+
+    Args:
+        settings: ``max_file_mb`` and the ``ingest`` section (``MMRAG_INGEST__MAX_PAGES`` ...) apply.
+        overrides: fields of :class:`LoaderLimits` to set instead (the CLI's ``--ocr``, ...).
+
+    Example:
+        >>> from mmrag.config import Settings
+        >>> ingest_limits(Settings(ingest={"max_pages": 50})).max_pages
+        50
+    """
+    budget = settings.ingest
+    values: dict[str, Any] = {
+        "max_file_bytes": settings.max_file_mb * 1024 * 1024, "max_image_aspect": budget.max_image_aspect,
+        "max_pages": budget.max_pages, "max_images": budget.max_images,
+        "max_ocr_seconds": budget.max_ocr_seconds, "max_seconds": budget.max_seconds,
+    }
+    values.update(overrides)
+    return LoaderLimits(**values)
 
 
 @dataclass
@@ -204,13 +243,14 @@ class Indexer:
         Returns:
             The run's summary. Bad files are listed in it; they never stop the run.
         """
-        with self.kb.write_lock(), span("ingest", collection=self.kb.collection, engine=self.engine.name) as trace:
+        with span("ingest", collection=self.kb.collection, engine=self.engine.name) as trace:
             try:
                 summary = self._ingest(paths, prune, progress, files)
                 # The version's drift reference, once (a primary-key read after that; never raises).
                 from mmrag.lifecycle.drift import ensure_reference
 
-                ensure_reference(self.kb)
+                with self.kb.write_lock():
+                    ensure_reference(self.kb)
                 trace.set_attributes(files=summary.files_seen, indexed=summary.indexed, unchanged=summary.unchanged,
                                      failed=len(summary.failed), retries=summary.retries)
                 return summary
@@ -224,14 +264,6 @@ class Indexer:
                 progress: Callable[[int, int], None] | None, files: Sequence[FileRef] | None = None) -> IngestSummary:
         started = time.monotonic()
         summary = IngestSummary(collection=self.kb.collection, engine=self.engine.name)
-        self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
-        # Repair and reindex read sources only under these (mmrag.lifecycle.roots). The CLI passes
-        # the paths it walked beside ``files``; repair and reindex pass no paths.
-        if paths:
-            self.kb.manifest.add_roots(self.kb.collection, [os.path.abspath(p) for p in paths])
-        with span("ingest.repair") as trace:
-            summary.repaired = self._repair()
-            trace.set_attributes(documents=summary.repaired)
         found = list(discover([Path(p) for p in paths])) if files is None else list(files)
         refs = [r for r in found if isinstance(r, FileRef)]
         run = _Run()
@@ -240,18 +272,32 @@ class Indexer:
             (summary.skipped if status == "skipped" else summary.failed).append(Problem(problem.path, problem.reason, status))
             run.unsure.add(problem.path)
         summary.files_seen = len(refs)
-        with span("ingest.plan", files=len(refs)) as trace:
-            tasks = [t for t in (self._plan(ref, run, summary) for ref in refs) if t is not None]
-            trace.set_attributes(planned=len(tasks))
+        with self.kb.write_lock():
+            self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
+            # Repair and reindex read sources only under these (mmrag.lifecycle.roots). The CLI passes
+            # the paths it walked beside ``files``; repair and reindex pass no paths.
+            if paths:
+                self.kb.manifest.add_roots(self.kb.collection, [os.path.abspath(p) for p in paths])
+            with span("ingest.repair") as trace:
+                summary.repaired = self._repair()
+                trace.set_attributes(documents=summary.repaired)
+            with span("ingest.plan", files=len(refs)) as trace:
+                tasks = [t for t in (self._plan(ref, run, summary) for ref in refs) if t is not None]
+                trace.set_attributes(planned=len(tasks))
         done = len(refs) - len(tasks)
         if progress:
             progress(done, len(refs))
         writer = _Writer(self, summary, run)
         try:
             if tasks:
+                # The engine loads, reads (OCR) and embeds without the writer lock; the writer takes
+                # it for each batch's write, and a file's failure row is written under it too.
                 for item in self.engine.run(tasks, self):
                     if isinstance(item, FileResult):
-                        self._apply_file(item, run, summary)
+                        # Only a failure and a JSONL file's bookkeeping write the manifest here.
+                        writes = item.error is not None or item.ref.suffix == ".jsonl"
+                        with writer.holding() if writes else contextlib.nullcontext():
+                            self._apply_file(item, run, summary)
                         done += 1
                         if progress:
                             progress(done, len(refs))
@@ -263,7 +309,7 @@ class Indexer:
         summary.startup_seconds = self.engine.startup_seconds
         summary.workers = self.engine.describe() if tasks else {}
         if prune:
-            with span("ingest.prune") as trace:
+            with self.kb.write_lock(), span("ingest.prune") as trace:
                 summary.pruned = self._prune([Path(p) for p in paths], run)
                 trace.set_attributes(documents=summary.pruned)
         summary.seconds = time.monotonic() - started
@@ -456,8 +502,11 @@ class Indexer:
         if not pending and have == (want_clip, want_text, want_text):
             return 0
         known = {s.doc_id: s for s in manifest.all(col) if s.status != "pending"}
-        ids = sorted(known)
         redo: dict[str, DocState] = {s.doc_id: s for s in pending}
+        # Pending documents' records are counted too: a long document another run is writing, a
+        # slice at a time, holds more records than its row says, and must not send this repair
+        # scanning the whole store for orphans.
+        ids = sorted(set(known) | set(redo))
         for store, attr, total in ((clip, "n_clip", have[0]), (text, "n_text", have[1])):
             counts: dict[str, int] = {}
             for _, meta, _ in store.records_of(ids):
@@ -491,12 +540,17 @@ class Indexer:
 
 
 class _Writer:
-    """Writes prepared documents in batches through the protocol.
+    """Writes prepared documents in batches through the protocol, holding the writer lock only to write.
 
     Per batch: 1) mark pending, 2) drop old records and write the new ones to Chroma, 3) commit
     the keyword rows, 4) mark done. Step 2 of up to ``write_concurrency`` batches runs in threads
     against a Chroma server; steps 3 and 4 run here, in submission order. Step 2 retries a
     transient store error (``StoreError.transient``) with backoff.
+
+    The writer lock is taken at step 1 and given back once no batch is in flight: after each
+    batch on the embedded store; on a server, once batches have been in flight for
+    :data:`LOCK_SLICE` seconds (they are then drained). A batch in flight is pending in the
+    manifest, which another writer's repair must not see, hence the lock until it is done.
     """
 
     def __init__(self, indexer: Indexer, summary: IngestSummary, run: _Run) -> None:
@@ -512,6 +566,43 @@ class _Writer:
         self.inflight: deque[tuple[list[Prepared], list[Record], Future[None] | None]] = deque()
         self._retries = 0
         self._lock = threading.Lock()
+        self._held: contextlib.ExitStack | None = None
+        self._held_since = 0.0
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """The writer lock for a block (re-entrant: a no-op where the writer already holds it)."""
+        with self.kb.write_lock():
+            yield
+
+    def _hold(self) -> None:
+        if self._held is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(self.kb.write_lock())
+            self._held, self._held_since = stack, time.monotonic()
+
+    def _release(self) -> None:
+        """Give the writer lock back (only ever with nothing in flight)."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            held.close()
+
+    def _current(self, docs: list[Prepared]) -> list[Prepared]:
+        """The documents whose file is still the one that was read; the others get a warning."""
+        kept = []
+        for d in docs:
+            try:
+                st = os.stat(d.source) if d.stamp is not None else None
+            except OSError:
+                st = None
+            if d.stamp is not None and (st is None or (st.st_size, st.st_mtime_ns) != d.stamp):
+                # Another run (a re-upload of the same name) writes the version it read, which is newer.
+                self.summary.warnings.append(f"{d.source}: changed while it was being indexed; this run's copy "
+                                             "was not written (the run that read the new version writes it)")
+                self.run.unsure.add(d.source)
+                continue
+            kept.append(d)
+        return kept
 
     def add(self, doc: Prepared) -> None:
         self.batch.append(doc)
@@ -521,11 +612,17 @@ class _Writer:
 
     def flush(self) -> None:
         kb, col, summary = self.kb, self.kb.collection, self.summary
+        docs, self.batch, self.items = self.batch, [], 0
+        if not docs and not self.run.stamps:
+            return
+        self._hold()
         if self.run.stamps:
             kb.manifest.set_file_stamps(col, self.run.stamps)
             self.run.stamps.clear()
-        docs, self.batch, self.items = self.batch, [], 0
+        docs = self._current(docs)
         if not docs:
+            if not self.inflight:
+                self._release()
             return
         for d in docs:
             summary.clip_embeddings += d.clip_computed
@@ -550,28 +647,60 @@ class _Writer:
             self._add_time("chroma", time.monotonic() - started)
 
         if self.pool is None:
-            chroma()
+            self._write_in_slices(ids, (clip_store, clip_records), (text_store, text_records))
             self._finish(docs, text_records)
+            self._release()
             return
         while len(self.inflight) >= self.limit:
             self._complete_oldest()
         self.inflight.append((docs, text_records, self.pool.submit(chroma)))
+        if time.monotonic() - self._held_since >= LOCK_SLICE:
+            while self.inflight:
+                self._complete_oldest()
+            self._release()
+
+    def _write_in_slices(self, ids: list[str], *writes: tuple[Any, list[Record]]) -> None:
+        """Write a batch to the embedded store :data:`FLUSH_ITEMS` records at a time, letting other
+        writers in between slices: one long document is one batch, and its thousands of records
+        took seconds to write. Its documents stay ``pending`` meanwhile, which another writer's
+        repair leaves alone (and a crash leaves for the next run's repair, as ever)."""
+        col = self.kb.collection
+        with span("ingest.write", collection=col, documents=len(ids), clip=len(writes[0][1]), text=len(writes[1][1])):
+            started = time.monotonic()
+            self._retrying("delete", lambda _: self.kb.delete_records(ids))
+            first = True
+            for store, records in writes:
+                for lo in range(0, len(records), FLUSH_ITEMS):
+                    if not first:
+                        self._add_time("chroma", time.monotonic() - started)
+                        self._release()
+                        self._hold()
+                        started = time.monotonic()
+                    first = False
+                    part = records[lo:lo + FLUSH_ITEMS]
+                    self._retrying("write", lambda n: store.upsert(part, fresh=n == 0))  # noqa: B023 - called here
+            self._add_time("chroma", time.monotonic() - started)
 
     def close(self) -> None:
         self.flush()
         while self.inflight:
             self._complete_oldest()
         if self.run.stamps:
-            self.kb.manifest.set_file_stamps(self.kb.collection, self.run.stamps)
+            with self.holding():
+                self.kb.manifest.set_file_stamps(self.kb.collection, self.run.stamps)
             self.run.stamps.clear()
+        self._release()
         self.summary.retries = self._retries
 
     def abandon(self) -> None:
-        """Wait for the Chroma writes in flight; their batches stay pending for the next run's repair."""
+        """Wait for the Chroma writes in flight (their batches stay pending for the next run's repair), then let go."""
         self.summary.retries = self._retries
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+        try:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
+        finally:
+            self._release()
 
     def _complete_oldest(self) -> None:
         docs, text_records, future = self.inflight.popleft()

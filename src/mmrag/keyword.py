@@ -65,38 +65,100 @@ def analyze_many(texts: Sequence[str], titles: Sequence[Any]) -> list[list[str]]
 
 
 _OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte")
+#: Conditions (metadata keys compared) one filter may hold. Chroma's SQLite turns each into a level
+#: of one expression tree and fails past 1,000 levels (a 503 for what is the client's mistake).
+MAX_WHERE_CONDITIONS = 256
+#: ``$and``/``$or`` nesting a filter may hold (a checker that recursed died at 1,000 levels).
+MAX_WHERE_DEPTH = 32
+#: The integers every index stores: tantivy refuses anything outside int64 with a ValueError.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def check_where(where: Mapping[str, Any]) -> None:
-    """Refuse a ``where`` that BM25 could not evaluate as Chroma would (so no index disagrees).
+    """Refuse a ``where`` that an index could not evaluate as Chroma would (so no index disagrees).
+
+    Checked without recursion, so a hostile filter costs one pass over it whatever its shape:
+    at most :data:`MAX_WHERE_DEPTH` levels of ``$and``/``$or``, :data:`MAX_WHERE_CONDITIONS`
+    conditions, and integers within int64 (:func:`check_where_bounds`), besides the operators.
 
     Raises:
-        InvalidInputError: an unknown operator or a malformed clause.
+        InvalidInputError: an unknown operator, a malformed clause, or a filter over those limits.
     """
-    if not isinstance(where, Mapping):
-        raise InvalidInputError("where must be a mapping (a Chroma metadata filter)")
-    for key, cond in where.items():
-        if not isinstance(key, str):
-            raise InvalidInputError(f"where: keys must be strings, got {key!r}")
-        if key in ("$and", "$or"):
-            if not isinstance(cond, (list, tuple)) or not cond:
-                raise InvalidInputError(f"where.{key} must be a non-empty list of filters")
-            for part in cond:
-                check_where(part)
-        elif key.startswith("$"):
-            raise InvalidInputError(f"where: unknown operator {key!r}. Known: $and, $or")
-        elif isinstance(cond, Mapping):
-            if len(cond) != 1 or next(iter(cond)) not in _OPERATORS:
-                raise InvalidInputError(f"where.{key}: one operator of {', '.join(_OPERATORS)}, got {dict(cond)!r}")
-            _check_operand(key, *next(iter(cond.items())))
+    _walk(where, strict=True)
 
 
-def _check_operand(key: str, op: str, arg: Any) -> None:
+def check_where_bounds(where: Mapping[str, Any]) -> None:
+    """Refuse only a ``where`` over the limits every index can take (nesting, conditions, int64).
+
+    What a store's own validation refuses is left to it (the Chroma store reports that as its
+    error); these limits are what a store fails on with an unrelated error or not at all.
+
+    Raises:
+        InvalidInputError: a filter nested too deeply, with too many conditions, or an integer
+            outside int64.
+    """
+    _walk(where, strict=False)
+
+
+def _walk(where: Any, *, strict: bool) -> None:
+    stack: list[tuple[Any, str, int]] = [(where, "where", 1)]
+    conditions = 0
+    while stack:
+        node, at, depth = stack.pop()
+        if not isinstance(node, Mapping):
+            if strict:
+                raise InvalidInputError(f"{at} must be a mapping (a Chroma metadata filter)")
+            continue
+        if depth > MAX_WHERE_DEPTH:
+            raise InvalidInputError(f"where: a filter nests at most {MAX_WHERE_DEPTH} levels of $and/$or; flatten it")
+        for key, cond in node.items():
+            if not isinstance(key, str):
+                if strict:
+                    raise InvalidInputError(f"{at}: keys must be strings, got {key!r}")
+                continue
+            if key in ("$and", "$or"):
+                if not isinstance(cond, (list, tuple)) or not cond:
+                    if strict:
+                        raise InvalidInputError(f"{at}.{key} must be a non-empty list of filters")
+                    continue
+                stack.extend((part, f"{at}.{key}[{n}]", depth + 1) for n, part in enumerate(cond))
+                continue
+            if key.startswith("$"):
+                if strict:
+                    raise InvalidInputError(f"{at}: unknown operator {key!r}. Known: $and, $or")
+                continue
+            conditions += 1
+            if conditions > MAX_WHERE_CONDITIONS:
+                raise InvalidInputError(f"where: a filter (filters.metadata and where together) compares at most "
+                                        f"{MAX_WHERE_CONDITIONS} metadata keys; narrow it")
+            if not isinstance(cond, Mapping):
+                _check_value(f"{at}.{key}", cond)
+            elif strict:
+                if len(cond) != 1 or next(iter(cond)) not in _OPERATORS:
+                    raise InvalidInputError(f"{at}.{key}: one operator of {', '.join(_OPERATORS)}, got {dict(cond)!r}")
+                _check_operand(f"{at}.{key}", *next(iter(cond.items())))
+            else:
+                for op, arg in cond.items():
+                    for value in arg if isinstance(arg, (list, tuple)) else [arg]:
+                        _check_value(f"{at}.{key}.{op}", value)
+
+
+def _check_value(at: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise InvalidInputError(f"{at}: the integer {value} is outside the 64-bit range the indexes store "
+                                f"({INT64_MIN} to {INT64_MAX})")
+
+
+def _check_operand(at: str, op: str, arg: Any) -> None:
     # Chroma refuses these (a 400 from every index, rather than BM25 answering what Chroma refuses).
     if op in ("$in", "$nin"):
         if not isinstance(arg, (list, tuple)) or not arg:
-            raise InvalidInputError(f"where.{key}.{op} must be a non-empty list")
+            raise InvalidInputError(f"{at}.{op} must be a non-empty list")
         if len({type(a) for a in arg}) > 1:
-            raise InvalidInputError(f"where.{key}.{op}: all values must have one type, got {list(arg)!r}")
-    elif op in ("$gt", "$gte", "$lt", "$lte") and (isinstance(arg, bool) or not isinstance(arg, (int, float))):
-        raise InvalidInputError(f"where.{key}.{op} compares numbers only, got {arg!r}")
+            raise InvalidInputError(f"{at}.{op}: all values must have one type, got {list(arg)!r}")
+        for value in arg:
+            _check_value(f"{at}.{op}", value)
+        return
+    if op in ("$gt", "$gte", "$lt", "$lte") and (isinstance(arg, bool) or not isinstance(arg, (int, float))):
+        raise InvalidInputError(f"{at}.{op} compares numbers only, got {arg!r}")
+    _check_value(f"{at}.{op}", arg)

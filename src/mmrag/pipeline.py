@@ -27,6 +27,12 @@ from mmrag.tracing import start_span
 from mmrag.types import Chunk, Document, ImageAsset, Record
 
 
+#: Texts per embedder call. A server runs one forward pass at a time per model, shared by every
+#: request; a long document's thousands of chunks in one call kept a 60-byte upload (and every
+#: search) waiting until all were done. Calls of one model batch let them in between.
+EMBED_SLICE = 32
+
+
 class Embedders(Protocol):
     """Where :func:`embed_documents` gets its models (a knowledge base, or a Ray actor's own)."""
 
@@ -86,10 +92,15 @@ class FileResult:
 
 @dataclass(frozen=True)
 class LoadedDoc:
-    """A changed document, loaded and chunked, waiting for its embeddings."""
+    """A changed document, loaded and chunked, waiting for its embeddings.
+
+    ``stamp`` is its file's ``(size, mtime_ns)`` before it was read (``None`` for JSONL records):
+    the writer drops the document if the file changed since (another run indexes what it read).
+    """
 
     doc: Document
     chunks: tuple[Chunk, ...]
+    stamp: tuple[int, int] | None = None
 
     @property
     def items(self) -> int:
@@ -122,6 +133,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     clip_computed: int = 0
     text_computed: int = 0
+    stamp: tuple[int, int] | None = None  # the file's (size, mtime_ns) when it was read (LoadedDoc.stamp)
 
     @property
     def items(self) -> int:
@@ -153,14 +165,15 @@ def _load_file(task: FileTask, chunker: SentenceChunker, jsonl: JsonlFields, lim
                ) -> Iterator[LoadedDoc | FileResult]:
     ref = task.ref
     result = FileResult(ref, digest=task.digest)
+    stamp: tuple[int, int] | None = None
     try:
-        if not result.digest:
-            try:
-                size, mtime = _stat(ref)
+        try:
+            stamp = _stat(ref)
+            if not result.digest:
                 result.digest = file_sha256(ref.path)
-                result.stamp = (size, mtime)
-            except OSError as exc:
-                raise LoadError(str(ref.path), f"cannot read file: {exc.strerror or exc}") from exc
+                result.stamp = stamp
+        except OSError as exc:
+            raise LoadError(str(ref.path), f"cannot read file: {exc.strerror or exc}") from exc
         is_jsonl = ref.suffix == ".jsonl"
         if not is_jsonl and task.state_hash == result.digest and task.state_status not in (None, "pending"):
             result.unchanged_file = True
@@ -175,7 +188,7 @@ def _load_file(task: FileTask, chunker: SentenceChunker, jsonl: JsonlFields, lim
                 result.unchanged += 1
                 result.seen.append(item.doc_id)
                 continue
-            yield LoadedDoc(item, tuple(chunker.chunk(item.doc_id, item.texts)))
+            yield LoadedDoc(item, tuple(chunker.chunk(item.doc_id, item.texts)), None if is_jsonl else stamp)
     except LoadError as exc:
         result.error, result.skipped = exc.reason, bool(getattr(exc, "skipped", False))
     yield result
@@ -198,8 +211,8 @@ def embed_documents(loaded: Sequence[LoadedDoc], models: Embedders) -> list[Prep
         return []
     chunks = [c for d in loaded for c in d.chunks]
     texts = [c.text for c in chunks]
-    clip_text = models.clip.embed_texts(texts) if texts else None
-    text_vecs = models.text.embed_texts([c.embed_text for c in chunks]) if texts else None
+    clip_text = _embed_texts(models.clip, texts) if texts else None
+    text_vecs = _embed_texts(models.text, [c.embed_text for c in chunks]) if texts else None
 
     images = [(n, a) for n, d in enumerate(loaded) for a in d.doc.images]
     labels = [_image_label(loaded[n].doc, a) for n, a in images]
@@ -251,10 +264,18 @@ def embed_documents(loaded: Sequence[LoadedDoc], models: Embedders) -> list[Prep
             text_vecs=(np.asarray(text_vecs[pos:pos + k], dtype=np.float32) if k  # type: ignore[index]
                        else np.zeros((0, models.text.dim), np.float32)),
             failure=failures.get(n), warnings=warnings.get(n, []),
-            clip_computed=k + computed_images, text_computed=k,
+            clip_computed=k + computed_images, text_computed=k, stamp=item.stamp,
         ))
         pos += k
     return out
+
+
+def _embed_texts(embedder: Any, texts: Sequence[str]) -> np.ndarray:
+    """``embedder.embed_texts`` a slice of :data:`EMBED_SLICE` texts at a time."""
+    if len(texts) <= EMBED_SLICE:
+        return np.asarray(embedder.embed_texts(texts))
+    return np.concatenate([np.asarray(embedder.embed_texts(texts[lo:lo + EMBED_SLICE]))
+                           for lo in range(0, len(texts), EMBED_SLICE)])
 
 
 def _image_label(doc: Document, asset: ImageAsset) -> str:

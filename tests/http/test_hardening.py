@@ -228,3 +228,164 @@ def test_a_good_reupload_still_replaces_the_file(embedded: Api) -> None:
     assert r.json()["indexed"] == 1 and r.json()["failed"] == []
     assert (embedded.data_dir / "uploads" / a / "sign.png").read_bytes() == _image("blue")
     assert embedded.upload("writer", a, ("sign.png", _image("blue"))).json()["unchanged"] == 1
+
+
+# -- issue 23, finding 8: what a client can get wrong in a filter is a 400, from every index ------------
+def _search(api: Api, collection: str, **body: object) -> httpx.Response:
+    return api.client.post("/v1/search", headers=api.auth("reader"),
+                           json={"query": "cats and dogs", "collection": collection, **body})
+
+
+@pytest.fixture
+def one_document(embedded: Api) -> str:
+    a = embedded.col("a")
+    assert embedded.upload("writer", a, ("pets.txt", b"Cats and dogs live here. " * 20)).json()["indexed"] == 1
+    return a
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "hybrid", "clip", "text"])
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**70], ids=["int64max+1", "int64min-1", "2^70"])
+def test_finding8_an_integer_filter_outside_int64_is_400_on_every_retriever(
+        embedded: Api, one_document: str, retriever: str, value: int) -> None:
+    r = _search(embedded, one_document, retriever=retriever, filters={"metadata": {"year": value}})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_input" and "64-bit" in r.json()["message"] and str(value) in r.json()["message"]
+    # The connection survives: the next request on the same client is answered normally.
+    ok = _search(embedded, one_document, retriever=retriever, filters={"metadata": {"year": 2**63 - 1}})
+    assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "hybrid", "clip", "text"])
+def test_finding8_too_many_metadata_keys_is_400_naming_the_limit(embedded: Api, one_document: str,
+                                                                   retriever: str) -> None:
+    from mmrag.keyword import MAX_WHERE_CONDITIONS
+
+    many = {f"k{i}": i for i in range(5000)}
+    r = _search(embedded, one_document, retriever=retriever, filters={"metadata": many})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_input" and f"at most {MAX_WHERE_CONDITIONS} metadata keys" in r.json()["message"]
+    # The limit is one every index can take: a filter at it is answered (no match), not a 503.
+    at_limit = {f"k{i}": i for i in range(MAX_WHERE_CONDITIONS - 1)}  # + the doc_type clause below
+    r = _search(embedded, one_document, retriever=retriever, filters={"metadata": at_limit, "doc_type": "txt"})
+    assert r.status_code == 200, r.text
+    assert r.json()["hits"] == []
+
+
+@pytest.mark.parametrize("levels", [1_000, 100_000])
+def test_finding8_check_where_refuses_deep_nesting_without_recursing(levels: int) -> None:
+    from mmrag.errors import InvalidInputError
+    from mmrag.keyword import MAX_WHERE_DEPTH, check_where
+
+    where: dict[str, object] = {"a": 1}
+    for _ in range(levels):
+        where = {"$and": [where]}
+    with pytest.raises(InvalidInputError, match=f"at most {MAX_WHERE_DEPTH} levels"):
+        check_where(where)
+    allowed: dict[str, object] = {"a": 1}
+    for _ in range(MAX_WHERE_DEPTH - 1):
+        allowed = {"$or": [allowed, {"b": {"$gte": 2}}]}
+    check_where(allowed)  # the deepest filter allowed still passes
+
+
+# -- issue 23, finding 4: an image of an extreme aspect ratio is refused before any resize ---------------
+def _strip_png(width: int = 120_000, height: int = 1) -> bytes:
+    """A real, decodable PNG of one row: a few hundred bytes, but CLIP's resize makes it 64x7,680,000."""
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 200).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("where", ["search", "chat"])
+def test_finding4_an_extreme_aspect_query_image_is_400_naming_its_size(embedded: Api, where: str) -> None:
+    strip = _strip_png()
+    assert len(strip) < 2048
+    a = embedded.col("a")
+    embedded.services.settings.collection = a  # the chat route searches the server's collection
+    assert embedded.upload("writer", a, ("sign.png", _image("red"))).json()["indexed"] == 1
+    if where == "search":
+        r = embedded.client.post("/v1/search", headers=embedded.auth("reader"),
+                                 json={"image": _uri(strip), "collection": a, "retriever": "clip"})
+        field = "image: "
+    else:
+        content = [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": _uri(strip)}}]
+        r = embedded.client.post("/v1/chat/completions", headers=embedded.auth("reader"),
+                                 json={"model": "mmrag", "messages": [{"role": "user", "content": content}]})
+        field = "messages[0].image_url: "
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert r.json()["error"] == "invalid_input"
+    assert message.startswith(field) and "120000x1" in message and "20:1 limit" in message, message
+
+
+@pytest.mark.slow
+def test_finding4_an_extreme_aspect_query_image_allocates_nothing_with_the_real_clip(
+        tmp_path: Path, offline_models) -> None:  # type: ignore[no-untyped-def]
+    """The real CLIP preprocessing: before the fix, +2.3 GB of RSS and 8 s for this 553-byte PNG."""
+    _, clip, text = offline_models
+    settings = Settings(data_dir=tmp_path / "data", collection="strip")
+    settings.api.auth = False
+    services = Services(settings, clip=clip, text=text)
+    with TestClient(create_app(settings, services=services)) as client:
+        up = client.post("/v1/documents", data={"collection": "strip"},
+                         files=[("files", ("note.txt", b"A red sign by the road."))])
+        assert up.status_code == 201 and up.json()["indexed"] == 1, up.text
+        ok = client.post("/v1/search", json={"image": _uri(_image("red")), "retriever": "clip"})
+        assert ok.status_code == 200 and ok.json()["hits"], ok.text  # an ordinary image goes the same path
+        before, started = _peak_rss_mib(), time.monotonic()
+        r = client.post("/v1/search", json={"image": _uri(_strip_png()), "retriever": "clip"})
+        seconds, grown = time.monotonic() - started, _peak_rss_mib() - before
+    assert r.status_code == 400, r.text
+    assert seconds < 2.0, f"took {seconds:.1f} s"
+    assert grown < 200, f"peak RSS grew by {grown:.0f} MiB"
+
+
+# -- issue 23, finding 7: a small upload is not held behind a long document ------------------------------
+@pytest.mark.slow
+def test_finding7_a_small_upload_completes_while_a_long_document_ingests(tmp_path: Path) -> None:
+    import threading
+
+    from mmrag.llms.echo import EchoChatModel
+    from tests.unit.test_write_lock import _PacedHashing
+
+    embedding_long = threading.Event()
+
+    class Paced(_PacedHashing):
+        embedded = 0
+
+        def embed_texts(self, texts):  # type: ignore[no-untyped-def]
+            self.embedded += len(texts)
+            if self.embedded > 300:  # well into the long document's chunks
+                embedding_long.set()
+            return super().embed_texts(texts)
+
+    settings = Settings(data_dir=tmp_path / "data", collection="busy")
+    settings.api.auth = False
+    settings.api.max_upload_mb = 64
+    services = Services(settings, clip=Paced(16, 0.004), text=HashingEmbedder(8),
+                        chat_models={settings.llm.model: EchoChatModel()})
+    long_text = " ".join(f"Sentence {n} of the long report says the budget grew by {n % 7} percent."
+                         for n in range(12_000)).encode()
+    with TestClient(create_app(settings, services=services)) as client:
+        def upload(name: str, data: bytes) -> httpx.Response:
+            return client.post("/v1/documents", data={"collection": "busy"}, files=[("files", (name, data))])
+
+        assert upload("seed.txt", b"The first note of the collection.").status_code == 201
+        long: dict[str, httpx.Response] = {}
+        worker = threading.Thread(target=lambda: long.update(r=upload("long-report.txt", long_text)))
+        worker.start()
+        assert embedding_long.wait(60), "the long document never reached its embedding"
+        started = time.monotonic()
+        small = upload("note.txt", b"A 60-byte note: the budget meeting moved to Thursday.")
+        took = time.monotonic() - started
+        still_running = worker.is_alive()
+        worker.join(timeout=300)
+    assert small.status_code == 201 and small.json()["indexed"] == 1, small.text
+    assert still_running, "the long upload ended first: the test proved nothing"
+    assert took < 3.0, f"the small upload took {took:.1f} s behind a long document"
+    assert long["r"].status_code == 201 and long["r"].json()["indexed"] == 1, long["r"].text

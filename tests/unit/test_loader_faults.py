@@ -355,3 +355,189 @@ def test_record_problem_is_a_public_frozen_dataclass() -> None:
     assert problem.doc_id is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         problem.line = 4  # type: ignore[misc]
+
+
+# --- issue 23, finding 4: images of an extreme aspect ratio are skipped before any decode -----------
+
+
+def _png(size: tuple[int, int], colour: int = 200) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(size: tuple[int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, "red").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def test_finding4_an_extreme_aspect_image_file_is_skipped_naming_its_size(tmp_path: Path) -> None:
+    with pytest.raises(LoadError) as caught:
+        load_path(write(tmp_path / "strip.png", _png((120_000, 1))))
+    assert caught.value.skipped
+    assert "120000x1" in caught.value.reason and "20:1 limit" in caught.value.reason
+    # Up to the limit it loads; the limit is a setting.
+    [doc] = load_path(write(tmp_path / "wide.png", _png((2000, 100))), limits=LoaderLimits(ocr="never"))
+    assert doc.images
+    with pytest.raises(LoadError, match="10:1 limit"):
+        load_path(tmp_path / "wide.png", limits=LoaderLimits(ocr="never", max_image_aspect=10))
+
+
+def test_finding4_an_extreme_aspect_image_inside_a_pdf_or_docx_is_left_out(tmp_path: Path) -> None:
+    import io
+
+    import docx
+    from docx.shared import Inches
+
+    from tests.unit.test_loaders import build_pdf
+
+    pdf = write(tmp_path / "a.pdf", build_pdf([("A page with a strip and a square.", [_jpeg((3000, 16)), _jpeg((64, 64))])]))
+    [doc] = load_path(pdf, limits=LoaderLimits(ocr="never"))
+    assert len(doc.images) == 1 and doc.metadata["images_skipped"] == 1
+    document = docx.Document()
+    document.add_paragraph("A report with a strip and a square.")
+    document.add_picture(io.BytesIO(_png((3000, 16))), width=Inches(6))
+    document.add_picture(io.BytesIO(_png((64, 64), 90)), width=Inches(1))
+    document.save(str(tmp_path / "a.docx"))
+    [doc] = load_path(tmp_path / "a.docx", limits=LoaderLimits(ocr="never"))
+    assert len(doc.images) == 1 and doc.metadata["images_skipped"] == 1
+
+
+# --- issue 23, finding 7: per-document budgets, each named in the failure ---------------------------
+
+
+def many_image_docx(path: Path, n: int, side: int = 100) -> Path:
+    """A DOCX whose package holds ``n`` distinct pictures, each behind its own image relationship."""
+    import io
+
+    import docx
+    from PIL import Image
+
+    document = docx.Document()
+    document.add_paragraph("A report with a great many pictures.")
+    document.save(str(path))
+    with zipfile.ZipFile(path) as src:
+        parts = {info.filename: src.read(info) for info in src.infolist()}
+    rels = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (i % 256, (i // 256) % 256, 90)).save(buf, format="PNG")
+        parts[f"word/media/image{i}.png"] = buf.getvalue()
+        rels.append(f'<Relationship Id="rIdPic{i}" Target="media/image{i}.png" Type="http://schemas.openxmlformats.org/'
+                    'officeDocument/2006/relationships/image"/>')
+    name = "word/_rels/document.xml.rels"
+    parts[name] = parts[name].decode().replace("</Relationships>", "".join(rels) + "</Relationships>").encode()
+    types = parts["[Content_Types].xml"].decode()
+    if 'Extension="png"' not in types:
+        types = types.replace("<Default ", '<Default Extension="png" ContentType="image/png"/><Default ', 1)
+    parts["[Content_Types].xml"] = types.encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for member, data in parts.items():
+            out.writestr(member, data)
+    return path
+
+
+def _text_pdf(path: Path, pages: int) -> Path:
+    from tests.unit.test_loaders import build_pdf
+
+    return write(path, build_pdf([(f"Page {n} of a long report about budgets.", []) for n in range(1, pages + 1)]))
+
+
+def _scanned_pdf(path: Path, pages: int) -> Path:
+    """Pages without a text layer, each one picture of printed lines (a scan): OCR reads every page."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from tests.unit.test_loaders import build_pdf
+
+    image = Image.new("RGB", (540, 690), "white")
+    draw = ImageDraw.Draw(image)
+    for row in range(12):
+        draw.text((30, 30 + 50 * row), f"Line {row} of a scanned page about budgets", fill="black")
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG")
+    return write(path, build_pdf([(None, [buf.getvalue()]) for _ in range(pages)]))
+
+
+def _over(caught: pytest.ExceptionInfo[LoadError], budget: str, setting: str) -> None:
+    from mmrag.errors import BudgetExceededError
+
+    assert isinstance(caught.value, BudgetExceededError), caught.value
+    assert caught.value.budget == budget and caught.value.setting == setting
+    assert f"over the {budget} budget" in caught.value.reason and setting in caught.value.reason
+
+
+def test_finding7_a_pdf_over_the_page_budget_fails_naming_it(tmp_path: Path) -> None:
+    pdf = _text_pdf(tmp_path / "long.pdf", 30)
+    with pytest.raises(LoadError) as caught:
+        load_path(pdf, limits=LoaderLimits(max_pages=20))
+    _over(caught, "page", "MMRAG_INGEST__MAX_PAGES")
+    assert "30 pages > 20" in caught.value.reason
+    [doc] = load_path(pdf)  # within the default budget it loads
+    assert doc.metadata["n_pages"] == 30
+
+
+def test_finding7_a_docx_with_many_image_relationships_fails_the_image_budget_before_any_ocr(tmp_path: Path) -> None:
+    docx_path = many_image_docx(tmp_path / "pictures.docx", 400)
+    started = time.monotonic()
+    with pytest.raises(LoadError) as caught:
+        load_path(docx_path, limits=LoaderLimits(max_images=50, ocr="auto"))
+    seconds = time.monotonic() - started
+    _over(caught, "image", "MMRAG_INGEST__MAX_IMAGES")
+    assert "400 images > 50" in caught.value.reason
+    # Each picture would cost an OCR preview (about 0.1 s) and a CLIP embedding: refused before either.
+    assert seconds < 10, f"took {seconds:.1f} s"
+    [doc] = load_path(docx_path, limits=LoaderLimits(ocr="never"))  # the default budget takes 400
+    assert len(doc.images) == 400
+
+
+def test_finding7_a_scan_over_the_ocr_budget_fails_naming_it(tmp_path: Path) -> None:
+    pdf = _scanned_pdf(tmp_path / "scan.pdf", 4)
+    with pytest.raises(LoadError) as caught:
+        load_path(pdf, limits=LoaderLimits(max_ocr_seconds=0.001))
+    _over(caught, "OCR time", "MMRAG_INGEST__MAX_OCR_SECONDS")
+
+
+def test_finding7_a_document_over_the_load_time_budget_fails_naming_it(tmp_path: Path) -> None:
+    pdf = _text_pdf(tmp_path / "slow.pdf", 5)
+    with pytest.raises(LoadError) as caught:
+        load_path(pdf, limits=LoaderLimits(max_seconds=0))
+    _over(caught, "load time", "MMRAG_INGEST__MAX_SECONDS")
+
+
+def test_finding7_the_budgets_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmrag.config import Settings
+    from mmrag.indexing import ingest_limits
+
+    monkeypatch.setenv("MMRAG_INGEST__MAX_PAGES", "7")
+    monkeypatch.setenv("MMRAG_INGEST__MAX_IMAGES", "8")
+    monkeypatch.setenv("MMRAG_INGEST__MAX_OCR_SECONDS", "9.5")
+    monkeypatch.setenv("MMRAG_INGEST__MAX_SECONDS", "10")
+    monkeypatch.setenv("MMRAG_INGEST__MAX_IMAGE_ASPECT", "4")
+    limits = ingest_limits(Settings(), ocr="never")
+    assert (limits.max_pages, limits.max_images, limits.max_ocr_seconds, limits.max_seconds, limits.max_image_aspect,
+            limits.ocr) == (7, 8, 9.5, 10, 4, "never")
+
+
+def test_finding7_a_document_over_budget_gets_a_failure_row_naming_the_budget(tmp_path: Path, hashing_kb) -> None:  # type: ignore[no-untyped-def]
+    from mmrag.indexing import Indexer
+
+    docs = tmp_path / "docs"
+    _text_pdf(docs / "long.pdf", 6)
+    write(docs / "short.txt", "A short note about budgets.")
+    summary = Indexer(hashing_kb, limits=LoaderLimits(max_pages=5)).ingest([docs])
+    assert summary.indexed == 1
+    [failed] = summary.failed
+    assert failed.path.endswith("long.pdf") and "page budget" in failed.reason and "MMRAG_INGEST__MAX_PAGES" in failed.reason
+    row = hashing_kb.manifest.get(hashing_kb.collection, "long.pdf")
+    assert row.status == "failed" and "over the page budget: 6 pages > 5" in row.reason

@@ -48,8 +48,8 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     gives each file's outcome (indexed, unchanged, failed or skipped, with the reason).
     """
     from mmrag.cli.progress import FileWatch, Progress, file_outcomes
-    from mmrag.indexing import Indexer, LocalEngine
-    from mmrag.loaders import JsonlFields, LoaderLimits, discover
+    from mmrag.indexing import Indexer, LocalEngine, ingest_limits
+    from mmrag.loaders import JsonlFields, discover
 
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
     engine: Any = LocalEngine()
@@ -66,9 +66,10 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     # Walked once here, so the progress can name files and the summary can give each one's outcome.
     found = list(discover(list(paths)))
     watch = FileWatch(engine, found)
+    # The per-document budgets come from the settings (MMRAG_INGEST__MAX_PAGES, ...); the flags win.
     indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=watch,
-                      limits=LoaderLimits(max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
-                                          page_images=page_images))
+                      limits=ingest_limits(settings_from(opts), max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
+                                           page_images=page_images))
     with Progress(watch, sys.stderr, every=progress_every, bar=not as_json) as progress:
         summary = indexer.ingest(list(paths), prune=prune, progress=progress, files=found)
     if as_json:

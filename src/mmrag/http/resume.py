@@ -116,13 +116,14 @@ class UploadResume:
         return todo
 
     def _resume(self, name: str, files: list[Path]) -> None:
-        from mmrag.indexing import Indexer
+        from mmrag.indexing import Indexer, ingest_limits
 
         folder = files[0].parent
         try:
             kb = self.services.kb(name, create=True)
             log.warning("collection %r: resuming %d interrupted upload(s) from %s", name, len(files), folder)
-            summary = Indexer(kb).ingest(files)  # takes the collection's writer lock, as an upload does
+            # The same per-document budgets as an upload (MMRAG_INGEST__*); takes the writer lock per write.
+            summary = Indexer(kb, limits=ingest_limits(self.services.settings)).ingest(files)
             log.warning("collection %r: resumed uploads: %d indexed, %d failed", name, summary.indexed,
                         len(summary.failed))
         except MmragError as exc:

@@ -28,6 +28,7 @@ from mmrag.loaders._common import (
     JsonlFields,
     LoaderLimits,
     RecordProblem,
+    image_shape_problem,
     mb,
     translating,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "RecordProblem",
     "discover",
     "file_sha256",
+    "image_shape_problem",
     "load",
     "load_iter",
 ]
@@ -109,6 +111,8 @@ def load(
     Raises:
         LoadError: If the file cannot be loaded. ``skipped`` is ``True`` when the file is fine
             but has nothing to index (empty, whitespace only, a PDF with no text and no images).
+            :class:`~mmrag.errors.BudgetExceededError`, a ``LoadError``, when the document goes
+            over one of ``limits``' budgets (pages, images, OCR seconds, load seconds).
     """
     path = str(ref.path)
     doc_type = _check_file(ref, limits)

@@ -51,6 +51,10 @@ RASTER_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP", "TIFF", "WEBP", 
 # Embedded images smaller than this on either side are bullets, spacers and rules: useless as
 # retrieval targets and noise in the joint embedding space.
 MIN_IMAGE_SIDE = 16
+#: The most any later step scales an image's short side up to: CLIP resizes it to its input
+#: (224-448 px), RapidOCR's detector to 736 px. A 1x120,000 PNG (553 bytes) passes a pixel count,
+#: and CLIP's resize made it 64x7,680,000: gigabytes from a few hundred bytes.
+UPSCALE_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,12 @@ class LoaderLimits:
             whose detector finds text), ``always`` or ``never``.
         page_images: Also index pages that have a text layer as rendered page images (pages
             without one always are).
+        max_image_aspect: Images whose long side is more than this many times their short side
+            are refused or skipped before they are decoded (see :func:`image_shape_problem`).
+        max_pages: Budget: pages (PDF) or slides (PPTX) of one document.
+        max_images: Budget: embedded images of one document (those kept for embedding).
+        max_ocr_seconds: Budget: seconds of OCR for one document.
+        max_seconds: Budget: seconds to load one document (parsing and OCR).
     """
 
     max_file_bytes: int = 200 * 1024 * 1024
@@ -92,6 +102,11 @@ class LoaderLimits:
     max_text_chars: int = 20_000_000
     ocr: str = "auto"
     page_images: bool = False
+    max_image_aspect: float = 20.0
+    max_pages: int = 2_000
+    max_images: int = 1_000
+    max_ocr_seconds: float = 600.0
+    max_seconds: float = 1_200.0
 
 
 @dataclass(frozen=True)
@@ -359,7 +374,35 @@ def image_header_ok(data: bytes, limits: LoaderLimits) -> bool:
         return False
     if min(width, height) < MIN_IMAGE_SIDE:
         return False
-    return width * height <= limits.max_image_pixels
+    return image_shape_problem(width, height, limits) is None
+
+
+def image_shape_problem(width: int, height: int, limits: LoaderLimits) -> str | None:
+    """Why an image of ``width`` x ``height`` must not be decoded or resized, or ``None``.
+
+    Judged from the header's size alone, before any pixel is decoded: more pixels than
+    ``limits.max_image_pixels``; a long side more than ``limits.max_image_aspect`` times the
+    short one; or more pixels than that limit once the short side is scaled up to
+    :data:`UPSCALE_SIDE` (what CLIP's and OCR's resizes do). The reasons name the size and the
+    limit. Example:
+
+        >>> image_shape_problem(120_000, 1, LoaderLimits())
+        'extreme aspect ratio (120000x1 pixels, 120,000:1 > the 20:1 limit); crop or split the image'
+    """
+    if width <= 0 or height <= 0:
+        return f"image has no pixels ({width}x{height})"
+    if width * height > limits.max_image_pixels:
+        return f"image too large ({width}x{height} = {width * height:,} pixels > {limits.max_image_pixels:,} limit)"
+    short, long = min(width, height), max(width, height)
+    if long > limits.max_image_aspect * short:
+        return (f"extreme aspect ratio ({width}x{height} pixels, {long / short:,.0f}:1 > the "
+                f"{limits.max_image_aspect:g}:1 limit); crop or split the image")
+    if short < UPSCALE_SIDE:
+        upscaled = UPSCALE_SIDE * math.ceil(long * UPSCALE_SIDE / short)
+        if upscaled > limits.max_image_pixels:
+            return (f"image too large once resized ({width}x{height} pixels become {upscaled:,} when its short side "
+                    f"is scaled to {UPSCALE_SIDE} px, > {limits.max_image_pixels:,}); crop or split the image")
+    return None
 
 
 def flat_metadata(values: dict[str, object]) -> dict[str, str | int | float | bool]:

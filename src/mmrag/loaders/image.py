@@ -6,7 +6,7 @@ import logging
 import re
 
 from mmrag.errors import LoadError
-from mmrag.loaders._common import FileRef, LoaderLimits, describe, flat_metadata
+from mmrag.loaders._common import FileRef, LoaderLimits, describe, flat_metadata, image_shape_problem
 from mmrag.loaders.ocr import OcrError, OcrStats, keep_text, ocr_block, read_if_text
 from mmrag.types import Document, ImageAsset, TextBlock
 
@@ -24,7 +24,8 @@ def too_large_reason(pixels: int | None, limit: int) -> str:
 def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Document:
     """Check that an image file decodes, and return it as a document with one image asset.
 
-    The header is read first, so a decompression bomb is refused before any pixel is decoded.
+    The header is read first, so a decompression bomb is refused, and an image of an extreme
+    aspect ratio skipped (:func:`~mmrag.loaders.image_shape_problem`), before any pixel is decoded.
     The image is then fully decoded once, so truncated and corrupt files fail here, with a
     clear reason, rather than in the embedding batch; the pixels are not kept (the asset
     points at the file). Unless ``limits.ocr`` is ``never`` the decoded image is read with OCR
@@ -42,7 +43,8 @@ def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docu
         if any; ``metadata`` has ``width``, ``height`` and ``format``.
 
     Raises:
-        LoadError: If the image is too large, not an image, truncated or corrupt.
+        LoadError: If the image is too large, not an image, truncated or corrupt; with
+            ``skipped=True`` when its aspect ratio is over ``limits.max_image_aspect``.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -55,6 +57,9 @@ def load_image(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docu
             fmt = img.format or ref.suffix.lstrip(".").upper()
             if width * height > limits.max_image_pixels:
                 raise LoadError(path, too_large_reason(width * height, limits.max_image_pixels))
+            problem = image_shape_problem(width, height, limits)
+            if problem is not None:  # before decoding: OCR's and CLIP's resizes would blow it up
+                raise LoadError(path, f"{problem}; not indexed", skipped=True)
             img.load()
             if limits.ocr != "never":
                 texts = _ocr(path, img, limits.ocr, stats)

@@ -309,7 +309,8 @@ def keep_text(result: OcrResult, mode: str) -> bool:
 
 
 def ocr_images(
-    path: str, images: Sequence[ImageAsset], mode: str, stats: OcrStats, engine: RapidOcrEngine | None = None
+    path: str, images: Sequence[ImageAsset], mode: str, stats: OcrStats, engine: RapidOcrEngine | None = None,
+    *, budget: Any = None,
 ) -> list[TextBlock]:
     """OCR the embedded images of a document; one text block per image that holds text.
 
@@ -322,6 +323,8 @@ def ocr_images(
         mode: ``limits.ocr``; ``never`` reads nothing.
         stats: Counters to update.
         engine: The engine (default: the process's shared one).
+        budget: The document's :class:`~mmrag.loaders.budget.DocumentBudget`, checked before each
+            image (OCR seconds so far, load time).
 
     Returns:
         Blocks with ``text_source: ocr``, ``ocr_confidence`` and ``ocr_image`` (the image's name).
@@ -332,6 +335,8 @@ def ocr_images(
 
     blocks: list[TextBlock] = []
     for image in images:
+        if budget is not None:
+            budget.check(stats.seconds)  # outside the handlers below: a budget fails the document
         try:
             with Image.open(io.BytesIO(image.read_bytes())) as img:
                 if min(img.size) < MIN_OCR_SIDE:
@@ -348,4 +353,6 @@ def ocr_images(
             continue
         if result is not None and keep_text(result, mode):
             blocks.append(ocr_block(result, image.page, ocr_image=image.name or f"image{image.index}"))
+    if budget is not None:
+        budget.check(stats.seconds)
     return blocks

@@ -22,6 +22,7 @@ from mmrag.loaders._common import (
     tidy_blank_lines,
     translating,
 )
+from mmrag.loaders.budget import DocumentBudget
 from mmrag.loaders.layout import SectionPath, section_meta, table_blocks
 from mmrag.loaders.ocr import OcrStats, ocr_images
 from mmrag.types import Document, ImageAsset, TextBlock
@@ -258,6 +259,7 @@ def load_docx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
             (``skipped=True``).
     """
     path = str(ref.path)
+    budget = DocumentBudget(path, limits)
     _check_archive(path, limits, "DOCX")
     with translating(path, "DOCX file"):
         _refuse_oversize_text(path, _docx_text_parts, _W_TEXT, limits)
@@ -266,9 +268,11 @@ def load_docx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
         document = docx.Document(path)
         blocks = _docx_blocks(document)
         images, skipped = _docx_images(document, limits)
+        budget.images(len(images))
+        budget.check()
         title = document.core_properties.title
     stats = OcrStats()
-    blocks += ocr_images(path, images, limits.ocr, stats)
+    blocks += ocr_images(path, images, limits.ocr, stats, budget=budget)
     return _office_document(ref, "docx", content_hash, blocks, images, limits,
                             {"title": title, "images_skipped": skipped or None}, stats)
 
@@ -352,6 +356,7 @@ def load_pptx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
             (``skipped=True``).
     """
     path = str(ref.path)
+    budget = DocumentBudget(path, limits)
     _check_archive(path, limits, "PPTX")
     texts: list[TextBlock] = []
     images: list[ImageAsset] = []
@@ -363,15 +368,18 @@ def load_pptx(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docum
 
         deck = pptx.Presentation(path)
         slides = list(deck.slides)
+        budget.pages(len(slides))
         for slide_no, slide in enumerate(slides, start=1):
+            budget.check()
             text, slide_images, slide_skipped = _pptx_slide(slide, slide_no, len(images), seen, limits)
             if text:
                 texts.append(TextBlock(text=text, page=slide_no))
             images.extend(slide_images)
+            budget.images(len(images))
             skipped += slide_skipped
         title = deck.core_properties.title
     stats = OcrStats()
-    texts += ocr_images(path, images, limits.ocr, stats)
+    texts += ocr_images(path, images, limits.ocr, stats, budget=budget)
     texts.sort(key=lambda b: b.page or 0)
     return _office_document(ref, "pptx", content_hash, texts, images, limits,
                             {"n_slides": len(slides), "title": title, "images_skipped": skipped or None}, stats)

@@ -21,9 +21,11 @@ from mmrag.loaders._common import (
     LoaderLimits,
     check_text_size,
     flat_metadata,
+    image_shape_problem,
     normalize_newlines,
     translating,
 )
+from mmrag.loaders.budget import DocumentBudget
 from mmrag.loaders.layout import SectionPath, section_meta, table_blocks
 from mmrag.loaders.ocr import OcrError, OcrStats, ocr_block, ocr_images, read_text
 from mmrag.loaders.pdftables import page_tables, ruled_candidates
@@ -121,7 +123,7 @@ def _keep_declared(xobj: Any, limits: LoaderLimits) -> bool:
     if width and height:
         if min(width, height) < MIN_IMAGE_SIDE:
             return False
-        if width * height > limits.max_image_pixels:
+        if image_shape_problem(width, height, limits) is not None:
             return False
     return True
 
@@ -137,7 +139,7 @@ def _decode(page: Any, image_id: str | list[str], limits: LoaderLimits) -> tuple
         return None
     if not data:
         return None
-    if size is not None and (min(size) < MIN_IMAGE_SIDE or size[0] * size[1] > limits.max_image_pixels):
+    if size is not None and (min(size) < MIN_IMAGE_SIDE or image_shape_problem(size[0], size[1], limits) is not None):
         return None
     return data, name
 
@@ -220,6 +222,7 @@ def load_pdf(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docume
     from pypdf.errors import DependencyError, FileNotDecryptedError
 
     path = str(ref.path)
+    budget = DocumentBudget(path, limits)
     reader = _open(path)
     texts: list[TextBlock] = []
     images: list[ImageAsset] = []
@@ -230,7 +233,9 @@ def load_pdf(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docume
     with translating(path, "PDF"):
         pages = reader.pages
         n_pages = len(pages)
+        budget.pages(n_pages)
         for page_no in range(1, n_pages + 1):
+            budget.check()  # outside the per-page handlers below, which keep a bad page from failing the file
             try:
                 page = pages[page_no - 1]
             except Exception:  # a damaged page tree entry costs that page, not the whole file
@@ -256,13 +261,14 @@ def load_pdf(ref: FileRef, *, content_hash: str, limits: LoaderLimits) -> Docume
             has_text = bool(text.strip())
             page_images, skipped = _page_images(page, page_no, len(images), seen, limits, has_text=has_text)
             images.extend(page_images)
+            budget.images(len(images))
             images_skipped += skipped
             if len(text.strip()) < MIN_TEXT_LAYER_CHARS and (page_images or skipped):
                 candidates.append(page_no)  # a scan if its images cover the page (see _enrich)
         title = _title(reader)
         sections = _outline_sections(reader, n_pages)
     stats = OcrStats()
-    texts, images, scanned = _enrich(path, texts, images, candidates, sections, limits, stats)
+    texts, images, scanned = _enrich(path, texts, images, candidates, sections, limits, stats, budget)
     if n_pages and pages_failed == n_pages and not images:
         raise LoadError(path, f"could not extract text from any of the {n_pages} pages (damaged PDF?)")
     if not texts and not images:
@@ -358,13 +364,15 @@ def _enrich(
     sections: dict[int, str],
     limits: LoaderLimits,
     stats: OcrStats,
+    budget: DocumentBudget,
 ) -> tuple[list[TextBlock], list[ImageAsset], int]:
     """Add what the text layer lacks: OCR text, page images, tables, section paths.
 
     Scanned pages (and every page under ``--ocr always``) are rendered once and that render is
     both read by OCR and kept as the page image; the page image stands in for the scan's own
     embedded images, which are the same pixels. A page that fails to render or read is logged
-    and counted in ``stats.failed``; the rest of the document still loads.
+    and counted in ``stats.failed``; the rest of the document still loads. ``budget`` is checked
+    before each page (OCR seconds, load time) and on the images kept.
 
     Returns:
         The blocks, the images and the number of scanned pages.
@@ -390,6 +398,13 @@ def _enrich(
     rendered: list[ImageAsset] = []
     try:
         for page_no in sorted(ocr_pages | image_pages):
+            budget.check(stats.seconds)
+            width, height = pdf[page_no - 1].get_size()
+            problem = image_shape_problem(max(1, round(width)), max(1, round(height)), limits)
+            if problem is not None:  # a strip of a page: its render, OCR and CLIP resizes would explode
+                log.warning("%s: page %d not rendered: %s", path, page_no, problem)
+                stats.failed += 1
+                continue
             try:
                 picture = _render(pdf[page_no - 1], OCR_DPI)
                 if page_no in ocr_pages:
@@ -408,12 +423,14 @@ def _enrich(
         pdf.close()
     # The pixels' reading replaces the text layer where OCR ran (under ``always``, or a scan's stray layer).
     texts = [b for b in texts if b.page not in ocr_pages]
-    embedded_ocr = ocr_images(path, [i for i in images if i.page in with_text - ocr_pages], limits.ocr, stats)
+    embedded_ocr = ocr_images(path, [i for i in images if i.page in with_text - ocr_pages], limits.ocr, stats,
+                              budget=budget)
     replaced = {i.page for i in rendered if i.page in scanned}
     kept = [i for i in images if i.page not in replaced]
     blocks = [_with_section(b, sections) for b in texts] + ocr_blocks + table_texts + embedded_ocr
     blocks.sort(key=lambda b: b.page or 0)  # stable: text layer, OCR, tables within a page
     merged = sorted(kept + rendered, key=lambda i: i.page or 0)
+    budget.images(len(merged))
     return blocks, [replace(img, index=n) for n, img in enumerate(merged)], len(scanned)
 
 

@@ -29,7 +29,7 @@ from mmrag.http.auth import allow_collection, require, services_of
 from mmrag.http.routes.query import ERRORS
 from mmrag.http.schemas import COLLECTION_PATTERN, CollectionList, CollectionOut, DeleteResponse, UploadResponse
 from mmrag.http.services import Services
-from mmrag.indexing import Indexer, IngestSummary, Problem
+from mmrag.indexing import Indexer, IngestSummary, Problem, ingest_limits
 from mmrag.loaders import SUPPORTED_SUFFIXES, FileRef, file_sha256, load
 from mmrag.registry import check_collection_name
 
@@ -64,7 +64,7 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
         for upload_file, filename in checked:
             staged.append((await _stage(upload_file, folder, filename, limit), folder / filename))
         kb = await run_in_threadpool(services.kb, name, create=True)
-        indexer = Indexer(kb)
+        indexer = Indexer(kb, limits=ingest_limits(services.settings))  # the per-document budgets
         paths = []
         for tmp, dest in staged:
             problem = await run_in_threadpool(_replaces_cleanly, indexer, tmp, dest)
