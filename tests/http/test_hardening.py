@@ -66,7 +66,8 @@ def test_a_decompression_bomb_query_image_is_413_on_search(embedded: Api, size: 
     assert r.status_code == 413, r.text
     body = r.json()
     assert body["error"]["code"] == "payload_too_large"
-    assert body["error"]["message"].startswith("image: ") and "pixels" in body["error"]["message"] and "downscale" in body["error"]["message"]
+    message = body["error"]["message"]
+    assert message.startswith("image: ") and "pixels" in message and "downscale" in message
 
 
 def test_a_decompression_bomb_in_a_chat_message_is_413(embedded: Api) -> None:
@@ -169,7 +170,8 @@ def test_a_bad_model_path_keeps_readyz_503_and_model_requests_503(tmp_path: Path
         up = client.post("/v1/documents", headers={"Authorization": f"Bearer {token}"},
                          files=[("files", ("a.txt", b"some text to index"))])
         assert up.status_code == 503 and up.json()["error"]["code"] == "model_unavailable"
-        assert "could not load its models" in up.json()["error"]["message"] and "missing.safetensors" in up.json()["error"]["message"]
+        message = up.json()["error"]["message"]
+        assert "could not load its models" in message and "missing.safetensors" in message
         assert client.get("/readyz").status_code == 503, "a failed load must never turn ready"
 
 

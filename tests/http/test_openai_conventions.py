@@ -149,7 +149,8 @@ def test_extractive_model_refuses_to_generate(server: tuple[str, str]) -> None:
     from openai import BadRequestError
 
     with pytest.raises(BadRequestError) as caught:
-        _client(server).chat.completions.create(model="mmrag-extractive", **_ask(extra_body={"answer_mode": "generate"}))
+        _client(server).chat.completions.create(model="mmrag-extractive",
+                                                **_ask(extra_body={"answer_mode": "generate"}))
     assert caught.value.param == "answer_mode"
 
 

@@ -5,8 +5,9 @@ One error handler turns every :class:`~mmrag.errors.MmragError` into OpenAI's er
 follows the status: :func:`~mmrag.http.schemas.error_type`), with the error's status code, so the
 official ``openai`` client raises its typed errors with ``e.code`` set; request-validation errors
 are ``422 invalid_input`` in the same shape, ``param`` naming the first field at fault; anything
-unexpected is a logged ``500 internal_error`` that shows no internals. :class:`~mmrag.http.auth.AuthGate` refuses keyless requests in the same
-shape, before their body is read.
+unexpected is a logged ``500 internal_error`` that shows no internals.
+:class:`~mmrag.http.auth.AuthGate` refuses keyless requests in the same shape, before their body
+is read. ``/docs`` and ``/redoc`` load their assets from the package (:mod:`mmrag.http.docs`).
 """
 
 from __future__ import annotations
