@@ -36,6 +36,8 @@ class MmragError(Exception):
 
     code = "mmrag_error"
     status_code = 500
+    #: The request field at fault, when one is (the HTTP API reports it as OpenAI's ``param``).
+    param: str | None = None
 
 
 class ConfigError(MmragError):

@@ -74,16 +74,16 @@ def test_search_by_image_and_fetch_its_pixels(api: Api) -> None:
 def test_bad_inputs_get_clear_errors(api: Api) -> None:
     a = _seed(api)
     r = api.client.post("/v1/search", headers=api.auth("reader"), json={"image": "not base64!!", "collection": a})
-    assert r.status_code == 400 and r.json()["message"].startswith("image: not valid base64")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("image: not valid base64")
     r = api.client.post("/v1/search", headers=api.auth("reader"), json={"image": base64.b64encode(b"text").decode(),
                                                                           "collection": a})
-    assert r.status_code == 400 and "not an image" in r.json()["message"]
+    assert r.status_code == 400 and "not an image" in r.json()["error"]["message"]
     r = api.client.post("/v1/search", headers=api.auth("reader"), json={"collection": a})
-    assert r.status_code == 400 and "text or an image" in r.json()["message"]
+    assert r.status_code == 400 and "text or an image" in r.json()["error"]["message"]
     r = api.client.post("/v1/search", headers=api.auth("reader"), json={"query": "x", "k": 0})
-    assert r.status_code == 422 and r.json()["error"] == "invalid_input" and "k" in r.json()["message"]
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input" and "k" in r.json()["error"]["message"]
     r = api.client.post("/v1/search", headers=api.auth("reader"), json={"query": "x", "collection": api.col("nope")})
-    assert r.status_code == 404 and r.json()["error"] == "not_found"
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = api.client.post("/v1/search", headers=api.auth("reader"), json={"query": "x", "bogus": 1})
     assert r.status_code == 422
 
@@ -161,7 +161,7 @@ def test_chat_refuses_models_the_server_does_not_allow(api: Api) -> None:
     a = _seed(api)
     r = api.client.post("/v1/chat/completions", headers=api.auth("reader"), json={
         "model": "openai/gpt-4o", "collection": a, "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 400 and "not served here" in r.json()["message"]
+    assert r.status_code == 400 and "not served here" in r.json()["error"]["message"]
     models = api.client.get("/v1/models", headers=api.auth("reader")).json()["data"]
     assert [m["id"] for m in models][:2] == ["mmrag", "mmrag-local/smollm2-135m"]
 

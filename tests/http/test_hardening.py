@@ -65,8 +65,9 @@ def test_a_decompression_bomb_query_image_is_413_on_search(embedded: Api, size: 
                              json={"image": _uri(bomb), "collection": embedded.col("a"), "retriever": "clip"})
     assert r.status_code == 413, r.text
     body = r.json()
-    assert body["error"] == "payload_too_large"
-    assert body["message"].startswith("image: ") and "pixels" in body["message"] and "downscale" in body["message"]
+    assert body["error"]["code"] == "payload_too_large"
+    message = body["error"]["message"]
+    assert message.startswith("image: ") and "pixels" in message and "downscale" in message
 
 
 def test_a_decompression_bomb_in_a_chat_message_is_413(embedded: Api) -> None:
@@ -75,7 +76,7 @@ def test_a_decompression_bomb_in_a_chat_message_is_413(embedded: Api) -> None:
     r = embedded.client.post("/v1/chat/completions", headers=embedded.auth("reader"),
                              json={"model": "mmrag", "messages": [{"role": "user", "content": content}]})
     assert r.status_code == 413, r.text
-    assert r.json()["message"].startswith("messages[0].image_url: ")
+    assert r.json()["error"]["message"].startswith("messages[0].image_url: ")
 
 
 def test_a_corrupt_query_image_is_400_naming_the_field(embedded: Api) -> None:
@@ -83,14 +84,14 @@ def test_a_corrupt_query_image_is_400_naming_the_field(embedded: Api) -> None:
     r = embedded.client.post("/v1/search", headers=embedded.auth("reader"),
                              json={"image": _uri(broken), "collection": embedded.col("a")})
     assert r.status_code == 400, r.text
-    assert r.json()["message"].startswith("image: not an image Pillow can read")
+    assert r.json()["error"]["message"].startswith("image: not an image Pillow can read")
 
 
 # -- finding 13: /metrics behind a key, auth before the body ----------------------------------------
 def test_metrics_need_an_admin_key_when_auth_is_on(embedded: Api) -> None:
     client = embedded.client
     r = client.get("/metrics")
-    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert client.get("/metrics", headers=embedded.auth("reader")).status_code == 403
     r = client.get("/metrics", headers=embedded.auth("admin"))
     assert r.status_code == 200 and "mmrag_http_requests_total" in r.text
@@ -168,8 +169,9 @@ def test_a_bad_model_path_keeps_readyz_503_and_model_requests_503(tmp_path: Path
         assert "missing.safetensors" in r.json()["detail"]
         up = client.post("/v1/documents", headers={"Authorization": f"Bearer {token}"},
                          files=[("files", ("a.txt", b"some text to index"))])
-        assert up.status_code == 503 and up.json()["error"] == "model_unavailable"
-        assert "could not load its models" in up.json()["message"] and "missing.safetensors" in up.json()["message"]
+        assert up.status_code == 503 and up.json()["error"]["code"] == "model_unavailable"
+        message = up.json()["error"]["message"]
+        assert "could not load its models" in message and "missing.safetensors" in message
         assert client.get("/readyz").status_code == 503, "a failed load must never turn ready"
 
 
@@ -187,7 +189,7 @@ def test_an_unexpected_model_load_error_is_not_ready(tmp_path: Path, monkeypatch
         assert "RuntimeError: CUDA error: out of memory" in r.json()["detail"]
         up = client.post("/v1/documents", headers={"Authorization": f"Bearer {token}"},
                          files=[("files", ("a.txt", b"some text to index"))])
-        assert up.status_code == 503 and up.json()["error"] == "model_unavailable", up.text
+        assert up.status_code == 503 and up.json()["error"]["code"] == "model_unavailable", up.text
 
 
 # -- finding 3: a corrupt re-upload keeps the indexed version ------------------------------------------

@@ -19,7 +19,7 @@ def test_no_key_is_401_with_a_bearer_challenge(api: Api) -> None:
         r = getattr(api.client, method)(path, **({"json": {}} if method == "post" else {}))
         assert r.status_code == 401, (path, r.text)
         assert r.headers["www-authenticate"] == "Bearer"
-        assert r.json()["error"] == "unauthorized"
+        assert r.json()["error"]["code"] == "unauthorized"
 
 
 def test_a_wrong_or_revoked_key_is_401(api: Api) -> None:
@@ -37,7 +37,7 @@ def test_a_read_key_cannot_upload_or_delete(api: Api) -> None:
     a = api.col("a")
     assert api.upload("writer", a, ("doc.txt", b"The lighthouse keeper works at night.")).status_code == 201
     r = api.upload("reader", a, ("other.txt", b"Something else entirely."))
-    assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     r = api.client.delete("/v1/documents/doc.txt", params={"collection": a}, headers=api.auth("reader"))
     assert r.status_code == 403
     r = api.client.delete(f"/v1/collections/{a}", headers=api.auth("writer"))
@@ -93,7 +93,7 @@ def test_a_body_over_the_limit_is_413_and_nothing_is_stored(api: Api) -> None:
     a = api.col("a")
     big = b"word " * (300 * 1024)  # 1.5 MiB against a 1 MiB limit
     r = api.upload("writer", a, ("big.txt", big))
-    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
     assert not any((api.data_dir / "uploads").rglob("*")) if (api.data_dir / "uploads").exists() else True
     assert a not in [c["name"] for c in api.client.get("/v1/collections", headers=api.auth("admin")).json()["collections"]]
 
@@ -120,7 +120,7 @@ def test_a_chunked_body_over_the_limit_is_413(api: Api) -> None:
 
 def test_unsupported_type_is_415(api: Api) -> None:
     r = api.upload("writer", api.col("a"), ("tool.exe", b"MZ\x90\x00"))
-    assert r.status_code == 415 and ".txt" in r.json()["message"]
+    assert r.status_code == 415 and ".txt" in r.json()["error"]["message"]
 
 
 def test_keys_are_stored_hashed(tmp_path: Path) -> None:

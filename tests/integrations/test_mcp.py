@@ -112,4 +112,4 @@ def test_http_with_keys(sample_server: SampleServer) -> None:
             "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
     for headers in ({}, {"Authorization": "Bearer mmrag_nope"}):
         r = httpx.post(url, json=init, headers={**headers, "Accept": "application/json, text/event-stream"})
-        assert r.status_code == 401 and r.json()["error"] == "unauthorized", r.text
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", r.text

@@ -309,8 +309,8 @@ def test_http_rerank_field_on_search_answer_and_chat(api: Any, cohere: CohereRer
     assert services.rerankers.get(ce_name) is services.rerankers.get(ce_name)  # built once, shared
 
     refused = client.post("/v1/search", json={**body, "rerank": "cross-encoder:/somewhere/else"})
-    assert refused.status_code == 400 and refused.json()["error"] == "invalid_input"
-    assert "not a reranker this server offers" in refused.json()["message"]
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_input"
+    assert "not a reranker this server offers" in refused.json()["error"]["message"]
 
     calls = len(cohere.requests)
     answer = client.post("/v1/answer", json={"question": QUESTION, "k": 3, "answer_mode": "extractive"})
@@ -336,7 +336,7 @@ def test_http_upstream_errors_of_the_reranker_reach_the_client_translated(sample
     settings.api.auth = False
     with TestClient(create_app(settings, services=Services(settings, clip=clip, text=text))) as client:
         r = client.post("/v1/search", json={"query": QUESTION, "k": 3})
-    assert r.status_code == 429 and r.json()["error"] == "rate_limited"
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
 
 
 def test_mcp_search_tool_takes_rerank(api: Any, cohere: CohereRerankServer) -> None:

@@ -89,7 +89,7 @@ def test_promote_refused_by_the_canary_is_a_409_naming_the_probe(api: Api) -> No
     Indexer(degraded).delete(["note0.txt"])
     ProbeStore(services._bare(kb).manifest).add(kb, Probe("museum-hours", "museum opens", ("note0.txt",), k=3))
     r = api.client.post(f"/v1/collections/{kb}/promote", headers=api.auth("admin"), json={"version": 2})
-    assert r.status_code == 409 and r.json()["error"] == "canary_refused", r.text
+    assert r.status_code == 409 and r.json()["error"]["code"] == "canary_refused", r.text
     assert "museum-hours" in r.text
     assert _search_version(api, kb) == f"{kb}@1"
     forced = api.client.post(f"/v1/collections/{kb}/promote", headers=api.auth("admin"),

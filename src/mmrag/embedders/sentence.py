@@ -98,6 +98,10 @@ class SentenceTransformerEmbedder:
         return {"embedder": "sentence-transformers", "model": self.weights_id, "dim": self.dim,
                 "preprocess": f"max_seq_length={self.max_seq_length}", "precision": self.precision}
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by this model's tokenizer, no special tokens and no truncation (for usage counts)."""
+        return len(self._model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts. Returns float32 [n, dim], unit rows."""
         if not texts:

@@ -1,10 +1,13 @@
 """The FastAPI application: :func:`create_app` wires settings, services, routes, auth and errors.
 
-One error handler turns every :class:`~mmrag.errors.MmragError` into
-``{"error": code, "message": text}`` with the error's status code; request-validation errors are
-``422 invalid_input`` in the same shape; anything unexpected is a logged ``500 internal_error``
-that shows no internals. :class:`~mmrag.http.auth.AuthGate` refuses keyless requests in the same
-shape, before their body is read.
+One error handler turns every :class:`~mmrag.errors.MmragError` into OpenAI's error shape,
+``{"error": {"message", "type", "param", "code"}}`` (``code`` is mmrag's stable code, ``type``
+follows the status: :func:`~mmrag.http.schemas.error_type`), with the error's status code, so the
+official ``openai`` client raises its typed errors with ``e.code`` set; request-validation errors
+are ``422 invalid_input`` in the same shape, ``param`` naming the first field at fault; anything
+unexpected is a logged ``500 internal_error`` that shows no internals.
+:class:`~mmrag.http.auth.AuthGate` refuses keyless requests in the same shape, before their body
+is read. ``/docs`` and ``/redoc`` load their assets from the package (:mod:`mmrag.http.docs`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from starlette.routing import Route
 
 from mmrag.config import Settings
 from mmrag.errors import MmragError, UnauthorizedError
-from mmrag.http import playground
+from mmrag.http import docs, playground
 from mmrag.http.auth import AuthGate, bearer_token, check_key
 from mmrag.http.limits import BodyLimit
+from mmrag.http.schemas import error_body
 from mmrag.http.services import Services
 
 log = logging.getLogger("mmrag.http")
@@ -60,6 +64,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     app = FastAPI(
         title="mmrag", version=__version__, lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # served by mmrag.http.docs, with the assets from the package
         description="Multimodal retrieval-augmented generation: search, grounded answers with citations, "
                     "an OpenAI-compatible chat endpoint, and document upload. Authenticate with "
                     "`Authorization: Bearer <API key>` (create keys with `mmrag keys create`).",
@@ -83,6 +88,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         app.include_router(router)
     app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"]))
     playground.install(app)
+    docs.install(app)
     return app
 
 
@@ -165,21 +171,14 @@ def _install_metrics(app: FastAPI, services: Services) -> None:
             services.metrics.request_seconds.labels(method, route).observe(time.perf_counter() - started)
 
 
-def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
-    """The JSON shape of every error."""
-    body: dict[str, Any] = {"error": code, "message": message}
-    if detail is not None:
-        body["detail"] = detail
-    return body
-
-
 def _error_response(services: Services, exc: MmragError, method: str, path: str) -> JSONResponse:
     """The response for an :class:`MmragError`, counted in the metrics (logged when it is the server's fault)."""
     services.metrics.errors.labels(exc.code).inc()
     if exc.status_code >= 500:
         log.error("%s %s: %s: %s", method, path, type(exc).__name__, exc)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
-    return JSONResponse(error_body(exc.code, str(exc)), status_code=exc.status_code, headers=headers)
+    body = error_body(exc.status_code, exc.code, str(exc), exc.param)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 def _install_errors(app: FastAPI, services: Services) -> None:
@@ -190,20 +189,29 @@ def _install_errors(app: FastAPI, services: Services) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         services.metrics.errors.labels("invalid_input").inc()
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]
-        fields = ", ".join(".".join(str(p) for p in d["loc"]) for d in detail[:5])
-        return JSONResponse(error_body("invalid_input", f"invalid request: {fields}", detail), status_code=422)
+        problems = [(_field(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors()]
+        listed = "; ".join(f"{where}: {msg}" if where else msg for where, msg in problems[:5])
+        param = problems[0][0] if problems else None
+        return JSONResponse(error_body(422, "invalid_input", f"invalid request: {listed}", param or None),
+                            status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+        return JSONResponse(error_body(exc.status_code, code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         services.metrics.errors.labels("internal_error").inc()
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body("internal_error", "internal server error; see the server log"),
+        return JSONResponse(error_body(500, "internal_error", "internal server error; see the server log"),
                             status_code=500)
+
+
+def _field(loc: Any) -> str:
+    """A validation error's location as OpenAI's ``param`` names it: ``messages.0.content``, no ``body`` prefix."""
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "form"):
+        parts = parts[1:]
+    return ".".join(parts)

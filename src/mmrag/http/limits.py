@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable, Mapping
 
+from mmrag.http.schemas import error_body
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -75,8 +77,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps({"error": "payload_too_large",
-                       "message": f"request body over the limit of {limit / 1024 / 1024:.1f} MiB"}).encode()
+    body = json.dumps(error_body(413, "payload_too_large",
+                                 f"request body over the limit of {limit / 1024 / 1024:.1f} MiB")).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

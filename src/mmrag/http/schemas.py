@@ -17,12 +17,38 @@ COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$"
 READ_COLLECTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}(@[0-9]{1,6})?$"
 
 
-class ErrorBody(BaseModel):
-    """Every error response."""
+class ErrorDetail(BaseModel):
+    """What went wrong, in OpenAI's error object (the fields its client reads)."""
 
-    error: str = Field(description="Stable machine-readable code, e.g. invalid_input, not_found, forbidden.")
-    message: str
-    detail: Any = None
+    message: str = Field(description="What happened and what to do next.")
+    type: str = Field(description="The error class, from the status: invalid_request_error, authentication_error, "
+                                  "permission_error, not_found_error, rate_limit_error or server_error.")
+    param: str | None = Field(None, description="The request field at fault, when one is (e.g. `n`, `k`).")
+    code: str = Field(description="mmrag's stable machine-readable code, e.g. invalid_input, not_found, forbidden.")
+
+
+class ErrorBody(BaseModel):
+    """Every error response: ``{"error": {"message", "type", "param", "code"}}``, as OpenAI's API answers."""
+
+    error: ErrorDetail
+
+
+#: OpenAI's API calls nearly every 4xx ``invalid_request_error``; its client picks the exception class
+#: from the status alone. A type per status (as vLLM and Anthropic's API do) tells a reader more.
+_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                429: "rate_limit_error"}
+
+
+def error_type(status: int) -> str:
+    """The OpenAI ``type`` of an error with HTTP ``status``."""
+    if status >= 500:
+        return "server_error"
+    return _ERROR_TYPES.get(status, "invalid_request_error")
+
+
+def error_body(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The JSON of every error response (the shape :class:`ErrorBody` documents)."""
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
 
 
 class Filters(BaseModel):
@@ -164,18 +190,32 @@ class ChatMessage(BaseModel):
     content: str | list[ChatContentPart] | None = None
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = Field(False, description="End the stream with a chunk whose `choices` is empty and "
+                                                   "whose `usage` counts the answer's tokens.")
+
+
 class ChatCompletionRequest(BaseModel):
     """POST /v1/chat/completions (OpenAI shape; unknown OpenAI fields are accepted and ignored).
 
     The last user message is the question (its image parts query by image); ``collection``
-    (send it with the OpenAI client's ``extra_body``) names the knowledge base.
+    (send it with the OpenAI client's ``extra_body``) names the knowledge base. ``model`` selects
+    the mode (:mod:`mmrag.http.chat`).
     """
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(max_length=200)
+    model: str = Field(max_length=200, description="An id from GET /v1/models; it selects how the answer is made: "
+                                                   "`mmrag` (the server's default), a chat model's name (that model "
+                                                   "generates) or `mmrag-extractive` (no language model).")
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(None, ge=1, description="Choices to return; mmrag returns one, so n > 1 is a 400.")
     max_tokens: int | None = Field(None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
     collection: str | None = Field(None, pattern=READ_COLLECTION_PATTERN)
@@ -201,15 +241,23 @@ class ChatChoice(BaseModel):
     finish_reason: str = "stop"
 
 
+class ChatUsage(BaseModel):
+    """OpenAI's ``usage``: tokens counted with the answering model's tokenizer (:func:`mmrag.http.chat.usage_of`)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class ChatCompletionResponse(BaseModel):
     """OpenAI chat.completion, plus ``citations`` and ``mmrag`` (the guard's verdict)."""
 
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
-    model: str
+    model: str = Field(description="The id from GET /v1/models that answered; the same in every stream chunk.")
     choices: list[ChatChoice]
-    usage: dict[str, int]
+    usage: ChatUsage
     citations: list[CitationOut]
     mmrag: dict[str, Any]
 

@@ -150,16 +150,15 @@ class SmolLMRunner:
                timeout: float | None = None, stop: Any = None) -> Iterator[tuple[str, int, int, bool]]:
         """Greedy streaming: yields ``(delta, prompt_tokens, completion_tokens_so_far, finished)``.
 
-        Token counts are approximate (deltas re-tokenised). A stop string ends the stream; text
-        from the stop string on is not yielded.
+        The completion count is the model's generated tokens (what :meth:`generate` counts too),
+        exact once the stream ends. A stop string ends the stream; text from the stop string on is
+        not yielded.
         """
-        from transformers import TextIteratorStreamer
-
         torch, tokenizer, model = self.load()
         gen, n_in = self._prepare(messages, max_tokens, stop)
         stops = _stops(stop)
         sent = ""
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
+        streamer = _counting_streamer(tokenizer, timeout)
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -177,7 +176,7 @@ class SmolLMRunner:
             for delta in streamer:
                 if not delta or (stops and any(s in sent for s in stops)):
                     continue  # drain the streamer so the worker thread finishes
-                n_out += len(tokenizer.encode(delta, add_special_tokens=False))
+                n_out = streamer.generated
                 cut = min((delta.index(s) for s in stops if s in delta), default=None)
                 delta = delta if cut is None else delta[:cut]
                 sent += delta if cut is None else delta + stops[0]
@@ -188,7 +187,26 @@ class SmolLMRunner:
         worker.join()
         if errors:
             raise errors[0]
-        yield "", n_in, n_out, True
+        yield "", n_in, streamer.generated, True
+
+
+def _counting_streamer(tokenizer: Any, timeout: float | None) -> Any:
+    """A ``TextIteratorStreamer`` that also counts the generated token ids it is handed.
+
+    Re-tokenising the decoded deltas miscounts (a word split across deltas encodes differently),
+    so the ids are counted as ``generate`` hands them over, the prompt excepted.
+    """
+    from transformers import TextIteratorStreamer
+
+    class CountingStreamer(TextIteratorStreamer):  # type: ignore[misc]
+        generated = 0
+
+        def put(self, value: Any) -> None:
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                self.generated += int(value.numel())
+            super().put(value)
+
+    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout)
 
 
 class _StopOnStrings:

@@ -14,6 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from mmrag.answering import Answer, Citation
 from mmrag.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, NotFoundError
+from mmrag.http import chat
 from mmrag.http.auth import allow_collection, require, services_of
 from mmrag.http.schemas import (
     AnswerRequest,
@@ -22,6 +23,7 @@ from mmrag.http.schemas import (
     ChatChoiceMessage,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatUsage,
     CitationOut,
     ErrorBody,
     HitOut,
@@ -101,19 +103,27 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
                      key: ApiKey | None = Depends(require("read"))) -> Any:
     """OpenAI-compatible chat: the last user message is answered from the knowledge base.
 
+    ``model`` (an id from ``/v1/models``) selects how: the server's default, a chat model that
+    generates, or extraction (:mod:`mmrag.http.chat`); the reply and every chunk name it alike.
     The assistant message is the grounded answer; ``citations`` (an extra top-level field, also on
     the last streamed chunk) lists what it stands on, and ``mmrag`` carries the grounding verdict.
-    Send ``collection`` (and ``k``) with the OpenAI client's ``extra_body``.
+    Send ``collection`` (and ``k``) with the OpenAI client's ``extra_body``. ``usage`` counts
+    tokens with the answering model's tokenizer; ``stream_options.include_usage`` adds OpenAI's
+    final usage chunk. ``n`` > 1 is refused: there is one grounded answer per question.
     """
+    if body.n is not None and body.n > 1:
+        raise chat.refuse(f"n={body.n}: mmrag returns one grounded answer per request; send n=1 or leave it out",
+                          "n")
     services = services_of(request)
+    choice = chat.choose_model(services, body.model, body.answer_mode)
     collection = _collection(services, key, body.collection)
     question, image = _last_user_turn(body)
     fields = QueryFields(collection=collection, k=body.k, retriever="hybrid", image=None, rerank=body.rerank,
                          rerank_depth=body.rerank_depth)
     hits = search_hits(services, collection, fields, question, image=image)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    answerer = services.answerer(collection, model=body.model, k=body.k, retriever="hybrid", max_tokens=max_tokens,
-                                 verify=body.verify, answer_mode=body.answer_mode)
+    answerer = services.answerer(collection, model=choice.chat, k=body.k, retriever="hybrid", max_tokens=max_tokens,
+                                 verify=body.verify, answer_mode=choice.mode)
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     llm_started = time.perf_counter()
     if not body.stream:
@@ -121,18 +131,18 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
         _record(services, result, llm_started)
         cites = [citation_out(collection, c) for c in result.citations]
         return ChatCompletionResponse(
-            id=cid, created=created, model=result.model,
+            id=cid, created=created, model=choice.id,
             choices=[ChatChoice(message=ChatChoiceMessage(content=result.text))],
-            usage={"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
-                   "total_tokens": result.usage.total_tokens},
-            citations=cites, mmrag=_verdict(result, collection))
+            usage=ChatUsage(**chat.usage_of(answerer, result)), citations=cites, mmrag=_verdict(result, collection))
 
     deltas, holder = answerer.stream(question, hits, image=image)
+    with_usage = chat.include_usage(body)
 
     def chunks() -> Iterator[str]:
-        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": choice.id,
+                    "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    **({"usage": None} if with_usage else {}), **extra}
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
@@ -149,9 +159,9 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
                 flagged = "; ".join(u["text"] for u in result.verification["unsupported"])
                 yield chunk({"content": f"\n\n[mmrag verification: not supported by the sources: {flagged}]"})
             cites = [citation_out(collection, c).model_dump() for c in result.citations]
-            usage = {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
-                     "total_tokens": result.usage.total_tokens}
-            yield chunk({}, "stop", citations=cites, mmrag=_verdict(result, collection), usage=usage)
+            yield chunk({}, "stop", citations=cites, mmrag=_verdict(result, collection))
+            if with_usage:  # OpenAI's last chunk: no choices, the whole answer's usage
+                yield chunk(None, usage=chat.usage_of(answerer, result))
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -159,8 +169,12 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)
 def models(request: Request, key: ApiKey | None = Depends(require("read"))) -> ModelList:
-    """Models a chat request may name ("mmrag" is the server's default)."""
-    return ModelList(data=[ModelOut(id=m) for m in ["mmrag", *services_of(request).allowed_models()]])
+    """Models a chat request may name; each selects how the answer is made (see ``/v1/chat/completions``).
+
+    ``mmrag`` is the server's default, a chat model's name generates with it, and
+    ``mmrag-extractive`` answers with the context's best sentences and no language model.
+    """
+    return ModelList(data=[ModelOut(id=m) for m in chat.listed_models(services_of(request))])
 
 
 @router.get("/v1/collections/{collection}/images/{record_id:path}", responses={
@@ -275,7 +289,7 @@ def answer_out(result: Answer, collection: str, started: float) -> AnswerRespons
 
 
 def _verdict(result: Answer, collection: str) -> dict[str, Any]:
-    return {"collection": collection, "abstained": result.abstained, "guard": result.guard,
+    return {"collection": collection, "abstained": result.abstained, "guard": result.guard, "producer": result.model,
             "answer": result.text, "cost_usd": result.usage.cost_usd, "verification": result.verification,
             "mode": result.mode, "abstention": result.abstention}
 

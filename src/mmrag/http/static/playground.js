@@ -29,7 +29,8 @@ async function api(path, init) {
   const response = await fetch(path, Object.assign({}, init, { headers }));
   if (!response.ok) {
     let message = response.status + " " + response.statusText;
-    try { const body = await response.json(); message = body.error + ": " + body.message; } catch (e) { /* not JSON */ }
+    // Errors come in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+    try { const body = await response.json(); message = body.error.code + ": " + body.error.message; } catch (e) { /* not JSON */ }
     throw new Error(message);
   }
   return response;
