@@ -251,7 +251,8 @@ def test_finding8_an_integer_filter_outside_int64_is_400_on_every_retriever(
         embedded: Api, one_document: str, retriever: str, value: int) -> None:
     r = _search(embedded, one_document, retriever=retriever, filters={"metadata": {"year": value}})
     assert r.status_code == 400, r.text
-    assert r.json()["error"] == "invalid_input" and "64-bit" in r.json()["message"] and str(value) in r.json()["message"]
+    error = r.json()["error"]
+    assert error["code"] == "invalid_input" and "64-bit" in error["message"] and str(value) in error["message"]
     # The connection survives: the next request on the same client is answered normally.
     ok = _search(embedded, one_document, retriever=retriever, filters={"metadata": {"year": 2**63 - 1}})
     assert ok.status_code == 200, ok.text
@@ -265,7 +266,8 @@ def test_finding8_too_many_metadata_keys_is_400_naming_the_limit(embedded: Api, 
     many = {f"k{i}": i for i in range(5000)}
     r = _search(embedded, one_document, retriever=retriever, filters={"metadata": many})
     assert r.status_code == 400, r.text
-    assert r.json()["error"] == "invalid_input" and f"at most {MAX_WHERE_CONDITIONS} metadata keys" in r.json()["message"]
+    error = r.json()["error"]
+    assert error["code"] == "invalid_input" and f"at most {MAX_WHERE_CONDITIONS} metadata keys" in error["message"]
     # The limit is one every index can take: a filter at it is answered (no match), not a 503.
     at_limit = {f"k{i}": i for i in range(MAX_WHERE_CONDITIONS - 1)}  # + the doc_type clause below
     r = _search(embedded, one_document, retriever=retriever, filters={"metadata": at_limit, "doc_type": "txt"})
@@ -320,8 +322,8 @@ def test_finding4_an_extreme_aspect_query_image_is_400_naming_its_size(embedded:
                                  json={"model": "mmrag", "messages": [{"role": "user", "content": content}]})
         field = "messages[0].image_url: "
     assert r.status_code == 400, r.text
-    message = r.json()["message"]
-    assert r.json()["error"] == "invalid_input"
+    message = r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "invalid_input"
     assert message.startswith(field) and "120000x1" in message and "20:1 limit" in message, message
 
 

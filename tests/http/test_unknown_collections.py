@@ -67,7 +67,7 @@ def _requests(api: Api) -> list[Callable[[str], dict[str, Any]]]:
 
 
 def _check(i: int, r: Any) -> None:
-    assert r.status_code == 404 and r.json()["error"] == "not_found", (i, r.status_code, r.text)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (i, r.status_code, r.text)
 
 
 def _unknown(api: Api, count: int) -> None:
