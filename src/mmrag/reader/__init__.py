@@ -51,7 +51,7 @@ class ReaderSettings:
         window_stride: tokens shared by consecutive windows of a long second segment.
     """
 
-    max_length: int = 256
+    max_length: int = 128
     first_max_tokens: int = 64
     batch_size: int = 32
     precision: str = "auto"
@@ -160,7 +160,7 @@ class OfflineReader:
             layers = [int(i) for i in config["trained_layers"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelUnavailableError(f"{config_path}: unreadable reader config ({exc})") from exc
-        settings = settings or ReaderSettings(max_length=int(config.get("max_length", 256)))
+        settings = settings or ReaderSettings(max_length=int(config.get("max_length", 128)))
         reader = cls.from_base(trainable_layers=len(layers), settings=settings)
         if config.get("base_sha256") and config["base_sha256"] != reader.base_sha256:
             raise ModelUnavailableError(
