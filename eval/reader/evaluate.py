@@ -101,6 +101,10 @@ def recall10(ranked: list[str], rel: frozenset[str]) -> float:
     return len(set(ranked[:10]) & rel) / len(rel)
 
 
+def _settings(args: argparse.Namespace) -> ReaderSettings | None:
+    return ReaderSettings(max_length=args.max_length) if args.max_length else None
+
+
 def cmd_scifact(args: argparse.Namespace) -> None:
     corpus, queries = load_scifact(args.data / "scifact")
     if args.limit:
@@ -115,8 +119,8 @@ def cmd_scifact(args: argparse.Namespace) -> None:
         dense = dense_rank(corpus, texts, 100, args.cache)
         first = {"bm25": bm25, "dense": dense, "hybrid": [fuse(a, b)[:100] for a, b in zip(bm25, dense)]}
         first_path.write_text(json.dumps(first))
-    reader = OfflineReader.load(folder=args.weights, settings=ReaderSettings(max_length=args.max_length))
-    print(f"reader {args.weights or 'package assets'} max_length {args.max_length} precision {reader.precision}")
+    reader = OfflineReader.load(folder=args.weights, settings=_settings(args))
+    print(f"reader {args.weights or 'package assets'} max_length {reader.settings.max_length} precision {reader.precision}")
     stages = [s for s in ("bm25", "hybrid") if s in first]
     results: dict[str, dict[str, float]] = {}
     for stage in stages:
@@ -142,7 +146,7 @@ def cmd_answerability(args: argparse.Namespace) -> None:
     from sklearn.metrics import roc_auc_score
 
     rows = [json.loads(line) for line in args.pairs.open(encoding="utf-8")]
-    reader = OfflineReader.load(folder=args.weights, settings=ReaderSettings(max_length=args.max_length))
+    reader = OfflineReader.load(folder=args.weights, settings=_settings(args))
     probs = [reader.answerability(r["question"], [r["passage"]])[0] for r in rows]
     labels = [r["label"] for r in rows]
     auc = roc_auc_score(labels, probs)
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", default=None)
     parser.add_argument("--depth", type=int, default=30)
     parser.add_argument("--limit", type=int, default=0, help="first N queries only")
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=None, help="default: the shipped config's")
     parser.add_argument("--lengths", type=int, nargs="+", default=[192, 256])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--json", type=Path, default=None, help="also write the scifact figures here")
