@@ -1,5 +1,9 @@
 """Promote a version behind the canary gate, roll back, prune: what the CLI and the HTTP API share.
 
+Each runs whole under the knowledge base's lifecycle lock (:meth:`Versions.lock`), and reads the
+alias under it: a prune that chose its victims before a rollback switched to one of them would
+drop the live version (issue 23, finding 1).
+
 A promote runs the canary (:mod:`mmrag.lifecycle.canary`: the knowledge base's probes, and its
 evaluation dataset when one is configured, on the live version and on the candidate) and switches
 the alias only when no metric drops by more than ``lifecycle.canary_budget``. ``force`` switches
@@ -54,6 +58,13 @@ def promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str]
         InvalidInputError: the candidate is already live, or not ready.
         NotFoundError: no such version.
     """
+    # The canary runs under the lock too: what it compared must still be what the switch replaces.
+    with versions.lock(kb):
+        return _promote(kb, number, versions=versions, open_kb=open_kb, settings=settings, force=force)
+
+
+def _promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase],
+             settings: Settings, force: bool) -> PromoteResult:
     from mmrag.lifecycle.canary import gate
     from mmrag.lifecycle.probes import ProbeStore
 
@@ -103,20 +114,45 @@ def _check_servable(target: KnowledgeBase, candidate: Version) -> None:
                                     "--clip-model/--text-model), and restart the servers with them") from exc
 
 
+def rollback(kb: str, *, versions: Versions, detail: dict[str, Any] | None = None) -> tuple[str, Version]:
+    """Return ``kb`` to the version that was live before the current one, under its lifecycle lock.
+
+    Returns:
+        The label that was live, and the version now live.
+
+    Raises:
+        InvalidInputError: ``kb`` has no earlier live version.
+    """
+    current, live = versions.rollback(kb, detail=detail)
+    log.warning("%s now serves %s (rolled back from %s@%d)", kb, live.label, kb, current)
+    return f"{kb}@{current}", live
+
+
 def prune(kb: str, *, versions: Versions, open_bare: Callable[[str], KnowledgeBase], keep: int = 1) -> list[str]:
-    """Drop the versions of ``kb`` that are neither live, nor among the ``keep`` newest others, nor building.
+    """Drop the versions of ``kb`` that are neither live, nor among the ``keep`` kept, nor building.
+
+    The kept ones are those a rollback returns to first (the alias history, newest first), then the
+    newest others. Victims are chosen and dropped under the lifecycle lock, from the alias as it is
+    then: a rollback or promote in another process waits for the prune, or the prune for it.
 
     Returns:
         The labels of the versions dropped.
     """
-    live = versions.live_number(kb)
-    others = [v for v in versions.list(kb) if v.number != (live or 1) and v.state != "building"]
-    dropped = []
-    for v in others[: max(0, len(others) - keep)]:
-        target = open_bare(v.label)
-        with target.write_lock():
-            target.drop()
-        target.close()
-        versions.forget(kb, v.number)
-        dropped.append(v.label)
-    return dropped
+    with versions.lock(kb):
+        live = versions.live_number(kb) or 1
+        others = {v.number: v for v in versions.list(kb) if v.number != live and v.state != "building"}
+        order = [n for n in reversed(versions.history(kb)) if n in others]
+        order += [n for n in sorted(others, reverse=True) if n not in order]
+        victims = sorted(order[keep:])
+        dropped = []
+        for number in victims:
+            v = others[number]
+            target = open_bare(v.label)
+            try:
+                with target.write_lock():
+                    target.drop()
+            finally:
+                target.close()
+            versions.forget(kb, v.number)
+            dropped.append(v.label)
+        return dropped

@@ -3,9 +3,10 @@
 ``reindex`` reads which files the live version was built from (the manifest's document rows:
 each row's source path and doc id give the file and the root its id is relative to), ingests
 exactly those files with the same doc ids into a new physical collection (``kb--vN``) with the
-new chunk size or models, then catches up under the live version's writer lock: files that
-changed or arrived meanwhile are ingested again (unchanged ones cost a ``stat``), documents the
-live version lost are deleted. The new version is then ``ready``; nothing serves it until
+new chunk size or models, then catches up under the knowledge base's lifecycle lock and the live
+version's writer lock: files that changed or arrived meanwhile are ingested again (unchanged ones
+cost a ``stat``), documents the live version lost are deleted; when another version went live
+meanwhile (a rollback), the catch-up follows the one live at the end. The new version is then ``ready``; nothing serves it until
 ``promote``.
 
 The build is an ordinary ingest, so it is resumable: a reindex killed part-way leaves its version
@@ -120,9 +121,20 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
             summary = Indexer(target).ingest([], files=refs, progress=progress)
             result.indexed, result.unchanged = summary.indexed, summary.unchanged
             result.failed = [{"path": p.path, "reason": p.reason} for p in summary.failed]
+        # The finish runs under the lifecycle lock, taken before any writer lock (the order every
+        # lifecycle step keeps): the live version may have changed meanwhile (a rollback), so the
+        # catch-up reads the one live now, and a prune or drop cannot remove either version under it.
+        with versions.lock(kb_name):
+            versions.get(kb_name, version.number)  # NotFoundError if a drop removed it meanwhile
+            live_now = versions.get(kb_name, versions.live_number(kb_name) or 1)
+            if live_now.number != live.number:
+                log.warning("reindex %s: %s went live meanwhile; catching up from it", version.label, live_now.label)
+                live_kb.close()
+                live_kb, live, result.source = open_kb(live_now.label, chunk), live_now, live_now.label
+                wanted["from"] = live.label
             # Catch up with what the live version took in meanwhile, holding its writer lock so
             # that nothing more arrives until the new version is complete.
-            with live_kb.write_lock():
+            with target.write_lock(), live_kb.write_lock():
                 refs, result.missing = source_files(live_kb)
                 again = Indexer(target).ingest([], files=refs)
                 result.indexed += again.indexed
@@ -167,12 +179,13 @@ def drop_knowledge_base(manifest_kb: KnowledgeBase, name: str, open_bare: Callab
         The physical collections dropped.
     """
     versions = Versions(manifest_kb.manifest)
-    listed = versions.list(name)
-    for label in [v.label for v in listed] or [name]:
-        kb = open_bare(label)
-        with kb.write_lock():
-            kb.drop()
-    with manifest_kb.manifest.transaction() as db:
-        for table in ("versions", "alias_history", "probes", "events"):
-            db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
+    with versions.lock(name):  # a promote, rollback or reindex of ``name`` in flight finishes first
+        listed = versions.list(name)
+        for label in [v.label for v in listed] or [name]:
+            kb = open_bare(label)
+            with kb.write_lock():
+                kb.drop()
+        with manifest_kb.manifest.transaction() as db:
+            for table in ("versions", "alias_history", "probes", "events"):
+                db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
     return [v.physical for v in listed] or [name]
