@@ -141,8 +141,10 @@ def prune(kb: str, *, versions: Versions, open_bare: Callable[[str], KnowledgeBa
     with versions.lock(kb):
         live = versions.live_number(kb) or 1
         others = {v.number: v for v in versions.list(kb) if v.number != live and v.state != "building"}
-        order = [n for n in reversed(versions.history(kb)) if n in others]
-        order += [n for n in sorted(others, reverse=True) if n not in order]
+        order: list[int] = []  # the history names a version once per promote: each counts once
+        for n in [*reversed(versions.history(kb)), *sorted(others, reverse=True)]:
+            if n in others and n not in order:
+                order.append(n)
         victims = sorted(order[keep:])
         dropped = []
         for number in victims:
