@@ -92,6 +92,26 @@ class LifecycleModel:
         self.versions[self.top] = {d: self.files[d] for d in self.versions[self.live] if d in self.files}
         return self.top
 
+    def catch_up(self, number: int) -> None:
+        """What a promote or rollback does to the version going live first: take in the live one's documents.
+
+        Nothing, when the two hold the same texts; else the live version's documents, from their
+        files as they are now (or, with the file gone, as the target last held them).
+        """
+        live, target = self.versions[self.live], self.versions[number]
+        if number == self.live or live == target:
+            return
+        self.versions[number] = {d: self.files[d] if d in self.files else target[d]
+                                 for d in live if d in self.files or d in target}
+
+    def promote(self, number: int) -> None:
+        self.catch_up(number)
+        self.history.append(number)
+
+    def rollback(self) -> int:
+        self.catch_up(self.history[-2])
+        return self.history.pop()
+
     def prune(self, keep: int) -> list[int]:
         """Keep the live version, then ``keep`` others: the rollback targets first, then the newest."""
         others = [n for n in self.versions if n != self.live]
@@ -196,7 +216,7 @@ class LifecycleMachine(RuleBasedStateMachine):
                        models=self.models).version.number
 
     def _promote(self, number: int) -> None:
-        promote(KB, number, versions=self.versions, open_kb=lambda label: self.open_kb(label), settings=Settings())
+        promote(KB, number, versions=self.versions, open_kb=self.open_kb, settings=Settings())
 
     def _prune(self, keep: int) -> list[int]:
         dropped = prune(KB, versions=self.versions, open_bare=lambda label: self.open_kb(label), keep=keep)
@@ -242,7 +262,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if promoted:
             assert self._reindex(CHUNK_SIZES[0]) == self.model.reindex()
             self._promote(2)
-            self.model.history.append(2)
+            self.model.promote(2)
 
     @rule(name=st.sampled_from(FILES), body=strat.bodies)
     def write_file(self, name: str, body: str) -> None:
@@ -291,14 +311,14 @@ class LifecycleMachine(RuleBasedStateMachine):
         self._step("promote")
         number = data.draw(st.sampled_from(self._non_live()), label="version")
         self._promote(number)
-        self.model.history.append(number)
+        self.model.promote(number)
 
     @precondition(lambda self: len(self.model.history) >= 2)
     @rule()
     def rollback_(self) -> None:
         self._step("rollback")
-        previous, live = rollback(KB, versions=self.versions)
-        assert previous == f"{KB}@{self.model.history.pop()}" and live.number == self.model.live
+        previous, live = rollback(KB, versions=self.versions, open_kb=self.open_kb)
+        assert previous == f"{KB}@{self.model.rollback()}" and live.number == self.model.live
 
     @rule(keep=KEEP)
     def prune_(self, keep: int) -> None:
@@ -306,7 +326,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert self._prune(keep) == self.model.prune(keep)
         if len(self.model.history) < 2:  # --keep 0 leaves nothing to roll back to, and says so
             with pytest.raises(InvalidInputError, match="no earlier live version"):
-                rollback(KB, versions=self.versions)
+                rollback(KB, versions=self.versions, open_kb=self.open_kb)
 
     @precondition(lambda self: any(self.model.versions.values()))
     @rule(data=st.data(), live=st.booleans())
@@ -362,9 +382,9 @@ class LifecycleMachine(RuleBasedStateMachine):
 
         def apply(model: LifecycleModel, snap_name: str | None) -> None:
             if step == "promote":
-                model.history.append(arg)
+                model.promote(arg)
             elif step == "rollback":
-                model.history.pop()
+                model.rollback()
             elif step == "prune":
                 model.prune(arg)
             elif step == "reindex":
@@ -397,7 +417,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             if step == "promote":
                 self._promote(arg)
             elif step == "rollback":
-                rollback(KB, versions=self.versions)
+                rollback(KB, versions=self.versions, open_kb=self.open_kb)
             elif step == "prune":
                 self._prune(arg)
             elif step == "reindex":

@@ -117,10 +117,13 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
 @common_options
 @errors_to_click
 def rollback(kb: str, as_json: bool, **opts: Any) -> None:
-    """Return KB to the version that was live before the current one."""
+    """Return KB to the version that was live before the current one.
+
+    Uploads and deletes made since that version was live are carried back into it first.
+    """
     from mmrag.lifecycle.promotion import rollback as run
 
-    previous, live = run(kb, versions=_versions(opts))
+    previous, live = run(kb, versions=_versions(opts), open_kb=lambda label: open_kb(opts, label))
     if as_json:
         emit({"kb": kb, "from": previous, "live": live.label})
     else:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from mmrag.config import Settings
 from mmrag.errors import CanaryRefusedError, InvalidInputError
 from mmrag.kb import KnowledgeBase
+from mmrag.lifecycle.reindex import catch_up
 from mmrag.lifecycle.versions import Version, Versions
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,10 @@ def _promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str
     _check_servable(target, candidate)
     forced = bool(force and result is not None and not result.passed)
     detail = {"canary": result.to_dict() if result is not None else None}
-    live = versions.switch(kb, number, reason="promote-forced" if forced else "promote", detail=detail)
+    switched: list[Version] = []
+    catch_up(kb, number, versions=versions, open_kb=open_kb, then=lambda: switched.append(
+        versions.switch(kb, number, reason="promote-forced" if forced else "promote", detail=detail)))
+    live = switched[0]
     log.warning("%s now serves %s (was %s)", kb, live.label, previous.label if previous else "none")
     return PromoteResult(kb, previous, live, result, forced)
 
@@ -114,8 +118,20 @@ def _check_servable(target: KnowledgeBase, candidate: Version) -> None:
                                     "--clip-model/--text-model), and restart the servers with them") from exc
 
 
-def rollback(kb: str, *, versions: Versions, detail: dict[str, Any] | None = None) -> tuple[str, Version]:
+def rollback(kb: str, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase] | None,
+             detail: dict[str, Any] | None = None) -> tuple[str, Version]:
     """Return ``kb`` to the version that was live before the current one, under its lifecycle lock.
+
+    The version rolled back to is first caught up with the live one's documents
+    (:func:`~mmrag.lifecycle.reindex.catch_up`): a rollback undoes a build, not the uploads and
+    deletes made since.
+
+    Args:
+        kb: the knowledge base.
+        versions: the data dir's versions.
+        open_kb: opens a version by its label, models attached (for the catch-up; None skips it,
+            for a caller that has no models: uploads since the promote are then not carried back).
+        detail: added to the audit event.
 
     Returns:
         The label that was live, and the version now live.
@@ -123,7 +139,15 @@ def rollback(kb: str, *, versions: Versions, detail: dict[str, Any] | None = Non
     Raises:
         InvalidInputError: ``kb`` has no earlier live version.
     """
-    current, live = versions.rollback(kb, detail=detail)
+    with versions.lock(kb):
+        back = versions.previous(kb)
+        result: list[tuple[int, Version]] = []
+        if open_kb is None:
+            result.append(versions.rollback(kb, detail=detail))
+        else:
+            catch_up(kb, back, versions=versions, open_kb=open_kb,
+                     then=lambda: result.append(versions.rollback(kb, detail=detail)))
+    current, live = result[0]
     log.warning("%s now serves %s (rolled back from %s@%d)", kb, live.label, kb, current)
     return f"{kb}@{current}", live
 

@@ -157,6 +157,61 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
     return result
 
 
+def catch_up(kb_name: str, number: int, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase],
+             then: Callable[[], Any]) -> int:
+    """Bring ``kb@number`` up to the live version's documents, then run ``then`` (the switch) under the same locks.
+
+    A version about to go live (a promote, a rollback) was built, or last served, some time ago;
+    uploads and deletes since went to the live version only, and would be lost to readers at the
+    switch. Under both writer locks (taken after the lifecycle lock, which the caller holds), the
+    live version's sources are ingested into the target (unchanged files cost a ``stat``) and
+    documents the live version no longer has are deleted from it; ``then`` runs before the locks
+    are let go, so no write that took the live version's writer lock first is left behind. When
+    the manifest shows the two already hold the same documents, the stores are not opened at all.
+
+    A writer that resolved the alias before the switch but takes the writer lock after it still
+    writes the old version: closing that needs the writer to check the alias under its lock.
+
+    Args:
+        kb_name: the knowledge base.
+        number: the version about to go live.
+        versions: the data dir's versions.
+        open_kb: opens a version by its label, models attached; what it opens stays open (a
+            server's openers hand out knowledge bases they keep).
+        then: the switch, run under the locks.
+
+    Returns:
+        Documents indexed or deleted in the target.
+    """
+    from mmrag.indexing import Indexer
+
+    live = versions.get(kb_name, versions.live_number(kb_name) or 1)
+    target = versions.get(kb_name, number)
+    if live.number == number:
+        then()
+        return 0
+    # Opening is lazy: the stores are touched only when there is something to catch up.
+    live_kb, target_kb = open_kb(live.label), open_kb(target.label)
+    changed = 0
+    with target_kb.write_lock(), live_kb.write_lock():
+        # Compared under the locks: a write to the live version in flight has finished by now.
+        if _holdings(versions.manifest, live.physical) != _holdings(versions.manifest, target.physical):
+            refs, _missing = source_files(live_kb)
+            changed = Indexer(target_kb).ingest([], files=refs).indexed
+            live_ids = {s.doc_id for s in live_kb.manifest.all(live_kb.collection)}
+            gone = [s.doc_id for s in target_kb.manifest.all(target_kb.collection) if s.doc_id not in live_ids]
+            changed += Indexer(target_kb).delete(gone) if gone else 0
+        then()
+    if changed:
+        log.warning("%s caught up with %s before going live: %d document(s) indexed or deleted", target.label,
+                    live.label, changed)
+    return changed
+
+
+def _holdings(manifest: Any, physical: str) -> set[tuple[str, str, str]]:
+    return {(s.doc_id, s.content_hash, s.status) for s in manifest.all(physical)}
+
+
 def _resume_or_begin(versions: Versions, kb: str, wanted: dict[str, Any]) -> tuple[Version, bool]:
     same = {k: v for k, v in wanted.items() if k != "from"}  # what must match to resume a build
     for v in reversed(versions.list(kb)):

@@ -104,6 +104,8 @@ def rollback(collection: str, request: Request, key: ApiKey | None = Depends(req
     from mmrag.lifecycle.promotion import rollback as run
 
     name = _name(key, collection)
-    previous, live = run(name, versions=services_of(request).versions, detail={"via": "http"})
+    services = services_of(request)
+    previous, live = run(name, versions=services.versions, open_kb=lambda label: services.kb(label, create=True),
+                            detail={"via": "http"})
     return SwitchOut(collection=name, live=live.label, previous=previous)
 
