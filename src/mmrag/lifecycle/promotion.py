@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from mmrag.config import Settings
 from mmrag.errors import CanaryRefusedError, InvalidInputError
@@ -23,6 +23,9 @@ from mmrag.lifecycle.reindex import catch_up
 from mmrag.lifecycle.versions import Version, Versions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Switches a writer may meet in a row before it gives up (each one costs it a reopen).
+SWITCHES_MET = 20
 
 
 @dataclass
@@ -116,6 +119,38 @@ def _check_servable(target: KnowledgeBase, candidate: Version) -> None:
         raise EmbedderMismatchError(f"{candidate.label} cannot be served with these models: {exc}. Promote it "
                                     "from a process started with the models it was built with (the same "
                                     "--clip-model/--text-model), and restart the servers with them") from exc
+
+
+def on_live_version(name: str, kb: KnowledgeBase, write: Callable[[KnowledgeBase], T], *,
+                    resolve: Callable[[str], str], open_kb: Callable[[str], KnowledgeBase]) -> T:
+    """Run ``write`` on the version ``name`` names, under its writer lock, with the alias checked under the lock.
+
+    A writer resolves ``kb`` to its live version, then waits for that version's writer lock; a
+    promote or rollback in between switches the alias (and catches the new version up while it
+    holds the old one's writer lock), and the write would land in the version no longer served,
+    lost to readers. Under the lock the alias is read again: if it moved, the write goes to the
+    version now live. A switch waits for this writer lock, so once the check passes the write
+    is carried over by the next switch's catch-up.
+
+    Args:
+        name: what the writer was asked to write to (``kb``, or a label ``kb@N``, which never moves).
+        kb: the knowledge base ``name`` resolved to.
+        write: the write (an ingest, a delete); it may take the writer lock again (it is re-entrant).
+        resolve: the physical collection ``name`` names now.
+        open_kb: opens ``name`` again, after a switch.
+
+    Raises:
+        StoreBusyError: the alias moved under the writer more than :data:`SWITCHES_MET` times.
+    """
+    from mmrag.errors import StoreBusyError
+
+    for _ in range(SWITCHES_MET):
+        with kb.write_lock():
+            if resolve(name) == kb.collection:
+                return write(kb)
+        log.warning("%s moved to another version while a write waited; writing to the version now live", name)
+        kb = open_kb(name)
+    raise StoreBusyError(f"{name!r} switched versions {SWITCHES_MET} times while a write waited; try again")
 
 
 def rollback(kb: str, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase] | None,
