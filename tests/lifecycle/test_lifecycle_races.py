@@ -205,3 +205,27 @@ def test_finding1_prune_racing_an_http_rollback_never_drops_the_live_version(api
     print(f"\nprune racing an HTTP rollback, 12 rounds: {outcomes}")
     r = api.client.post("/v1/search", headers=api.auth("reader"), json={"query": "harbour lantern", "collection": kb})
     assert r.status_code == 200 and len(r.json()["hits"]) > 0, r.text
+
+
+def test_a_write_that_resolved_the_alias_before_a_promote_lands_in_the_version_now_live(tmp_path: Path) -> None:
+    """The soak's lost uploads: an upload resolved kb@1, a promote switched to kb@2, the upload wrote kb@1."""
+    from mmrag.lifecycle.promotion import on_live_version
+
+    corpus = _corpus(tmp_path / "corpus")
+    data_dir = tmp_path / "data"
+    open_kb = _opener(data_dir)
+    kb = open_kb(KB)
+    Indexer(kb).ingest([corpus])
+    versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
+    stale = open_kb(KB)  # resolved now: kb@1
+    number = reindex(KB, open_kb=open_kb, chunk=ChunkSpec(32, 4), models=resolve_models(Settings())).version.number
+    versions.switch(KB, number, reason="promote")
+    (corpus / "late.md").write_text("# Late\n\nA late note about the harbour lantern.\n")
+
+    def resolve(name: str) -> str:
+        return Versions(Manifest(data_dir / "manifest.sqlite3")).resolve(name)
+
+    on_live_version(KB, stale, lambda live: Indexer(live).ingest([corpus]), resolve=resolve, open_kb=open_kb)
+    live = open_kb(KB)
+    assert live.collection == f"{KB}--v{number}" and live.manifest.get(live.collection, "late.md") is not None
+    assert stale.manifest.get(stale.collection, "late.md") is None  # nothing went to the version no longer served
