@@ -171,7 +171,8 @@ def test_finding1_prune_racing_rollback_in_threads_never_drops_the_live_version(
     _setup(data_dir, _corpus(tmp_path / "corpus"))
     versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
     open_kb = _opener(data_dir)
-    outcomes = _race(KB, 20, data_dir, versions, open_kb, lambda: rollback(KB, versions=versions, open_kb=open_kb), seed=23)
+    outcomes = _race(KB, 20, data_dir, versions, open_kb, lambda: rollback(KB, versions=versions, open_kb=open_kb),
+                     seed=23)
     print(f"\nprune racing rollback, 20 rounds in threads: {outcomes}")
 
 

@@ -7,7 +7,8 @@ the CLI and the HTTP API make: ``reindex``, ``promote``, ``rollback``, ``prune``
 ``create`` and ``restore``. One rule runs an ingest in a thread *while* one of those steps runs,
 and accepts either order of the two (the lifecycle lock and the writer locks make each atomic),
 but nothing else. :class:`LifecycleModel` says what each version, the alias history and every
-restored copy must hold.
+restored copy must hold; a promote or rollback first catches the version going live up with the
+live one's documents, so no upload or delete is lost at a switch.
 
 After every step:
 
@@ -36,7 +37,14 @@ from typing import Any
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from mmrag.chunking import ChunkSpec
 from mmrag.config import Settings

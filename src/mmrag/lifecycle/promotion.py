@@ -2,7 +2,10 @@
 
 Each runs whole under the knowledge base's lifecycle lock (:meth:`Versions.lock`), and reads the
 alias under it: a prune that chose its victims before a rollback switched to one of them would
-drop the live version (issue 23, finding 1).
+drop the live version (issue 23, finding 1). A promote or rollback first catches the version
+going live up with the live one's documents (:func:`~mmrag.lifecycle.reindex.catch_up`), and
+writers check the alias under their writer lock (:func:`on_live_version`), so no upload or
+delete is lost at a switch.
 
 A promote runs the canary (:mod:`mmrag.lifecycle.canary`: the knowledge base's probes, and its
 evaluation dataset when one is configured, on the live version and on the candidate) and switches

@@ -6,8 +6,8 @@ exactly those files with the same doc ids into a new physical collection (``kb--
 new chunk size or models, then catches up under the knowledge base's lifecycle lock and the live
 version's writer lock: files that changed or arrived meanwhile are ingested again (unchanged ones
 cost a ``stat``), documents the live version lost are deleted; when another version went live
-meanwhile (a rollback), the catch-up follows the one live at the end. The new version is then ``ready``; nothing serves it until
-``promote``.
+meanwhile (a rollback), the catch-up follows the one live at the end. The new version is then
+``ready``; nothing serves it until ``promote``, which catches it up once more (:func:`catch_up`).
 
 The build is an ordinary ingest, so it is resumable: a reindex killed part-way leaves its version
 ``building``, and the next ``mmrag reindex`` with the same settings resumes it (finished
