@@ -53,7 +53,7 @@ from mmrag.errors import InvalidInputError
 from mmrag.indexing import Indexer
 from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle import snapshots
-from mmrag.lifecycle.promotion import promote, prune, rollback
+from mmrag.lifecycle.promotion import on_live_version, promote, prune, rollback
 from mmrag.lifecycle.reindex import reindex
 from mmrag.lifecycle.versions import Versions
 from mmrag.manifest import Manifest
@@ -213,11 +213,20 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.model.files[name] = text
 
     def _ingest(self, prune: bool, versions: Versions | None = None) -> None:
-        kb = self.open_kb(KB, versions=versions)
+        """Ingest into the live version as the server's uploads do: the alias checked again under the writer lock."""
+        vs = versions or self.versions
+        opened = [self.open_kb(KB, versions=vs)]
+
+        def reopen(name: str) -> KnowledgeBase:
+            opened.append(self.open_kb(name, versions=vs))
+            return opened[-1]
+
         try:
-            Indexer(kb).ingest([self.corpus], prune=prune)
+            on_live_version(KB, opened[0], lambda live: Indexer(live).ingest([self.corpus], prune=prune),
+                            resolve=vs.resolve, open_kb=reopen)
         finally:
-            self._let_go(kb)
+            for kb in opened:
+                self._let_go(kb)
 
     def _reindex(self, size: int) -> int:
         return reindex(KB, open_kb=lambda name, spec: self.open_kb(name, spec), chunk=ChunkSpec(size, 4),
@@ -439,8 +448,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         if seen == ingest_first.shape():
             self.model, order = ingest_first, "ingest first"
         else:
-            assert seen == step_first.shape(), {"seen": seen, "ingest first": ingest_first.shape(),
-                                                f"{step} first": step_first.shape()}
+            assert seen == step_first.shape(), _differences(seen, {"ingest first": ingest_first.shape(),
+                                                                   f"{step} first": step_first.shape()})
             self.model, order = step_first, f"{step} first"
         LifecycleMachine.orders[order] += 1
 
@@ -487,6 +496,21 @@ class LifecycleMachine(RuleBasedStateMachine):
                 self._check(kb, docs)
             finally:
                 self._let_go(kb)
+
+
+def _differences(seen: dict[str, Any], expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Where what the data dir holds differs from each order's model, item by item."""
+    out: dict[str, Any] = {}
+    for order, shape in expected.items():
+        for part in ("versions", "restored"):
+            for key in sorted(set(seen[part]) | set(shape[part]), key=str):
+                got, want = seen[part].get(key), shape[part].get(key)
+                if got != want:
+                    out[f"{order}: {part} {key}"] = {"held only": sorted(set(got or ()) - set(want or ())),
+                                                     "model only": sorted(set(want or ()) - set(got or ()))}
+        if seen["history"] != shape["history"]:
+            out[f"{order}: history"] = {"held": seen["history"], "model": shape["history"]}
+    return out
 
 
 _SETTINGS: dict[str, Any] = dict(deadline=None, print_blob=True,
