@@ -215,12 +215,18 @@ class Indexer:
         limits: the loaders' limits and OCR settings.
         engine: where loading and embedding run (default: :class:`LocalEngine`).
         write_concurrency: batches in flight to a Chroma server at once.
+        guard: called each time the writer lock is taken, before anything is written under it; it
+            may raise to stop the run (a promote moved the alias: see
+            :func:`mmrag.lifecycle.promotion.ingest_on_live_version`).
     """
 
     def __init__(self, kb: KnowledgeBase, *, jsonl: JsonlFields = JsonlFields(),
                  limits: LoaderLimits = LoaderLimits(), engine: Engine | None = None,
-                 write_concurrency: int = WRITE_CONCURRENCY) -> None:
+                 write_concurrency: int = WRITE_CONCURRENCY, guard: Callable[[], None] | None = None) -> None:
         self.kb = kb
+        #: Called each time this indexer takes the writer lock, before it writes anything under it
+        #: (:func:`mmrag.lifecycle.promotion.ingest_on_live_version` checks the alias there).
+        self.guard = guard
         self.jsonl = jsonl
         self.limits = limits
         self.engine: Engine = engine or LocalEngine()
@@ -272,7 +278,7 @@ class Indexer:
             (summary.skipped if status == "skipped" else summary.failed).append(Problem(problem.path, problem.reason, status))
             run.unsure.add(problem.path)
         summary.files_seen = len(refs)
-        with self.kb.write_lock():
+        with self.locked():
             self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
             # Repair and reindex read sources only under these (mmrag.lifecycle.roots). The CLI passes
             # the paths it walked beside ``files``; repair and reindex pass no paths.
@@ -309,11 +315,19 @@ class Indexer:
         summary.startup_seconds = self.engine.startup_seconds
         summary.workers = self.engine.describe() if tasks else {}
         if prune:
-            with self.kb.write_lock(), span("ingest.prune") as trace:
+            with self.locked(), span("ingest.prune") as trace:
                 summary.pruned = self._prune([Path(p) for p in paths], run)
                 trace.set_attributes(documents=summary.pruned)
         summary.seconds = time.monotonic() - started
         return summary
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """The writer lock, with :attr:`guard` run once it is held (the lock is re-entrant)."""
+        with self.kb.write_lock():
+            if self.guard is not None:
+                self.guard()
+            yield
 
     def delete(self, doc_ids: Iterable[str]) -> int:
         """Remove documents from all three indexes and the manifest. Returns how many existed."""
@@ -572,13 +586,13 @@ class _Writer:
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
         """The writer lock for a block (re-entrant: a no-op where the writer already holds it)."""
-        with self.kb.write_lock():
+        with self.indexer.locked():
             yield
 
     def _hold(self) -> None:
         if self._held is None:
             stack = contextlib.ExitStack()
-            stack.enter_context(self.kb.write_lock())
+            stack.enter_context(self.indexer.locked())
             self._held, self._held_since = stack, time.monotonic()
 
     def _release(self) -> None:

@@ -1,6 +1,7 @@
-"""File locks that say who holds them: the per-collection writer lock and the embedded-store claim.
+"""File locks that say who holds them: the per-collection writer lock, the per-knowledge-base lifecycle
+lock and the embedded-store claim.
 
-Both are ``flock`` locks, which the kernel releases when the holder dies, so a ``kill -9`` never
+All are ``flock`` locks, which the kernel releases when the holder dies, so a ``kill -9`` never
 leaves a stale lock behind. The holder writes its pid, command line and start time into the lock
 file once it holds the lock, so a process that waits or is refused can name it.
 
@@ -134,3 +135,37 @@ def release(path: Path) -> None:
     if fh is not None:
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         fh.close()
+
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def lifecycle(data_dir: Path, kb: str, *, timeout: float) -> Iterator[None]:
+    """Hold ``kb``'s lifecycle lock: promote, rollback, prune, reindex's finish and drop take it, one at a time.
+
+    Each of these reads the alias and then acts on what it read (prune picks the versions that are
+    not live, then drops them); without one lock across processes a rollback can land between the
+    read and the act, and prune then drops the version the rollback has just made live. The lock
+    is a ``flock`` in ``<data dir>/locks/lifecycle/`` (collection names hold no ``/``, so it never
+    meets a writer lock), re-entrant for the thread that holds it.
+
+    Raises:
+        StoreBusyError: another step of ``kb``'s lifecycle held it for longer than ``timeout``.
+    """
+    path = Path(data_dir) / "locks" / "lifecycle" / f"{kb}.lock"
+    key = os.path.realpath(path)
+    depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
+    if depth.get(key):
+        depth[key] += 1
+        try:
+            yield
+        finally:
+            depth[key] -= 1
+        return
+    with exclusive(path, timeout=timeout, what=f"The lifecycle lock of knowledge base {kb!r}"):
+        depth[key] = 1
+        try:
+            yield
+        finally:
+            depth.pop(key, None)

@@ -66,6 +66,11 @@ def test_promote_and_rollback_switch_what_the_server_answers_from(api: Api) -> N
     back = api.client.post(f"/v1/collections/{kb}/rollback", headers=api.auth("admin"))
     assert back.status_code == 200 and back.json()["live"] == f"{kb}@1"
     assert _search_version(api, kb) == f"{kb}@1"
+    # The upload made while kb@2 was live is carried back: a rollback undoes a build, not the uploads.
+    assert api.services.kb(kb).manifest.get(api.services.physical(kb), "late.txt") is not None
+    r = api.client.post("/v1/search", headers=api.auth("reader"), json={"query": "museum shop", "collection": kb,
+                                                                       "retriever": "bm25"})
+    assert r.status_code == 200 and r.json()["hits"][0]["doc_id"] == "late.txt", r.text
     again = api.client.post(f"/v1/collections/{kb}/rollback", headers=api.auth("admin"))
     assert again.status_code == 400 and "no earlier live version" in again.text
 

@@ -152,14 +152,50 @@ def test_prune_keeps_the_live_version_and_the_rollback_target(tmp_path: Path) ->
         reindex("kb", open_kb=open_kb, chunk=ChunkSpec(size, 8), models=resolve_models(Settings()))
     versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
     versions.switch("kb", 4, reason="promote")
-    assert prune("kb", versions=versions, open_bare=open_kb, keep=1) == ["kb@1", "kb@2"]
-    assert [v.label for v in versions.list("kb")] == ["kb@3", "kb@4"]
+    # The kept version is the one a rollback goes to (kb@1, from the alias history), not the newest other.
+    assert prune("kb", versions=versions, open_bare=open_kb, keep=1) == ["kb@2", "kb@3"]
+    assert [v.label for v in versions.list("kb")] == ["kb@1", "kb@4"] and versions.previous("kb") == 1
     assert not open_kb("kb").manifest.has_collection("kb--v2")  # its rows went with it
     assert open_kb("kb--v2").raw_store("text").count() == 0
-    assert versions.resolve("kb") == "kb--v4"
+    assert prune("kb", versions=versions, open_bare=open_kb, keep=0) == ["kb@1"]
+    assert versions.resolve("kb") == "kb--v4" and versions.history("kb") == [4]
     # Version 1's collection is named like the knowledge base: pruning it must not touch the live one.
     assert not versions.manifest.has_collection("kb")
     assert open_kb("kb@4").raw_store("text").count() > 0 and open_kb("kb@4").health().problems == []
+    # A pruned number is never given again (a server may hold its collections open).
+    reindex("kb", open_kb=open_kb, chunk=ChunkSpec(40, 8), models=resolve_models(Settings()))
+    assert [v.label for v in versions.list("kb")] == ["kb@4", "kb@5"]
+
+
+def test_prune_leaves_no_version_twice_in_a_row_in_the_alias_history(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    _ingest(data_dir, _corpus(tmp_path / "corpus", 2))
+    open_kb = _opener(data_dir)
+    reindex("kb", open_kb=open_kb, chunk=ChunkSpec(32, 8), models=resolve_models(Settings()))
+    reindex("kb", open_kb=open_kb, chunk=ChunkSpec(48, 8), models=resolve_models(Settings()))
+    versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
+    for number in (2, 3, 2):
+        versions.switch("kb", number, reason="promote")
+    assert versions.history("kb") == [1, 2, 3, 2]
+    versions.switch("kb", 3, reason="promote")
+    versions.switch("kb", 2, reason="promote")
+    # [1, 2, 3, 2, 3, 2]: kb@3 is named twice but counts once, so --keep 1 keeps it and drops only kb@1.
+    assert prune("kb", versions=versions, open_bare=open_kb, keep=1) == ["kb@1"]
+    assert versions.history("kb") == [2, 3, 2, 3, 2]
+    assert prune("kb", versions=versions, open_bare=open_kb, keep=0) == ["kb@3"]
+    assert versions.history("kb") == [2]  # not [2, 2, 2]: a rollback to the version already live means nothing
+    with pytest.raises(InvalidInputError, match="no earlier live version"):
+        versions.rollback("kb")
+
+
+def test_a_live_version_is_never_forgotten(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    _ingest(data_dir, _corpus(tmp_path / "corpus", 2))
+    versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
+    versions.adopt("kb")
+    with pytest.raises(InvalidInputError, match="kb@1 is live"):
+        versions.forget("kb", 1)
+    assert versions.resolve("kb") == "kb" and versions.history("kb") == [1]
 
 
 # -- acceptance 1: a server keeps answering through reindex, promote and rollback -------------------

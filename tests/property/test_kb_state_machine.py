@@ -15,6 +15,10 @@ of what the corpus holds and what mmrag promises to keep:
 
 The embedders are the hashing fake (16 and 8 dimensions): the machine tests the bookkeeping.
 What it found is at the end of the module, each as a minimal reproduction marked xfail(strict).
+
+Its lifecycle rules (reindex, promote, rollback, prune, snapshot and restore, each also racing
+an ingest) are in :mod:`tests.property.test_lifecycle_state_machine`, over versions of the same
+real stores.
 """
 
 from __future__ import annotations

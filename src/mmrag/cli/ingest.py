@@ -49,6 +49,8 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     """
     from mmrag.cli.progress import FileWatch, Progress, file_outcomes
     from mmrag.indexing import Indexer, LocalEngine, ingest_limits
+    from mmrag.lifecycle.promotion import ingest_on_live_version
+    from mmrag.lifecycle.versions import Versions
     from mmrag.loaders import JsonlFields, discover
 
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
@@ -67,11 +69,18 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     found = list(discover(list(paths)))
     watch = FileWatch(engine, found)
     # The per-document budgets come from the settings (MMRAG_INGEST__MAX_PAGES, ...); the flags win.
-    indexer = Indexer(kb, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=watch,
-                      limits=ingest_limits(settings_from(opts), max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
-                                           page_images=page_images))
+    limits = ingest_limits(settings_from(opts), max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
+                           page_images=page_images)
+    name = settings_from(opts).collection
     with Progress(watch, sys.stderr, every=progress_every, bar=not as_json) as progress:
-        summary = indexer.ingest(list(paths), prune=prune, progress=progress, files=found)
+        # Each time the run takes the writer lock it checks that ``name`` still names the version it
+        # writes: a promote or rollback in another process meanwhile restarts it on the new live one.
+        summary = ingest_on_live_version(
+            name, kb, lambda live, guard: Indexer(
+                live, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=watch, limits=limits, guard=guard,
+            ).ingest(list(paths), prune=prune, progress=progress, files=found),
+            resolve=lambda n: Versions(kb.manifest).resolve(n),
+            open_kb=lambda n: open_kb(opts, n, create=True, embedders=kb))
     if as_json:
         emit({**summary.to_dict(), "files": file_outcomes(watch, summary)})
     else:

@@ -27,7 +27,7 @@ def _versions(opts: dict[str, Any]) -> Any:
     from mmrag.manifest import Manifest
 
     s = settings_from(opts)
-    return Versions(Manifest(s.data_dir / "manifest.sqlite3"))
+    return Versions(Manifest(s.data_dir / "manifest.sqlite3"), lock_timeout=s.store.lock_timeout)
 
 
 @main.command()
@@ -121,15 +121,18 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
 @common_options
 @errors_to_click
 def rollback(kb: str, as_json: bool, **opts: Any) -> None:
-    """Return KB to the version that was live before the current one."""
+    """Return KB to the version that was live before the current one.
+
+    Uploads and deletes made since that version was live are carried back into it first.
+    """
+    from mmrag.lifecycle.promotion import rollback as run
+
     require_collection(settings_from(opts), kb)
-    versions = _versions(opts)
-    current = versions.live_number(kb)
-    live = versions.rollback(kb)
+    previous, live = run(kb, versions=_versions(opts), open_kb=lambda label: open_kb(opts, label))
     if as_json:
-        emit({"kb": kb, "from": f"{kb}@{current}", "live": live.label})
+        emit({"kb": kb, "from": previous, "live": live.label})
     else:
-        click.echo(f"{kb} -> {live.label} (was {kb}@{current})")
+        click.echo(f"{kb} -> {live.label} (was {previous})")
 
 
 class _ListByDefault(click.Group):
@@ -203,7 +206,11 @@ def _figures(figures: dict[str, Any]) -> str:
 @common_options
 @errors_to_click
 def prune_versions(kb: str, keep: int, as_json: bool, **opts: Any) -> None:
-    """Drop KB's old versions: all but the live one and the KEEP newest others (builds in progress stay)."""
+    """Drop KB's old versions: all but the live one and KEEP others (builds in progress stay).
+
+    The kept ones are where a rollback goes first, then the newest. Prune waits for a promote,
+    rollback or reindex of KB in another process to finish, and reads the live version after it.
+    """
     from mmrag.lifecycle.promotion import prune
 
     require_collection(settings_from(opts), kb)

@@ -117,13 +117,17 @@ class UploadResume:
 
     def _resume(self, name: str, files: list[Path]) -> None:
         from mmrag.indexing import Indexer, ingest_limits
+        from mmrag.lifecycle.promotion import ingest_on_live_version
 
         folder = files[0].parent
         try:
             kb = self.services.kb(name, create=True)
             log.warning("collection %r: resuming %d interrupted upload(s) from %s", name, len(files), folder)
             # The same per-document budgets as an upload (MMRAG_INGEST__*); takes the writer lock per write.
-            summary = Indexer(kb, limits=ingest_limits(self.services.settings)).ingest(files)
+            limits = ingest_limits(self.services.settings)
+            summary = ingest_on_live_version(
+                name, kb, lambda live, guard: Indexer(live, limits=limits, guard=guard).ingest(files),
+                resolve=self.services.physical, open_kb=lambda n: self.services.kb(n, create=True))
             log.warning("collection %r: resumed uploads: %d indexed, %d failed", name, summary.indexed,
                         len(summary.failed))
         except MmragError as exc:

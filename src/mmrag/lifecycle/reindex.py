@@ -3,10 +3,11 @@
 ``reindex`` reads which files the live version was built from (the manifest's document rows:
 each row's source path and doc id give the file and the root its id is relative to), ingests
 exactly those files with the same doc ids into a new physical collection (``kb--vN``) with the
-new chunk size or models, then catches up under the live version's writer lock: files that
-changed or arrived meanwhile are ingested again (unchanged ones cost a ``stat``), documents the
-live version lost are deleted. The new version is then ``ready``; nothing serves it until
-``promote``.
+new chunk size or models, then catches up under the knowledge base's lifecycle lock and the live
+version's writer lock: files that changed or arrived meanwhile are ingested again (unchanged ones
+cost a ``stat``), documents the live version lost are deleted; when another version went live
+meanwhile (a rollback), the catch-up follows the one live at the end. The new version is then
+``ready``; nothing serves it until ``promote``, which catches it up once more (:func:`catch_up`).
 
 The build is an ordinary ingest, so it is resumable: a reindex killed part-way leaves its version
 ``building``, and the next ``mmrag reindex`` with the same settings resumes it (finished
@@ -129,9 +130,20 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
             summary = Indexer(target).ingest([], files=refs, progress=progress)
             result.indexed, result.unchanged = summary.indexed, summary.unchanged
             result.failed = [{"path": p.path, "reason": p.reason} for p in summary.failed]
+        # The finish runs under the lifecycle lock, taken before any writer lock (the order every
+        # lifecycle step keeps): the live version may have changed meanwhile (a rollback), so the
+        # catch-up reads the one live now, and a prune or drop cannot remove either version under it.
+        with versions.lock(kb_name):
+            versions.get(kb_name, version.number)  # NotFoundError if a drop removed it meanwhile
+            live_now = versions.get(kb_name, versions.live_number(kb_name) or 1)
+            if live_now.number != live.number:
+                log.warning("reindex %s: %s went live meanwhile; catching up from it", version.label, live_now.label)
+                live_kb.close()
+                live_kb, live, result.source = open_kb(live_now.label, chunk), live_now, live_now.label
+                wanted["from"] = live.label
             # Catch up with what the live version took in meanwhile, holding its writer lock so
             # that nothing more arrives until the new version is complete.
-            with live_kb.write_lock():
+            with target.write_lock(), live_kb.write_lock():
                 refs, result.missing = source_files(live_kb, allow_outside_roots)
                 again = Indexer(target).ingest([], files=refs)
                 result.indexed += again.indexed
@@ -152,6 +164,61 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
         live_kb.close()
     result.version = versions.get(kb_name, version.number)
     return result
+
+
+def catch_up(kb_name: str, number: int, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase],
+             then: Callable[[], Any]) -> int:
+    """Bring ``kb@number`` up to the live version's documents, then run ``then`` (the switch) under the same locks.
+
+    A version about to go live (a promote, a rollback) was built, or last served, some time ago;
+    uploads and deletes since went to the live version only, and would be lost to readers at the
+    switch. Under both writer locks (taken after the lifecycle lock, which the caller holds), the
+    live version's sources are ingested into the target (unchanged files cost a ``stat``) and
+    documents the live version no longer has are deleted from it; ``then`` runs before the locks
+    are let go, so no write that took the live version's writer lock first is left behind. When
+    the manifest shows the two already hold the same documents, the stores are not opened at all.
+
+    A writer that resolved the alias before the switch but takes the writer lock after it still
+    writes the old version: closing that needs the writer to check the alias under its lock.
+
+    Args:
+        kb_name: the knowledge base.
+        number: the version about to go live.
+        versions: the data dir's versions.
+        open_kb: opens a version by its label, models attached; what it opens stays open (a
+            server's openers hand out knowledge bases they keep).
+        then: the switch, run under the locks.
+
+    Returns:
+        Documents indexed or deleted in the target.
+    """
+    from mmrag.indexing import Indexer
+
+    live = versions.get(kb_name, versions.live_number(kb_name) or 1)
+    target = versions.get(kb_name, number)
+    if live.number == number:
+        then()
+        return 0
+    # Opening is lazy: the stores are touched only when there is something to catch up.
+    live_kb, target_kb = open_kb(live.label), open_kb(target.label)
+    changed = 0
+    with target_kb.write_lock(), live_kb.write_lock():
+        # Compared under the locks: a write to the live version in flight has finished by now.
+        if _holdings(versions.manifest, live.physical) != _holdings(versions.manifest, target.physical):
+            refs, _missing = source_files(live_kb)
+            changed = Indexer(target_kb).ingest([], files=refs).indexed
+            live_ids = {s.doc_id for s in live_kb.manifest.all(live_kb.collection)}
+            gone = [s.doc_id for s in target_kb.manifest.all(target_kb.collection) if s.doc_id not in live_ids]
+            changed += Indexer(target_kb).delete(gone) if gone else 0
+        then()
+    if changed:
+        log.warning("%s caught up with %s before going live: %d document(s) indexed or deleted", target.label,
+                    live.label, changed)
+    return changed
+
+
+def _holdings(manifest: Any, physical: str) -> set[tuple[str, str, str]]:
+    return {(s.doc_id, s.content_hash, s.status) for s in manifest.all(physical)}
 
 
 def _resume_or_begin(versions: Versions, kb: str, wanted: dict[str, Any]) -> tuple[Version, bool]:
@@ -176,12 +243,13 @@ def drop_knowledge_base(manifest_kb: KnowledgeBase, name: str, open_bare: Callab
         The physical collections dropped.
     """
     versions = Versions(manifest_kb.manifest)
-    listed = versions.list(name)
-    for label in [v.label for v in listed] or [name]:
-        kb = open_bare(label)
-        with kb.write_lock():
-            kb.drop()
-    with manifest_kb.manifest.transaction() as db:
-        for table in ("versions", "alias_history", "probes", "events", "roots"):
-            db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
+    with versions.lock(name):  # a promote, rollback or reindex of ``name`` in flight finishes first
+        listed = versions.list(name)
+        for label in [v.label for v in listed] or [name]:
+            kb = open_bare(label)
+            with kb.write_lock():
+                kb.drop()
+        with manifest_kb.manifest.transaction() as db:
+            for table in ("versions", "alias_history", "probes", "events", "roots"):
+                db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
     return [v.physical for v in listed] or [name]

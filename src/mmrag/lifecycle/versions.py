@@ -7,6 +7,11 @@ manifest (``alias_history``): the live version is its last row, a promote append
 rollback deletes one, each in one SQLite transaction, so a switch is atomic and every process
 sees it on its next lookup (a primary-key read).
 
+Every step that reads the alias and then acts on it (promote, rollback, prune, the end of a
+reindex, a drop) holds the knowledge base's lifecycle lock (:meth:`Versions.lock`, a file lock in
+the data dir), so no two of them interleave, in one process or across processes. A version
+number is never given twice: a server may still hold a pruned version's collections open.
+
 A knowledge base written before versions existed has no rows: it is version 1 and its physical
 collection is its own name. It is adopted (given a ``versions`` row) the first time a lifecycle
 command touches it, with nothing copied. Later versions live in ``<kb>--v<N>``.
@@ -14,12 +19,14 @@ command touches it, with nothing copied. Later versions live in ``<kb>--v<N>``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
+from mmrag import locks
 from mmrag.chunking import ChunkSpec
 from mmrag.errors import InvalidInputError, NotFoundError
 from mmrag.manifest import Manifest
@@ -27,6 +34,8 @@ from mmrag.registry import check_collection_name
 
 #: The highest version number (``kb@999999``; labels in the API are at most 6 digits).
 MAX_VERSION = 999_999
+#: Seconds a lifecycle step waits for another one of the same knowledge base (``store.lock_timeout``).
+LOCK_TIMEOUT = 600.0
 #: ``kb@3``: a version named explicitly.
 _LABEL = re.compile(r"^(?P<kb>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<n>[0-9]+)$")
 #: The physical collection of version N >= 2.
@@ -74,8 +83,22 @@ class Version:
 class Versions:
     """The versions and alias of every knowledge base in one manifest."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.manifest = manifest
+        self.lock_timeout = lock_timeout
+
+    @contextlib.contextmanager
+    def lock(self, kb: str) -> Iterator[None]:
+        """Hold ``kb``'s lifecycle lock for the block (re-entrant in one thread; see :func:`mmrag.locks.lifecycle`).
+
+        Take it around a read of the alias and the act that depends on it, and before any writer
+        lock of a version, so that the two kinds of lock are always taken in the same order.
+
+        Raises:
+            StoreBusyError: another lifecycle step of ``kb`` held it past ``lock_timeout``.
+        """
+        with locks.lifecycle(self.manifest.path.parent, kb, timeout=self.lock_timeout):
+            yield
 
     # -- reading --------------------------------------------------------------------------------
     def live_number(self, kb: str) -> int | None:
@@ -178,6 +201,10 @@ class Versions:
         now = time.time()
         with self.manifest.transaction() as db:
             top = db.execute("SELECT MAX(version) FROM versions WHERE kb=?", (kb,)).fetchone()[0] or 1
+            # A pruned number stays spent: a server may hold the pruned version's collections open
+            # under its physical name, and would answer from them if the name came back.
+            for (detail,) in db.execute("SELECT detail FROM events WHERE kb=? AND kind='prune'", (kb,)):
+                top = max(int(top), int(json.loads(detail).get("version") or 0))
             number = int(top) + 1
             physical = physical_name(kb, number)
             if db.execute("SELECT 1 FROM documents WHERE collection=? LIMIT 1", (physical,)).fetchone():
@@ -214,8 +241,12 @@ class Versions:
             NotFoundError: no such version.
             InvalidInputError: the version is not ``ready`` (still building, or its build failed).
         """
-        self.ready(kb, number)
-        self.adopt_if_unversioned(kb)
+        with self.lock(kb):
+            self.ready(kb, number)
+            self.adopt_if_unversioned(kb)
+            return self._switch(kb, number, reason, detail)
+
+    def _switch(self, kb: str, number: int, reason: str, detail: dict[str, Any] | None) -> Version:
         now = time.time()
         with self.manifest.transaction() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM alias_history WHERE kb=?", (kb,)).fetchone()[0]
@@ -244,6 +275,11 @@ class Versions:
         if self.live_number(kb) is None and self.manifest.has_collection(kb):
             self.adopt(kb)
 
+    def history(self, kb: str) -> list[int]:
+        """The alias history of ``kb``, oldest first: the last is live, the one before it is where a rollback goes."""
+        return [int(r[0]) for r in self.manifest.read(  # type: ignore[call-overload]
+            "SELECT version FROM alias_history WHERE kb=? ORDER BY seq", (kb,))]
+
     def previous(self, kb: str) -> int:
         """The version a rollback of ``kb`` returns to.
 
@@ -256,10 +292,17 @@ class Versions:
                                     "lists its versions")
         return int(rows[1][0])  # type: ignore[call-overload]
 
-    def rollback(self, kb: str, *, detail: dict[str, Any] | None = None) -> Version:
-        """Return ``kb`` to the version that was live before the current one (one transaction)."""
-        now = time.time()
-        with self.manifest.transaction() as db:
+    def rollback(self, kb: str, *, detail: dict[str, Any] | None = None) -> tuple[int, Version]:
+        """Return ``kb`` to the version that was live before the current one (one transaction, under the lock).
+
+        Returns:
+            The version that was live, and the one that is live now.
+
+        Raises:
+            InvalidInputError: there is no earlier live version.
+        """
+        with self.lock(kb), self.manifest.transaction() as db:
+            now = time.time()
             rows = db.execute("SELECT seq, version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 2",
                               (kb,)).fetchall()
             if len(rows) < 2:
@@ -269,13 +312,30 @@ class Versions:
             db.execute("DELETE FROM alias_history WHERE kb=? AND seq=?", (kb, seq))
             db.execute("INSERT INTO events VALUES (?,?,?,?)",
                        (kb, now, "rollback", json.dumps({"from": current, "to": back, **(detail or {})}, default=str)))
-        return self.get(kb, int(back))
+        return int(current), self.get(kb, int(back))
 
     def forget(self, kb: str, number: int) -> None:
-        """Remove a version's rows (its collections are dropped by the caller first)."""
-        with self.manifest.transaction() as db:
+        """Remove a version's rows (its collections are dropped by the caller first, under :meth:`lock`).
+
+        Its rows leave the alias history too; where that leaves one version twice in a row, the
+        repeat goes, so a rollback always moves to another version.
+
+        Raises:
+            InvalidInputError: the version is live (the caller read the alias outside the lock).
+        """
+        with self.lock(kb), self.manifest.transaction() as db:
+            live = db.execute("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 1",
+                              (kb,)).fetchone()
+            if live is not None and int(live[0]) == number:
+                raise InvalidInputError(f"{kb}@{number} is live and cannot be pruned; promote or roll back first")
             db.execute("DELETE FROM versions WHERE kb=? AND version=?", (kb, number))
             db.execute("DELETE FROM alias_history WHERE kb=? AND version=?", (kb, number))
+            last = None
+            for seq, version in db.execute("SELECT seq, version FROM alias_history WHERE kb=? ORDER BY seq",
+                                           (kb,)).fetchall():
+                if version == last:
+                    db.execute("DELETE FROM alias_history WHERE kb=? AND seq=?", (kb, seq))
+                last = version
             db.execute("INSERT INTO events VALUES (?,?,?,?)", (kb, time.time(), "prune",
                                                               json.dumps({"version": number})))
 

@@ -30,6 +30,7 @@ from mmrag.http.routes.query import ERRORS
 from mmrag.http.schemas import COLLECTION_PATTERN, CollectionList, CollectionOut, DeleteResponse, UploadResponse
 from mmrag.http.services import Services
 from mmrag.indexing import Indexer, IngestSummary, Problem, ingest_limits
+from mmrag.lifecycle.promotion import ingest_on_live_version, on_live_version
 from mmrag.loaders import SUPPORTED_SUFFIXES, FileRef, file_sha256, load
 from mmrag.registry import check_collection_name
 
@@ -77,8 +78,11 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
     to_index = [p for p in paths if str(p) not in {r.path for r in refused}]
-    summary = (await run_in_threadpool(lambda: indexer.ingest(to_index)) if to_index
-               else IngestSummary(collection=name))
+    # The write goes to the version live each time it takes the writer lock (a promote may switch meanwhile).
+    summary = (await run_in_threadpool(lambda: ingest_on_live_version(
+        name, kb, lambda live, guard: Indexer(live, limits=indexer.limits, guard=guard).ingest(to_index),
+        resolve=services.physical,
+        open_kb=lambda n: services.kb(n, create=True))) if to_index else IngestSummary(collection=name))
     services.metrics.ingested.labels(name).inc(summary.indexed)
     summary.failed[:0] = [r for r in refused if r.status == "failed"]
     summary.skipped[:0] = [r for r in refused if r.status == "skipped"]
@@ -94,7 +98,8 @@ def delete(doc_id: str, request: Request, collection: str | None = None,
     services = services_of(request)
     name = allow_collection(key, check_collection_name(collection or services.settings.collection))
     kb = services.kb(name)
-    if Indexer(kb).delete([doc_id]) == 0:
+    if on_live_version(name, kb, lambda live: Indexer(live).delete([doc_id]), resolve=services.physical,
+                       open_kb=services.kb) == 0:
         raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
     folder = upload_dir(services, name)
     uploaded = folder / doc_id

@@ -3,7 +3,8 @@
 ``promote`` runs the same canary as ``mmrag promote`` (:mod:`mmrag.lifecycle.promotion`) in this
 process, so it also works on the embedded store that the server holds; a refused canary is
 ``409 canary_refused`` with the gate's figures in the message. The switch takes effect for every
-server on the data dir at its next request.
+server on the data dir at its next request. Both take the knowledge base's lifecycle lock, as the
+CLI's do, so a switch here and a ``mmrag versions prune`` elsewhere never interleave.
 """
 
 from __future__ import annotations
@@ -100,9 +101,11 @@ def promote(collection: str, body: PromoteRequest, request: Request,
 @router.post("/v1/collections/{collection}/rollback", response_model=SwitchOut, responses=ERRORS)
 def rollback(collection: str, request: Request, key: ApiKey | None = Depends(require("admin"))) -> SwitchOut:
     """Return a knowledge base to its previous live version (admin key)."""
-    vs = services_of(request).versions
+    from mmrag.lifecycle.promotion import rollback as run
+
     name = _name(key, collection)
-    current = vs.live_number(name)
-    live = vs.rollback(name, detail={"via": "http"})
-    return SwitchOut(collection=name, live=live.label, previous=f"{name}@{current}")
+    services = services_of(request)
+    previous, live = run(name, versions=services.versions, open_kb=lambda label: services.kb(label, create=True),
+                            detail={"via": "http"})
+    return SwitchOut(collection=name, live=live.label, previous=previous)
 
