@@ -230,3 +230,40 @@ def test_a_write_that_resolved_the_alias_before_a_promote_lands_in_the_version_n
     live = open_kb(KB)
     assert live.collection == f"{KB}--v{number}" and live.manifest.get(live.collection, "late.md") is not None
     assert stale.manifest.get(stale.collection, "late.md") is None  # nothing went to the version no longer served
+
+
+@pytest.mark.parametrize("switch_after", [0, 1])  # before the plan; before the first batch's write
+def test_an_ingest_that_meets_a_promote_between_its_writes_ends_in_the_version_now_live(
+        tmp_path: Path, switch_after: int) -> None:
+    """An ingest takes the writer lock a slice at a time (finding 7), so the alias is checked at
+    each slice: after a switch the run stops before it writes again and starts over on the live
+    version; what it wrote before the switch is the switch's to carry over."""
+    from mmrag.lifecycle.promotion import ingest_on_live_version
+
+    corpus = _corpus(tmp_path / "corpus")
+    data_dir = tmp_path / "data"
+    open_kb = _opener(data_dir)
+    Indexer(open_kb(KB)).ingest([corpus])
+    number = reindex(KB, open_kb=open_kb, chunk=ChunkSpec(32, 4), models=resolve_models(Settings())).version.number
+    stale = open_kb(KB)  # kb@1, still live
+    for i in range(4):
+        (corpus / f"late{i}.md").write_text(f"# Late {i}\n\nLate note {i} about the harbour lantern.\n")
+    versions = Versions(Manifest(data_dir / "manifest.sqlite3"))
+    takes = 0
+
+    def resolve(name: str) -> str:
+        nonlocal takes
+        takes += 1
+        if takes == switch_after + 1:  # the promote lands while the ingest waits for the lock
+            versions.switch(KB, number, reason="promote")
+        return Versions(Manifest(data_dir / "manifest.sqlite3")).resolve(name)
+
+    summary = ingest_on_live_version(
+        KB, stale, lambda live, guard: Indexer(live, guard=guard).ingest([corpus]), resolve=resolve, open_kb=open_kb)
+    live = open_kb(KB)
+    assert live.collection == f"{KB}--v{number}" and summary.collection == live.collection
+    held = {s.doc_id for s in live.manifest.all(live.collection)}
+    assert {f"late{i}.md" for i in range(4)} <= held
+    # Nothing was written to the old version after the switch was seen.
+    late_in_stale = {s.doc_id for s in stale.manifest.all(stale.collection)} & {f"late{i}.md" for i in range(4)}
+    assert not late_in_stale
