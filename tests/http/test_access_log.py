@@ -151,3 +151,17 @@ def test_log_lines_hold_the_query_text_when_asked(session_api: Api) -> None:
 def test_audit_without_a_log_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["audit", "--log", str(tmp_path / "none.log"), "--doc", "x"])
     assert result.exit_code == 2 and "none.log" in result.output
+
+
+@pytest.mark.parametrize("where", ["-", "off"])
+def test_log_to_stdout_or_off(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MMRAG_API__ACCESS_LOG", where)
+    for api in make_api(tmp_path / "data", None):
+        assert api.client.get("/v1/models", headers=api.auth("reader")).status_code == 200
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert not list((tmp_path / "data").glob("access.log*"))
+    if where == "-":
+        assert [(e["route"], e["key_name"], e["status"]) for e in lines] == [("/v1/models", "reader", 200)]
+    else:
+        assert lines == []

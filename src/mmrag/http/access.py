@@ -1,6 +1,6 @@
 """The access log: one JSON line per request, answering "who read document X" (``mmrag audit``).
 
-Each line holds ``time`` (UTC, ISO 8601), ``key`` (the key id, never the token) and ``key_name``,
+Each line holds ``time`` (UTC, ISO 8601, when the response was sent), ``key`` (the key id, never the token) and ``key_name``,
 ``method``, ``route`` (the route's template), ``path``, ``status``, ``collection``, ``tool`` (an MCP
 tool call), ``doc_ids`` (the documents the caller was shown: hits, citations, an image's document),
 ``context_doc_ids`` (for answers: the documents the model read) and ``ms`` (latency, to the last
@@ -98,12 +98,27 @@ def open_writer(settings: Settings) -> logging.Logger | None:
                               "MMRAG_API__ACCESS_LOG to a writable file, '-' for stdout, or 'off'") from exc
         # Rotation is per process: with several workers, point each at stdout ('-') or at a log
         # shipper, as two processes rotating one file can lose lines.
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=api.access_log_max_bytes,
+        handler = _ClosingRotatingHandler(path, maxBytes=api.access_log_max_bytes,
                                                        backupCount=api.access_log_backups, encoding="utf-8",
                                                        delay=True)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     return logger
+
+
+class _ClosingRotatingHandler(logging.handlers.RotatingFileHandler):
+    """Rotates like its parent, but holds no file open between lines.
+
+    An app built and dropped without its lifespan (tests, embedding the app) would otherwise leak
+    the handle; reopening per line costs microseconds next to a request, and another process's
+    rotation is picked up at the next line instead of writing on into a renamed file.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None  # type: ignore[assignment]
 
 
 def close_writer(writer: logging.Logger | None) -> None:
