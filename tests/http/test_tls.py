@@ -1,4 +1,4 @@
-"""Issue 28, acceptance 5: ``mmrag serve --tls-cert ... --tls-key ...`` answers the official ``openai`` client over HTTPS.
+"""Issue 28, acceptance 5: ``mmrag serve --tls-cert/--tls-key`` answers the official ``openai`` client over HTTPS.
 
 The certificate is self-signed, made here with ``cryptography``; the client trusts exactly it. A
 bad certificate or key is refused with exit status 2, naming the file, before any model loads.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import ssl
 import subprocess
@@ -69,8 +70,6 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     release_embedded_store(data_dir)
     made = CliRunner().invoke(main, ["keys", "create", "tls", "--scope", "read", "--data-dir", str(data_dir), "--json"])
     assert made.exit_code == 0, made.output
-    import json
-
     token = json.loads(made.stdout)["token"]
     cert, key = _self_signed(root)
     port = free_port()

@@ -118,5 +118,6 @@ def parse_since(text: str) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError as exc:
-        raise UsageFailure(f"--since {text!r}: give an ISO 8601 time (2026-01-31T09:00) or an age (30m, 24h, 7d)") from exc
+        raise UsageFailure(f"--since {text!r}: give an ISO 8601 time (2026-01-31T09:00) "
+                           "or an age (30m, 24h, 7d)") from exc
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

@@ -1,9 +1,9 @@
 """The access log: one JSON line per request, answering "who read document X" (``mmrag audit``).
 
-Each line holds ``time`` (UTC, ISO 8601, when the response was sent), ``key`` (the key id, never the token) and ``key_name``,
-``method``, ``route`` (the route's template), ``path``, ``status``, ``collection``, ``tool`` (an MCP
-tool call), ``doc_ids`` (the documents the caller was shown: hits, citations, an image's document),
-``context_doc_ids`` (for answers: the documents the model read) and ``ms`` (latency, to the last
+Each line holds ``time`` (UTC, ISO 8601, when the response was sent), ``key`` (the key id, never
+the token) and ``key_name``, ``method``, ``route`` (the route's template), ``path``, ``status``,
+``collection``, ``tool`` (an MCP tool call), ``doc_ids`` (the documents the caller was shown:
+hits, citations, an image's document), ``context_doc_ids`` (for answers: the documents the model read) and ``ms`` (latency, to the last
 byte of a streamed reply). The query text is left out unless ``api.access_log_queries`` is on.
 
 Route handlers and MCP tools call :func:`note` with what they returned; :class:`AccessLog` (an
