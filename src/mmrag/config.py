@@ -117,6 +117,17 @@ class ApiSettings(BaseModel):
     models: list[str] = []
     #: Seconds a request waits for the models to finish loading at start-up before a 503.
     ready_timeout: float = Field(600.0, gt=0)
+    #: HTTPS: a PEM certificate (chain) and its unencrypted PEM key (MMRAG_API__TLS_CERT, MMRAG_API__TLS_KEY).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: The access log (:mod:`mmrag.http.access`): a file (None: ``<data_dir>/access.log``), ``-``
+    #: for stdout, or ``off``. MMRAG_API__ACCESS_LOG.
+    access_log: str | None = None
+    #: Size at which the access log's file rotates, and how many rotated files are kept.
+    access_log_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    access_log_backups: int = Field(5, ge=0, le=1000)
+    #: Write each request's query text to the access log (off: the log never holds what was asked).
+    access_log_queries: bool = False
 
 
 class RetrievalWeights(BaseModel):

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from mmrag.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, MmragError, NotFoundError
+from mmrag.http import access
 from mmrag.http.auth import allow_collection, bearer_token, check_key
 from mmrag.http.schemas import AnswerRequest, CollectionOut, Filters, SearchRequest
 from mmrag.http.services import Services
@@ -84,7 +85,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
         metadata (equality on ingested keys). `rerank` names a reranker the server offers (`none`:
         off; default the server's) and `rerank_depth` how many top hits it rereads.
         """
-        key = key_of(ctx)
+        key, scope = key_of(ctx), _scope(ctx)
 
         def run() -> CallToolResult:
             from mmrag.http.routes.query import hit_out, search_hits
@@ -94,6 +95,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
                           rerank=rerank, rerank_depth=rerank_depth)
             name = _collection(services, key, body.collection)
             hits = search_hits(services, name, body, body.query)
+            access.note(scope, collection=name, doc_ids=[h.doc_id for h in hits], query=body.query, tool="search")
             out = [hit_out(name, h).model_dump(exclude={"image_uri"}) for h in hits]
             content: list[ContentBlock] = [TextContent(type="text", text=_json({"collection": name, "hits": out}))]
             content += _images([h for h in hits if h.modality == "image"][:MAX_IMAGES])
@@ -111,7 +113,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
         whole result as JSON (citations, the grounding guard, the verification verdict); cited
         images follow as image content.
         """
-        key = key_of(ctx)
+        key, scope = key_of(ctx), _scope(ctx)
 
         def run() -> CallToolResult:
             from mmrag.http.routes.query import answer_out, search_hits
@@ -124,6 +126,8 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
             answerer = services.answerer(name, model=None, k=body.k, retriever=body.retriever, max_tokens=None,
                                          verify=body.verify)
             result = answerer.answer(body.question, hits)
+            access.note(scope, collection=name, doc_ids=[c.doc_id for c in result.citations],
+                        context_doc_ids=[h.doc_id for h in hits], query=body.question, tool="answer")
             out = answer_out(result, name, started).model_dump(mode="json")
             content: list[ContentBlock] = [TextContent(type="text", text=_cited_text(out)),
                                            TextContent(type="text", text=_json(out))]
@@ -154,7 +158,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
         With `page`, `id` is a doc_id and the page's text chunks come back in order. An image
         record also comes back as image content.
         """
-        key = key_of(ctx)
+        key, scope = key_of(ctx), _scope(ctx)
 
         def run() -> CallToolResult:
             name = _collection(services, key, collection)
@@ -165,6 +169,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
                     raise NotFoundError(f"no record {id!r} in collection {name!r}; pass a search hit's id "
                                         "(or a doc_id with page)")
                 hit = found[0]
+                access.note(scope, collection=name, doc_ids=[hit.doc_id], tool="get_document")
                 out = _record(hit)
                 return CallToolResult(content=[TextContent(type="text", text=_json(out)), *_images([hit])],
                                       structured_content=out)
@@ -172,6 +177,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
                     if meta.get("page") == page]
             if not rows:
                 raise NotFoundError(f"no text on page {page} of {id!r} in collection {name!r}")
+            access.note(scope, collection=name, doc_ids=[id], tool="get_document")
             rows.sort(key=lambda row: int(row[0].get("chunk", 0)))
             meta = rows[0][0]
             out = {"doc_id": id, "source": meta.get("source"), "page": page, "chunks": len(rows),
@@ -203,6 +209,14 @@ def _parse(model: type[T], **fields: Any) -> T:
 
 def _collection(services: Services, key: ApiKey | None, name: str | None) -> str:
     return allow_collection(key, name or services.settings.collection)
+
+
+def _scope(ctx: Context) -> dict[str, Any] | None:
+    """The HTTP request's ASGI scope, where its access-log record lives (None on stdio)."""
+    try:
+        return getattr(ctx.request_context.request, "scope", None)
+    except ValueError:  # no request context (a tool called outside a request)
+        return None
 
 
 def _json(data: Any) -> str:

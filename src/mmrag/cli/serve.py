@@ -20,10 +20,14 @@ from mmrag.errors import ConfigError
 @click.option("--no-auth", is_flag=True,
               help="Serve without API keys (a laptop only: anyone who can reach the port can read and write).")
 @click.option("--max-upload-mb", type=float, default=None, help="Largest upload accepted. [default: 50]")
+@click.option("--tls-cert", type=click.Path(path_type=Path), envvar="MMRAG_API__TLS_CERT", default=None,
+              help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(path_type=Path), envvar="MMRAG_API__TLS_KEY", default=None,
+              help="The certificate's PEM private key (unencrypted).")
 @common_options
 @errors_to_click
 def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool, max_upload_mb: float | None,
-          as_json: bool, **opts: Any) -> None:
+          tls_cert: Path | None, tls_key: Path | None, as_json: bool, **opts: Any) -> None:
     """Serve the HTTP API: search, answers, OpenAI-compatible chat, uploads, /metrics.
 
     Requests need 'Authorization: Bearer KEY' (create keys with `mmrag keys create`). The OpenAPI
@@ -42,6 +46,9 @@ def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool
         s.api.auth = False
     if max_upload_mb:
         s.api.max_upload_mb = max_upload_mb
+    s.api.tls_cert = tls_cert or s.api.tls_cert
+    s.api.tls_key = tls_key or s.api.tls_key
+    check_tls(s.api.tls_cert, s.api.tls_key)  # before the store is claimed and any model loads
     check_serving(s)
     check_port(s.api.host, s.api.port)  # before uvicorn loads the app and its models
     if s.api.auth and not _keys(s).keys():
@@ -54,7 +61,49 @@ def serve(host: str | None, port: int | None, workers: int | None, no_auth: bool
     for name, value in _environment(s).items():
         os.environ[name] = value
     uvicorn.run("mmrag.http.app:create_app", factory=True, host=s.api.host, port=s.api.port,
-                workers=s.api.workers, log_level="info", proxy_headers=False)
+                workers=s.api.workers, log_level="info", proxy_headers=False,
+                ssl_certfile=str(s.api.tls_cert) if s.api.tls_cert else None,
+                ssl_keyfile=str(s.api.tls_key) if s.api.tls_key else None)
+
+
+def check_tls(cert: Path | None, key: Path | None) -> None:
+    """Refuse a TLS certificate or key that uvicorn could not serve, naming the file at fault.
+
+    Raises:
+        UsageFailure: only one of the two is given, a file is missing or unreadable, is not PEM,
+            the key is encrypted, or the key does not belong to the certificate (exit status 2).
+    """
+    if cert is None and key is None:
+        return
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if cert else ("--tls-key", "--tls-cert")
+        raise UsageFailure(f"{given} needs {missing}: HTTPS takes a certificate and its private key")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    def read(path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise UsageFailure(f"cannot read the TLS {what} {path}: {exc.strerror or exc}") from exc
+
+    try:
+        x509.load_pem_x509_certificates(read(cert, "certificate"))
+    except ValueError as exc:
+        raise UsageFailure(f"the TLS certificate {cert} is not a PEM certificate ({exc})") from exc
+    try:
+        serialization.load_pem_private_key(read(key, "key"), password=None)
+    except TypeError as exc:
+        raise UsageFailure(f"the TLS key {key} is encrypted; serve needs an unencrypted key "
+                           f"(openssl pkey -in {key} -out plain.key)") from exc
+    except Exception as exc:  # noqa: BLE001 - cryptography raises ValueError or UnsupportedAlgorithm
+        raise UsageFailure(f"the TLS key {key} is not a PEM private key ({exc})") from exc
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as exc:
+        raise UsageFailure(f"the TLS key {key} does not match the certificate {cert} ({exc.reason or exc})") from exc
 
 
 def check_port(host: str, port: int) -> None:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from mmrag.config import Settings
 from mmrag.errors import MmragError, UnauthorizedError
-from mmrag.http import docs, playground
+from mmrag.http import access, docs, playground
 from mmrag.http.auth import AuthGate, bearer_token, check_key
 from mmrag.http.limits import BodyLimit
 from mmrag.http.schemas import error_body
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     tracing.configure()  # OTEL_* variables, read here at the edge (each worker builds its own app)
     services = services or Services(settings)
     mcp = _KeyedMcp(services, settings)
+    access_writer = access.open_writer(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         async with mcp.running():
             yield
         services.close()
+        access.close_writer(access_writer)
 
     app = FastAPI(
         title="mmrag", version=__version__, lifespan=lifespan,
@@ -84,6 +86,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.add_middleware(AuthGate, services=services, routes=routes, refuse=refuse)
     _install_metrics(app, services)
     _install_errors(app, services)
+    # Added last, so outermost: refused requests are logged, and streamed replies once fully sent.
+    app.add_middleware(access.AccessLog, services=services, writer=access_writer)
     for router in routers:
         app.include_router(router)
     app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"]))

@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from mmrag.answering import Answer, Citation
 from mmrag.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, NotFoundError
-from mmrag.http import chat
+from mmrag.http import access, chat
 from mmrag.http.auth import allow_collection, require, services_of
 from mmrag.http.schemas import (
     AnswerRequest,
@@ -57,6 +57,7 @@ def search(body: SearchRequest, request: Request, key: ApiKey | None = Depends(r
     served: list[str] = []
     with span("http.search", collection=collection):
         hits = search_hits(services, collection, body, body.query, served=served)
+    access.note(request.scope, collection=collection, doc_ids=[h.doc_id for h in hits], query=body.query)
     return SearchResponse(collection=collection, retriever=body.retriever,
                           hits=[hit_out(collection, h) for h in hits],
                           took_ms=round((time.perf_counter() - started) * 1000, 2),
@@ -78,12 +79,15 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
     # One root span per request: the search, the answer and the LLM call (streamed or not) nest in it.
     with span("http.answer", collection=collection, stream=body.stream):
         hits = search_hits(services, collection, body, body.question)
+        access.note(request.scope, collection=collection, context_doc_ids=[h.doc_id for h in hits],
+                    query=body.question)
         answerer = services.answerer(collection, model=body.model, k=body.k, retriever=body.retriever,
                                      max_tokens=body.max_tokens, verify=body.verify, answer_mode=body.answer_mode)
         llm_started = time.perf_counter()
         if not body.stream:
             result = answerer.answer(body.question, hits)
             _record(services, result, llm_started)
+            _cited(request, result)
             return answer_out(result, collection, started)
         deltas, holder = answerer.stream(body.question, hits)
 
@@ -92,6 +96,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
             yield _sse("delta", {"text": delta})
         if holder.answer is not None:
             _record(services, holder.answer, llm_started)
+            _cited(request, holder.answer)
             yield _sse("answer", answer_out(holder.answer, collection, started).model_dump())
         yield _sse("done", {})
 
@@ -121,6 +126,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     fields = QueryFields(collection=collection, k=body.k, retriever="hybrid", image=None, rerank=body.rerank,
                          rerank_depth=body.rerank_depth)
     hits = search_hits(services, collection, fields, question, image=image)
+    access.note(request.scope, collection=collection, context_doc_ids=[h.doc_id for h in hits], query=question)
     max_tokens = body.max_completion_tokens or body.max_tokens
     answerer = services.answerer(collection, model=choice.chat, k=body.k, retriever="hybrid", max_tokens=max_tokens,
                                  verify=body.verify, answer_mode=choice.mode)
@@ -129,6 +135,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     if not body.stream:
         result = answerer.answer(question, hits, image=image)
         _record(services, result, llm_started)
+        _cited(request, result)
         cites = [citation_out(collection, c) for c in result.citations]
         return ChatCompletionResponse(
             id=cid, created=created, model=choice.id,
@@ -152,6 +159,7 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
         result = holder.answer
         if result is not None:
             _record(services, result, llm_started)
+            _cited(request, result)
             if result.abstained and result.raw_text.strip():
                 # The model said something the grounding check rejected: say so in the message.
                 yield chunk({"content": f"\n\n[mmrag grounding check: {result.text}]"})
@@ -190,6 +198,7 @@ def image(collection: str, record_id: str, request: Request,
     found = kb.clip_store.get([record_id])
     if not found:
         raise NotFoundError(f"no record {record_id!r} in collection {collection!r}")
+    access.note(request.scope, collection=collection, doc_ids=[found[0].doc_id])
     data = hit_image(found[0]).read_bytes()
     return Response(data, media_type=sniff_mime(data), headers={"Cache-Control": "private, max-age=300"})
 
@@ -300,6 +309,11 @@ def _record(services: Services, result: Answer, llm_started: float) -> None:
                or result.guard == "extractive")
     if not no_call:
         services.metrics.record_usage(result.model, result.usage, time.perf_counter() - llm_started)
+
+
+def _cited(request: Request, result: Answer) -> None:
+    """Record the documents an answer showed its caller: its citations."""
+    access.note(request.scope, doc_ids=[c.doc_id for c in result.citations])
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
