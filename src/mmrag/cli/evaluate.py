@@ -140,7 +140,10 @@ def eval_run(dataset: Path, out_dir: Path, k: int, retriever: str, model: str | 
     from mmrag.evaluation import EvalConfig, JudgeConfig, check_gates, parse_gates, write_reports
     from mmrag.evaluation.suite import DEFAULT_ANSWER_MODEL, evaluate_dataset
 
+    from mmrag.evaluation.ragas_metrics import import_ragas
+
     parsed = parse_gates(gates)  # fail on a typo before a long run, not after
+    import_ragas()  # a missing eval extra is named first: no collection makes up for it
     s = settings_from(opts)
     config = EvalConfig(k=k, retriever=retriever, answer=not no_answer, answer_k=answer_k, limit=limit,
                         sample=sample, seed=seed)
