@@ -199,7 +199,7 @@ def test_finding1_prune_racing_an_http_rollback_never_drops_the_live_version(api
     def roll_back() -> None:
         r = api.client.post(f"/v1/collections/{kb}/rollback", headers=api.auth("admin"))
         if r.status_code == 400 and NO_EARLIER in r.text:
-            raise InvalidInputError(r.json()["message"])
+            raise InvalidInputError(r.json()["error"]["message"])
         assert r.status_code == 200, r.text
 
     outcomes = _race(kb, 12, services.data_dir, versions, open_kb, roll_back, seed=4)

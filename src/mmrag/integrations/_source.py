@@ -150,9 +150,9 @@ class HitSource:
             raise UpstreamError(f"could not reach the mmrag server at {self.url}: {exc}") from exc
         if response.status_code >= 400:
             try:
-                body = response.json()
-                code, message = str(body.get("error", "")), str(body.get("message", response.text))
-            except ValueError:
+                error = response.json()["error"]  # OpenAI's shape: {"error": {"message", "type", "param", "code"}}
+                code, message = str(error.get("code") or ""), str(error.get("message") or response.text)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 code, message = "", response.text[:500]
             cls = _BY_CODE.get(code) or (InvalidInputError if response.status_code < 500 else UpstreamError)
             raise cls(f"the mmrag server answered {response.status_code} {code or ''}: {message}".replace("  ", " "))
