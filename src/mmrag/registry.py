@@ -100,16 +100,22 @@ def answer_mode(settings: Settings, model: str | None, mode: str | None = None) 
     return "extractive" if name.startswith("mmrag-local/") else "generate"
 
 
-def answer_options(settings: Settings, text_embedder: Any, mode: str) -> dict[str, Any]:
+def answer_options(settings: Settings, text_embedder: Any, mode: str, *, reader: Any = None) -> dict[str, Any]:
     """The :class:`~mmrag.answering.Answerer` keywords for ``mode``: its extractor and abstention gate.
+
+    The extractor reads with mmrag's offline reader (``reader``, default the process's shared one)
+    where its answer or the gate needs it: in the extractive and auto modes, and with the gate on.
 
     Raises:
         InvalidInputError: the configured calibration file is not one.
+        ModelUnavailableError: the offline reader cannot be loaded.
     """
-    from mmrag.extractive import AbstentionGate, Extractor
+    from mmrag.extractive import AbstentionGate, Extractor, load_reader
 
-    opts: dict[str, Any] = {"mode": mode, "extractor": Extractor(text_embedder)}
     gate = settings.answer.gate if settings.answer.gate is not None else mode != "generate"
+    if (gate or mode != "generate") and reader is None:
+        reader = load_reader()
+    opts: dict[str, Any] = {"mode": mode, "extractor": Extractor(text_embedder, reader=reader)}
     if gate:
         opts["gate"] = AbstentionGate.load(settings.answer.calibration, threshold=settings.answer.abstain_threshold)
         opts["gate"].check_model(str(getattr(text_embedder, "name", "")))
