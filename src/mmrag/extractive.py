@@ -3,29 +3,39 @@
 A 135M-parameter chat model answers fluently and wrongly (issue 14: 3% of its answers held the right
 one). Retrieval, on the other hand, is good, so the offline default answers by *extraction*: the
 sentence of the retrieved context that the text model (MiniLM by default) finds closest to the
-question, then the sentence closest to the question *and that first sentence* (a second hop, as in
-multi-hop dense retrieval), each cited to its block. The second hop is there because an answer
-often spans two passages ("the wife of X" is named in one, her nationality in the other); on the
-HaluEval development set it raised "the answer contains the reference" from 0.38 (one sentence)
-and 0.62 (the two closest to the question) to 0.65. An extractive answer cannot invent anything,
-takes a fraction of a second, and gives a reader the passages' own words.
+question, each cited to its block. Headings and questions are never answers (:func:`answer_sentences`
+reads the block's lines: a Markdown ``#`` line, a short line that ends no sentence, and a sentence
+ending in "?" are left out; issue 25: the demo answered "Visitor FAQ When is the building open?").
 
-Whether to answer at all is a separate, calibrated decision (:class:`AbstentionGate`). Three signals
-go into a logistic model:
+With mmrag's offline reader (a cross-encoder that reads the question with the passage,
+:func:`load_reader`), the answer is as short as it can be: the best sentence alone when the reader
+finds that it answers on its own; otherwise a second hop adds the sentence closest to the question
+*and that first sentence* (as in multi-hop dense retrieval: "the wife of X" is named in one passage,
+her nationality in another; on the HaluEval development set the second hop raised "the answer
+contains the reference" from 0.38 to 0.65). A sentence of more than ``span_words`` words is cut to
+the clause that the reader finds answers, and the span keeps its sentence (:attr:`Sentence.sentence`).
+An extractive answer cannot invent anything and gives a reader the passages' own words.
+
+Whether to answer at all is a separate, calibrated decision (:class:`AbstentionGate`), a logistic
+model over the signals its calibration file names:
 
 * ``block_cos``: the best cosine between the question and a retrieved text block (retrieval's own
   confidence, in the text model's space, whatever retriever produced the hits);
 * ``coverage``: the best share of the question's content words found in one block (a lexical
   retrieval signal: a question about a name the corpus never mentions finds few of its words);
-* ``sentence_cos``: the cosine of the chosen sentence (the extractor's own signal).
+* ``sentence_cos``: the cosine of the chosen sentence (the extractor's own signal);
+* ``answerability``: the reader's best P(this block answers the question). The first three are all
+  high for a near-miss question (an entity changed, a false premise: the passage is on topic and
+  does not answer); only a model that reads the two together tells them apart.
 
 ``p = sigmoid(w . standardised(features) + b)`` estimates the chance that the knowledge base holds
-the answer; the gate refuses below ``threshold``. The weights are fitted by
+the answer; the gate refuses below ``threshold``, and below the reader's floor
+(``min_answerability``) whatever ``p`` says. The weights are fitted by
 ``eval/calibrate_abstention.py`` on the HaluEval development set (``eval/datasets/halueval.py``:
-250 answerable questions whose passages were ingested, 250 whose passages were not); the fitted file
-is ``mmrag/assets/abstention.json`` and records what it was fitted on and its cross-validated figures.
-The third signal the issue names, the offline hallucination detector's verdict on the answer, is
-applied after the answer exists (see :mod:`mmrag.answering`): a generated answer it judges
+250 answerable questions whose passages were ingested, 250 whose passages were not), never on the
+near-miss evaluation set; the fitted file is ``mmrag/assets/abstention.json`` and records what it
+was fitted on and its cross-validated figures. The offline hallucination detector's verdict on the
+answer is applied after the answer exists (see :mod:`mmrag.answering`): a generated answer it judges
 hallucinated is replaced by the extractive one (``auto``) or refused (``generate`` with a verifier).
 """
 

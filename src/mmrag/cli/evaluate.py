@@ -196,7 +196,7 @@ def eval_compare(base: Path, new: Path, tolerance: float, fail_on_regression: bo
               help="Score at or above which an answer is hallucinated. [default: 0.5, see mmrag.verification]")
 @click.option("--folds", type=click.IntRange(2, 100), default=5, show_default=True,
               help="Cross-validation folds for the threshold (files with labels only).")
-@click.option("--lexical", is_flag=True, help="Lexical checks only: no text model (fast, a little less accurate).")
+@click.option("--lexical", is_flag=True, help="Lexical checks only: no text model and no offline reader (fast, less accurate).")
 @click.option("--profile", type=click.Choice(["default", "offline"]), envvar="MMRAG_PROFILE", default=None,
               help="Model profile: default (all-MiniLM-L6-v2, downloaded once) or offline (bundled, no network). "
                    "[env MMRAG_PROFILE]")
@@ -217,17 +217,20 @@ def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical:
     from mmrag.verification import DEFAULT_THRESHOLD, HallucinationDetector, evaluate_detector, load_answers
 
     answers = load_answers(file)
-    embedder, model = None, "none (lexical only)"
+    embedder, model, reader = None, "none (lexical only)", None
     if not lexical:
         from mmrag.embedders.sentence import SentenceTransformerEmbedder
+        from mmrag.extractive import load_reader
         from mmrag.registry import resolve_models
 
         model = resolve_models(settings_from(opts)).text_model
-        embedder = SentenceTransformerEmbedder(model)
-    detector = HallucinationDetector(embedder, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+        embedder, reader = SentenceTransformerEmbedder(model), load_reader()
+    detector = HallucinationDetector(embedder, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+                                     reader=reader)
     start = time.perf_counter()
     report = evaluate_detector(detector, answers, folds=folds)
-    report.update(file=str(file), text_model=model, seconds=round(time.perf_counter() - start, 2))
+    report.update(file=str(file), text_model=model, reader="offline" if reader is not None else None,
+                  seconds=round(time.perf_counter() - start, 2))
     if as_json:
         emit(report)
         return
