@@ -146,21 +146,25 @@ class Extractor:
     Args:
         embedder: unit-norm text vectors (the knowledge base's text model).
         reader: mmrag's offline reader (:func:`load_reader`). With it the extraction carries each
-            block's answerability (the gate's main signal), the answer is one sentence when the
-            reader finds that the best sentence answers on its own, and a long sentence is cut to
-            the clause that answers. Without it (tests, a calibration of the old signals), two hops.
+            block's answerability (the gate's main signal); of the ``candidates`` sentences closest
+            to the question, the one the reader finds answers best on its own is the answer, alone
+            when it does answer; a long sentence is cut to the clause that answers. Without it
+            (tests, a calibration of the old signals): the closest sentence, then a second hop.
         hops: sentences in the answer: 1 (the closest to the question) or 2 (then the closest to
             the question followed by the first; module docstring).
         min_words: sentences with fewer words are not answers ("See also.", a bare heading).
         span_words: a chosen sentence longer than this is cut to its answering clause (with a reader).
+        candidates: sentences (closest to the question first) that the reader reads on their own.
     """
 
     def __init__(self, embedder: TextEmbedder, *, reader: Reader | None = None, hops: int = 2, min_words: int = 3,
-                 span_words: int = 30) -> None:
+                 span_words: int = 30, candidates: int = 4) -> None:
         if hops not in (1, 2):
             raise InvalidInputError(f"hops must be 1 or 2, got {hops}")
+        if candidates < 1:
+            raise InvalidInputError(f"candidates must be at least 1, got {candidates}")
         self.embedder, self.reader = embedder, reader
-        self.hops, self.min_words, self.span_words = hops, min_words, span_words
+        self.hops, self.min_words, self.span_words, self.candidates = hops, min_words, span_words, candidates
 
     @property
     def name(self) -> str:
@@ -186,16 +190,20 @@ class Extractor:
         coverage = max((len(wanted & content_words(b.content)) / len(wanted) for b in text_blocks),
                        default=0.0) if wanted else 0.0
         per_block: tuple[float, ...] = ()
-        alone = False
+        first, alone = 0, False  # the answer's first sentence, as a rank in `sentences`
         if self.reader is not None:
-            # One call: every block, then the best sentence on its own (does it answer without the rest?).
+            # One call: every block, then the closest sentences each on its own (which answers without the rest?).
+            top = sentences[:self.candidates]
             p = [float(x) for x in self.reader.answerability(question, [*(b.content for b in text_blocks),
-                                                                        sentences[0].text])]
-            per_block, alone = tuple(p[:len(text_blocks)]), p[-1] >= ANSWERS
-        chosen = sentences[:1]
+                                                                        *(s.text for s in top)])]
+            per_block, alone_p = tuple(p[:len(text_blocks)]), p[len(text_blocks):]
+            best = int(np.argmax(alone_p))
+            if alone_p[best] >= ANSWERS:
+                first, alone = best, True
+        chosen = (sentences[first],)
         if self.hops == 2 and len(sentences) > 1 and not alone:
-            hop = self.embedder.embed_texts([f"{question} {sentences[0].text}"])[0]
-            rest = [int(i) for i in order[1:]]
+            hop = self.embedder.embed_texts([f"{question} {sentences[first].text}"])[0]
+            rest = [int(i) for rank, i in enumerate(order) if rank != first]
             second = max(rest, key=lambda i: (float(vectors[1 + len(text_blocks) + i] @ hop), -rest.index(i)))
             chosen += (Sentence(units[second][0], units[second][1], float(scores[second])),)
         chosen = tuple(self._shorten(question, s) for s in chosen)

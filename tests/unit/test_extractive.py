@@ -222,9 +222,14 @@ def test_with_the_reader_one_sentence_answers_when_it_answers_on_its_own() -> No
     assert one is not None and [x.text for x in one.chosen] == [
         "The reading room opens at 9:00 and closes at 17:30 on weekdays."]
     assert one.block_answerability == (0.9, 0.1) and one.features()["answerability"] == 0.9
-    # When the best sentence does not answer by itself, the second hop still adds one.
-    two = Extractor(BagOfWords(), reader=PhraseReader("borrowed")).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
+    # Of the closest sentences, the one the reader finds answers on its own is the answer, alone.
+    picked = Extractor(BagOfWords(), reader=PhraseReader("borrowed")).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
+    assert picked is not None and [x.text for x in picked.chosen] == ["Books may be borrowed for three weeks."]
+    assert picked.best.text.startswith("The reading room")  # the cosine ranking is unchanged
+    # When no sentence answers by itself (the block does), the second hop still adds one.
+    two = Extractor(BagOfWords(), reader=PhraseReader("weekdays. Bags")).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
     assert two is not None and len(two.chosen) == 2 and two.answerability == 0.9
+    assert two.chosen[0].text.startswith("The reading room opens")
 
 
 def test_a_long_sentence_is_cut_to_the_clause_the_reader_says_answers() -> None:
