@@ -47,6 +47,7 @@ from mmrag.llms.litellm import LiteLLMChatModel
 from mmrag.kb import KnowledgeBase
 from mmrag.logs import configure_logging
 from mmrag.registry import ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, resolve_models
+from mmrag.reader import OfflineReader, ReaderSettings
 from mmrag.retrieval import SearchFilter, Searcher, rrf
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
 
@@ -56,7 +57,7 @@ __all__ = [
     "parse_gates", "run_evaluation", "write_reports",
     "Chunk", "ChunkSpec", "ChromaStore", "ClipSpec", "OpenClipEmbedder", "SentenceTransformerEmbedder", "open_client", "ConfigError", "Document", "EmbedderMismatchError", "EvalQuery", "Hit", "ImageAsset",
     "Indexer", "IngestSummary", "InvalidInputError", "KnowledgeBase", "LoadError", "MissingDependencyError",
-    "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "Query", "Record", "SearchFilter", "Searcher",
+    "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "OfflineReader", "Query", "ReaderSettings", "Record", "SearchFilter", "Searcher",
     "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "configure_logging", "evaluate_retrieval",
     "load_dataset", "ndcg_at", "offline_minilm_dir", "precision_at", "resolve_models", "rrf",
 ]
