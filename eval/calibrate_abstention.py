@@ -124,16 +124,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-answerability", type=float, default=MIN_ANSWERABILITY,
                         help="the reader's floor (module docstring); a negative value: no floor")
     parser.add_argument("--rows", type=Path, help="also write the collected rows (signals, labels) here as JSON")
+    parser.add_argument("--from-rows", type=Path,
+                        help="fit on rows written by --rows instead of collecting them again (minutes on 2 cores)")
     args = parser.parse_args(argv)
     floor = args.min_answerability if args.min_answerability >= 0 else None
-    rows = collect(args.data, args.workdir)
+    if args.from_rows:
+        rows = json.loads(args.from_rows.read_text(encoding="utf-8"))
+    else:
+        rows = collect(args.data, args.workdir)
     if args.rows:
         args.rows.write_text(json.dumps(rows), encoding="utf-8")
     params, held_out, in_sample = fit(rows, args.folds)
     cv, fitted = figures(rows, held_out, floor=floor), figures(rows, in_sample, floor=floor)
     ungated = figures(rows, np.ones(len(rows)))
     old_params, old_held_out, _ = fit(rows, args.folds, FEATURES[:3])
-    latency = sorted(r["latency_s"] for r in rows)
+    latency = sorted(r["latency_s"] for r in rows if r.get("latency_s") is not None) or [None]
     print(json.dumps({"features": FEATURES, **params, "min_answerability": floor, "cv": cv, "in_sample": fitted,
                       "no_gate": ungated, "cv_without_reader": figures(rows, old_held_out),
                       "cv_without_floor": figures(rows, held_out),
