@@ -118,6 +118,7 @@ def cmd_scifact(args: argparse.Namespace) -> None:
     reader = OfflineReader.load(folder=args.weights, settings=ReaderSettings(max_length=args.max_length))
     print(f"reader {args.weights or 'package assets'} max_length {args.max_length} precision {reader.precision}")
     stages = [s for s in ("bm25", "hybrid") if s in first]
+    results: dict[str, dict[str, float]] = {}
     for stage in stages:
         rows = {"first": [], "rerank": [], "fused": []}
         t0 = time.time()
@@ -129,9 +130,12 @@ def cmd_scifact(args: argparse.Namespace) -> None:
                 rows[name].append((ndcg_at(ranked, rel, 10), recall10(ranked, rel)))
         for name, vals in rows.items():
             n, r = np.mean(vals, axis=0)
+            results[f"{stage}/{name}"] = {"ndcg@10": float(n), "recall@10": float(r)}
             print(f"scifact train ({len(queries)} queries) {stage:6s} {name:6s} depth {args.depth}: "
                   f"nDCG@10 {n:.4f} recall@10 {r:.4f}", flush=True)
         print(f"  {stage} rerank time {time.time() - t0:.0f}s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 def cmd_answerability(args: argparse.Namespace) -> None:
@@ -186,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lengths", type=int, nargs="+", default=[192, 256])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--json", type=Path, default=None, help="also write the scifact figures here")
     args = parser.parse_args(argv)
     if args.what == "answerability":
         args.pairs = Path(args.pairs or "eval/reports/nearmiss/pairs.jsonl")

@@ -308,17 +308,26 @@ class OfflineReader:
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """Relevance of each passage to ``query`` (a logit; higher is better). Long passages are cut."""
+        _require_list(passages)
         return self._infer([query] * len(passages), list(passages), 0, windows=False)
 
     def answerability(self, question: str, passages: Sequence[str]) -> list[float]:
         """Probability, per passage, that the passage answers ``question`` (best window of a long one)."""
+        _require_list(passages)
         logits = self._infer([question] * len(passages), list(passages), 1, windows=True)
         return [_sigmoid(x) for x in logits]
 
     def support(self, claims: Sequence[str], context: str) -> list[float]:
         """Probability, per claim, that ``context`` supports it (best window of a long context)."""
+        _require_list(claims)
         logits = self._infer(list(claims), [context] * len(claims), 2, windows=True)
         return [_sigmoid(x) for x in logits]
+
+
+def _require_list(texts: Sequence[str]) -> None:
+    # A bare string is a Sequence[str] too, and would be read one character at a time.
+    if isinstance(texts, str):
+        raise InvalidInputError("The reader takes lists of texts, not one string (wrap it in a list)")
 
 
 def _sigmoid(x: float) -> float:
