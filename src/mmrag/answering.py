@@ -193,7 +193,7 @@ class Answerer:
         if mode == "auto" and verifier is None:
             from mmrag.verification import HallucinationDetector
 
-            verifier = HallucinationDetector(extractor.embedder, reader=extractor.reader)  # type: ignore[union-attr]
+            verifier = HallucinationDetector(extractor.embedder)  # type: ignore[union-attr]
         self.verifier, self.verify_mode = verifier, verify_mode
         self.mode, self.extractor, self.gate = mode, extractor, gate
         self.model = model

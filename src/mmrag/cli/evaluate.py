@@ -196,7 +196,10 @@ def eval_compare(base: Path, new: Path, tolerance: float, fail_on_regression: bo
               help="Score at or above which an answer is hallucinated. [default: 0.5, see mmrag.verification]")
 @click.option("--folds", type=click.IntRange(2, 100), default=5, show_default=True,
               help="Cross-validation folds for the threshold (files with labels only).")
-@click.option("--lexical", is_flag=True, help="Lexical checks only: no text model and no offline reader (fast, less accurate).")
+@click.option("--lexical", is_flag=True, help="Lexical checks only: no text model (fast, a little less accurate).")
+@click.option("--reader", "use_reader", is_flag=True,
+              help="Also multiply each sentence's support by the offline reader's support head (issue 25; on "
+                   "RAGTruth QA it lowered CV balanced accuracy from 0.773 to 0.688, so it is off by default).")
 @click.option("--profile", type=click.Choice(["default", "offline"]), envvar="MMRAG_PROFILE", default=None,
               help="Model profile: default (all-MiniLM-L6-v2, downloaded once) or offline (bundled, no network). "
                    "[env MMRAG_PROFILE]")
@@ -204,8 +207,8 @@ def eval_compare(base: Path, new: Path, tolerance: float, fail_on_regression: bo
               help="sentence-transformers model name or local folder.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (with a verdict per answer).")
 @errors_to_click
-def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical: bool, as_json: bool,
-                       **opts: Any) -> None:
+def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical: bool, use_reader: bool,
+                       as_json: bool, **opts: Any) -> None:
     """Detect hallucinated answers in FILE.jsonl, offline (no LLM).
 
     Each line: {"context": str or [str], "answer": str, "question"?: str, "label"?: 0|1, "id"?: str}.
@@ -224,7 +227,8 @@ def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical:
         from mmrag.registry import resolve_models
 
         model = resolve_models(settings_from(opts)).text_model
-        embedder, reader = SentenceTransformerEmbedder(model), load_reader()
+        embedder = SentenceTransformerEmbedder(model)
+        reader = load_reader() if use_reader else None
     detector = HallucinationDetector(embedder, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
                                      reader=reader)
     start = time.perf_counter()

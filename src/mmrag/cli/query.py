@@ -116,10 +116,9 @@ def ask(question: str, image: Path | None, model: str | None, k: int, stream: bo
     kb = open_kb(opts)
     verifier = None
     if verify or drop_unsupported:
-        from mmrag.extractive import load_reader
         from mmrag.verification import HallucinationDetector
 
-        verifier = HallucinationDetector(kb.text, reader=load_reader())
+        verifier = HallucinationDetector(kb.text)
     answerer = Answerer(chat, Searcher.from_settings(kb, s.retrieval), k=k, retriever="hybrid",
                         stop=answer_stop(chat.name) if chat else None, verifier=verifier,
                         verify_mode="drop" if drop_unsupported else "mark", **answer_options(s, kb.text, mode))

@@ -83,7 +83,6 @@ def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), 
 
 def offline_detector(kb: Any) -> Any:
     """mmrag's offline hallucination detector on the collection's text model (MiniLM offline)."""
-    from mmrag.extractive import load_reader
     from mmrag.verification import HallucinationDetector
 
-    return HallucinationDetector(embedder=kb.text, reader=load_reader())
+    return HallucinationDetector(embedder=kb.text)

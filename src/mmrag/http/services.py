@@ -267,10 +267,9 @@ class Services:
         opts: dict[str, Any] = {"k": k, "retriever": retriever, "stop": answer_stop(chat.name) if chat else None,
                                 **answer_options(self.settings, self._text, mode)}
         if verify != "off":
-            from mmrag.extractive import load_reader
             from mmrag.verification import HallucinationDetector
 
-            opts["verifier"], opts["verify_mode"] = HallucinationDetector(self._text, reader=load_reader()), verify
+            opts["verifier"], opts["verify_mode"] = HallucinationDetector(self._text), verify
         if max_tokens:
             opts["max_tokens"] = max_tokens
         return Answerer(chat, self.searcher(collection), **opts)
