@@ -218,16 +218,16 @@ def test_a_wrapped_paragraph_is_one_sentence_and_a_cut_block_keeps_only_what_it_
 
 def test_with_the_reader_one_sentence_answers_when_it_answers_on_its_own() -> None:
     question = "When does the reading room close on weekdays?"
-    one = Extractor(BagOfWords(), reader=PhraseReader("17:30")).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
+    one = Extractor(BagOfWords(), reader=PhraseReader("17:30"), shorten=True).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
     assert one is not None and [x.text for x in one.chosen] == [
         "The reading room opens at 9:00 and closes at 17:30 on weekdays."]
     assert one.block_answerability == (0.9, 0.1) and one.features()["answerability"] == 0.9
     # Of the closest sentences, the one the reader finds answers on its own is the answer, alone.
-    picked = Extractor(BagOfWords(), reader=PhraseReader("borrowed")).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
+    picked = Extractor(BagOfWords(), reader=PhraseReader("borrowed"), shorten=True).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
     assert picked is not None and [x.text for x in picked.chosen] == ["Books may be borrowed for three weeks."]
     assert picked.best.text.startswith("The reading room")  # the cosine ranking is unchanged
     # When no sentence answers by itself (the block does), the second hop still adds one.
-    two = Extractor(BagOfWords(), reader=PhraseReader("weekdays. Bags")).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
+    two = Extractor(BagOfWords(), reader=PhraseReader("weekdays. Bags"), shorten=True).extract(question, Answerer(EchoChatModel()).pack([FAQ, LENDING]))
     assert two is not None and len(two.chosen) == 2 and two.answerability == 0.9
     assert two.chosen[0].text.startswith("The reading room opens")
 
@@ -238,15 +238,18 @@ def test_a_long_sentence_is_cut_to_the_clause_the_reader_says_answers() -> None:
                    "collection and a small cafe.", "museum.txt")
     question = "When did the museum reopen?"
     reader = PhraseReader("reopened in 2019")
-    answer = Answerer(None, mode="extractive", extractor=Extractor(BagOfWords(), reader=reader)).answer(question, [long])
+    answer = Answerer(None, mode="extractive", extractor=Extractor(BagOfWords(), reader=reader, shorten=True)).answer(question, [long])
     assert answer.text.startswith("reopened in 2019") or "reopened in 2019" in answer.text
     assert len(answer.text) < len(long.text or "") and "maritime" not in answer.text and answer.text.endswith("[1]")
-    extraction = Extractor(BagOfWords(), reader=reader).extract(question, Answerer(EchoChatModel()).pack([long]))
+    extraction = Extractor(BagOfWords(), reader=reader, shorten=True).extract(question, Answerer(EchoChatModel()).pack([long]))
     assert extraction is not None and extraction.chosen[0].sentence == long.text  # the span keeps its sentence
     # No clause answers on its own: the whole sentence stands.
-    whole = Extractor(BagOfWords(), reader=PhraseReader("no such phrase")).extract(question, Answerer(EchoChatModel()).pack([long]))
+    whole = Extractor(BagOfWords(), reader=PhraseReader("no such phrase"), shorten=True).extract(question, Answerer(EchoChatModel()).pack([long]))
     assert whole is not None and whole.chosen[0].text == long.text and whole.chosen[0].sentence == ""
     assert len(clauses(long.text or "")) >= 2
+    # By default the reader only informs the gate: the answer is the closest sentence, not a clause.
+    default = Extractor(BagOfWords(), reader=reader).extract(question, Answerer(EchoChatModel()).pack([long]))
+    assert default is not None and default.chosen[0].text == long.text and default.answerability == 0.9
 
 
 READER_GATE = {**OPEN, "features": list(FEATURES), "coef": [1.0, 1.0, 1.0, 1.0], "mean": [0.0] * 4,
