@@ -7,13 +7,13 @@ question, each cited to its block. Headings and questions are never answers (:mo
 reads the block's lines: a Markdown ``#`` line, a short line that ends no sentence, and a sentence
 ending in "?" are left out; issue 25: the demo answered "Visitor FAQ When is the building open?").
 
-With mmrag's offline reader (a cross-encoder that reads the question with the passage,
-:func:`load_reader`), the answer is as short as it can be: the best sentence alone when the reader
-finds that it answers on its own; otherwise a second hop adds the sentence closest to the question
+The answer is the closest sentence, then a second hop adds the sentence closest to the question
 *and that first sentence* (as in multi-hop dense retrieval: "the wife of X" is named in one passage,
 her nationality in another; on the HaluEval development set the second hop raised "the answer
-contains the reference" from 0.38 to 0.65). A sentence of more than ``span_words`` words is cut to
-the clause that the reader finds answers, and the span keeps its sentence (:attr:`Sentence.sentence`).
+contains the reference" from 0.38 to 0.65). With ``Extractor(shorten=True)`` mmrag's offline reader
+(:func:`load_reader`) makes it shorter: the sentence it finds answers on its own, alone, and the
+answering clause of a long sentence (the span keeps its sentence, :attr:`Sentence.sentence`). It is
+off by default: with the reader shipped in issue 25 it cut HaluEval's 0.65 to 0.41.
 An extractive answer cannot invent anything and gives a reader the passages' own words.
 
 Whether to answer at all is a separate, calibrated decision (:class:`AbstentionGate`), a logistic
@@ -30,7 +30,7 @@ model over the signals its calibration file names:
 
 ``p = sigmoid(w . standardised(features) + b)`` estimates the chance that the knowledge base holds
 the answer; the gate refuses below ``threshold``, and below the reader's floor
-(``min_answerability``) whatever ``p`` says. The weights are fitted by
+(``min_answerability``, when the calibration sets one) whatever ``p`` says. The weights are fitted by
 ``eval/calibrate_abstention.py`` on the HaluEval development set (``eval/datasets/halueval.py``:
 250 answerable questions whose passages were ingested, 250 whose passages were not), never on the
 near-miss evaluation set; the fitted file is ``mmrag/assets/abstention.json`` and records what it
