@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +30,7 @@ class BagOfWords:
         out = np.zeros((len(texts), 256), dtype=np.float32)
         for i, text in enumerate(texts):
             for word in re.findall(r"[a-z0-9]+", text.lower()):
-                out[i, hash(word) % 256] += 1.0
+                out[i, zlib.crc32(word.encode()) % 256] += 1.0  # not hash(): salted per process
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
