@@ -3,12 +3,15 @@
     .venv/bin/python -m eval.calibrate_abstention                      # ../shared/data/halueval_qa
     .venv/bin/python -m eval.calibrate_abstention --check              # fit and report, write nothing
 
+The near-miss answerability set (``eval/datasets/nearmiss.py``) is for evaluation only: the gate is
+never fitted on it, so its figures there say how the gate carries over to questions it never saw.
+
 1. builds the development set (``eval/datasets/halueval.py``: 250 answerable questions whose
    passages are ingested, 250 whose passages are not) under ``--workdir`` and ingests its corpus
    with the offline profile (a rerun reuses the ingest);
 2. answers every question extractively with the gate off, through ``run_evaluation`` (hybrid
    retrieval, the top 5 documents as context: what ``mmrag eval run`` does), and keeps each answer's
-   signals (``block_cos``, ``coverage``, ``sentence_cos``);
+   signals (``block_cos``, ``coverage``, ``sentence_cos`` and the offline reader's ``answerability``);
 3. fits a logistic regression (scikit-learn, L2, C=1, standardised inputs) of "the knowledge base
    holds this question's passage" on the signals, and reports the figures the issue asks for at
    the threshold 0.5, both from 5-fold cross-validation (each question judged by a model that never
@@ -17,8 +20,11 @@
    what they were fitted on, and the cross-validated figures.
 
 Why 0.5: the gate estimates P(answerable | signals) on a set with equal classes, so 0.5 is the
-decision that minimises errors when refusing wrongly and answering wrongly cost the same. Nothing
-else is tuned: the features are the three signals the extractor computes anyway.
+decision that minimises errors when refusing wrongly and answering wrongly cost the same. The
+reader's floor (``--min-answerability``, default 0.5) is the reader's own decision point, not a
+fitted value: on HaluEval an unanswerable question's passage is missing altogether, so a fit there
+cannot learn what near-miss questions need (a passage on topic that does not answer), and the floor
+says it instead. Nothing else is tuned: the features are the signals the extractor computes anyway.
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from mmrag import (Answerer, EvalConfig, Extractor, Indexer, KnowledgeBase, Searcher, Settings,
+from mmrag import (Answerer, EvalConfig, Indexer, KnowledgeBase, Searcher, Settings, answer_options,
                    load_dataset, resolve_models, run_evaluation)
 from eval.datasets.halueval import convert
 
 REPO = Path(__file__).resolve().parent.parent
-FEATURES = ("block_cos", "coverage", "sentence_cos")
+FEATURES = ("block_cos", "coverage", "sentence_cos", "answerability")
+MIN_ANSWERABILITY = 0.5
 COLLECTION = "halueval"
 THRESHOLD = 0.5
 
@@ -50,7 +57,9 @@ def collect(data: Path, workdir: Path) -> list[dict[str, Any]]:
     summary = Indexer(kb).ingest([workdir / "corpus"])
     print(f"ingest: {summary.indexed} indexed, {summary.skipped} unchanged", file=sys.stderr)
     searcher = Searcher(kb)
-    answerer = Answerer(None, searcher, mode="extractive", extractor=Extractor(kb.text))
+    opts = answer_options(settings, kb.text, "extractive")  # the extractor with the offline reader
+    opts.pop("gate", None)  # every question is answered: the gate is what this fits
+    answerer = Answerer(None, searcher, **opts)
     queries = load_dataset(workdir / "dev.jsonl")
     run = run_evaluation(searcher, queries, EvalConfig(retriever="hybrid", answer_k=5), answerer=answerer)
     rows = []
@@ -65,9 +74,12 @@ def collect(data: Path, workdir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def figures(rows: list[dict[str, Any]], p: np.ndarray, threshold: float = THRESHOLD) -> dict[str, float]:
-    """The issue's three figures when the gate answers where ``p >= threshold``."""
+def figures(rows: list[dict[str, Any]], p: np.ndarray, threshold: float = THRESHOLD,
+            floor: float | None = None) -> dict[str, float]:
+    """The issue's three figures when the gate answers where ``p >= threshold`` (and the reader's floor)."""
     answered = p >= threshold
+    if floor is not None:
+        answered &= np.array([r["signals"]["answerability"] for r in rows]) >= floor
     yes = np.array([r["answerable"] for r in rows])
     contains = np.array([r["contains"] for r in rows])
     cites = np.array([r["cites_gold"] for r in rows])
@@ -77,12 +89,13 @@ def figures(rows: list[dict[str, Any]], p: np.ndarray, threshold: float = THRESH
             "answered_cite_gold": float(np.mean(cites[yes & answered])) if np.any(yes & answered) else 0.0}
 
 
-def fit(rows: list[dict[str, Any]], folds: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def fit(rows: list[dict[str, Any]], folds: int, features: tuple[str, ...] = FEATURES
+        ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """The final model, and held-out and in-sample probabilities."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    x = np.array([[r["signals"][f] for f in FEATURES] for r in rows], dtype=np.float64)
+    x = np.array([[r["signals"][f] for f in features] for r in rows], dtype=np.float64)
     y = np.array([int(r["answerable"]) for r in rows])
 
     def model(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
@@ -108,21 +121,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "src" / "mmrag" / "assets" / "abstention.json")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--check", action="store_true", help="fit and report; do not write --out")
+    parser.add_argument("--min-answerability", type=float, default=MIN_ANSWERABILITY,
+                        help="the reader's floor (module docstring); a negative value: no floor")
+    parser.add_argument("--rows", type=Path, help="also write the collected rows (signals, labels) here as JSON")
+    parser.add_argument("--from-rows", type=Path,
+                        help="fit on rows written by --rows instead of collecting them again (minutes on 2 cores)")
+    parser.add_argument("--features", default=",".join(FEATURES),
+                        help="the signals the gate reads, comma-separated (a subset of: %(default)s); "
+                             "the report gives the figures with and without the reader either way")
     args = parser.parse_args(argv)
-    rows = collect(args.data, args.workdir)
-    params, held_out, in_sample = fit(rows, args.folds)
-    cv, fitted = figures(rows, held_out), figures(rows, in_sample)
+    features = tuple(f.strip() for f in args.features.split(",") if f.strip())
+    if not features or set(features) - set(FEATURES):
+        parser.error(f"--features: choose from {', '.join(FEATURES)}")
+    floor = args.min_answerability if args.min_answerability >= 0 else None
+    if args.from_rows:
+        rows = json.loads(args.from_rows.read_text(encoding="utf-8"))
+    else:
+        rows = collect(args.data, args.workdir)
+    if args.rows:
+        args.rows.write_text(json.dumps(rows), encoding="utf-8")
+    params, held_out, in_sample = fit(rows, args.folds, features)
+    cv, fitted = figures(rows, held_out, floor=floor), figures(rows, in_sample, floor=floor)
     ungated = figures(rows, np.ones(len(rows)))
-    latency = sorted(r["latency_s"] for r in rows)
-    print(json.dumps({"features": FEATURES, **params, "cv": cv, "in_sample": fitted, "no_gate": ungated,
+    old_params, old_held_out, _ = fit(rows, args.folds, FEATURES[:3])
+    latency = sorted(r["latency_s"] for r in rows if r.get("latency_s") is not None) or [None]
+    print(json.dumps({"features": features, **params, "min_answerability": floor, "cv": cv, "in_sample": fitted,
+                      "no_gate": ungated, "cv_without_reader": figures(rows, old_held_out),
+                      "cv_without_floor": figures(rows, held_out),
                       "answer_p50_s": latency[len(latency) // 2]}, indent=2))
     if not args.check:
-        out = {"features": list(FEATURES), **params, "threshold": THRESHOLD,
+        reader = ("answerability from mmrag's offline reader" if "answerability" in features else
+                  "the offline reader's answerability measured and left out (cv_without_reader equalled the fit "
+                  "with it, and reading it costs ~100 ms an answer)")
+        out = {"features": list(features), **params, "threshold": THRESHOLD, "min_answerability": floor,
                "text_model": rows[0]["text_model"],
                "fitted_on": f"HaluEval QA development set (eval/datasets/halueval.py, seed 0): "
                             f"{sum(r['answerable'] for r in rows)} answerable, "
-                            f"{sum(not r['answerable'] for r in rows)} unanswerable questions; "
-                            f"hybrid retrieval, 5 context documents",
+                            f"{sum(not r['answerable'] for r in rows)} unanswerable questions (passage not "
+                            f"ingested); hybrid retrieval, 5 context documents; {reader}; never the near-miss set "
+                            f"(eval/datasets/nearmiss.py)",
                "cv_figures": {k: round(v, 4) for k, v in cv.items()},
                "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

@@ -361,7 +361,7 @@ class Answerer:
             return _replace(answer, verification=info)
         marked = _AlignedVerdict(verdict, answer.text)
         text = mark_unsupported(answer.text, marked, mode=self.verify_mode).strip()
-        if not _content_words(_MARKER.sub(" ", text)):
+        if not content_words(_MARKER.sub(" ", text)):
             return Answer(answer.question, ABSTAIN_TEXT, (), True, "abstained:unverified", answer.model, answer.usage,
                           answer.raw_text, answer.blocks, info)
         return _replace(answer, text=text, verification=info)
@@ -380,7 +380,7 @@ class Answerer:
         if not text or _MODEL_ABSTAINS.search(text):
             return result(ABSTAIN_TEXT, (), "abstained:model")
         cited = [by_n[n] for n in dict.fromkeys(int(m) for m in _MARKER.findall(text))]
-        new_words = _content_words(_MARKER.sub(" ", text)) - _content_words(question)
+        new_words = content_words(_MARKER.sub(" ", text)) - content_words(question)
         if not new_words:
             return result(ABSTAIN_TEXT, (), "abstained:unsupported")
         if _invented_numbers(new_words, blocks):
@@ -550,7 +550,8 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
-def _content_words(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
+    """Lower-case, crudely stemmed words of ``text`` that carry content (the guard's and the gate's)."""
     return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and (len(w) > 2 or w.isdigit())}
 
 
@@ -559,12 +560,12 @@ def _invented_numbers(words: set[str], blocks: Sequence[ContextBlock]) -> bool:
     # every token with a digit in it must occur somewhere in the context.
     context: set[str] = set()
     for block in blocks:
-        context |= _content_words(block.content)
+        context |= content_words(block.content)
     return any(any(ch.isdigit() for ch in w) and w not in context for w in words)
 
 
 def _support(words: set[str], blocks: Sequence[ContextBlock]) -> float:
     context: set[str] = set()
     for block in blocks:
-        context |= _content_words(block.content)
+        context |= content_words(block.content)
     return len(words & context) / len(words) if words else 0.0

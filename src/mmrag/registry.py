@@ -105,19 +105,28 @@ def answer_mode(settings: Settings, model: str | None, mode: str | None = None) 
     return "extractive" if name.startswith("mmrag-local/") else "generate"
 
 
-def answer_options(settings: Settings, text_embedder: Any, mode: str) -> dict[str, Any]:
+def answer_options(settings: Settings, text_embedder: Any, mode: str, *, reader: Any = None) -> dict[str, Any]:
     """The :class:`~mmrag.answering.Answerer` keywords for ``mode``: its extractor and abstention gate.
+
+    mmrag's offline reader (``reader``, default the process's shared one) is loaded only where the
+    gate's calibration reads its answerability: the shipped calibration measured it and left it out
+    (it added nothing on the HaluEval set and costs ~100 ms an answer; see ``abstention.json``).
 
     Raises:
         InvalidInputError: the configured calibration file is not one.
+        ModelUnavailableError: the calibration reads the reader and it cannot be loaded.
     """
-    from mmrag.extractive import AbstentionGate, Extractor
+    from mmrag.extractive import AbstentionGate, Extractor, load_reader
 
-    opts: dict[str, Any] = {"mode": mode, "extractor": Extractor(text_embedder)}
-    gate = settings.answer.gate if settings.answer.gate is not None else mode != "generate"
-    if gate:
-        opts["gate"] = AbstentionGate.load(settings.answer.calibration, threshold=settings.answer.abstain_threshold)
-        opts["gate"].check_model(str(getattr(text_embedder, "name", "")))
+    gate_on = settings.answer.gate if settings.answer.gate is not None else mode != "generate"
+    gate = AbstentionGate.load(settings.answer.calibration, threshold=settings.answer.abstain_threshold) \
+        if gate_on else None
+    if gate is not None and gate.needs_reader and reader is None:
+        reader = load_reader()
+    opts: dict[str, Any] = {"mode": mode, "extractor": Extractor(text_embedder, reader=reader)}
+    if gate is not None:
+        gate.check_model(str(getattr(text_embedder, "name", "")))
+        opts["gate"] = gate
     return opts
 
 

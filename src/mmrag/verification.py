@@ -64,6 +64,9 @@ NUMBER_MASS = TAU * math.log(2.0)
 NAME_WEIGHT = 1.0  # extra weight of a novel capitalised name
 ADMIT_MASS = 6.0  # a sentence that says its content is not in the passages
 POWER = 1.5
+# The reader's probability is clipped here, so that one sentence it rejects outright weighs a few
+# claims (TAU * ln 1000 ~ 80 units), not an infinite mass.
+READER_FLOOR = 1e-3
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"(\[*\-])|\n+")
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,2}[.)]|[*\-•])\s+")
@@ -102,6 +105,12 @@ class TextEmbedder(Protocol):
     """What the detector needs from an embedder: unit-norm text vectors."""
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class SupportReader(Protocol):
+    """What the detector needs from mmrag's offline reader: P(claim supported by context) per claim."""
+
+    def support(self, claims: Sequence[str], context: str) -> list[float]: ...
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,9 @@ class HallucinationDetector:
             :class:`~mmrag.embedders.sentence.SentenceTransformerEmbedder`). None: lexical-only mode.
         threshold: decision threshold on the score, in (0, 1); the default is explained in the
             module docstring.
+        reader: mmrag's offline reader (:func:`mmrag.extractive.load_reader`): each sentence's
+            support is multiplied by the reader's probability that the context supports it. None:
+            the lexical and semantic signals alone.
 
     Example:
         >>> detector = HallucinationDetector(None)
@@ -176,10 +188,11 @@ class HallucinationDetector:
         True
     """
 
-    def __init__(self, embedder: TextEmbedder | None = None, threshold: float = DEFAULT_THRESHOLD) -> None:
+    def __init__(self, embedder: TextEmbedder | None = None, threshold: float = DEFAULT_THRESHOLD, *,
+                 reader: SupportReader | None = None) -> None:
         if not 0.0 < threshold < 1.0:
             raise InvalidInputError(f"threshold must be in (0, 1), got {threshold}")
-        self.embedder = embedder
+        self.embedder, self.reader = embedder, reader
         self.threshold = threshold
 
     def verify(self, context: str | Sequence[str], answer: str, question: str | None = None) -> Verdict:
@@ -199,7 +212,7 @@ class HallucinationDetector:
         prepared = [_prepare(c, a, q) for c, a, q in items]
         with span("verify", answers=len(prepared)) as traced:
             vectors = self._embed(prepared)
-            verdicts = [self._judge(p, vectors) for p in prepared]
+            verdicts = [self._judge(p, vectors, self._read(p)) for p in prepared]
             traced.set_attributes(unsupported=sum(len(v.unsupported) for v in verdicts),
                                   hallucinated=sum(bool(v.hallucinated) for v in verdicts))
         return verdicts
@@ -220,12 +233,19 @@ class HallucinationDetector:
         vectors = np.asarray(self.embedder.embed_texts(unique), dtype=np.float32) if unique else np.zeros((0, 1))
         return dict(zip(unique, vectors))
 
-    def _judge(self, item: _Item, vectors: dict[str, np.ndarray]) -> Verdict:
+    def _read(self, item: _Item) -> list[float] | None:
+        """The reader's P(supported) for each answer sentence (None without a reader)."""
+        if self.reader is None or not item.spans:
+            return None
+        claims = [item.answer[s:e] for s, e in item.spans]
+        return [float(p) for p in self.reader.support(claims, item.context_text)]
+
+    def _judge(self, item: _Item, vectors: dict[str, np.ndarray], read: list[float] | None = None) -> Verdict:
         context_lower = item.context_text.lower()
         unit_matrix = np.stack([vectors[u] for u in item.units]) if vectors and item.units else None
         sentences: list[SentenceSupport] = []
         total = 0.0
-        for start, end in item.spans:
+        for n, (start, end) in enumerate(item.spans):
             text = item.answer[start:end]
             admits = bool(_ADMITS.search(text))
             if _REFUSAL.search(text) and not admits:
@@ -242,6 +262,10 @@ class HallucinationDetector:
                 factor = 1.5 - cos
                 reasons.append(f"closest context cosine {cos:.2f}")
             mass = weight ** POWER * factor + NUMBER_MASS * len(numbers) + (ADMIT_MASS if admits else 0.0)
+            if read is not None:
+                # Support = lexical support x the reader's probability: exp(-(u + TAU ln 1/p) / TAU).
+                mass += TAU * -math.log(max(read[n], READER_FLOOR))
+                reasons.append(f"reader support {read[n]:.2f}")
             if novel:
                 reasons.insert(0, "words not in the context: " + ", ".join(dict.fromkeys(novel)))
             if numbers:

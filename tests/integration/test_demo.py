@@ -25,4 +25,7 @@ def test_demo_ends_with_an_answer_and_its_citations(tmp_path: Path) -> None:
     answers = out.split(">> answers", 1)[1]
     first, second = answers.split("Q: Who won", 1)
     assert "A: " in first and "18" in first and "[1] visitor-faq.html" in first
+    # Issue 25: the answer is the sentence that answers, never the page's heading or the FAQ's question.
+    reply = first.split("A: ", 1)[1].splitlines()[0]
+    assert "18:00" in reply and "Visitor FAQ" not in reply and "?" not in reply, reply
     assert "I don't know" in second

@@ -237,3 +237,32 @@ def test_load_answers_on_a_missing_file_is_not_found(tmp_path: Path) -> None:
 
     with pytest.raises(NotFoundError, match="no such file"):
         load_answers(tmp_path / "absent.jsonl")
+
+
+# -- issue 25: the offline reader's support is one more signal ----------------------------------------
+class ClaimReader:
+    """A fake reader: a claim is supported (0.95) unless it holds one of the given phrases (0.05)."""
+
+    def __init__(self, *false_phrases: str) -> None:
+        self.false_phrases, self.calls = false_phrases, []  # type: ignore[var-annotated]
+
+    def support(self, claims: Sequence[str], context: str) -> list[float]:
+        self.calls.append((list(claims), context))
+        return [0.05 if any(p in c for p in self.false_phrases) else 0.95 for c in claims]
+
+
+def test_the_reader_flags_a_wrong_statement_made_of_the_contexts_own_words() -> None:
+    # Every word of the second sentence is in the context, so the lexical checks cannot see the error.
+    answer = "The Eiffel Tower is 330 metres tall. About seven million people completed it in 1889."
+    lexical = HallucinationDetector(None).verify(CONTEXT, answer)
+    assert not lexical.hallucinated
+    reader = ClaimReader("seven million people completed")
+    verdict = HallucinationDetector(None, reader=reader).verify(CONTEXT, answer)
+    first, second = verdict.sentences
+    assert verdict.hallucinated and first.supported and not second.supported
+    assert any("reader support 0.05" in r for r in second.reasons)
+    assert second.support == pytest.approx(0.05 * lexical.sentences[1].support)  # support x the reader's P
+    assert reader.calls == [(["The Eiffel Tower is 330 metres tall.",
+                              "About seven million people completed it in 1889."], CONTEXT)]
+    # A supported answer stays supported.
+    assert not HallucinationDetector(None, reader=ClaimReader()).verify(CONTEXT, answer).hallucinated
