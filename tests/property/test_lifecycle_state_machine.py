@@ -546,9 +546,19 @@ def test_lifecycle_keeps_the_alias_on_a_version_that_holds_its_documents() -> No
 @pytest.mark.slow
 @pytest.mark.long
 def test_lifecycle_keeps_the_alias_on_a_version_that_holds_its_documents_long_runs() -> None:
-    """The long tier: 50 runs of 25 steps (1,000 steps or more), longer histories of versions."""
-    steps = _run(50, 25, derandomize=False)
+    """The long tier: runs of up to 25 steps until 1,000 rule steps have run, longer histories of versions.
+
+    Hypothesis ends a run early when a rule's precondition leaves nothing to draw, so a fixed
+    number of runs gave 927 to 1,082 steps; batches of 25 runs go on until the count is reached.
+    """
+    steps: Counter[str] = Counter()
+    orders: Counter[str] = Counter()
+    for _ in range(6):
+        steps += _run(25, 25, derandomize=False)
+        orders += LifecycleMachine.orders
+        if _rule_steps(steps) >= 1000:
+            break
     print(f"\nlifecycle state machine (long): {_rule_steps(steps)} steps: {dict(sorted(steps.items()))}; "
-          f"races: {dict(LifecycleMachine.orders)}")
+          f"races: {dict(orders)}")
     assert _rule_steps(steps) >= 1000, steps
     assert all(steps[n] > 0 and steps[f"ingest racing {n}"] > 0 for n in RACING), steps
