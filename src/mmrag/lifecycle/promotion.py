@@ -145,15 +145,12 @@ def on_live_version(name: str, kb: KnowledgeBase, write: Callable[[KnowledgeBase
     Raises:
         StoreBusyError: the alias moved under the writer more than :data:`SWITCHES_MET` times.
     """
-    from mmrag.errors import StoreBusyError
+    def whole(live: KnowledgeBase, guard: Callable[[], None]) -> T:
+        with live.write_lock():
+            guard()
+            return write(live)
 
-    for _ in range(SWITCHES_MET):
-        with kb.write_lock():
-            if resolve(name) == kb.collection:
-                return write(kb)
-        log.warning("%s moved to another version while a write waited; writing to the version now live", name)
-        kb = open_kb(name)
-    raise StoreBusyError(f"{name!r} switched versions {SWITCHES_MET} times while a write waited; try again")
+    return ingest_on_live_version(name, kb, whole, resolve=resolve, open_kb=open_kb)
 
 
 def rollback(kb: str, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase] | None,
@@ -260,6 +257,6 @@ def ingest_on_live_version(name: str, kb: KnowledgeBase, ingest: Callable[[Knowl
         try:
             return ingest(kb, guard)
         except _AliasMoved:
-            log.warning("%s moved to another version during an ingest; ingesting again into the version now live", name)
+            log.warning("%s moved to another version during a write; writing again to the version now live", name)
             kb = open_kb(name)
-    raise StoreBusyError(f"{name!r} switched versions {SWITCHES_MET} times during an ingest; try again")
+    raise StoreBusyError(f"{name!r} switched versions {SWITCHES_MET} times during a write; try again")
