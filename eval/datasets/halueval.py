@@ -26,13 +26,14 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 SOURCE = "qa_one-turn_data.json"
 REQUIRED = ("knowledge", "question", "right_answer")
 
 
-def convert(folder: Path, out: Path, *, seed: int = 0) -> tuple[int, int]:
-    """Write the corpus and the dataset; return (answerable, unanswerable) question counts."""
+def read_rows(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The questions of ``folder``'s HaluEval QA file as (doc id ``hq<line>``, row), each field checked."""
     source = folder / SOURCE
     if not source.is_file():
         raise SystemExit(f"{source}: missing (is this the halueval_qa folder from ../shared/data?)")
@@ -46,6 +47,12 @@ def convert(folder: Path, out: Path, *, seed: int = 0) -> tuple[int, int]:
             if missing:
                 raise SystemExit(f"{source}:{lineno}: missing or empty field(s) {missing}")
             rows.append((f"hq{lineno}", row))
+    return rows
+
+
+def convert(folder: Path, out: Path, *, seed: int = 0) -> tuple[int, int]:
+    """Write the corpus and the dataset; return (answerable, unanswerable) question counts."""
+    rows = read_rows(folder)
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     answerable = set(order[: len(rows) // 2])

@@ -39,7 +39,8 @@ import re
 import sys
 from pathlib import Path
 
-SOURCE = "qa_one-turn_data.json"
+from eval.datasets.halueval import read_rows
+
 SENTENCE = re.compile(r"(?<=[.!?])\s*(?=[A-Z\"“(])")
 YEAR_OR_NUMBER = re.compile(r"\b\d[\d,.]*\b")
 ENTITY = re.compile(r"\b[A-Z][\w'’.-]*(?:\s+(?:of\s+|the\s+|de\s+)?[A-Z][\w'’.-]*)*")
@@ -89,17 +90,9 @@ def change_number(question: str, passage: str, rng: random.Random) -> str | None
 
 def build(folder: Path, out: Path, *, seed: int = 0) -> dict[str, int]:
     """Write corpus, dev set and pairs; return counts per kind (``answerable`` included)."""
-    source = folder / SOURCE
-    if not source.is_file():
-        raise SystemExit(f"{source}: missing (is this the halueval_qa folder from ../shared/data?)")
-    rows = []
-    with source.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                row = json.loads(line)
-                answer = row.get("right_answer", "").strip()
-                if answer and answer.lower() not in {"yes", "no"} and answer.lower() in row["knowledge"].lower():
-                    rows.append((f"hq{lineno}", row))
+    # Only questions whose answer the passage states: removing it, or changing what it names, makes a near miss.
+    rows = [(doc_id, row) for doc_id, row in read_rows(folder)
+            if (answer := row["right_answer"].strip().lower()) not in {"yes", "no"} and answer in row["knowledge"].lower()]
     rng = random.Random(seed)
     # replacement entities come from mid-sentence, so a capitalised first word ("Just") is never one
     pool = sorted({m.group(1).rstrip(".") for _, row in rows for m in MID_ENTITY.finditer(row["knowledge"])
