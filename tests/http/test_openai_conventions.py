@@ -145,6 +145,21 @@ def test_smollm2_selected_by_name_generates(server: tuple[str, str]) -> None:
     assert 0 < chunks[-1].usage.completion_tokens <= 16 and chunks[-1].usage.prompt_tokens == u.prompt_tokens
 
 
+def test_answer_route_reads_model_as_chat_does(server: tuple[str, str]) -> None:
+    """``/v1/answer``'s ``model`` is an id from ``/v1/models`` too: it selects the mode, not just the LLM."""
+    import httpx
+
+    url, token = server
+    ask = lambda model: httpx.post(f"{url}/v1/answer", headers={"Authorization": f"Bearer {token}"}, timeout=120,  # noqa: E731
+                                   json={"question": QUESTION, "model": model, "max_tokens": 16})
+    generated = ask(SMOLLM).json()
+    assert generated["mode"] == "generate" and generated["model"] == SMOLLM and generated["guard"] != "extractive"
+    extracted = ask("mmrag-extractive").json()
+    assert extracted["mode"] == "extractive"
+    unknown = ask("gpt-nope")
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "model"
+
+
 def test_extractive_model_refuses_to_generate(server: tuple[str, str]) -> None:
     from openai import BadRequestError
 

@@ -120,7 +120,9 @@ class AnswerRequest(QueryFields):
     """POST /v1/answer."""
 
     question: str = Field(min_length=1, max_length=8000)
-    model: str | None = Field(None, max_length=200, description="A LiteLLM model the server allows; default its own.")
+    model: str | None = Field(None, max_length=200,
+                              description="An id `/v1/models` lists: it selects the chat model and the answer "
+                                          "mode, as on `/v1/chat/completions`; default the server's.")
     stream: bool = Field(False, description="Server-sent events: `delta` events, then one `answer` event.")
     max_tokens: int | None = Field(None, ge=1, le=4096)
     verify: Verify = Field("off", description="Run the offline hallucination detector: mark or drop unsupported sentences.")

@@ -81,8 +81,12 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
         hits = search_hits(services, collection, body, body.question)
         access.note(request.scope, collection=collection, context_doc_ids=[h.doc_id for h in hits],
                     query=body.question)
-        answerer = services.answerer(collection, model=body.model, k=body.k, retriever=body.retriever,
-                                     max_tokens=body.max_tokens, verify=body.verify, answer_mode=body.answer_mode)
+        # ``model`` means here what it means on /v1/chat/completions: an id /v1/models lists, which
+        # selects the answer mode as well as the chat model (mmrag.http.chat.choose_model).
+        choice = chat.choose_model(services, body.model, body.answer_mode) if body.model else None
+        answerer = services.answerer(collection, model=choice.chat if choice else None, k=body.k,
+                                     retriever=body.retriever, max_tokens=body.max_tokens, verify=body.verify,
+                                     answer_mode=choice.mode if choice else body.answer_mode)
         llm_started = time.perf_counter()
         if not body.stream:
             result = answerer.answer(body.question, hits)
