@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +26,11 @@ for key, value in {
     os.environ.setdefault(key, value)
 
 
+#: One numerics cache for the whole session (mmrag.numerics): each model is measured once per run,
+#: and nothing is written to the user's ~/.cache.
+NUMERICS_CACHE = tempfile.mkdtemp(prefix="mmrag-test-cache-")
+
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/data; skips the test when the folder is absent (a user's clone)."""
     path = SHARED_DATA.joinpath(*parts)
@@ -39,6 +45,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith("MMRAG_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("MMRAG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MMRAG_CACHE_DIR", NUMERICS_CACHE)
 
 
 @pytest.fixture(autouse=True)

@@ -46,6 +46,8 @@ import numpy as np
 MODEL = "ViT-B-32"
 SEED = 0
 TARGET_RATIO = 3.0
+#: Peak RSS of the mmrag process at most this times the naive one's (issue 26: within 10%).
+MAX_RSS_RATIO = 1.10
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 COCO_DIR = SHARED / "coco_mini_captions" / "val2017"
 SCIFACT_DIR = SHARED / "scifact"
@@ -238,6 +240,9 @@ class MmragPipeline:
         self.emb = OpenClipEmbedder(ClipSpec(MODEL, pretrained=None, precision=precision, batch_size=batch_size))
         self.client = open_client(workdir / "mmrag-data")
         self.precision = self.emb.precision
+        #: Each tower's candidates, their probe times and agreements (mmrag.numerics).
+        self.numerics = {part: c.as_dict() | {"line": c.describe(), "cached": c.cached}
+                         for part, c in self.emb.numerics.items()}
 
     def ingest(self, name: str, modality: str, items: Sequence[str]) -> dict[str, float]:
         from mmrag import ChromaStore, ImageAsset, LoadError, Record
@@ -298,7 +303,8 @@ def run_pipeline(pipe: NaivePipeline | MmragPipeline, modality: str, items: Sequ
     stats: dict[str, Any] = {
         "pipeline": "naive" if isinstance(pipe, NaivePipeline) else "mmrag", "modality": modality,
         "items": len(items), **timing, "items_per_s": len(items) / timing["seconds"],
-        "precision": pipe.precision, "torch_threads": torch.get_num_threads(),
+        "precision": pipe.precision, "numerics": getattr(pipe, "numerics", {}),
+        "torch_threads": torch.get_num_threads(),
         "rss_before_mib": rss_ready, "peak_rss_mib": _peak_rss_mib(),
         # CPU-seconds per wall second of the timed part: ~threads when the process had the CPUs
         # to itself, less when other processes competed (then the numbers are noisy).
@@ -354,10 +360,21 @@ def machine_info() -> dict[str, Any]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    flags: list[str] = []
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pass
+    from mmrag.numerics import ISA_CAPS
+
     return {
         "cpu_count": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
         "open_clip": open_clip.__version__, "chromadb": chromadb.__version__,
         "bf16_supported": bool(torch.cpu._is_avx512_bf16_supported()),
+        # The flags that decide the kernels, and any cap put on the kernel libraries.
+        "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))),
+        "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ},
     }
 
 
@@ -372,9 +389,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"mmrag ingest benchmark: {MODEL}, random weights (seed {SEED}), same files, decode+embed+Chroma write",
         f"machine: {m['cpu_count']} CPUs ({m['cpu']}), python {m['python']}, torch {m['torch']}, "
         f"open_clip {m['open_clip']}, chromadb {m['chromadb']}, torch threads {cfg['threads']}",
+        f"cpu flags: {' '.join(m.get('cpu_flags', [])) or 'n/a'}; kernel caps: "
+        f"{' '.join(f'{k}={v}' for k, v in m.get('isa_caps', {}).items()) or 'none'}",
         f"bf16 supported: {'yes' if m['bf16_supported'] else 'no'}; mmrag chose: {report['mmrag_precision']}; "
         f"mmrag batch {cfg['batch_size']}; warm-up {cfg['warmup']} items per pipeline (untimed)",
     ]
+    first = next(iter(report["results"].values()), None)
+    for part, measured in ((first or {}).get("mmrag_detail", {}).get("numerics") or {}).items():
+        lines.append(f"mmrag {part} tower numerics (probe time, min cosine vs fp32; * chosen"
+                     f"{', remembered' if measured.get('cached') else ''}): {measured['line']}")
     for mod in MODALITIES:
         if mod in report["inputs"]:
             lines.append(f"{mod}: {report['inputs'][mod]}")
@@ -437,7 +460,8 @@ def _spawn(args: argparse.Namespace, pipeline: str, modality: str, inputs: Path,
            "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--precision", args.precision]
     print(f"  {pipeline:<5} {modality:<6} ...", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Every run measures the numerics afresh (and prints them), never a choice remembered from before.
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MMRAG_NUMERICS_REMEASURE": "1"})
     if proc.returncode != 0:
         print(" failed", file=sys.stderr)
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -473,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=32, help="untimed warm-up items per pipeline")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both pipelines")
     parser.add_argument("--batch-size", type=int, default=32, help="mmrag's CLIP batch size")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="mmrag precision")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "int8", "fp32"],
+                        help="mmrag precision (auto: measured per tower, see mmrag.numerics)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 if a ratio or agreement misses its target")
     parser.add_argument("--only", choices=PIPELINES, help=argparse.SUPPRESS)  # child mode
@@ -530,7 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     missed = [m for m, r in report["results"].items()
-              if r["ratio"] < TARGET_RATIO or r["agreement"]["cosine_min"] < 0.98]
+              if r["ratio"] < TARGET_RATIO or r["agreement"]["cosine_min"] < 0.98
+              or r["mmrag_peak_rss_mib"] > MAX_RSS_RATIO * r["naive_peak_rss_mib"]]
     return 1 if args.check and missed else 0
 
 

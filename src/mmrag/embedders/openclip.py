@@ -3,9 +3,10 @@
 Speed choices, each measured in ``eval/bench/ingest.py``:
 
 * inference under ``torch.inference_mode()`` in batches;
-* bf16 weights where the CPU has native bf16, fp16 on a GPU (``precision="auto"``), kept only if a
-  probe batch agrees with fp32 (cosine >= ``BF16_MIN_COSINE``), because some CPUs emulate bf16
-  slowly or badly;
+* each tower's numerics chosen by timing, not by a CPU flag (``precision="auto"``, see
+  :mod:`mmrag.numerics`): fp32, bf16 weights and int8 dynamic quantisation (fp16 on a GPU) are
+  timed on a probe, and the fastest whose every probe item agrees with fp32 (cosine >= 0.99) is
+  kept. A CPU can have AVX-512 BF16 and still run bf16 three times slower than fp32;
 * text batches are cut to their longest sequence: the text tower is causal and pooled at the
   end-of-text token, so the padding past it changes nothing but costs time;
 * images are decoded and preprocessed in a thread pool while the model runs on the previous batch.
@@ -27,7 +28,17 @@ from mmrag.loaders import file_sha256
 from mmrag.tracing import span
 from mmrag.types import ImageAsset
 
-BF16_MIN_COSINE = 0.99
+#: The numerics probe's texts: short prose of several kinds, repeated to CLIP's context length.
+_PROBE_LINES = (
+    "a photo of a dog running on the beach",
+    "a red circle next to a blue square",
+    "quarterly revenue grew four percent while costs stayed flat",
+    "the building opens at eight and closes at six on weekdays",
+    "a diagram of the system's components and how they connect",
+    "insulin resistance precedes type 2 diabetes by several years",
+    "restart the service after changing the configuration file",
+    "two people sitting at a table with laptops and coffee",
+)
 #: The precisions a model may run in, by name.
 _DTYPES: dict[str, Callable[[Any], Any]] = {
     "fp32": lambda torch: torch.float32, "bf16": lambda torch: torch.bfloat16, "fp16": lambda torch: torch.float16,
@@ -102,8 +113,8 @@ class ClipSpec:
         pretrained: an open_clip pretrained tag (downloads when online), a local checkpoint path,
             or ``None``/"" for random weights (benchmarks only).
         config_dir: a folder of extra model-config JSON files to register first.
-        precision: ``auto`` (bf16 on a CPU that supports it, fp16 on a GPU, where either agrees
-            with fp32), ``bf16``, ``fp16``, ``fp32``.
+        precision: ``auto`` (measured per tower: the fastest of fp32, bf16 and int8 that agrees
+            with fp32; fp16 on a GPU), or ``bf16``, ``fp16``, ``int8``, ``fp32`` by name.
         device: ``cpu``, ``cuda`` (``cuda:N``), or ``auto`` (cuda when torch sees a GPU).
     """
 
@@ -135,16 +146,13 @@ class OpenClipEmbedder:
         local = pretrained is not None and Path(pretrained).suffix in {".safetensors", ".pt", ".bin", ".pth"}
         if local and not Path(pretrained).is_file():  # type: ignore[arg-type]
             raise ModelUnavailableError(f"CLIP checkpoint not found: {pretrained}")
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.model, pretrained=pretrained, device=spec.device
-            )
-        except Exception as exc:  # noqa: BLE001 - hub, network and checkpoint errors come in many types
-            raise ModelUnavailableError(_unavailable_message(spec, exc)) from exc
-        model.eval()
-        self._model = model
         self._pretrained = pretrained
-        self._preprocess = preprocess
+        # Random weights (benchmarks): every reload draws them from the generator state of the first.
+        self._rng_state = torch.random.get_rng_state() if pretrained is None else None
+        self._model = model = self._load_model()
+        self._dtypes: dict[str, Any] = {"image": torch.float32, "text": torch.float32}
+        self.numerics: dict[str, Any] = {}  # part -> mmrag.numerics.Choice, once measured
+        preprocess = self._preprocess
         self._tokenizer = open_clip.get_tokenizer(spec.model)
         self._plain_causal_text = _is_plain_causal_text(model, torch)
         self.image_size = _image_size(preprocess)
@@ -170,45 +178,92 @@ class OpenClipEmbedder:
 
     # -- precision ----------------------------------------------------------------------------
     def _choose_precision(self, wanted: str) -> str:
+        """Each tower's numerics by measurement (:mod:`mmrag.numerics`): image first, then text.
+
+        The towers are timed apart because they differ: the image tower is a ViT on 224x224 pixels,
+        the text tower a causal transformer on at most 77 tokens. Returns ``image=X,text=Y``, or the
+        one name when both agree. An explicit precision is checked against fp32 and refused if a
+        tower disagrees.
+        """
+        from mmrag import numerics
+
+        try:
+            candidates = numerics.candidates_for(wanted, "cpu" if self.spec.device == "cpu" else "gpu")
+        except ValueError as exc:
+            raise ModelUnavailableError(str(exc)) from None
+        if not candidates:
+            return "fp32"
         torch = self._torch
-        if wanted == "fp32":
-            return "fp32"
-        if wanted not in {"auto", "bf16", "fp16"}:
-            raise ModelUnavailableError(f"Unknown precision {wanted!r}. Known: auto, bf16, fp16, fp32")
-        on_cpu = self.spec.device == "cpu"
-        low = wanted if wanted != "auto" else ("bf16" if on_cpu else "fp16")
-        if wanted == "auto" and on_cpu and not torch.cpu._is_avx512_bf16_supported():
-            return "fp32"
-        dtype = _DTYPES[low](torch)
-        # Agreement probe: a fixed synthetic image batch and a few texts, fp32 vs the low precision.
         gen = torch.Generator().manual_seed(0)
-        pixels = torch.rand(4, 3, self.image_size, self.image_size, generator=gen).to(self.spec.device)
-        tokens = self._tokenizer(["a photo of a dog", "a red circle", "quarterly revenue grew 4%"]).to(self.spec.device)
-        with torch.inference_mode():
-            ref_i = self._model.encode_image(pixels, normalize=True).float()
-            ref_t = self._encode_text_tokens(tokens).float()
-            self._model.to(dtype)
-            low_i = self._model.encode_image(pixels.to(dtype), normalize=True).float()
-            low_t = self._encode_text_tokens(tokens).float()
-        agree = min(
-            float((ref_i * low_i).sum(-1).min()),
-            float((torch.nn.functional.normalize(ref_t, dim=-1) * torch.nn.functional.normalize(low_t, dim=-1)).sum(-1).min()),
-        )
-        self.agreement = agree
-        if agree >= BF16_MIN_COSINE:
-            return low
-        # .to(low) rounded the weights in place and casting back cannot undo that: reload them.
-        _, open_clip = _import_torch()
-        self._model = open_clip.create_model_and_transforms(
-            self.spec.model, pretrained=self._pretrained, device=self.spec.device
-        )[0].eval()
+        pixels = torch.rand(4, 3, self.image_size, self.image_size, generator=gen)
+        texts = [f"{line} {line} {line}" for line in _PROBE_LINES]
+        key = {"model": self.spec.model, "weights": self.weights_id, "device": self.spec.device,
+               "batch": self.spec.batch_size}
+        self.numerics = {}
+        for part in ("image", "text"):
+            probe = (lambda: self.embed_pixels(pixels)) if part == "image" else (lambda: self._embed_texts(texts))
+            self.numerics[part] = numerics.choose(
+                candidates, probe=probe, convert=lambda name, part=part: self._convert(part, name),
+                restore=lambda part=part: self._restore(part), what=f"CLIP {self.spec.model} {part} tower",
+                key={**key, "part": part}, keep=None if wanted == "auto" else wanted)
         if wanted != "auto":
-            raise ModelUnavailableError(f"{low} disagrees with fp32 on this machine (cosine {agree:.4f}); use fp32")
-        return "fp32"
+            bad = [f"{part}: {c.describe()}" for part, c in self.numerics.items() if c.name != wanted]
+            if bad:
+                raise ModelUnavailableError(f"{wanted} disagrees with fp32 on this machine ({'; '.join(bad)}); "
+                                            "use fp32 or auto")
+        self.agreement = min(c.agreement for c in self.numerics.values())
+        image, text = self.numerics["image"].name, self.numerics["text"].name
+        return image if image == text else f"image={image},text={text}"
+
+    def _convert(self, part: str, name: str) -> None:
+        """Convert one tower in place to ``name`` (bf16/fp16 weights, or int8 dynamic Linear layers)."""
+        torch = self._torch
+        if name == "int8" and self.spec.device != "cpu":
+            raise ValueError("int8 dynamic quantisation runs on the CPU only")
+        modules, params = _tower(self._model, part)
+        if name == "int8":
+            from mmrag.numerics import quantize_linear_int8
+
+            for module in modules:
+                if part == "text" and self._plain_causal_text:
+                    _attention_as_linears(module, torch)
+                quantize_linear_int8(module)
+            dtype = torch.float32
+        else:
+            dtype = _DTYPES[name](torch)
+            for module in modules:
+                module.to(dtype)
+            for param in params:
+                param.data = param.data.to(dtype)
+        self._dtypes[part] = dtype
+
+    def _restore(self, part: str) -> None:
+        """Back to fp32 weights for ``part``: reload the model, then re-apply the other tower's choice."""
+        self._model = self._load_model()
+        self._dtypes = {"image": self._torch.float32, "text": self._torch.float32}
+        other = "text" if part == "image" else "image"
+        chosen = getattr(self, "numerics", {}).get(other)
+        if chosen is not None and chosen.name != "fp32":
+            self._convert(other, chosen.name)
+
+    def _load_model(self) -> Any:
+        """The fp32 model from its weights (random weights from the first load's generator state)."""
+        _, open_clip = _import_torch()
+        torch = self._torch
+        with torch.random.fork_rng(devices=[]):
+            if self._rng_state is not None:
+                torch.random.set_rng_state(self._rng_state)
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    self.spec.model, pretrained=self._pretrained, device=self.spec.device)
+            except Exception as exc:  # noqa: BLE001 - hub, network and checkpoint errors come in many types
+                raise ModelUnavailableError(_unavailable_message(self.spec, exc)) from exc
+        self._preprocess = preprocess
+        return model.eval()
 
     @property
     def _dtype(self) -> Any:
-        return _DTYPES[self.precision](self._torch)
+        return self._dtypes["image"]
 
     # -- text ---------------------------------------------------------------------------------
     def _encode_text_tokens(self, tokens: Any) -> Any:
@@ -223,7 +278,7 @@ class OpenClipEmbedder:
         # argmax pooling means open_clip's SimpleTokenizer convention: pad id 0, EOT the largest id.
         length = int((tokens != 0).sum(dim=1).max())
         tokens = tokens[:, :length]
-        cast = model.transformer.get_cast_dtype()
+        cast = self._dtypes["text"]
         x = model.token_embedding(tokens).to(cast)
         x = x + model.positional_embedding[:length].to(cast)
         if self._plain_causal_text:
@@ -350,12 +405,44 @@ def _causal_block(block: Any, x: Any) -> Any:
     attn = block.attn
     batch, length, width = x.shape
     heads = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    qkv_proj, out_proj = getattr(block, "mmrag_qkv", None), getattr(block, "mmrag_out", None)
+    h = block.ln_1(x)
+    qkv = qkv_proj(h) if qkv_proj is not None else F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    out = F.linear(out.transpose(1, 2).reshape(batch, length, width), attn.out_proj.weight, attn.out_proj.bias)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, length, width)
+    out = out_proj(out) if out_proj is not None else F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _tower(model: Any, part: str) -> tuple[list[Any], list[Any]]:
+    """The modules and the loose parameters of one tower: ``visual``, or everything else but the logit scale."""
+    if part == "image":
+        return [model.visual], []
+    modules = [m for name, m in model.named_children() if name != "visual"]
+    params = [p for name, p in model.named_parameters(recurse=False) if not name.startswith("logit_")]
+    return modules, params
+
+
+def _attention_as_linears(transformer: Any, torch: Any) -> None:
+    """Give each causal block its attention projections as ``nn.Linear`` layers (for int8).
+
+    nn.MultiheadAttention keeps its in-projection as a bare parameter and its out-projection as a
+    Linear subclass that dynamic quantisation skips; :func:`_causal_block` uses these instead, so
+    the attention projections are quantised with the MLPs.
+    """
+    for block in getattr(transformer, "resblocks", ()):
+        attn = block.attn
+        width = attn.embed_dim
+        qkv = torch.nn.Linear(width, 3 * width, bias=attn.in_proj_bias is not None)
+        qkv.weight.data = attn.in_proj_weight.data
+        if attn.in_proj_bias is not None:
+            qkv.bias.data = attn.in_proj_bias.data
+        out = torch.nn.Linear(width, width, bias=attn.out_proj.bias is not None)
+        out.weight.data = attn.out_proj.weight.data
+        if attn.out_proj.bias is not None:
+            out.bias.data = attn.out_proj.bias.data
+        block.mmrag_qkv, block.mmrag_out = qkv, out
 
 
 def _image_size(preprocess: Callable[..., Any]) -> int:

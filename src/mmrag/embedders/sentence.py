@@ -8,11 +8,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmrag.embedders.openclip import BF16_MIN_COSINE
 from mmrag.errors import MissingDependencyError, ModelUnavailableError
 from mmrag.tracing import span
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+#: The numerics probe: prose of several kinds (not a data set's), each line repeated to chunk length.
+_PROBE_LINES = (
+    "What is the boiling point of water at sea level, and how does altitude change it?",
+    "Insulin resistance precedes type 2 diabetes by several years in most patients.",
+    "The quarterly report shows revenue grew four percent while costs stayed flat.",
+    "Visitors may park in the north garage; the fee on weekdays is six euros a day.",
+    "The defendant appealed, arguing that the lower court misread the contract's terms.",
+    "Mix the flour and butter, then add cold water until the dough holds together.",
+    "The telescope recorded a faint signal from a galaxy thirteen billion years old.",
+    "Restart the service after changing the configuration file, or the change is ignored.",
+)
 
 
 def offline_minilm_dir() -> Path:
@@ -62,36 +72,54 @@ class SentenceTransformerEmbedder:
         self.weights_id = _folder_weights_id(local) if local.is_dir() else model
         self.name = f"sentence-transformers:{self.weights_id}"
         self.agreement = 1.0  # the probe's cosine against fp32 (1.0: fp32 itself)
+        self.numerics: Any = None  # mmrag.numerics.Choice once measured (None: fp32 asked for)
         self.precision = self._choose_precision(precision)
 
     def _choose_precision(self, wanted: str) -> str:
-        """bf16 where the CPU has it natively (about 3x faster), fp16 on a GPU; kept if a probe agrees with fp32."""
+        """Time fp32, bf16 and int8 on a probe and keep the fastest that agrees (:mod:`mmrag.numerics`).
+
+        An explicit ``bf16``/``fp16``/``int8`` is still checked against fp32 and refused if it disagrees.
+        """
+        from mmrag import numerics
+
+        try:
+            candidates = numerics.candidates_for(wanted, self._model.device.type)
+        except ValueError as exc:
+            raise ModelUnavailableError(str(exc)) from None
+        if not candidates:
+            return "fp32"
+        # Prose the length of a chunk (~120 tokens), in a small batch: enough to rank the numerics
+        # without making every start-up pay for a benchmark.
+        probe_texts = [f"{line} " * 6 for line in _PROBE_LINES]
+        self.numerics = numerics.choose(
+            candidates, probe=lambda: self.embed_texts(probe_texts), convert=self._convert,
+            restore=self._reload, what=f"text model {self.model_ref}",
+            key={"model": self.weights_id, "device": str(self._model.device), "batch": self.batch_size},
+            keep=None if wanted == "auto" else wanted)
+        self.agreement = self.numerics.agreement
+        if wanted != "auto" and self.numerics.name != wanted:
+            raise ModelUnavailableError(
+                f"{wanted} disagrees with fp32 on this machine ({self.numerics.describe()}); use fp32 or auto")
+        return self.numerics.name
+
+    def _convert(self, name: str) -> None:
         import torch
 
-        if wanted == "fp32":
-            return "fp32"
-        if wanted not in {"auto", "bf16", "fp16"}:
-            raise ModelUnavailableError(f"Unknown precision {wanted!r}. Known: auto, bf16, fp16, fp32")
-        on_cpu = self._model.device.type == "cpu"
-        low = wanted if wanted != "auto" else ("bf16" if on_cpu else "fp16")
-        if wanted == "auto" and on_cpu and not torch.cpu._is_avx512_bf16_supported():
-            return "fp32"
-        probe = ["What is the boiling point of water at sea level?",
-                 "Insulin resistance precedes type 2 diabetes by several years in most patients.",
-                 "The quarterly report shows revenue grew four percent."]
-        ref = self.embed_texts(probe)
-        self._model.to(torch.bfloat16 if low == "bf16" else torch.float16)
-        agree = float((ref * self.embed_texts(probe)).sum(-1).min())
-        self.agreement = agree
-        if agree >= BF16_MIN_COSINE:
-            return low
-        # .to(low) rounded the weights in place; casting back cannot undo that, so reload them.
+        from mmrag.numerics import quantize_linear_int8
+
+        if name == "int8":
+            if self._model.device.type != "cpu":
+                raise ValueError("int8 dynamic quantisation runs on the CPU only")
+            quantize_linear_int8(self._model)
+        else:
+            self._model.to(torch.bfloat16 if name == "bf16" else torch.float16)
+
+    def _reload(self) -> None:
+        # A cast rounds the weights in place and quantisation replaces the layers: neither can be
+        # undone, so fp32 comes back from the weights on disk.
         from sentence_transformers import SentenceTransformer
 
         self._model = SentenceTransformer(self.model_ref, device=str(self._model.device))
-        if wanted != "auto":
-            raise ModelUnavailableError(f"{low} disagrees with fp32 on this machine (cosine {agree:.4f}); use fp32")
-        return "fp32"
 
     def identity(self) -> dict[str, str | int]:
         """What must match for two runs to share a collection (stored with it)."""

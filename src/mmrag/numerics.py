@@ -1,0 +1,292 @@
+"""Numerics chosen by measurement: time each candidate on a probe, keep the fastest that agrees.
+
+A CPU flag that says "bf16" does not say that bf16 is fast: with oneDNN capped at AVX2, bf16
+weights ran three times *slower* than fp32 on a CPU that has AVX-512 BF16 (../shared/NOTES.md).
+So a model's numerics are chosen here by timing, on the machine the model runs on:
+
+1. the probe runs in fp32 (warmed up, then timed): the reference vectors and the time to beat;
+2. each candidate in turn converts the model in place, runs the same probe (warmed up, then
+   timed), and is compared with the reference, item by item;
+3. the model goes back to fp32 (its owner reloads the weights) before the next candidate, so
+   only one converted copy ever exists and peak memory stays that of one model;
+4. the fastest candidate whose every probe item agrees with fp32 at cosine >= ``MIN_COSINE``
+   wins (fp32 itself always qualifies).
+
+The owner (an embedder) supplies three callables; this module knows nothing of CLIP or BERT.
+Timings take the best of a few runs: on a shared machine the minimum is the least noisy estimate
+of what the code costs, while a mean measures the neighbours.
+
+A choice is remembered per machine (:func:`cache_path`), keyed by the model's weights, the device,
+the CPU's model and flags, the kernel-library caps in the environment, torch's version and its
+thread count: a second start on the same machine converts without measuring again. Any change to
+one of those measures again; ``MMRAG_NUMERICS_REMEASURE=1`` forces it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Every probe item must agree with fp32 at least this well (cosine of unit vectors).
+MIN_COSINE = 0.99
+#: What ``auto`` tries, by device, in this order (fp32 is the reference, always measured).
+CPU_CANDIDATES = ("bf16", "int8")
+GPU_CANDIDATES = ("fp16",)
+#: The names a caller may ask for.
+KNOWN = ("auto", "fp32", "bf16", "fp16", "int8")
+#: Environment variables that cap the kernel libraries (they change what is fast).
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS",
+            "DNNL_MAX_CPU_ISA")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate's measurement.
+
+    Attributes:
+        name: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
+        seconds: the best time of the probe (nan when the candidate could not run).
+        agreement: the lowest cosine of a probe item against fp32 (nan when it could not run).
+        note: why it could not run, or "".
+    """
+
+    name: str
+    seconds: float
+    agreement: float
+    note: str = ""
+
+    @property
+    def agrees(self) -> bool:
+        return not math.isnan(self.agreement) and self.agreement >= MIN_COSINE
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a part of a model runs in, and the measurements it was chosen from."""
+
+    name: str
+    trials: tuple[Trial, ...] = field(default_factory=tuple)
+    #: True when the measurement was read back from this machine's cache, not taken now.
+    cached: bool = False
+
+    @property
+    def agreement(self) -> float:
+        """The chosen candidate's agreement with fp32 (1.0 for fp32 itself)."""
+        return next((t.agreement for t in self.trials if t.name == self.name), 1.0)
+
+    def describe(self) -> str:
+        """One line for logs and benchmarks: each candidate's time and agreement, the winner marked."""
+        parts = []
+        for t in self.trials:
+            mark = "*" if t.name == self.name else ""
+            if t.note:
+                parts.append(f"{t.name}{mark} ({t.note})")
+            else:
+                parts.append(f"{t.name}{mark} {t.seconds * 1000:.0f} ms cos {t.agreement:.4f}")
+        return ", ".join(parts) or self.name
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chosen": self.name, "trials": [
+            {"name": t.name, "seconds": None if math.isnan(t.seconds) else round(t.seconds, 5),
+             "agreement": None if math.isnan(t.agreement) else round(t.agreement, 5), "note": t.note}
+            for t in self.trials]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Choice:
+        nan = math.nan
+        trials = tuple(Trial(str(t["name"]), nan if t["seconds"] is None else float(t["seconds"]),
+                             nan if t["agreement"] is None else float(t["agreement"]), str(t.get("note", "")))
+                       for t in data["trials"])
+        return cls(str(data["chosen"]), trials, cached=True)
+
+
+def candidates_for(wanted: str, device: str) -> tuple[str, ...]:
+    """The candidates ``wanted`` asks for on ``device`` (fp32 is always the reference).
+
+    Raises:
+        ValueError: ``wanted`` is not one of :data:`KNOWN`.
+    """
+    if wanted not in KNOWN:
+        raise ValueError(f"Unknown precision {wanted!r}. Known: {', '.join(KNOWN)}")
+    if wanted == "fp32":
+        return ()
+    if wanted != "auto":
+        return (wanted,)
+    return CPU_CANDIDATES if device == "cpu" else GPU_CANDIDATES
+
+
+def choose(candidates: Sequence[str], *, probe: Callable[[], np.ndarray], convert: Callable[[str], None],
+           restore: Callable[[], None], repeats: int = 2, what: str = "model",
+           key: dict[str, Any] | None = None, keep: str | None = None) -> Choice:
+    """Measure fp32 and each candidate on ``probe``; leave the model in the winner's numerics.
+
+    Args:
+        candidates: names to try besides fp32, in order (from :func:`candidates_for`).
+        probe: runs the model in its current numerics on fixed inputs; returns unit rows.
+        convert: converts the fp32 model in place to a candidate; raises if it cannot.
+        restore: puts the model back in fp32 (reloads its weights).
+        repeats: timed runs per candidate, after one warm-up run (the first bf16 call builds kernels).
+        what: the model's name, for the log line.
+        key: what identifies the model (weights, device, part); with it the choice is remembered
+            on this machine and a later call with the same key converts without measuring.
+        keep: a candidate the caller asked for by name: it wins whenever it agrees, fast or not.
+
+    Returns:
+        The choice, with every trial. With one explicit candidate (not ``auto``) that disagrees,
+        the choice is fp32 and the caller decides whether that is an error.
+    """
+    cache_key = _cache_key(key, candidates, keep) if key is not None else None
+    remembered = _recall(cache_key) if cache_key else None
+    if remembered is not None:  # the measurements are remembered; the rule is applied again
+        chosen = Choice(_pick(remembered.trials, keep).name, remembered.trials, cached=True)
+        if chosen.name != "fp32":
+            convert(chosen.name)
+        log.info("%s numerics (measured earlier on this machine): %s", what, chosen.describe())
+        return chosen
+    ref_seconds, ref = _timed(probe, repeats)
+    trials = [Trial("fp32", ref_seconds, 1.0)]
+    state = "fp32"
+    for name in candidates:
+        if state != "fp32":
+            restore()
+            state = "fp32"
+        try:
+            convert(name)
+            state = name
+            seconds, out = _timed(probe, repeats)
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is a measured "no"
+            trials.append(Trial(name, math.nan, math.nan, f"unavailable: {type(exc).__name__}: {exc}"[:200]))
+            continue
+        trials.append(Trial(name, seconds, _min_cosine(ref, out)))
+    best = _pick(trials, keep)
+    if state != best.name:
+        if state != "fp32":
+            restore()
+        if best.name != "fp32":
+            convert(best.name)
+    choice = Choice(best.name, tuple(trials))
+    log.info("%s numerics: %s", what, choice.describe())
+    if cache_key:
+        _remember(cache_key, choice)
+    return choice
+
+
+def cache_path() -> Path:
+    """Where measured choices are kept: ``$MMRAG_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmrag``, else ~/.cache/mmrag."""
+    base = os.environ.get("MMRAG_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmrag")
+    return Path(base) / "numerics.json"
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """What makes one machine's timings another's: CPU model and flags, kernel caps, torch, threads."""
+    import torch
+
+    model, flags = platform.processor(), ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = line.split(":", 1)[1].strip()
+                    break
+    except OSError:  # not Linux: the processor string is what there is
+        pass
+    return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ},
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _cache_key(key: dict[str, Any], candidates: Sequence[str], keep: str | None) -> str:
+    blob = json.dumps({"model": key, "candidates": list(candidates), "keep": keep, "machine": machine_fingerprint()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _load_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(cache_path().read_text())
+    except (OSError, ValueError):  # absent, unreadable or torn: measure again
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _recall(cache_key: str) -> Choice | None:
+    if os.environ.get("MMRAG_NUMERICS_REMEASURE", "").lower() in {"1", "true", "yes"}:
+        return None
+    entry = _load_cache().get(cache_key)
+    try:
+        return Choice.from_dict(entry) if isinstance(entry, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _remember(cache_key: str, choice: Choice) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _load_cache()
+        data[cache_key] = choice.as_dict()
+        if len(data) > 256:  # bounded: the oldest entries go first (dicts keep insertion order)
+            data = dict(list(data.items())[-256:])
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".numerics-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home: measure again next time, and say why once
+        log.info("numerics cache %s not written (%s)", path, exc)
+
+
+def _pick(trials: Sequence[Trial], keep: str | None) -> Trial:
+    """The fastest trial that agrees (``keep`` first when it agrees); fp32 always qualifies."""
+    return min((t for t in trials if t.name == "fp32" or t.agrees), key=lambda t: (t.name != keep, t.seconds))
+
+
+def _timed(probe: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
+    out = probe()  # warm-up: kernel set-up and caches
+    best = math.inf
+    for _ in range(max(1, repeats)):
+        started = time.perf_counter()
+        out = probe()
+        best = min(best, time.perf_counter() - started)
+    return best, out
+
+
+def _min_cosine(ref: np.ndarray, out: np.ndarray) -> float:
+    a = np.asarray(ref, dtype=np.float64)
+    b = np.asarray(out, dtype=np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return float((a * b).sum(axis=1).min())
+
+
+def quantize_linear_int8(module: Any) -> None:
+    """int8 dynamic quantisation of every ``nn.Linear`` in ``module``, in place.
+
+    Weights are int8, activations are quantised per batch at run time; torch's ``x86`` engine
+    picks fbgemm or oneDNN kernels for the CPU it runs on.
+    """
+    import torch
+
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; the eager API still ships in 2.14.
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        # Per output channel: per-tensor scales gave cosine 0.92-0.95 against fp32 on MiniLM.
+        quantize_dynamic(module, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)

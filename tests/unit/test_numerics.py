@@ -1,0 +1,206 @@
+"""Numerics chosen by measurement (mmrag.numerics): the fastest candidate that agrees with fp32.
+
+The choice logic runs on a scripted model (its times and vectors are set by the test), so every
+branch is exercised on any CPU; the real embedders are then checked to measure, convert, agree
+and remember their choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mmrag import numerics
+from mmrag.config import Settings
+from mmrag.embedders.openclip import ClipSpec, OpenClipEmbedder, resolve_device
+from mmrag.embedders.sentence import SentenceTransformerEmbedder, offline_minilm_dir
+from mmrag.errors import ModelUnavailableError
+from mmrag.registry import resolve_models
+
+REF = np.eye(3, 4, dtype=np.float32)
+
+
+class Scripted:
+    """A model whose each numerics runs in a set time and gives a set rotation of the reference."""
+
+    def __init__(self, seconds: dict[str, float], cosine: dict[str, float], broken: tuple[str, ...] = ()) -> None:
+        self.seconds, self.cosine, self.broken = seconds, cosine, broken
+        self.state, self.log = "fp32", []
+        self.clock = 0.0
+
+    def probe(self) -> np.ndarray:
+        self.clock += self.seconds[self.state]
+        c = self.cosine.get(self.state, 1.0)
+        out = REF * c + np.roll(REF, 1, axis=1) * math.sqrt(max(0.0, 1 - c * c))
+        return out
+
+    def convert(self, name: str) -> None:
+        assert self.state == "fp32", "a candidate must start from fp32 weights"
+        self.log.append(f"convert {name}")
+        if name in self.broken:
+            raise RuntimeError(f"no {name} kernels here")
+        self.state = name
+
+    def restore(self) -> None:
+        self.log.append("restore")
+        self.state = "fp32"
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[Scripted]:
+    """numerics times with perf_counter: drive it from the scripted model's own clock."""
+    models: list[Scripted] = []
+    monkeypatch.setattr(numerics.time, "perf_counter", lambda: models[-1].clock if models else 0.0)
+    return models
+
+
+def _choose(model: Scripted, candidates: tuple[str, ...] = ("bf16", "int8"), **kw: Any) -> numerics.Choice:
+    return numerics.choose(candidates, probe=model.probe, convert=model.convert, restore=model.restore, **kw)
+
+
+def test_the_fastest_candidate_that_agrees_wins_and_the_model_is_left_in_it(fake_clock: list[Scripted]) -> None:
+    fake_clock.append(m := Scripted({"fp32": 1.0, "bf16": 0.3, "int8": 0.5}, {"bf16": 0.999, "int8": 0.995}))
+    choice = _choose(m)
+    assert choice.name == "bf16" and m.state == "bf16"
+    assert [(t.name, round(t.seconds, 6)) for t in choice.trials] == [("fp32", 1.0), ("bf16", 0.3), ("int8", 0.5)]
+    assert m.log == ["convert bf16", "restore", "convert int8", "restore", "convert bf16"]
+
+
+def test_a_flag_is_not_a_measurement_slow_bf16_loses_to_fp32(fake_clock: list[Scripted]) -> None:
+    """The AVX2-capped case of issue 26: bf16 is there, agrees, and runs three times slower."""
+    fake_clock.append(m := Scripted({"fp32": 1.0, "bf16": 3.0, "int8": 1.4}, {"bf16": 0.9999, "int8": 0.999}))
+    choice = _choose(m)
+    assert choice.name == "fp32" and m.state == "fp32" and m.log[-1] == "restore"
+
+
+def test_a_fast_candidate_that_disagrees_is_never_chosen(fake_clock: list[Scripted]) -> None:
+    fake_clock.append(m := Scripted({"fp32": 1.0, "bf16": 0.8, "int8": 0.2}, {"bf16": 0.999, "int8": 0.975}))
+    choice = _choose(m)
+    assert choice.name == "bf16" and not dict((t.name, t.agrees) for t in choice.trials)["int8"]
+    assert "int8 200 ms cos 0.9750" in choice.describe() and "bf16*" in choice.describe()
+
+
+def test_a_candidate_that_cannot_run_is_recorded_and_skipped(fake_clock: list[Scripted]) -> None:
+    fake_clock.append(m := Scripted({"fp32": 1.0, "bf16": 0.5, "int8": 0.1}, {"bf16": 0.999}, broken=("int8",)))
+    choice = _choose(m)
+    assert choice.name == "bf16" and m.state == "bf16"
+    assert "int8 (unavailable: RuntimeError: no int8 kernels here)" in choice.describe()
+
+
+def test_a_choice_is_remembered_per_machine_and_measured_again_when_the_machine_changes(
+        fake_clock: list[Scripted], monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
+    key = {"model": "m", "weights": "w"}
+    fake_clock.append(m := Scripted({"fp32": 1.0, "bf16": 0.3, "int8": 0.5}, {"bf16": 0.999, "int8": 0.995}))
+    first = _choose(m, key=key)
+    assert not first.cached and json.loads((tmp_path / "numerics.json").read_text())
+    fake_clock.append(m2 := Scripted({"fp32": 1.0, "bf16": 0.3, "int8": 0.5}, {"bf16": 0.999, "int8": 0.995}))
+    again = _choose(m2, key=key)
+    assert again.cached and again.name == "bf16" and m2.log == ["convert bf16"] and m2.clock == 0.0  # not probed
+    # The kernel libraries capped at AVX2 are another machine: measure again.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    fake_clock.append(m3 := Scripted({"fp32": 1.0, "bf16": 3.0, "int8": 0.5}, {"bf16": 0.999, "int8": 0.995}))
+    capped = _choose(m3, key=key)
+    assert not capped.cached and capped.name == "int8"
+    # So are other weights; and MMRAG_NUMERICS_REMEASURE=1 measures regardless.
+    fake_clock.append(m4 := Scripted({"fp32": 1.0, "bf16": 3.0, "int8": 0.5}, {"bf16": 0.999, "int8": 0.995}))
+    assert not _choose(m4, key={**key, "weights": "other"}).cached
+    monkeypatch.setenv("MMRAG_NUMERICS_REMEASURE", "1")
+    fake_clock.append(m5 := Scripted({"fp32": 1.0, "bf16": 3.0, "int8": 0.5}, {"bf16": 0.999, "int8": 0.995}))
+    assert not _choose(m5, key=key).cached
+
+
+def test_a_torn_cache_file_means_measure_again(fake_clock: list[Scripted], monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Any) -> None:
+    monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
+    (tmp_path / "numerics.json").write_text('{"abc": {"chosen": ')
+    fake_clock.append(m := Scripted({"fp32": 1.0, "bf16": 0.3}, {"bf16": 0.999}))
+    assert _choose(m, ("bf16",), key={"model": "m"}).name == "bf16"
+    assert json.loads((tmp_path / "numerics.json").read_text())  # rewritten whole
+
+
+def test_unknown_precision_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="Known: auto, fp32, bf16, fp16, int8"):
+        numerics.candidates_for("int4", "cpu")
+    assert numerics.candidates_for("auto", "cpu") == ("bf16", "int8")
+    assert numerics.candidates_for("auto", "gpu") == ("fp16",) and numerics.candidates_for("fp32", "cpu") == ()
+
+
+# -- the real embedders ------------------------------------------------------------------------------
+def _spec(precision: str) -> ClipSpec:
+    spec = resolve_models(Settings(profile="offline")).clip
+    return ClipSpec(spec.model, spec.pretrained, spec.config_dir, precision=precision)
+
+
+def test_clip_auto_measures_each_tower_and_its_vectors_agree_with_fp32(monkeypatch: pytest.MonkeyPatch,
+                                                                      tmp_path: Any) -> None:
+    monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
+    ref = OpenClipEmbedder(_spec("fp32"))
+    emb = OpenClipEmbedder(_spec("auto"))
+    for part in ("image", "text"):
+        names = [t.name for t in emb.numerics[part].trials]
+        assert names == ["fp32", "bf16", "int8"], names
+        assert all(t.seconds > 0 or t.note for t in emb.numerics[part].trials)
+    assert emb.identity()["precision"] == emb.precision and emb.agreement >= numerics.MIN_COSINE
+    texts = ["a red circle", "a blue square on a white background", "quarterly revenue grew four percent"]
+    assert (ref.embed_texts(texts) * emb.embed_texts(texts)).sum(-1).min() >= 0.99
+    import torch
+
+    pixels = torch.rand(3, 3, emb.image_size, emb.image_size, generator=torch.Generator().manual_seed(1))
+    assert (ref.embed_pixels(pixels) * emb.embed_pixels(pixels)).sum(-1).min() >= 0.99
+    # Started again on the same machine: the same choice, read back, not measured.
+    again = OpenClipEmbedder(_spec("auto"))
+    assert again.precision == emb.precision and all(c.cached for c in again.numerics.values())
+
+
+def test_clip_int8_quantises_the_text_towers_attention_too() -> None:
+    emb = OpenClipEmbedder(_spec("int8"))
+    assert emb.numerics["text"].name == "int8"
+    block = emb._model.transformer.resblocks[0]
+    assert "quantized.dynamic" in type(block.mmrag_qkv).__module__ and "quantized.dynamic" in type(block.mlp.c_fc).__module__
+
+
+def test_an_explicit_precision_that_disagrees_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(numerics, "MIN_COSINE", 1.01)  # nothing agrees that well
+    with pytest.raises(ModelUnavailableError, match="fp16 disagrees with fp32"):
+        OpenClipEmbedder(_spec("fp16"))
+    with pytest.raises(ModelUnavailableError, match="fp16 disagrees"):
+        SentenceTransformerEmbedder(str(offline_minilm_dir()), precision="fp16")
+    emb = OpenClipEmbedder(_spec("auto"))  # under auto: fp32, measured and reloaded
+    assert emb.precision == "fp32"
+    vec = emb.embed_texts(["a red circle"])
+    assert np.isfinite(vec).all() and abs(np.linalg.norm(vec) - 1) < 1e-4
+
+
+def test_fp16_is_kept_when_it_agrees_and_recorded_in_the_identity() -> None:
+    ref = OpenClipEmbedder(_spec("fp32"))
+    low = OpenClipEmbedder(_spec("fp16"))
+    assert low.precision == "fp16" and 0.99 <= low.agreement <= 1.0 + 1e-6
+    assert ref.precision == "fp32" and ref.agreement == 1.0 and not ref.numerics
+    texts = ["a red circle", "a blue square on a white background"]
+    assert (ref.embed_texts(texts) * low.embed_texts(texts)).sum(-1).min() > 0.99
+    assert low.identity()["precision"] == "fp16"
+
+
+def test_the_text_model_measures_the_same_way(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
+    folder = str(offline_minilm_dir())
+    emb = SentenceTransformerEmbedder(folder)
+    assert [t.name for t in emb.numerics.trials] == ["fp32", "bf16", "int8"]
+    assert emb.precision == emb.numerics.name and emb.agreement >= numerics.MIN_COSINE
+    ref = SentenceTransformerEmbedder(folder, precision="fp32")
+    texts = ["What is the boiling point of water?", "Revenue grew four percent."]
+    assert (ref.embed_texts(texts) * emb.embed_texts(texts)).sum(-1).min() >= 0.99
+
+
+def test_auto_device_is_the_cpu_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cuda") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
