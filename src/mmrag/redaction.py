@@ -87,7 +87,7 @@ def stored_policy(manifest: "Manifest", collection: str) -> tuple[str, ...] | No
 
 def bind_policy(manifest: "Manifest", collection: str, wanted: Iterable[str] | None, *,
                 kb_name: str | None = None) -> tuple[str, ...]:
-    """The policy a write to ``collection`` applies; records ``wanted`` on a collection's first write.
+    """The policy a write to ``collection`` applies; records ``wanted`` while the collection holds no document.
 
     Call it under the collection's writer lock, before anything is written.
 
@@ -108,8 +108,11 @@ def bind_policy(manifest: "Manifest", collection: str, wanted: Iterable[str] | N
     if wanted is None:
         return stored or ()
     policy = parse_policy(wanted)
-    if stored is None and not manifest.has_collection(collection):
-        manifest.set_flag(collection, POLICY_FLAG, policy_text(policy))
+    if not manifest.has_collection(collection):
+        # No document yet (a new collection, or one whose documents were all deleted): nothing was
+        # built with another policy, so this write sets it.
+        if stored != policy:
+            manifest.set_flag(collection, POLICY_FLAG, policy_text(policy))
         return policy
     if policy != (stored or ()):
         name = kb_name or _VERSION_SUFFIX.sub("", collection)

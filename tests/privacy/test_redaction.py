@@ -308,6 +308,10 @@ def test_a_collection_built_without_a_policy_refuses_one(hashing_kb: Any, tmp_pa
     with pytest.raises(RedactionPolicyError, match="built with --redact none"):
         Indexer(hashing_kb, redact=["email"]).ingest([tmp_path / "docs"])
     assert Indexer(hashing_kb, redact=[]).ingest([tmp_path / "docs"]).unchanged == 1
+    # Emptied of documents, the collection takes a new policy with its next write.
+    Indexer(hashing_kb).delete(["a.txt"])
+    (tmp_path / "docs" / "a.txt").write_text("Write to ann@example.com again.")
+    assert Indexer(hashing_kb, redact=["email"]).ingest([tmp_path / "docs"]).redactions == {"email": 1}
 
 
 def test_reindex_changes_the_policy_in_a_new_version(hashing_kb: Any, tmp_path: Path) -> None:
