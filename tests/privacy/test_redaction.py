@@ -258,6 +258,23 @@ def test_luhn_decides_what_a_card_is() -> None:
     assert text == "pay <CARD>, not 4111 1111 1111 1112" and counts == {"card": 1}
 
 
+def test_email_validation_opens_no_socket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """tldextract's own ``extract`` downloads the public suffix list; the redactor's reads its wheel's snapshot."""
+    opened: list[Any] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        raise OSError("no sockets in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("HOME", str(tmp_path))  # a cache written under ~/.cache would show below
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    text, counts = Redactor(["email"]).redact_text("ann@example.co.uk wrote to bo@example.museum, not to x@y.notatld")
+    assert text == "<EMAIL> wrote to <EMAIL>, not to x@y.notatld" and counts == {"email": 2}
+    assert opened == [] and not list(tmp_path.rglob("*"))
+
+
 def test_only_the_policy_kinds_are_replaced() -> None:
     line = "mail a@example.com, call +1 212-555-0198, IBAN GB82WEST12345698765432"
     assert Redactor(["email"]).redact_text(line)[0] == "mail <EMAIL>, call +1 212-555-0198, IBAN GB82WEST12345698765432"
