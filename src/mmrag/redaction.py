@@ -5,7 +5,10 @@ the kinds of sensitive value replaced by a placeholder (``<EMAIL>``, ``<PHONE>``
 document before it is chunked and embedded. The text blocks (text files, OCR text, HTML, DOCX,
 PPTX and PDF text, JSONL text fields) and every string of metadata (section paths, titles,
 JSONL's other fields) are scrubbed, so the vectors, the keyword index, the stored chunk text and
-every answer built from them never hold a redacted value. Image pixels are embedded as they are.
+every answer built from them never hold a redacted value. Pixels cannot be scrubbed this way: an
+image whose OCR text held a redacted value is left out of the joint space (its scrubbed text is
+kept), so no image vector is made from a picture of a card number. Other images are embedded as
+they are; a value OCR did not read stays in their pixels.
 
 The detectors are Presidio's pattern recognizers (``presidio-analyzer``): regular expressions
 plus a validator each (the Luhn checksum for card numbers, the IBAN check digits, Google's
@@ -29,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from mmrag.errors import InvalidInputError, LoadError, MissingDependencyError, RedactionPolicyError
-from mmrag.types import Document, TextBlock
+from mmrag.types import Document, ImageAsset, TextBlock
 
 if TYPE_CHECKING:
     from mmrag.manifest import Manifest
@@ -46,6 +49,8 @@ KINDS: dict[str, tuple[str, str]] = {
 POLICY_FLAG = "redact"
 #: ``Document.stats`` keys carrying a document's redaction counts (``redacted_email`` ...).
 STAT_PREFIX = "redacted_"
+#: ``Document.stats`` key counting images left out because their OCR text held a redacted value.
+IMAGES_LEFT_OUT = "redaction_images_left_out"
 NONE = "none"
 #: A version's physical collection (``kb--v3``; see :mod:`mmrag.lifecycle.versions`), named in messages by its kb.
 _VERSION_SUFFIX = re.compile(r"--v[0-9]+$")
@@ -215,6 +220,7 @@ class Redactor:
         if not self.policy:
             return doc
         counts: Counter[str] = Counter()
+        images = list(doc.images)
         try:
             texts = []
             for block in doc.texts:
@@ -222,13 +228,17 @@ class Redactor:
                 meta = self._redact_meta(block.metadata, found)
                 counts.update(found)
                 texts.append(block if not found else TextBlock(text=text, page=block.page, metadata=meta))
+                if found and block.metadata.get("text_source") == "ocr":
+                    images = [a for a in images if not _read_from(a, block, doc)]
             doc_counts: Counter[str] = Counter()
             metadata = self._redact_meta(doc.metadata, doc_counts)
             counts.update(doc_counts)
         except InvalidInputError as exc:
             raise LoadError(doc.source, f"redaction failed: {exc}") from exc
         stats = {**doc.stats, **{f"{STAT_PREFIX}{k}": float(v) for k, v in counts.items()}}
-        return replace(doc, texts=tuple(texts), metadata=metadata, stats=stats)
+        if len(images) < len(doc.images):
+            stats[IMAGES_LEFT_OUT] = float(len(doc.images) - len(images))
+        return replace(doc, texts=tuple(texts), images=tuple(images), metadata=metadata, stats=stats)
 
     def _redact_meta(self, meta: Mapping[str, Any], counts: Counter[str]) -> dict[str, Any]:
         out = dict(meta)
@@ -242,6 +252,20 @@ class Redactor:
         if self._recognizers is None:
             self._recognizers = _recognizers(self.policy)
         return self._recognizers
+
+
+def _read_from(asset: ImageAsset, block: TextBlock, doc: Document) -> bool:
+    """Whether the OCR ``block`` was read from ``asset``'s pixels (see :mod:`mmrag.loaders.ocr`).
+
+    An embedded image's block names it (``ocr_image``); a picture's one block is its own; a
+    scanned page's block was read from the rendered page, so every image on that page shows it.
+    """
+    named = block.metadata.get("ocr_image")
+    if named is not None:
+        return bool((asset.name or f"image{asset.index}") == named and asset.page == block.page)
+    if doc.doc_type == "image":
+        return True
+    return asset.page is not None and asset.page == block.page
 
 
 def _recognizers(policy: tuple[str, ...]) -> list[tuple[str, Any]]:

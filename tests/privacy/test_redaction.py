@@ -165,6 +165,8 @@ def test_summary_counts_match_the_hand_count_and_status_shows_the_policy(ingeste
     assert summary["failed"] == [] and summary["indexed"] == len(TEXTS) + len(RECORDS), summary
     assert summary["redact"] == ["card", "email", "iban", "phone"]
     assert summary["redactions"] == hand_count() == {"card": 5, "email": 8, "iban": 3, "phone": 6}
+    # The picture of a phone number and an e-mail address is kept as its scrubbed text, not as pixels.
+    assert summary["stats"]["redaction_images_left_out"] == 1
     # The upload applied the collection's policy without being asked, and counted its own.
     upload = ingested["upload"]
     assert upload["redact"] == ["card", "email", "iban", "phone"]
@@ -181,10 +183,13 @@ def test_no_stored_text_holds_a_redacted_value(ingested: dict[str, Any]) -> None
 
     data_dir: Path = ingested["data_dir"]
     stored: list[str] = []
+    images: set[str] = set()
     client = chromadb.PersistentClient(path=str(data_dir / "chroma"))
     for col in client.list_collections():
         got = client.get_collection(col.name, embedding_function=None).get(include=["documents", "metadatas"])
         stored += [json.dumps([d, m]) for d, m in zip(got["documents"], got["metadatas"])]
+        images |= {m["doc_id"] for m in got["metadatas"] if m.get("modality") == "image"}
+    assert "scan.png" not in images and '"doc_id": "scan.png"' in "\n".join(stored)
     from mmrag.stores.tantivy import TantivyKeywordIndex
 
     keyword = [json.dumps([i, m, t]) for i, m, t in TantivyKeywordIndex(data_dir / "keyword" / KB).rows()]
@@ -288,6 +293,33 @@ def test_document_metadata_and_sections_are_scrubbed() -> None:
     assert out.texts[0].text == "call <PHONE>" and out.texts[0].metadata == {"section": "Contact <EMAIL>"}
     assert out.metadata == {"contact": "<EMAIL>", "line": 3}
     assert out.stats == {"redacted_phone": 1.0, "redacted_email": 2.0}
+
+
+def test_images_whose_ocr_text_was_redacted_are_left_out() -> None:
+    from mmrag.types import ImageAsset
+
+    page2, page3 = ImageAsset(path="/p2.png", page=2, index=0), ImageAsset(path="/p3.png", page=3, index=1)
+    logo = ImageAsset(data=b"x", page=3, index=2, name="logo.png")
+    scanned = Document("s.pdf", "/s.pdf", "pdf", "h", images=(page2, page3, logo), texts=(
+        TextBlock("call +1 212-555-0198", page=2, metadata={"text_source": "ocr"}),
+        TextBlock("a quiet page", page=3, metadata={"text_source": "ocr"}),
+        TextBlock("typed: +1 212-555-0198", page=3),  # a text layer: the pixels were not read
+    ))
+    out = Redactor(["phone"]).redact_document(scanned)
+    assert out.images == (page3, logo) and out.stats["redaction_images_left_out"] == 1
+    named = replace_block(scanned, TextBlock("mail a@example.com", page=3, metadata={"text_source": "ocr",
+                                                                                  "ocr_image": "logo.png"}))
+    assert Redactor(["email"]).redact_document(named).images == (page2, page3)
+    picture = Document("p.png", "/p.png", "image", "h", images=(ImageAsset(path="/p.png"),),
+                       texts=(TextBlock("mail a@example.com", metadata={"text_source": "ocr"}),))
+    assert Redactor(["email"]).redact_document(picture).images == ()
+    assert Redactor(["phone"]).redact_document(picture).images == picture.images  # nothing redacted: kept
+
+
+def replace_block(doc: Document, block: TextBlock) -> Document:
+    from dataclasses import replace
+
+    return replace(doc, texts=(block,))
 
 
 def test_an_unknown_kind_is_refused_naming_the_known_ones() -> None:
