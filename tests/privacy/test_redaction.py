@@ -250,6 +250,9 @@ def test_no_answer_holds_a_redacted_value(ingested: dict[str, Any]) -> None:
 def test_another_policy_is_refused_naming_reindex(ingested: dict[str, Any]) -> None:
     result = _cli(ingested["data_dir"], "ingest", str(ingested["corpus"]), "--redact", "email")
     assert result.exit_code == 1 and "mmrag reindex private --redact email" in result.stderr, result.output
+    # Without --redact the collection's own policy applies (nothing changed, so nothing was redacted now).
+    result = _cli(ingested["data_dir"], "ingest", str(ingested["corpus"]))
+    assert result.exit_code == 0 and "redacted: card 0, email 0, iban 0, phone 0" in result.stdout, result.output
     r = ingested["client"].post("/v1/documents", data={"collection": KB, "redact": "none"},
                                 files=[("files", ("more.txt", b"Nothing private here."))])
     assert r.status_code == 409 and r.json()["error"]["code"] == "redaction_policy_mismatch", r.text
