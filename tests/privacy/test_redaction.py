@@ -325,6 +325,23 @@ def replace_block(doc: Document, block: TextBlock) -> Document:
     return replace(doc, texts=(block,))
 
 
+def test_ray_load_stage_scrubs_with_the_pickled_redactor(tmp_path: Path) -> None:
+    """The Ray engine's load stage (run here without Ray) gets the redactor through pickle, as its workers do."""
+    import pickle
+
+    from mmrag.chunking import ChunkSpec
+    from mmrag.loaders import FileRef, JsonlFields, LoaderLimits
+    from mmrag.pipeline import FileTask, LoadedDoc
+    from mmrag.rayingest import _load_rows
+
+    (tmp_path / "a.txt").write_text("Write to ann@example.com about the lift.")
+    redactor = pickle.loads(pickle.dumps(Redactor(["email"])))
+    rows = list(_load_rows({"tasks": pickle.dumps([FileTask(FileRef.from_path(tmp_path / "a.txt", tmp_path))])},
+                           chunk=ChunkSpec(), jsonl=JsonlFields(), limits=LoaderLimits(), redactor=redactor))
+    [doc] = [pickle.loads(r["blob"]) for r in rows if r["kind"] == "doc"]
+    assert isinstance(doc, LoadedDoc) and [c.text for c in doc.chunks] == ["Write to <EMAIL> about the lift."]
+
+
 def test_an_unknown_kind_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(InvalidInputError, match="known: card, email, iban, ip, phone"):
         parse_policy("email,passport")
