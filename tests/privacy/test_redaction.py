@@ -283,6 +283,14 @@ def test_email_validation_opens_no_socket(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert opened == [] and not list(tmp_path.rglob("*"))
 
 
+def test_numbers_in_prose_are_not_phone_numbers() -> None:
+    """Presidio's defaults redacted each of these (from SciFact abstracts); a real number beside them stays found."""
+    prose = ("PD 0332991 cut growth in 1683 men (adjusted OR, 12.1; 95% CI, 1.6-88.1; HR 1.06, 95% CI 0.89-1.26), "
+             "aged 16-44 years, at 3000-5000 IU a day. Tel.: +31-20-5665-633")
+    text, counts = Redactor(["phone"]).redact_text(prose)
+    assert text == prose.replace("+31-20-5665-633", "<PHONE>") and counts == {"phone": 1}
+
+
 def test_only_the_policy_kinds_are_replaced() -> None:
     line = "mail a@example.com, call +1 212-555-0198, IBAN GB82WEST12345698765432"
     assert Redactor(["email"]).redact_text(line)[0] == "mail <EMAIL>, call +1 212-555-0198, IBAN GB82WEST12345698765432"
