@@ -97,6 +97,35 @@ def stored_policy(manifest: "Manifest", collection: str) -> tuple[str, ...] | No
     return None if value is None else parse_policy(value)
 
 
+def check_policy(manifest: "Manifest", collection: str, wanted: Iterable[str] | None, *,
+                 kb_name: str | None = None) -> tuple[str, ...] | None:
+    """The policy a write to ``collection`` would apply, without recording anything.
+
+    Returns:
+        The policy to apply; None when ``wanted`` is new to a collection that holds no document
+        (the write records it: :func:`bind_policy`).
+
+    Raises:
+        RedactionPolicyError: the collection holds documents built with another policy.
+    """
+    stored = stored_policy(manifest, collection)
+    if wanted is None:
+        return stored or ()
+    policy = parse_policy(wanted)
+    if not manifest.has_collection(collection):
+        # No document yet (a new collection, or one whose documents were all deleted): nothing was
+        # built with another policy, so this write sets it.
+        return policy if stored == policy else None
+    if policy != (stored or ()):
+        name = kb_name or _VERSION_SUFFIX.sub("", collection)
+        raise RedactionPolicyError(
+            f"collection {name!r} was built with --redact {policy_text(stored or ())}; this write asks for "
+            f"--redact {policy_text(policy)}. Changing the policy rebuilds every document: run "
+            f"`mmrag reindex {name} --redact {policy_text(policy)}` (then `mmrag promote {name}`), "
+            f"or ingest with --redact {policy_text(stored or ())}")
+    return policy
+
+
 def bind_policy(manifest: "Manifest", collection: str, wanted: Iterable[str] | None, *,
                 kb_name: str | None = None) -> tuple[str, ...]:
     """The policy a write to ``collection`` applies; records ``wanted`` while the collection holds no document.
@@ -116,23 +145,10 @@ def bind_policy(manifest: "Manifest", collection: str, wanted: Iterable[str] | N
     Raises:
         RedactionPolicyError: the collection holds documents built with another policy.
     """
-    stored = stored_policy(manifest, collection)
-    if wanted is None:
-        return stored or ()
-    policy = parse_policy(wanted)
-    if not manifest.has_collection(collection):
-        # No document yet (a new collection, or one whose documents were all deleted): nothing was
-        # built with another policy, so this write sets it.
-        if stored != policy:
-            manifest.set_flag(collection, POLICY_FLAG, policy_text(policy))
-        return policy
-    if policy != (stored or ()):
-        name = kb_name or _VERSION_SUFFIX.sub("", collection)
-        raise RedactionPolicyError(
-            f"collection {name!r} was built with --redact {policy_text(stored or ())}; this write asks for "
-            f"--redact {policy_text(policy)}. Changing the policy rebuilds every document: run "
-            f"`mmrag reindex {name} --redact {policy_text(policy)}` (then `mmrag promote {name}`), "
-            f"or ingest with --redact {policy_text(stored or ())}")
+    policy = check_policy(manifest, collection, wanted, kb_name=kb_name)
+    if policy is None:
+        policy = parse_policy(wanted)
+        manifest.set_flag(collection, POLICY_FLAG, policy_text(policy))
     return policy
 
 

@@ -256,6 +256,7 @@ def test_another_policy_is_refused_naming_reindex(ingested: dict[str, Any]) -> N
     r = ingested["client"].post("/v1/documents", data={"collection": KB, "redact": "none"},
                                 files=[("files", ("more.txt", b"Nothing private here."))])
     assert r.status_code == 409 and r.json()["error"]["code"] == "redaction_policy_mismatch", r.text
+    assert not (ingested["data_dir"] / "uploads" / KB / "more.txt").exists()  # refused before it was stored
 
 
 # -- the redactor and the policy rules, on the fakes (fast) -----------------------------------------------

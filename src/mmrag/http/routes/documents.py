@@ -48,7 +48,7 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
                                            "(email,phone,iban,card,ip or none); default: the collection's own."),
                  key: ApiKey | None = Depends(require("write"))) -> UploadResponse:
     """Upload files and index them; the response is the ingestion summary."""
-    from mmrag.redaction import parse_policy
+    from mmrag.redaction import check_policy, parse_policy
 
     services = services_of(request)
     name = allow_collection(key, check_collection_name(collection or services.settings.collection))
@@ -71,6 +71,8 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
         for upload_file, filename in checked:
             staged.append((await _stage(upload_file, folder, filename, limit), folder / filename))
         kb = await run_in_threadpool(services.kb, name, create=True)
+        # Refused before any upload replaces a stored file (the write checks again under its lock).
+        check_policy(kb.manifest, kb.collection, policy, kb_name=name)
         indexer = Indexer(kb, limits=ingest_limits(services.settings))  # the per-document budgets
         paths = []
         for tmp, dest in staged:
