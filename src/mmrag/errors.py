@@ -18,6 +18,7 @@ Tree::
     ├── UnauthorizedError                no or an unknown API key (401)
     ├── ForbiddenError                   the key lacks the scope or the collection (403)
     ├── EmbedderMismatchError            a collection was built with another embedding model
+    ├── RedactionPolicyError             a write asks for another redaction policy than the collection's (409)
     ├── CanaryRefusedError               a promote's canary found the candidate worse (409)
     ├── StoreError                       a store failed (Chroma, the keyword index, the manifest)
     │   ├── StoreDamagedError            a store's files are damaged; the message names the rebuild
@@ -137,6 +138,13 @@ class EmbedderMismatchError(MmragError):
     """A collection was built with a different embedding model than the one configured."""
 
     code = "embedder_mismatch"
+    status_code = 409
+
+
+class RedactionPolicyError(MmragError):
+    """A write asks for another redaction policy than the one the collection was built with (reindex instead)."""
+
+    code = "redaction_policy_mismatch"
     status_code = 409
 
 

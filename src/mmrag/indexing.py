@@ -55,6 +55,7 @@ from mmrag.kb import KnowledgeBase
 from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits, discover
 from mmrag.manifest import DocState
 from mmrag.pipeline import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
+from mmrag.redaction import Redactor, bind_policy, counts_of
 from mmrag.tracing import span
 from mmrag.types import Record
 
@@ -133,6 +134,13 @@ class IngestSummary:
     #: ``keyword`` (tantivy commits and manifest rows), so a run shows whether it waited on the stores.
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: The collection's redaction policy (:mod:`mmrag.redaction`); empty: nothing is scrubbed.
+    redact: tuple[str, ...] = ()
+
+    @property
+    def redactions(self) -> dict[str, int]:
+        """Values replaced in the documents indexed by this run, by kind (every kind of the policy)."""
+        return {**{k: 0 for k in self.redact}, **counts_of(self.stats)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -145,6 +153,7 @@ class IngestSummary:
             "retries": self.retries, "engine": self.engine, "workers": self.workers,
             "startup_seconds": round(self.startup_seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()}, "seconds": round(self.seconds, 3),
+            "redact": list(self.redact), "redactions": self.redactions,
         }
 
 
@@ -188,7 +197,8 @@ class LocalEngine:
         buffer: list[LoadedDoc] = []
         items = 0
         for task in tasks:
-            for item in load_file(task, indexer.chunker, jsonl=indexer.jsonl, limits=indexer.limits):
+            for item in load_file(task, indexer.chunker, jsonl=indexer.jsonl, limits=indexer.limits,
+                                  redactor=indexer.redactor):
                 if isinstance(item, LoadedDoc):
                     buffer.append(item)
                     items += item.items
@@ -218,12 +228,19 @@ class Indexer:
         guard: called each time the writer lock is taken, before anything is written under it; it
             may raise to stop the run (a promote moved the alias: see
             :func:`mmrag.lifecycle.promotion.ingest_on_live_version`).
+        redact: the redaction policy this write asks for (``["email", "card"]``; ``[]`` for none);
+            None applies the collection's own. A new collection records it; one built with
+            another policy refuses the write (:func:`mmrag.redaction.bind_policy`).
     """
 
     def __init__(self, kb: KnowledgeBase, *, jsonl: JsonlFields = JsonlFields(),
                  limits: LoaderLimits = LoaderLimits(), engine: Engine | None = None,
-                 write_concurrency: int = WRITE_CONCURRENCY, guard: Callable[[], None] | None = None) -> None:
+                 write_concurrency: int = WRITE_CONCURRENCY, guard: Callable[[], None] | None = None,
+                 redact: Sequence[str] | None = None) -> None:
         self.kb = kb
+        self.redact = redact
+        #: The collection's redactor, bound when a run takes the writer lock (:meth:`ingest`).
+        self.redactor = Redactor(())
         #: Called each time this indexer takes the writer lock, before it writes anything under it
         #: (:func:`mmrag.lifecycle.promotion.ingest_on_live_version` checks the alias there).
         self.guard = guard
@@ -280,6 +297,10 @@ class Indexer:
         summary.files_seen = len(refs)
         with self.locked():
             self.kb.check_writable()  # a shared server's collection of another data dir: refuse up front
+            # Under the lock, before any write: the first write records the policy, and a write asking
+            # for another one is refused before a document of either policy lands.
+            self.redactor = Redactor(bind_policy(self.kb.manifest, self.kb.collection, self.redact))
+            summary.redact = self.redactor.policy
             # Repair and reindex read sources only under these (mmrag.lifecycle.roots). The CLI passes
             # the paths it walked beside ``files``; repair and reindex pass no paths.
             if paths:

@@ -23,6 +23,7 @@ import numpy as np
 from mmrag.chunking import SentenceChunker
 from mmrag.errors import LoadError
 from mmrag.loaders import FileRef, JsonlFields, LoaderLimits, RecordProblem, file_sha256, load_iter
+from mmrag.redaction import Redactor
 from mmrag.tracing import start_span
 from mmrag.types import Chunk, Document, ImageAsset, Record
 
@@ -146,13 +147,16 @@ class Prepared:
         return [Record(i, v.tolist(), m, t) for i, m, t, v in zip(self.text_ids, self.text_metas, self.text_texts, self.text_vecs)]
 
 
-def load_file(task: FileTask, chunker: SentenceChunker, *, jsonl: JsonlFields, limits: LoaderLimits
-              ) -> Iterator[LoadedDoc | FileResult]:
-    """Yield the changed documents of one file, then its :class:`FileResult` (always last)."""
+def load_file(task: FileTask, chunker: SentenceChunker, *, jsonl: JsonlFields, limits: LoaderLimits,
+              redactor: Redactor | None = None) -> Iterator[LoadedDoc | FileResult]:
+    """Yield the changed documents of one file, then its :class:`FileResult` (always last).
+
+    With a ``redactor``, each document is scrubbed before it is chunked (see :mod:`mmrag.redaction`).
+    """
     # A generator: its span must not become current, or the caller's spans would nest under it.
     trace = start_span("ingest.load", file=str(task.ref.path), suffix=task.ref.suffix)
     try:
-        for item in _load_file(task, chunker, jsonl, limits):
+        for item in _load_file(task, chunker, jsonl, limits, redactor):
             if isinstance(item, FileResult):
                 trace.set_attributes(documents=item.loaded, unchanged=item.unchanged + item.unchanged_file,
                                      failed=item.error is not None)
@@ -161,8 +165,8 @@ def load_file(task: FileTask, chunker: SentenceChunker, *, jsonl: JsonlFields, l
         trace.end()
 
 
-def _load_file(task: FileTask, chunker: SentenceChunker, jsonl: JsonlFields, limits: LoaderLimits
-               ) -> Iterator[LoadedDoc | FileResult]:
+def _load_file(task: FileTask, chunker: SentenceChunker, jsonl: JsonlFields, limits: LoaderLimits,
+               redactor: Redactor | None = None) -> Iterator[LoadedDoc | FileResult]:
     ref = task.ref
     result = FileResult(ref, digest=task.digest)
     stamp: tuple[int, int] | None = None
@@ -188,6 +192,9 @@ def _load_file(task: FileTask, chunker: SentenceChunker, jsonl: JsonlFields, lim
                 result.unchanged += 1
                 result.seen.append(item.doc_id)
                 continue
+            if redactor:
+                # Before chunking: no chunk, vector or keyword row is ever made from the raw text.
+                item = redactor.redact_document(item)
             yield LoadedDoc(item, tuple(chunker.chunk(item.doc_id, item.texts)), None if is_jsonl else stamp)
     except LoadError as exc:
         result.error, result.skipped = exc.reason, bool(getattr(exc, "skipped", False))

@@ -192,7 +192,8 @@ class RayEngine:
         items = [{"tasks": pickle.dumps(g)} for g in groups]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.flat_map(_load_rows, fn_kwargs={"chunk": indexer.kb.chunk_spec, "jsonl": indexer.jsonl,
-                                                "limits": indexer.limits}, num_cpus=1)
+                                                "limits": indexer.limits, "redactor": indexer.redactor},
+                        num_cpus=1)
         o = self.options
         clip = self.models.clip
         batch = o.batch_size or (256 if device == "cuda" else None)
@@ -242,9 +243,10 @@ def _chunker(spec: ChunkSpec) -> SentenceChunker:
     return SentenceChunker(spec)  # built once per worker process and chunk spec
 
 
-def _load_rows(row: dict[str, Any], *, chunk: ChunkSpec, jsonl: JsonlFields, limits: LoaderLimits) -> Iterator[dict[str, Any]]:
+def _load_rows(row: dict[str, Any], *, chunk: ChunkSpec, jsonl: JsonlFields, limits: LoaderLimits,
+               redactor: Any = None) -> Iterator[dict[str, Any]]:
     for task in pickle.loads(row["tasks"]):
-        for item in load_file(task, _chunker(chunk), jsonl=jsonl, limits=limits):
+        for item in load_file(task, _chunker(chunk), jsonl=jsonl, limits=limits, redactor=redactor):
             kind = "doc" if isinstance(item, LoadedDoc) else "file"
             yield {"kind": kind, "blob": pickle.dumps(item, protocol=5), "identity": b""}
 

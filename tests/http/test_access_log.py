@@ -1,10 +1,11 @@
 """Issue 28, acceptance 4: the access log answers "who read document X", and holds no query text unless asked.
 
 A scripted session goes through the real app (real embedded Chroma; the hashing and echo fakes
-stand in for the models, as in the rest of tests/http): two read keys search, ask for an answer,
-ask for a chat completion and call an MCP tool. ``mmrag audit`` (through click) must then name
-exactly the keys whose responses showed each document, and the log file must not contain the
-query text, unless ``MMRAG_API__ACCESS_LOG_QUERIES`` is on.
+stand in for the models, as in the rest of tests/http): a write key uploads, two read keys search,
+ask for an answer, ask for a chat completion and call an MCP tool, and a write key deletes a
+document. ``mmrag audit`` (through click) must then name exactly the keys whose responses showed
+each document, and exactly the uploads and deletes that wrote it; the log file must not contain
+the query text, unless ``MMRAG_API__ACCESS_LOG_QUERIES`` is on.
 """
 
 from __future__ import annotations
@@ -53,11 +54,18 @@ def _mcp_call(api: Api, who: str, tool: str, arguments: dict[str, Any]) -> dict[
     return result["structuredContent"]  # type: ignore[no-any-return]
 
 
-def _session(api: Api) -> dict[str, set[tuple[str, str]]]:
+#: Per document, the (key id, method, route) of each request that wrote it; filled by :func:`_session`.
+Written = dict[str, set[tuple[str, str, str]]]
+
+
+def _session(api: Api, written: Written | None = None) -> dict[str, set[tuple[str, str]]]:
     """Run the session; returns, per document, the (key id, route) pairs whose responses showed it."""
     a = api.col("a")
+    written = {} if written is None else written
     r = api.upload("writer", a, ("lighthouse.txt", LIGHTHOUSE), ("bakery.md", BAKERY), ("ledger.txt", LEDGER))
     assert r.status_code == 201, r.text
+    for doc in ("lighthouse.txt", "bakery.md", "ledger.txt"):
+        written.setdefault(doc, set()).add((_key_id(api, "writer"), "POST", "/v1/documents"))
     shown: dict[str, set[tuple[str, str]]] = {}
 
     def saw(who: str, route: str, doc_ids: list[str]) -> None:
@@ -83,6 +91,9 @@ def _session(api: Api) -> dict[str, set[tuple[str, str]]]:
     out = _mcp_call(api, "reader", "search", {"query": "quarterly ledger invoices", "collection": a, "k": 1,
                                                "retriever": "bm25"})
     saw("reader", "/mcp", [h["doc_id"] for h in out["hits"]])
+    r = api.client.delete("/v1/documents/ledger.txt", params={"collection": a}, headers=api.auth("writer_a"))
+    assert r.status_code == 200, r.text
+    written["ledger.txt"].add((_key_id(api, "writer_a"), "DELETE", "/v1/documents/{doc_id:path}"))
     # Refused: logged, with no key and nothing read.
     assert api.client.post("/v1/search", json={"query": SEARCH_QUERY, "collection": a}).status_code == 401
     return shown
@@ -102,20 +113,32 @@ def _log_text(api: Api) -> str:
 
 def test_audit_answers_who_read_each_document_and_what_each_key_read(session_api: Api) -> None:
     api = session_api
-    shown = _session(api)
+    written: Written = {}
+    shown = _session(api, written)
     assert {"lighthouse.txt", "bakery.md", "ledger.txt"} <= set(shown), shown
     assert len(list(api.data_dir.glob("access.log.*"))) >= 2, "the session should span rotated files"
     for doc, expected in shown.items():
         rows = _audit(api, "--doc", doc)
         # Shown to the caller: exactly the keys (and routes) whose responses held it.
         assert {(e["key"], e["route"]) for e in rows if doc in e["doc_ids"]} == expected, (doc, rows)
-        assert all(e["status"] == 200 and e["ms"] >= 0 and e["time"] for e in rows)
+        # Written: exactly the upload, and the delete of ledger.txt; a write shows the caller nothing.
+        writes = [e for e in rows if doc in e["written_doc_ids"]]
+        assert {(e["key"], e["method"], e["route"]) for e in writes} == written[doc], (doc, rows)
+        assert all(e["doc_ids"] == [] and e["collection"] == api.col("a") for e in writes)
+        assert all(e["status"] == (201 if e["method"] == "POST" and e["route"] == "/v1/documents" else 200)
+                   and e["ms"] >= 0 and e["time"] for e in rows)
     # "What did key Y read, and when": reader_a's two reads, in order, and nothing of reader's.
     rows = _audit(api, "--key", _key_id(api, "reader_a"))
     assert [e["route"] for e in rows] == ["/v1/search", "/v1/chat/completions"]
     assert all(e["key_name"] == "reader_a" and e["collection"] == api.col("a") for e in rows)
     assert [e["time"] for e in rows] == sorted(e["time"] for e in rows)
     assert _audit(api, "--key", "reader_a") == rows  # by name too
+    # The writers' requests: the upload names all three documents it wrote, the delete the one it removed.
+    uploads = _audit(api, "--key", "writer")
+    assert [(e["route"], e["status"], e["written_doc_ids"]) for e in uploads] == [
+        ("/v1/documents", 201, ["lighthouse.txt", "bakery.md", "ledger.txt"])]
+    deletes = _audit(api, "--key", "writer_a")
+    assert [(e["method"], e["status"], e["written_doc_ids"]) for e in deletes] == [("DELETE", 200, ["ledger.txt"])]
     mcp = [e for e in _audit(api, "--key", "reader") if e["route"] == "/mcp"]
     assert len(mcp) == 1 and mcp[0]["tool"] == "search" and mcp[0]["doc_ids"] == ["ledger.txt"]
     assert _audit(api, "--key", "reader_a", "--since", "1h") == rows
@@ -125,13 +148,15 @@ def test_audit_answers_who_read_each_document_and_what_each_key_read(session_api
     # The plain listing names the key and the route.
     text = CliRunner().invoke(main, ["audit", "--log", str(api.data_dir / "access.log"), "--doc", "lighthouse.txt"])
     assert text.exit_code == 0 and _key_id(api, "reader_a") in text.output and "/v1/search" in text.output
+    text = CliRunner().invoke(main, ["audit", "--log", str(api.data_dir / "access.log"), "--doc", "ledger.txt"])
+    assert text.exit_code == 0 and "wrote ledger.txt" in text.output and _key_id(api, "writer_a") in text.output
 
 
 def test_log_lines_hold_no_query_text_or_token_by_default(session_api: Api) -> None:
     api = session_api
     _session(api)
     text = _log_text(api)
-    assert text.count("\n") == 7  # one line per request: upload, 2 searches, answer, chat, MCP, the 401
+    assert text.count("\n") == 8  # one line per request: upload, 2 searches, answer, chat, MCP, delete, the 401
     for secret in (SEARCH_QUERY, QUESTION, CHAT_QUESTION, "zebulon", "quixotic", "marmalade", "quarterly ledger",
                    *api.tokens.values()):
         assert secret not in text, secret

@@ -25,7 +25,8 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
               help="The access log (its rotated files are read too). [default: DATA_DIR/access.log]")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="MMRAG_DATA_DIR", default=None,
               help="Where the server's state lives. [env MMRAG_DATA_DIR; default ./.mmrag]")
-@click.option("--doc", "doc_id", default=None, help="Who read this document id (hits, citations, images).")
+@click.option("--doc", "doc_id", default=None,
+              help="Who read this document id (hits, citations, images), or uploaded or deleted it.")
 @click.option("--key", "key", default=None, help="What this key (id or name) read, and when.")
 @click.option("--since", default=None, help="Only requests at or after this time: ISO 8601, or 30m, 24h, 7d ago.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the matching log lines).")
@@ -36,7 +37,7 @@ def audit(log: Path | None, data_dir: Path | None, doc_id: str | None, key: str 
 
     Lists each matching request: time, key, route, status, collection and the documents it
     returned. A document counts as read when a request showed it (a hit, a citation, an image)
-    or gave it to the answering model.
+    or gave it to the answering model; uploads and deletes are listed as writes ("wrote ...").
     """
     if log is None or str(log) in ("", "-", "off"):
         log = Path(settings_from({"data_dir": data_dir}).data_dir) / "access.log"
@@ -56,6 +57,8 @@ def audit(log: Path | None, data_dir: Path | None, doc_id: str | None, key: str 
         if e.get("tool"):
             where += f" {e['tool']}"
         docs = ", ".join(e.get("doc_ids") or []) or "-"
+        if e.get("written_doc_ids"):
+            docs += "  wrote " + ", ".join(e["written_doc_ids"])
         click.echo(f"{e.get('time')}  {who}  {e.get('method')} {where}  {e.get('status')}  "
                    f"{e.get('collection') or '-'}  {docs}")
 
@@ -92,7 +95,9 @@ def _rotation(path: Path) -> int:
 
 def matches(entry: dict[str, Any], *, doc_id: str | None, key: str | None, after: datetime | None) -> bool:
     """Whether a log entry is one the question asks about."""
-    if doc_id is not None and doc_id not in (entry.get("doc_ids") or []) + (entry.get("context_doc_ids") or []):
+    touched = [*(entry.get("doc_ids") or []), *(entry.get("context_doc_ids") or []),
+               *(entry.get("written_doc_ids") or [])]
+    if doc_id is not None and doc_id not in touched:
         return False
     if key is not None and key not in (entry.get("key"), entry.get("key_name")):
         return False

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_click, main, open_kb, settings_from
+from mmrag.redaction import STAT_PREFIX
 
 
 @main.command()
@@ -36,12 +37,16 @@ from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_clic
               help="Items per embedding batch. [default: 32 images / 64 chunks on CPU, 256 on a GPU]")
 @click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True, metavar="SECONDS",
               help="When stderr is not a terminal: print a progress line this often (a terminal gets a bar).")
+@click.option("--redact", default=None, metavar="KINDS",
+              help="Replace these values with placeholders before anything is chunked or embedded: comma-separated "
+                   "kinds of email, phone, iban, card (Luhn-checked), ip; or none. A new collection records it; "
+                   "another policy needs `mmrag reindex --redact`. [default: the collection's own]")
 @common_options
 @errors_to_click
 def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
            max_file_mb: int, ocr: str, page_images: bool, engine_name: str, ray_address: str | None,
-           embed_workers: int | None, device: str, batch_size: int | None, progress_every: float, as_json: bool,
-           **opts: Any) -> None:
+           embed_workers: int | None, device: str, batch_size: int | None, progress_every: float, redact: str | None,
+           as_json: bool, **opts: Any) -> None:
     """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
 
     Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed. --json
@@ -52,7 +57,9 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     from mmrag.lifecycle.promotion import ingest_on_live_version
     from mmrag.lifecycle.versions import Versions
     from mmrag.loaders import JsonlFields, discover
+    from mmrag.redaction import parse_policy
 
+    policy = parse_policy(redact) if redact is not None else None  # a typo fails before the models load
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
     engine: Any = LocalEngine()
     if engine_name == "ray":
@@ -78,6 +85,7 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
         summary = ingest_on_live_version(
             name, kb, lambda live, guard: Indexer(
                 live, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=watch, limits=limits, guard=guard,
+                redact=policy,
             ).ingest(list(paths), prune=prune, progress=progress, files=found),
             resolve=lambda n: Versions(kb.manifest).resolve(n),
             open_kb=lambda n: open_kb(opts, n, create=True, embedders=kb))
@@ -94,8 +102,11 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
                        f"{w.get('gpus', 0):g} GPU(s); start-up {summary.startup_seconds:.1f}s")
         if summary.retries:
             click.echo(f"retried {summary.retries} store request(s) after transient errors")
-        if summary.stats:
-            click.echo("loaders: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted(summary.stats.items())))
+        if summary.redact:
+            click.echo("redacted: " + ", ".join(f"{k} {n}" for k, n in summary.redactions.items()))
+        loaders = {k: v for k, v in summary.stats.items() if not k.startswith(STAT_PREFIX)}
+        if loaders:
+            click.echo("loaders: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted(loaders.items())))
         if summary.repaired:
             click.echo(f"redid {summary.repaired} document(s) left incomplete by an earlier run")
         for p in summary.failed:
@@ -117,6 +128,8 @@ def status(as_json: bool, **opts: Any) -> None:
     Exits with status 3 when the stores disagree with the manifest (each problem is printed with
     the command that repairs it), so a health check can call it.
     """
+    from mmrag.redaction import policy_text, stored_policy
+
     kb = open_kb(opts)
     col = kb.collection
     counts = kb.manifest.counts(col)
@@ -129,6 +142,7 @@ def status(as_json: bool, **opts: Any) -> None:
         "problems": health.problems,
         "identity": {"clip": kb.raw_store("clip").identity, "text": kb.raw_store("text").identity},
         "failed": [{"doc_id": s.doc_id, "reason": s.reason} for s in kb.manifest.all(col, "failed")],
+        "redact": policy_text(stored_policy(kb.manifest, col) or ()),
     }
     if as_json:
         emit(data)
@@ -143,6 +157,7 @@ def _print_status(kb: Any, data: dict[str, Any], problems: list[str]) -> None:
     click.echo(f"collection {data['collection']} in {kb.data_dir}")
     click.echo("documents: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
     click.echo(f"records: clip {data['records']['clip']}, text {data['records']['text']}, bm25 {data['keyword_index']}")
+    click.echo(f"redaction: {data['redact']}")
     for problem in problems:
         click.echo(f"PROBLEM {problem}")
     for f in data["failed"]:

@@ -37,10 +37,13 @@ def _versions(opts: dict[str, Any]) -> Any:
 @click.option("--chunk-overlap", type=click.IntRange(0), default=None, help="The new version's chunk overlap.")
 @click.option("--allow-source-outside-roots", "allow_outside", is_flag=True,
               help="Read document sources outside the folders KB was ingested from (a restored snapshot's).")
+@click.option("--redact", default=None, metavar="KINDS",
+              help="The new version's redaction policy (as `mmrag ingest --redact`; none for none). "
+                   "[default: the live version's]")
 @common_options
 @errors_to_click
-def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_outside: bool, as_json: bool,
-            **opts: Any) -> None:
+def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_outside: bool, redact: str | None,
+            as_json: bool, **opts: Any) -> None:
     """Build a new version of KB from its live version's sources, while KB keeps serving.
 
     Takes --clip-model/--text-model (and the other model options) for the new version. The new
@@ -49,8 +52,10 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_ou
     """
     from mmrag.chunking import ChunkSpec
     from mmrag.lifecycle.reindex import reindex as run
+    from mmrag.redaction import parse_policy
     from mmrag.registry import resolve_models
 
+    policy = parse_policy(redact) if redact is not None else None
     s = settings_from(opts)
     chunk = ChunkSpec(chunk_size or s.chunk.size, s.chunk.overlap if chunk_overlap is None else chunk_overlap)
 
@@ -59,13 +64,15 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_ou
             click.echo(f"  {done}/{total} files", err=True)
 
     result = run(kb, open_kb=lambda name, spec: open_kb(opts, name, chunk=spec), chunk=chunk,
-                 models=resolve_models(s), progress=progress, allow_outside_roots=allow_outside)
+                 models=resolve_models(s), progress=progress, allow_outside_roots=allow_outside, redact=policy)
     if as_json:
         emit(result.to_dict())
         return
     v = result.version
     click.echo(f"built {v.label} from {result.source}{' (resumed)' if result.resumed else ''}: {result.documents} "
                f"documents, {result.indexed} indexed, {result.removed} removed; chunk {chunk.size}/{chunk.overlap}")
+    if result.redact:
+        click.echo(f"redaction {','.join(result.redact)}: " + ", ".join(f"{k} {n}" for k, n in result.redactions.items()))
     for path in result.missing:
         click.echo(f"MISSING {path} (no longer exists; left out)")
     for f in result.failed:

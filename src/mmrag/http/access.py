@@ -3,7 +3,8 @@
 Each line holds ``time`` (UTC, ISO 8601, when the response was sent), ``key`` (the key id, never
 the token) and ``key_name``, ``method``, ``route`` (the route's template), ``path``, ``status``,
 ``collection``, ``tool`` (an MCP tool call), ``doc_ids`` (the documents the caller was shown:
-hits, citations, an image's document), ``context_doc_ids`` (for answers: the documents the model read) and ``ms`` (latency, to the last
+hits, citations, an image's document), ``context_doc_ids`` (for answers: the documents the model read),
+``written_doc_ids`` (uploads and deletes: the documents the request wrote) and ``ms`` (latency, to the last
 byte of a streamed reply). The query text is left out unless ``api.access_log_queries`` is on.
 
 Route handlers and MCP tools call :func:`note` with what they returned; :class:`AccessLog` (an
@@ -42,7 +43,8 @@ def log_path(settings: Settings) -> Path | None:
 
 
 def note(scope: Any, *, collection: str | None = None, doc_ids: Iterable[str] = (),
-         context_doc_ids: Iterable[str] = (), query: str | None = None, tool: str | None = None) -> None:
+         context_doc_ids: Iterable[str] = (), written_doc_ids: Iterable[str] = (), query: str | None = None,
+         tool: str | None = None) -> None:
     """Record what a request returned, for its access-log line.
 
     Args:
@@ -51,6 +53,7 @@ def note(scope: Any, *, collection: str | None = None, doc_ids: Iterable[str] = 
         collection: the collection the request read.
         doc_ids: the documents the caller was shown (hits, citations, an image's document).
         context_doc_ids: the documents an answer's model read, cited or not.
+        written_doc_ids: the documents an upload indexed (or found unchanged) or a delete removed.
         query: the query text; written only with ``api.access_log_queries`` on.
         tool: the MCP tool called.
     """
@@ -62,6 +65,8 @@ def note(scope: Any, *, collection: str | None = None, doc_ids: Iterable[str] = 
     record["doc_ids"] = _unique([*record.get("doc_ids", []), *doc_ids])
     if context_doc_ids:
         record["context_doc_ids"] = _unique([*record.get("context_doc_ids", []), *context_doc_ids])
+    if written_doc_ids:
+        record["written_doc_ids"] = _unique([*record.get("written_doc_ids", []), *written_doc_ids])
     if query is not None:
         record["query"] = query
     if tool is not None:
@@ -170,7 +175,8 @@ class AccessLog:
             "method": scope.get("method"), "route": getattr(scope.get("route"), "path", None) or scope.get("path"),
             "path": scope.get("path"), "status": status, "collection": record.get("collection"),
             "tool": record.get("tool"), "doc_ids": record.get("doc_ids", []),
-            "context_doc_ids": record.get("context_doc_ids", []), "ms": round(ms, 2),
+            "context_doc_ids": record.get("context_doc_ids", []),
+            "written_doc_ids": record.get("written_doc_ids", []), "ms": round(ms, 2),
         }
         if self.queries and record.get("query") is not None:
             line["query"] = record["query"]

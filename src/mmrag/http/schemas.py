@@ -290,6 +290,9 @@ class UploadResponse(BaseModel):
     unchanged: int
     failed: list[dict[str, Any]]
     skipped: list[dict[str, Any]]
+    #: The collection's redaction policy, and the values this upload's documents had replaced, by kind.
+    redact: list[str] = []
+    redactions: dict[str, int] = {}
 
 
 class DeleteResponse(BaseModel):

@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mmrag.chunking import ChunkSpec
 from mmrag.errors import InvalidInputError
@@ -28,6 +28,7 @@ from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.roots import refuse_outside
 from mmrag.lifecycle.versions import Version, Versions, split_label
 from mmrag.loaders import FileRef
+from mmrag.redaction import parse_policy, policy_text, stored_policy
 from mmrag.registry import ModelChoice
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,14 @@ class ReindexResult:
     resumed: bool = False
     missing: list[str] = field(default_factory=list)  # sources that no longer exist
     failed: list[dict[str, str]] = field(default_factory=list)
+    redact: tuple[str, ...] = ()  # the new version's redaction policy
+    redactions: dict[str, int] = field(default_factory=dict)  # values replaced by this run, by kind
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version.to_dict(), "from": self.source, "documents": self.documents,
                 "indexed": self.indexed, "unchanged": self.unchanged, "removed": self.removed,
-                "resumed": self.resumed, "missing_sources": self.missing, "failed": self.failed}
+                "resumed": self.resumed, "missing_sources": self.missing, "failed": self.failed,
+                "redact": list(self.redact), "redactions": self.redactions}
 
 
 def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[list[FileRef], list[str]]:
@@ -85,7 +89,7 @@ def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[
 
 def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase], chunk: ChunkSpec,
             models: ModelChoice, progress: Callable[[int, int], None] | None = None,
-            allow_outside_roots: bool = False) -> ReindexResult:
+            allow_outside_roots: bool = False, redact: Sequence[str] | None = None) -> ReindexResult:
     """Build a new version of ``kb_name`` from its live version's sources (see the module docstring).
 
     Args:
@@ -98,6 +102,8 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
         progress: called with (files done, files total) during the main build.
         allow_outside_roots: read sources outside the roots the knowledge base was ingested from
             (see :mod:`mmrag.lifecycle.roots`).
+        redact: the new version's redaction policy (:mod:`mmrag.redaction`); None keeps the live
+            version's. Changing it is what a reindex is for: every document is read and scrubbed again.
 
     Raises:
         NotFoundError: ``kb_name`` holds no documents.
@@ -117,18 +123,22 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
         raise NotFoundError(f"no knowledge base {kb_name!r} to reindex; ingest documents into it first")
     versions.adopt_if_unversioned(kb_name)
     live = versions.get(kb_name, versions.live_number(kb_name) or 1)
+    policy = parse_policy(redact) if redact is not None else (stored_policy(live_kb.manifest, live.physical) or ())
     wanted = {"chunk_size": chunk.size, "chunk_overlap": chunk.overlap, "clip": models.clip.model,
-              "clip_pretrained": str(models.clip.pretrained), "text": models.text_model, "from": live.label}
+              "clip_pretrained": str(models.clip.pretrained), "text": models.text_model,
+              "redact": policy_text(policy), "from": live.label}
     version, resumed = _resume_or_begin(versions, kb_name, wanted)
     target = open_kb(version.label, chunk)
-    result = ReindexResult(version=version, source=live.label, resumed=resumed)
+    result = ReindexResult(version=version, source=live.label, resumed=resumed, redact=policy)
     try:
         with target.write_lock():
             refs, result.missing = source_files(live_kb, allow_outside_roots)
             for path in result.missing:
                 log.warning("reindex %s: source %s no longer exists; its documents are left out", version.label, path)
-            summary = Indexer(target).ingest([], files=refs, progress=progress)
+            # The version's policy is recorded by its first write; the catch-ups below apply it.
+            summary = Indexer(target, redact=policy).ingest([], files=refs, progress=progress)
             result.indexed, result.unchanged = summary.indexed, summary.unchanged
+            result.redactions = summary.redactions
             result.failed = [{"path": p.path, "reason": p.reason} for p in summary.failed]
         # The finish runs under the lifecycle lock, taken before any writer lock (the order every
         # lifecycle step keeps): the live version may have changed meanwhile (a rollback), so the
@@ -147,6 +157,8 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
                 refs, result.missing = source_files(live_kb, allow_outside_roots)
                 again = Indexer(target).ingest([], files=refs)
                 result.indexed += again.indexed
+                for kind, n in again.redactions.items():
+                    result.redactions[kind] = result.redactions.get(kind, 0) + n
                 live_ids = {s.doc_id for s in live_kb.manifest.all(live_kb.collection)}
                 gone = [s.doc_id for s in target.manifest.all(target.collection) if s.doc_id not in live_ids]
                 result.removed = Indexer(target).delete(gone) if gone else 0

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mmrag.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, LoadError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError
+from mmrag.http import access
 from mmrag.http.auth import allow_collection, require, services_of
 from mmrag.http.routes.query import ERRORS
 from mmrag.http.schemas import COLLECTION_PATTERN, CollectionList, CollectionOut, DeleteResponse, UploadResponse
@@ -43,10 +44,15 @@ _CHUNK = 1024 * 1024
              responses={**ERRORS, 415: {"model": ERRORS[400]["model"]}})
 async def upload(request: Request, files: list[UploadFile] = File(..., description="One or more files."),
                  collection: str | None = Form(None, pattern=COLLECTION_PATTERN),
+                 redact: str | None = Form(None, description="Redaction policy, as `mmrag ingest --redact` "
+                                           "(email,phone,iban,card,ip or none); default: the collection's own."),
                  key: ApiKey | None = Depends(require("write"))) -> UploadResponse:
     """Upload files and index them; the response is the ingestion summary."""
+    from mmrag.redaction import check_policy, parse_policy
+
     services = services_of(request)
     name = allow_collection(key, check_collection_name(collection or services.settings.collection))
+    policy = parse_policy(redact) if redact is not None else None
     if len(files) > 100:
         raise InvalidInputError("files: at most 100 files per request")
     limit = int(services.settings.api.max_upload_mb * 1024 * 1024)
@@ -65,6 +71,8 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
         for upload_file, filename in checked:
             staged.append((await _stage(upload_file, folder, filename, limit), folder / filename))
         kb = await run_in_threadpool(services.kb, name, create=True)
+        # Refused before any upload replaces a stored file (the write checks again under its lock).
+        check_policy(kb.manifest, kb.collection, policy, kb_name=name)
         indexer = Indexer(kb, limits=ingest_limits(services.settings))  # the per-document budgets
         paths = []
         for tmp, dest in staged:
@@ -80,15 +88,17 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
     to_index = [p for p in paths if str(p) not in {r.path for r in refused}]
     # The write goes to the version live each time it takes the writer lock (a promote may switch meanwhile).
     summary = (await run_in_threadpool(lambda: ingest_on_live_version(
-        name, kb, lambda live, guard: Indexer(live, limits=indexer.limits, guard=guard).ingest(to_index),
+        name, kb, lambda live, guard: Indexer(live, limits=indexer.limits, guard=guard, redact=policy).ingest(to_index),
         resolve=services.physical,
         open_kb=lambda n: services.kb(n, create=True))) if to_index else IngestSummary(collection=name))
     services.metrics.ingested.labels(name).inc(summary.indexed)
+    access.note(request.scope, collection=name, written_doc_ids=[p.name for p in to_index])
     summary.failed[:0] = [r for r in refused if r.status == "failed"]
     summary.skipped[:0] = [r for r in refused if r.status == "skipped"]
     data = summary.to_dict()
     return UploadResponse(collection=name, doc_ids=[p.name for p in paths], indexed=summary.indexed,
-                          unchanged=summary.unchanged, failed=data["failed"], skipped=data["skipped"])
+                          unchanged=summary.unchanged, failed=data["failed"], skipped=data["skipped"],
+                          redact=list(summary.redact), redactions=summary.redactions)
 
 
 @router.delete("/v1/documents/{doc_id:path}", response_model=DeleteResponse, responses=ERRORS)
@@ -101,6 +111,7 @@ def delete(doc_id: str, request: Request, collection: str | None = None,
     if on_live_version(name, kb, lambda live: Indexer(live).delete([doc_id]), resolve=services.physical,
                        open_kb=services.kb) == 0:
         raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
+    access.note(request.scope, collection=name, written_doc_ids=[doc_id])
     folder = upload_dir(services, name)
     uploaded = folder / doc_id
     if "/" not in doc_id and uploaded.is_file() and uploaded.parent == folder:
