@@ -50,6 +50,7 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_ou
     from mmrag.chunking import ChunkSpec
     from mmrag.lifecycle.reindex import reindex as run
     from mmrag.registry import resolve_models
+    from mmrag.sources import storage_options
 
     s = settings_from(opts)
     chunk = ChunkSpec(chunk_size or s.chunk.size, s.chunk.overlap if chunk_overlap is None else chunk_overlap)
@@ -59,7 +60,8 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_ou
             click.echo(f"  {done}/{total} files", err=True)
 
     result = run(kb, open_kb=lambda name, spec: open_kb(opts, name, chunk=spec), chunk=chunk,
-                 models=resolve_models(s), progress=progress, allow_outside_roots=allow_outside)
+                 models=resolve_models(s), progress=progress, allow_outside_roots=allow_outside,
+                 storage_options=storage_options(s.source))
     if as_json:
         emit(result.to_dict())
         return
