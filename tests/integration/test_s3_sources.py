@@ -11,10 +11,7 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +26,7 @@ moto_server = pytest.importorskip("moto.server", reason="the object storage test
 pytest.importorskip("s3fs", reason="s3:// sources need s3fs (pip install 'mmrag[s3]')")
 
 KEYS = "testing"
+WORDS = ["amber", "birch", "cobalt", "dune", "ember", "fjord"]
 #: A request line that reads an object (``GET /bucket/key``), not a listing (``GET /bucket?list-type=2``).
 OBJECT_GET = re.compile(rb"GET /[^/?\s]+/[^?\s]+ HTTP/1")
 
@@ -199,19 +197,18 @@ def test_ingest_from_a_bucket_is_incremental_by_etag_and_prunes(s3: Any, monkeyp
     assert status["documents"] == {"done": 3} and status["problems"] == [], status
 
 
-def test_a_missing_bucket_bad_credentials_and_a_dead_endpoint_are_named(s3: Any, moto: tuple[str, int]) -> None:
+def test_a_missing_bucket_bad_credentials_and_a_dead_endpoint_are_named(s3: Any) -> None:
     endpoint = s3.endpoint
     missing = _cli("ingest", "s3://no-such-bucket-here/docs", "--storage-option", f"endpoint_url={endpoint.url}", code=2)
     assert "s3://no-such-bucket-here/docs" in missing["output"] and "no such bucket" in missing["output"]
     assert "Traceback" not in missing["output"]
 
     _put(s3, "docs/a.txt", b"something to read")
-    moto_url = f"http://{moto[0]}:{moto[1]}"
-    _auth(moto_url, "0")  # moto checks credentials from the next request on
+    _auth(0)  # moto checks credentials from the next request on: "testing" is no IAM user's key
     try:
         refused = _cli("ingest", f"s3://{s3.bucket}/docs", "--storage-option", f"endpoint_url={endpoint.url}", code=1)
     finally:
-        _auth(moto_url, "inf")
+        _auth(float("inf"))
     assert f"s3://{s3.bucket}/docs" in refused["output"] and "refused access" in refused["output"], refused
     assert "AWS_ACCESS_KEY_ID" in refused["output"]
 
@@ -221,55 +218,49 @@ def test_a_missing_bucket_bad_credentials_and_a_dead_endpoint_are_named(s3: Any,
     assert "MMRAG_SOURCE__ENDPOINT_URL" in dead["output"]
 
 
-def _auth(moto_url: str, count: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset-auth", data=count.encode(),
-                                                  method="POST"), timeout=10).read()
+def _auth(count: float) -> None:
+    """What moto's /moto-api/reset-auth does: check credentials after ``count`` more requests (the server is in-process)."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = count
+    ActionAuthenticatorMixin.request_count = 0
 
 
-def _subprocess_ingest(url: str, data_dir: Path, endpoint: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MMRAG_DATA_DIR": str(data_dir), "MMRAG_PROFILE": "offline", "OMP_NUM_THREADS": "1",
-           "MMRAG_TORCH_THREADS": "1", "MMRAG_SOURCE__ENDPOINT_URL": endpoint}
-    return subprocess.run([sys.executable, "-m", "mmrag", "ingest", url, "--json", *extra], env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def test_the_endpoint_dying_mid_ingest_loses_nothing_and_the_rerun_completes(s3: Any, tmp_path: Path) -> None:
+@pytest.mark.long  # about a minute: three ingests, a death, a rerun
+def test_the_endpoint_dying_mid_ingest_loses_nothing_and_the_rerun_completes(s3: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                            tmp_path: Path) -> None:
     endpoint, url = s3.endpoint, f"s3://{s3.bucket}/corpus"
+    monkeypatch.setenv("MMRAG_SOURCE__ENDPOINT_URL", endpoint.url)
     for n in range(6):
-        _put(s3, f"corpus/first/{n}.txt", f"First batch document {n} talks about lighthouse number {n}.".encode())
-    data_dir = tmp_path / "data"
-    done = _subprocess_ingest(url, data_dir, endpoint.url)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["indexed"] == 6
+        _put(s3, f"corpus/first/{n}.txt", f"First batch document {n} talks about the {WORDS[n]} lighthouse.".encode())
+    assert _cli("ingest", url)["indexed"] == 6
 
     for n in range(12):
         _put(s3, f"corpus/second/{n}.txt", f"Second batch document {n} talks about windmill number {n}.".encode())
     _put(s3, "corpus/first/0.txt", b"First batch document 0, rewritten, now about a harbour crane.")
-    endpoint.reads, endpoint.die_after = 0, 5  # the 5th object read never gets an answer
-    died = _subprocess_ingest(url, data_dir, endpoint.url)
-    assert died.returncode == 1, (died.returncode, died.stdout[-1000:], died.stderr[-2000:])
-    assert "did not answer" in died.stderr and url in died.stderr, died.stderr[-2000:]
-    assert "Traceback" not in died.stderr
+    endpoint.reads, endpoint.die_after = 0, 5  # the 5th object read gets no answer, nor does anything after it
+    died = _cli("ingest", url, code=1)["output"]
+    assert "did not answer" in died and url in died and "rerun" in died, died
+    assert "Traceback" not in died
 
     # Nothing stored was lost: the first run's documents are all there, and the stores agree with the manifest.
     from mmrag.manifest import Manifest
 
-    manifest = Manifest(data_dir / "manifest.sqlite3")
+    manifest = Manifest(Path(os.environ["MMRAG_DATA_DIR"]) / "manifest.sqlite3")
     try:
         states = {s.doc_id: s for s in manifest.all("default")}
     finally:
         manifest.close()
     assert all(states[f"first/{n}.txt"].status == "done" for n in range(1, 6)), states
     assert states["first/0.txt"].status in {"done", "pending"}  # pending only if its rewrite was mid-write
+    assert _cli("status")["problems"] == []
+    assert _hits(f"{WORDS[3]} lighthouse")[0] == "first/3.txt"
+
     endpoint.revive()
     endpoint.die_after = None
-    rerun = _subprocess_ingest(url, data_dir, endpoint.url)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    summary = json.loads(rerun.stdout)
-    assert summary["failed"] == [] and summary["files_seen"] == 18, summary
-    status = subprocess.run([sys.executable, "-m", "mmrag", "status", "--json", "--profile", "offline"],
-                            env={**os.environ, "MMRAG_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
-                            timeout=300)
-    assert status.returncode == 0, status.stdout + status.stderr[-2000:]
-    report = json.loads(status.stdout)
-    assert report["documents"] == {"done": 18} and report["problems"] == [], report
+    rerun = _cli("ingest", url)
+    assert rerun["failed"] == [] and rerun["files_seen"] == 18, rerun
+    status = _cli("status")
+    assert status["documents"] == {"done": 18} and status["problems"] == [], status
+    assert _hits("harbour crane rewritten")[0] == "first/0.txt"
