@@ -11,6 +11,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -264,3 +266,65 @@ def test_the_endpoint_dying_mid_ingest_loses_nothing_and_the_rerun_completes(s3:
     status = _cli("status")
     assert status["documents"] == {"done": 18} and status["problems"] == [], status
     assert _hits("harbour crane rewritten")[0] == "first/0.txt"
+
+
+def _ray_ingest(url: str, *extra: str) -> dict[str, Any]:
+    """`mmrag ingest URL --engine ray` in its own process (a local 2-CPU Ray), as the Ray engine's tests run it."""
+    env = {**os.environ, "MMRAG_PROFILE": "offline", "OMP_NUM_THREADS": "1", "MMRAG_TORCH_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "mmrag", "ingest", url, "--engine", "ray", "--json", *extra],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["engine"] == "ray", summary
+    return summary  # type: ignore[no-any-return]
+
+
+@pytest.mark.long  # a local Ray starts four times: minutes on 2 cores
+@pytest.mark.ray
+def test_the_ray_engine_reads_the_objects_in_its_workers_incrementally(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ray", reason="the Ray engine's tests need mmrag[ray]")
+    _corpus(s3)
+    url, endpoint = f"s3://{s3.bucket}/docs", s3.endpoint
+    monkeypatch.setenv("MMRAG_SOURCE__ENDPOINT_URL", endpoint.url)
+
+    first = _ray_ingest(url)
+    assert (first["indexed"], first["failed"], endpoint.reads) == (4, [], 4), first
+    assert {f["doc_id"] for f in first["files"]} == {"alpha.txt", "notes/beta.md", "gamma.html", "images/red-circle.png"}
+    assert _hits("turbine hertz")[0] == "alpha.txt"
+
+    endpoint.reads = 0
+    again = _ray_ingest(url)
+    assert (again["indexed"], again["unchanged"], again["embeddings"], endpoint.reads) == (0, 4, {"clip": 0, "text": 0}, 0)
+
+    _put(s3, "docs/notes/beta.md", b"# Beta\n\nBeta notes, revised: the quarry now closes on Mondays.\n")
+    changed = _ray_ingest(url)
+    assert (changed["indexed"], changed["unchanged"], endpoint.reads) == (1, 3, 1), changed
+    assert _hits("quarry Mondays revised")[0] == "notes/beta.md"
+
+    s3.delete_object(Bucket=s3.bucket, Key="docs/alpha.txt")
+    pruned = _ray_ingest(url, "--prune")
+    assert (pruned["pruned"], pruned["indexed"], pruned["embeddings"]["text"]) == (1, 0, 0), pruned
+    assert _cli("status")["documents"] == {"done": 3}
+
+
+def test_doctor_repair_and_reindex_read_the_objects_again(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmrag.config import Settings
+    from mmrag.kb import KnowledgeBase
+    from mmrag.registry import resolve_models
+
+    _corpus(s3)
+    url, endpoint = f"s3://{s3.bucket}/docs", s3.endpoint
+    monkeypatch.setenv("MMRAG_SOURCE__ENDPOINT_URL", endpoint.url)
+    assert _cli("ingest", url)["indexed"] == 4
+    kb = KnowledgeBase(Path(os.environ["MMRAG_DATA_DIR"]), "default", resolve_models(Settings(profile="offline")))
+    kb.client.get_collection(kb.text_name, embedding_function=None).delete(ids=["gamma.html#t0"])
+
+    endpoint.reads = 0
+    repaired = _cli("doctor", "--repair")
+    assert repaired["repair"]["reingested"] == ["gamma.html"] and repaired["repair"]["after"]["healthy"], repaired
+    assert repaired["repair"]["paths"] == [f"{url}/gamma.html"] and endpoint.reads == 1  # re-read from the bucket
+
+    endpoint.reads = 0
+    rebuilt = _cli("reindex", "default")
+    assert (rebuilt["indexed"], rebuilt["missing_sources"], rebuilt["failed"]) == (4, [], []), rebuilt
+    assert endpoint.reads == 4

@@ -249,8 +249,8 @@ _UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClo
                 "ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "TimeoutError",
                 "ProxyConnectionError", "SSLError"}
 _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "ProfileNotFound"}
-_CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "403",
-                     "ExpiredToken", "InvalidToken")
+# S3's error codes for refused credentials (s3fs turns a bare 403 into a PermissionError itself).
+_CREDENTIAL_CODES = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken", "InvalidToken")
 
 
 def _names(exc: BaseException) -> set[str]:
