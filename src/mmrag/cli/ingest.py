@@ -209,7 +209,7 @@ def reset(yes: bool, as_json: bool, **opts: Any) -> None:
     from mmrag.lifecycle.reindex import drop_knowledge_base
     from mmrag.lifecycle.versions import split_label
 
-    name = settings.collection
+    name = settings_from(opts).collection
     if split_label(name)[1] is not None:
         raise InvalidInputError(f"reset deletes a whole knowledge base; to drop old versions of "
                                 f"{split_label(name)[0]!r} run `mmrag versions prune {split_label(name)[0]}`")
