@@ -148,7 +148,7 @@ def _corpus(s3: Any) -> dict[str, bytes]:
 def _cli(*args: str, code: int = 0) -> dict[str, Any]:
     result = CliRunner().invoke(main(), [*args, "--profile", "offline", "--json"])
     assert result.exit_code == code, (result.exit_code, result.output)
-    return json.loads(result.stdout) if code == 0 else {"output": result.output}
+    return json.loads(result.stdout) if code == 0 else {"output": result.output, "stdout": result.stdout}
 
 
 def main() -> Any:
@@ -199,11 +199,18 @@ def test_ingest_from_a_bucket_is_incremental_by_etag_and_prunes(s3: Any, monkeyp
     assert status["documents"] == {"done": 3} and status["problems"] == [], status
 
 
-def test_a_missing_bucket_bad_credentials_and_a_dead_endpoint_are_named(s3: Any) -> None:
+def test_too_big_a_missing_bucket_bad_credentials_and_a_dead_endpoint_are_named(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = s3.endpoint
     missing = _cli("ingest", "s3://no-such-bucket-here/docs", "--storage-option", f"endpoint_url={endpoint.url}", code=2)
     assert "s3://no-such-bucket-here/docs" in missing["output"] and "no such bucket" in missing["output"]
     assert "Traceback" not in missing["output"]
+
+    _put(s3, "big/huge.txt", b"x" * (1024 * 1024 + 1))
+    monkeypatch.setenv("MMRAG_SOURCE__MAX_OBJECT_MB", "1")
+    over = json.loads(_cli("ingest", f"s3://{s3.bucket}/big", "--storage-option", f"endpoint_url={endpoint.url}",
+                           code=3)["stdout"])
+    assert [(f["path"], f["outcome"]) for f in over["files"]] == [(f"s3://{s3.bucket}/big/huge.txt", "failed")]
+    assert "over the 1 MB limit" in over["files"][0]["reason"] and endpoint.reads == 0  # refused unread
 
     _put(s3, "docs/a.txt", b"something to read")
     _auth(0)  # moto checks credentials from the next request on: "testing" is no IAM user's key

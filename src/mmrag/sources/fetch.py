@@ -22,8 +22,8 @@ from mmrag.sources.objects import (
     ObjectRef,
     SourceAccessError,
     SourceNotFoundError,
-    _etag,
-    _fspath,
+    etag_of,
+    fs_path,
     filesystem,
     object_stamp,
     translating,
@@ -82,9 +82,9 @@ def _download(ref: ObjectRef, dest: Path, max_bytes: int) -> tuple[str, int, str
     size = 0
     with open(dest, "wb") as out:
         with translating(ref.path):
-            src = fs.open(_fspath(fs, ref.path), "rb", block_size=BLOCK)
+            src = fs.open(fs_path(fs, ref.path), "rb", block_size=BLOCK)
         try:
-            etag = _etag(getattr(src, "details", None) or {}) or ref.etag
+            etag = etag_of(getattr(src, "details", None) or {}) or ref.etag
             while True:
                 with translating(ref.path):
                     block = src.read(BLOCK)

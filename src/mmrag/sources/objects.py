@@ -153,7 +153,8 @@ def filesystem(url: str, options: Mapping[str, Any]) -> Any:
         return fsspec.filesystem(scheme, **kwargs)
 
 
-def _fspath(fs: Any, url: str) -> str:
+def fs_path(fs: Any, url: str) -> str:
+    """``url`` as the file system names it (``bucket/key`` for s3fs; http keeps the whole URL)."""
     return url if url.split("://", 1)[0].lower() in {"http", "https"} else fs._strip_protocol(url)
 
 
@@ -161,7 +162,8 @@ def _url(scheme: str, name: str) -> str:
     return name if _SCHEME.match(name) else f"{scheme}://{name}"
 
 
-def _etag(info: Mapping[str, Any]) -> str:
+def etag_of(info: Mapping[str, Any]) -> str:
+    """The version tag of an object's listing or ``info``: its ETag, else whatever the store gives."""
     for key in ("ETag", "etag", "md5Hash", "Content-MD5", "Last-Modified"):
         if info.get(key):
             return str(info[key]).strip('"')
@@ -183,7 +185,7 @@ def list_objects(url: str, options: Mapping[str, Any], *, max_bytes: int) -> Ite
     root = normalize_url(url)
     scheme = root.split("://", 1)[0]
     fs = filesystem(root, options)
-    path = _fspath(fs, root)
+    path = fs_path(fs, root)
     with translating(root):
         if scheme in {"http", "https"} and fs.isfile(path):
             found = {path: fs.info(path)}  # fsspec's http "listing" scrapes a page's links
@@ -193,7 +195,7 @@ def list_objects(url: str, options: Mapping[str, Any], *, max_bytes: int) -> Ite
             raise FileNotFoundError(path)  # a bucket's empty listing does not say whether it exists
     if len(found) == 1 and next(iter(found)).rstrip("/") == path.rstrip("/"):
         root = posixpath.dirname(root)  # one object given directly: its id is its name
-        path = _fspath(fs, root)
+        path = fs_path(fs, root)
     if not found:
         yield DiscoveryProblem(root, "no objects under this prefix (check the bucket and prefix)")
         return
@@ -214,7 +216,7 @@ def list_objects(url: str, options: Mapping[str, Any], *, max_bytes: int) -> Ite
             yield DiscoveryProblem(full, f"object is {mb(size)}, over the {mb(max_bytes)} limit "
                                          "(--max-file-mb, MMRAG_SOURCE__MAX_OBJECT_MB)")
         else:
-            yield ObjectRef(full, root, rel, suffix, size, _etag(info), dict(options))
+            yield ObjectRef(full, root, rel, suffix, size, etag_of(info), dict(options))
 
 
 def head_object(url: str, options: Mapping[str, Any]) -> tuple[int, str] | None:
@@ -222,10 +224,10 @@ def head_object(url: str, options: Mapping[str, Any]) -> tuple[int, str] | None:
     fs = filesystem(url, options)
     try:
         with translating(url):
-            info = fs.info(_fspath(fs, url))
+            info = fs.info(fs_path(fs, url))
     except SourceNotFoundError:
         return None
-    return int(info.get("size") or 0), _etag(info)
+    return int(info.get("size") or 0), etag_of(info)
 
 
 def ref_for(url: str, doc_id: str, options: Mapping[str, Any]) -> ObjectRef | None:
