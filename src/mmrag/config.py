@@ -209,6 +209,27 @@ class LifecycleSettings(BaseModel):
     drift_recent: int = Field(500, ge=10)
 
 
+class SourceSettings(BaseModel):
+    """Object storage sources (``mmrag ingest s3://bucket/prefix``, ``gs://``, ``https://``), read through fsspec.
+
+    Credentials come from the usual places (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_PROFILE``, ``~/.aws``, an instance role) unless ``options`` names them. Set through
+    ``MMRAG_SOURCE__ENDPOINT_URL`` (a MinIO or other S3-compatible server) and friends, or
+    ``mmrag ingest --storage-option key=value``.
+    """
+
+    #: An S3-compatible server instead of AWS (``http://127.0.0.1:9000`` for MinIO).
+    endpoint_url: str | None = None
+    #: The bucket's region (``us-east-1`` ...), when the client cannot find it.
+    region: str | None = None
+    #: Read public buckets without credentials.
+    anon: bool = False
+    #: Further keyword arguments of the fsspec file system (s3fs's ``profile``, ``requester_pays``...).
+    options: dict[str, str] = {}
+    #: Objects larger than this are refused before they are read (``--max-file-mb`` applies too).
+    max_object_mb: int = Field(200, ge=1)
+
+
 class Settings(BaseSettings):
     """All of mmrag's configuration."""
 
@@ -223,6 +244,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     chunk: ChunkSettings = ChunkSettings()
     ingest: IngestSettings = IngestSettings()
+    source: SourceSettings = SourceSettings()
     llm: LLMSettings = LLMSettings()
     answer: AnswerSettings = AnswerSettings()
     retrieval: RetrievalSettings = RetrievalSettings()

@@ -52,10 +52,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, S
 from mmrag.chunking import SentenceChunker
 from mmrag.errors import StoreError, disk_full_hint
 from mmrag.kb import KnowledgeBase
-from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits, discover
+from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits
 from mmrag.manifest import DocState
 from mmrag.pipeline import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
 from mmrag.redaction import Redactor, bind_policy, counts_of
+from mmrag.sources import ObjectRef, discover_sources, is_url, source_exists, source_root
 from mmrag.tracing import span
 from mmrag.types import Record
 
@@ -251,16 +252,17 @@ class Indexer:
         self.chunker = SentenceChunker(kb.chunk_spec)
 
     # -- public -------------------------------------------------------------------------------
-    def ingest(self, paths: Sequence[Path], *, prune: bool = False,
+    def ingest(self, paths: Sequence[str | Path], *, prune: bool = False,
                progress: Callable[[int, int], None] | None = None,
-               files: Sequence[FileRef] | None = None) -> IngestSummary:
+               files: Sequence[FileRef | ObjectRef | DiscoveryProblem] | None = None) -> IngestSummary:
         """Index every supported file under ``paths``; skip unchanged ones; redo interrupted ones.
 
         Args:
-            paths: files or folders. A folder's files get doc ids relative to it.
+            paths: files, folders or object URLs (``s3://bucket/prefix``: see :mod:`mmrag.sources`). A
+                folder's files get doc ids relative to it, a prefix's objects relative to it.
             prune: also remove documents whose file (or JSONL record) is gone.
             progress: called with (files done, files total).
-            files: instead of walking ``paths``, exactly these files with these doc ids (a
+            files: instead of walking ``paths``, exactly these files (or objects) with these doc ids (a
                 reindex copies another version's documents; see :mod:`mmrag.lifecycle.reindex`).
 
         Returns:
@@ -283,12 +285,12 @@ class Indexer:
                     raise type(exc)(f"{exc}{hint}") from exc
                 raise
 
-    def _ingest(self, paths: Sequence[Path], prune: bool,
+    def _ingest(self, paths: Sequence[str | Path], prune: bool,
                 progress: Callable[[int, int], None] | None, files: Sequence[FileRef] | None = None) -> IngestSummary:
         started = time.monotonic()
         summary = IngestSummary(collection=self.kb.collection, engine=self.engine.name)
-        found = list(discover([Path(p) for p in paths])) if files is None else list(files)
-        refs = [r for r in found if isinstance(r, FileRef)]
+        found = list(discover_sources(paths)) if files is None else list(files)
+        refs = [r for r in found if isinstance(r, (FileRef, ObjectRef))]
         run = _Run()
         for problem in (r for r in found if isinstance(r, DiscoveryProblem)):
             status = "skipped" if problem.reason.startswith("unsupported") else "failed"
@@ -304,7 +306,7 @@ class Indexer:
             # Repair and reindex read sources only under these (mmrag.lifecycle.roots). The CLI passes
             # the paths it walked beside ``files``; repair and reindex pass no paths.
             if paths:
-                self.kb.manifest.add_roots(self.kb.collection, [os.path.abspath(p) for p in paths])
+                self.kb.manifest.add_roots(self.kb.collection, [source_root(p) for p in paths])
             with span("ingest.repair") as trace:
                 summary.repaired = self._repair()
                 trace.set_attributes(documents=summary.repaired)
@@ -337,7 +339,7 @@ class Indexer:
         summary.workers = self.engine.describe() if tasks else {}
         if prune:
             with self.locked(), span("ingest.prune") as trace:
-                summary.pruned = self._prune([Path(p) for p in paths], run)
+                summary.pruned = self._prune(paths, run)
                 trace.set_attributes(documents=summary.pruned)
         summary.seconds = time.monotonic() - started
         return summary
@@ -393,11 +395,15 @@ class Indexer:
         digest = ""
         stamp = manifest.file_stamp(col, source)
         if stamp is not None:
-            try:
-                st = os.stat(ref.path)
-            except OSError:
-                return FileTask(ref)  # the engine reports it (vanished, unreadable)
-            if stamp[:2] == (st.st_size, st.st_mtime_ns):
+            if isinstance(ref, ObjectRef):
+                current = ref.stamp  # size and ETag, as listed: an unchanged object is not read
+            else:
+                try:
+                    st = os.stat(ref.path)
+                except OSError:
+                    return FileTask(ref)  # the engine reports it (vanished, unreadable)
+                current = (st.st_size, st.st_mtime_ns)
+            if stamp[:2] == current:
                 digest = stamp[2]
         if jsonl:
             known = {s.doc_id: s.content_hash for s in manifest.under(col, source)
@@ -454,7 +460,7 @@ class Indexer:
         holder = run.seen.get(doc_id)
         if holder is None:
             state = self.kb.manifest.get(self.kb.collection, doc_id)
-            if state is not None and state.source != source and os.path.exists(state.source):
+            if state is not None and state.source != source and source_exists(state.source):
                 holder = state.source
             else:
                 run.seen[doc_id] = source
@@ -492,7 +498,7 @@ class Indexer:
             old.n_clip if kept and old else 0, old.n_text if kept and old else 0,
         )])
 
-    def _prune(self, roots: list[Path], run: _Run) -> int:
+    def _prune(self, roots: Sequence[str | Path], run: _Run) -> int:
         """Remove documents under ``roots`` whose source is gone.
 
         A document this run did not see is kept when its source still exists and did not load
@@ -501,13 +507,14 @@ class Indexer:
         """
         col = self.kb.collection
         gone: list[str] = []
-        for scope in {os.path.abspath(p) for p in roots}:  # the loaders' source paths are abspath'd too
+        for scope in {source_root(p) for p in roots}:  # the loaders' source paths are abspath'd too
             for state in self.kb.manifest.under(col, scope):
                 inside = state.source == scope or state.source.startswith(scope.rstrip("/") + "/")
                 if not inside or state.doc_id in run.seen or state.source in run.unsure:
                     continue
-                if os.path.exists(state.source) and not state.source.endswith(".jsonl"):
+                if not is_url(state.source) and os.path.exists(state.source) and not state.source.endswith(".jsonl"):
                     continue  # a file that exists but was not discovered (now too big, unsupported): keep
+                # An object the listing did not return is gone (one it refused is in run.unsure).
                 gone.append(state.doc_id)
         return self._delete(sorted(set(gone))) if gone else 0
 

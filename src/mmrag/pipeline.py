@@ -24,6 +24,7 @@ from mmrag.chunking import SentenceChunker
 from mmrag.errors import LoadError
 from mmrag.loaders import FileRef, JsonlFields, LoaderLimits, RecordProblem, file_sha256, load_iter
 from mmrag.redaction import Redactor
+from mmrag.sources import ObjectRef, load_object
 from mmrag.tracing import start_span
 from mmrag.types import Chunk, Document, ImageAsset, Record
 
@@ -49,14 +50,14 @@ class FileTask:
     """One file to look at, with what the manifest knows of it (planned by the driver).
 
     Attributes:
-        ref: the file.
+        ref: the file (or an object in object storage, :class:`~mmrag.sources.ObjectRef`).
         digest: its sha256 when its size and mtime match the recorded stamp, else ``""`` (hash it).
         state_hash: the content hash of the file's manifest row (not for JSONL), if any.
         state_status: that row's status.
         known: for a JSONL file, the content hash of each of its records already ``done``.
     """
 
-    ref: FileRef
+    ref: FileRef | ObjectRef
     digest: str = ""
     state_hash: str | None = None
     state_status: str | None = None
@@ -79,7 +80,7 @@ class FileResult:
         loaded: documents loaded (changed or not).
     """
 
-    ref: FileRef
+    ref: FileRef | ObjectRef
     digest: str = ""
     stamp: tuple[int, int] | None = None
     unchanged_file: bool = False
@@ -167,6 +168,9 @@ def load_file(task: FileTask, chunker: SentenceChunker, *, jsonl: JsonlFields, l
 
 def _load_file(task: FileTask, chunker: SentenceChunker, jsonl: JsonlFields, limits: LoaderLimits,
                redactor: Redactor | None = None) -> Iterator[LoadedDoc | FileResult]:
+    if isinstance(task.ref, ObjectRef):  # in object storage: copied to a temporary file, then loaded as one
+        yield from load_object(task, lambda local: _load_file(local, chunker, jsonl, limits, redactor), limits)
+        return
     ref = task.ref
     result = FileResult(ref, digest=task.digest)
     stamp: tuple[int, int] | None = None

@@ -17,6 +17,10 @@ engine ends in the same state. A killed actor is restarted by Ray and its batche
 
 Files are read by the workers from their paths: on a multi-machine cluster every node must see
 the ingested paths at the same place (a shared or network file system), and have mmrag installed.
+Objects in object storage (``s3://bucket/prefix``, :mod:`mmrag.sources`) need no shared file
+system: the dataset carries their URLs and storage options, never their bytes, and each load task
+reads its objects from the store itself (each node needs ``mmrag[s3]`` and the credentials, from
+its environment or the storage options).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb
+from mmrag.cli._common import common_options, emit, errors_to_click, main, open_kb, settings_from
 
 #: Exit status of `mmrag doctor` when problems remain (after --repair: the ones it could not fix).
 EXIT_PROBLEMS = 4
@@ -40,6 +40,7 @@ def doctor(kb: str | None, fix: bool, allow_outside: bool, examples: int, as_jso
     it could not fix, such as an identity mismatch or a source that no longer exists); 1 error.
     """
     from mmrag.lifecycle.doctor import examine, repair
+    from mmrag.sources import storage_options
 
     if kb and opts.get("collection") and kb != opts["collection"]:
         raise click.UsageError(f"KB {kb!r} and --collection {opts['collection']!r} disagree; give one")
@@ -51,7 +52,8 @@ def doctor(kb: str | None, fix: bool, allow_outside: bool, examples: int, as_jso
     else:
         with base.write_lock():  # the examination the repair acts on must not go stale meanwhile
             before = examine(base, examples=examples)
-            done = repair(base, before, allow_outside_roots=allow_outside) if not before.healthy else None
+            done = (repair(base, before, allow_outside_roots=allow_outside,
+                           storage_options=storage_options(settings_from(opts).source)) if not before.healthy else None)
         if as_json:
             emit({"before": before.to_dict(), "repair": done.to_dict() if done else None})
         else:

@@ -8,12 +8,21 @@ from typing import Any
 
 import click
 
-from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_click, main, open_kb, settings_from
+from mmrag.cli._common import (
+    EXIT_PARTIAL,
+    UsageFailure,
+    common_options,
+    emit,
+    errors_to_click,
+    main,
+    open_kb,
+    settings_from,
+)
 from mmrag.redaction import STAT_PREFIX
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True)
 @click.option("--prune", is_flag=True, help="Remove documents whose source file (or JSONL record) is gone.")
 @click.option("--jsonl-id", default="_id", show_default=True, help="JSONL field holding the document id.")
 @click.option("--jsonl-title", default="title", show_default=True, help="JSONL field holding the title.")
@@ -35,6 +44,10 @@ from mmrag.redaction import STAT_PREFIX
               help="Where the models run: auto = cuda when torch sees a GPU. On a GPU they run in fp16 (checked against fp32).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=None,
               help="Items per embedding batch. [default: 32 images / 64 chunks on CPU, 256 on a GPU]")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="For s3:// (gs://, https://) sources: an fsspec storage option, e.g. endpoint_url=http://127.0.0.1:9000 "
+                   "(repeatable). [env MMRAG_SOURCE__ENDPOINT_URL, MMRAG_SOURCE__REGION...; credentials: the usual AWS_* "
+                   "variables or ~/.aws]")
 @click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True, metavar="SECONDS",
               help="When stderr is not a terminal: print a progress line this often (a terminal gets a bar).")
 @click.option("--redact", default=None, metavar="KINDS",
@@ -43,11 +56,14 @@ from mmrag.redaction import STAT_PREFIX
                    "another policy needs `mmrag reindex --redact`. [default: the collection's own]")
 @common_options
 @errors_to_click
-def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
+def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
            max_file_mb: int, ocr: str, page_images: bool, engine_name: str, ray_address: str | None,
-           embed_workers: int | None, device: str, batch_size: int | None, progress_every: float, redact: str | None,
-           as_json: bool, **opts: Any) -> None:
+           embed_workers: int | None, device: str, batch_size: int | None, storage_option: tuple[str, ...],
+           progress_every: float, redact: str | None, as_json: bool, **opts: Any) -> None:
     """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
+
+    PATHS may also be object URLs: s3://bucket/prefix (gs://, https:// through fsspec). Their doc
+    ids are keys relative to the prefix; an unchanged object (same size and ETag) is not read again.
 
     Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed. --json
     gives each file's outcome (indexed, unchanged, failed or skipped, with the reason).
@@ -56,10 +72,21 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     from mmrag.indexing import Indexer, LocalEngine, ingest_limits
     from mmrag.lifecycle.promotion import ingest_on_live_version
     from mmrag.lifecycle.versions import Versions
-    from mmrag.loaders import JsonlFields, discover
+    from mmrag.loaders import JsonlFields
     from mmrag.redaction import parse_policy
+    from mmrag.sources import SourceNotFoundError, discover_sources, is_url, storage_options
 
     policy = parse_policy(redact) if redact is not None else None  # a typo fails before the models load
+    settings = settings_from(opts)
+    extra = dict(_option(o) for o in storage_option)
+    sources: list[str | Path] = [p if is_url(p) else Path(p) for p in paths]
+    # Walked (and listed) once, before the models load, so a missing bucket fails fast and creates
+    # nothing; the progress names files from it and the summary gives each one's outcome.
+    max_object = min(max_file_mb, settings.source.max_object_mb) * 1024 * 1024
+    try:
+        found = list(discover_sources(sources, storage_options(settings.source, extra), max_object_bytes=max_object))
+    except SourceNotFoundError as exc:  # the argument names nothing: a usage error, as an unknown collection is
+        raise UsageFailure(str(exc)) from exc
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
     engine: Any = LocalEngine()
     if engine_name == "ray":
@@ -72,13 +99,11 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
         raise click.UsageError("--ray-address and --embed-workers need --engine ray")
     if not as_json:
         click.echo(f"mmrag: {kb.models.describe()}; engine {engine.name}", err=True)
-    # Walked once here, so the progress can name files and the summary can give each one's outcome.
-    found = list(discover(list(paths)))
     watch = FileWatch(engine, found)
     # The per-document budgets come from the settings (MMRAG_INGEST__MAX_PAGES, ...); the flags win.
-    limits = ingest_limits(settings_from(opts), max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
+    limits = ingest_limits(settings, max_file_bytes=max_file_mb * 1024 * 1024, ocr=ocr,
                            page_images=page_images)
-    name = settings_from(opts).collection
+    name = settings.collection
     with Progress(watch, sys.stderr, every=progress_every, bar=not as_json) as progress:
         # Each time the run takes the writer lock it checks that ``name`` still names the version it
         # writes: a promote or rollback in another process meanwhile restarts it on the new live one.
@@ -86,7 +111,7 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
             name, kb, lambda live, guard: Indexer(
                 live, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=watch, limits=limits, guard=guard,
                 redact=policy,
-            ).ingest(list(paths), prune=prune, progress=progress, files=found),
+            ).ingest(sources, prune=prune, progress=progress, files=found),
             resolve=lambda n: Versions(kb.manifest).resolve(n),
             open_kb=lambda n: open_kb(opts, n, create=True, embedders=kb))
     if as_json:
@@ -117,6 +142,14 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
             click.echo(f"warning {w}")
     if summary.failed:
         sys.exit(EXIT_PARTIAL)
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:9000)",
+                                 param_hint="--storage-option")
+    return key.strip(), value
 
 
 @main.command()

@@ -54,6 +54,7 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_ou
     from mmrag.lifecycle.reindex import reindex as run
     from mmrag.redaction import parse_policy
     from mmrag.registry import resolve_models
+    from mmrag.sources import storage_options
 
     policy = parse_policy(redact) if redact is not None else None
     s = settings_from(opts)
@@ -64,7 +65,8 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_ou
             click.echo(f"  {done}/{total} files", err=True)
 
     result = run(kb, open_kb=lambda name, spec: open_kb(opts, name, chunk=spec), chunk=chunk,
-                 models=resolve_models(s), progress=progress, allow_outside_roots=allow_outside, redact=policy)
+                 models=resolve_models(s), progress=progress, allow_outside_roots=allow_outside, redact=policy,
+                 storage_options=storage_options(s.source))
     if as_json:
         emit(result.to_dict())
         return

@@ -12,6 +12,7 @@ from collections import deque
 from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
 from mmrag.loaders import DiscoveryProblem, FileRef
+from mmrag.sources import ObjectRef
 from mmrag.pipeline import FileResult, FileTask, Prepared
 
 if TYPE_CHECKING:
@@ -29,10 +30,10 @@ class FileWatch:
         found: what discovery found, files and problems, in order.
     """
 
-    def __init__(self, engine: Any, found: Sequence[FileRef | DiscoveryProblem]) -> None:
+    def __init__(self, engine: Any, found: Sequence[FileRef | ObjectRef | DiscoveryProblem]) -> None:
         self.engine = engine
         self.name = engine.name
-        self.refs = [r for r in found if isinstance(r, FileRef)]
+        self.refs = [r for r in found if isinstance(r, (FileRef, ObjectRef))]
         self.problems = [p for p in found if isinstance(p, DiscoveryProblem)]
         self._doc_ids = {str(r.path): r.doc_id for r in self.refs}
         self._queue: deque[str] = deque()

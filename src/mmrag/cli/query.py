@@ -81,6 +81,8 @@ def search(text: str | None, image: Path | None, k: int | None, modality: str, r
 
 def _absolute_prefix(prefix: str) -> str:
     """Sources are stored as absolute paths; keep a trailing slash, which means "inside this folder"."""
+    if "://" in prefix:  # an object URL (s3://bucket/docs/) is a source as it stands
+        return prefix
     absolute = os.path.abspath(prefix)
     return absolute + "/" if prefix.endswith(("/", os.sep)) and not absolute.endswith("/") else absolute
 

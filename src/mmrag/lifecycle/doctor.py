@@ -25,7 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from mmrag.errors import ConfigError, MissingDependencyError, StoreError
 from mmrag.indexing import Indexer
@@ -36,6 +36,7 @@ from mmrag.lifecycle.roots import reason as roots_reason
 from mmrag.lifecycle.versions import Versions, split_label
 from mmrag.loaders import FileRef
 from mmrag.manifest import DocState
+from mmrag.sources import ObjectRef, is_url, ref_for
 from mmrag.stores.chroma import ENFORCED_IDENTITY
 from mmrag.types import Record
 
@@ -335,7 +336,8 @@ def _probes(kb: KnowledgeBase, probes: Sequence[Probe] | None, plan: _Plan, note
 
 # -- repairing ---------------------------------------------------------------------------------
 def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None = None,
-           probes: Sequence[Probe] | None = None, allow_outside_roots: bool = False) -> RepairReport:
+           probes: Sequence[Probe] | None = None, allow_outside_roots: bool = False,
+           storage_options: Mapping[str, Any] | None = None) -> RepairReport:
     """Fix what ``report`` found that the manifest and the sources can fix, then examine again.
 
     Under the collection's writer lock: orphan records are deleted from Chroma and the keyword
@@ -357,6 +359,7 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
             defaults); default ``Indexer(kb)``.
         probes: as for :func:`examine`, for the examination after the repair.
         allow_outside_roots: read sources outside the collection's roots too.
+        storage_options: how to read sources in object storage (:func:`mmrag.sources.storage_options`).
 
     Returns:
         What was done, what was not, and the examination after it.
@@ -371,7 +374,7 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
         elif rewrite := sorted(plan.keyword_rewrite - {d for docs in plan.orphans.values() for d in docs}):
             out.keyword_rewritten = _rewrite_keyword(kb, rewrite)
         if plan.redo:
-            _redo(kb, plan, indexer or Indexer(kb), out, allow_outside_roots)
+            _redo(kb, plan, indexer or Indexer(kb), out, allow_outside_roots, storage_options or {})
         out.after = examine(kb, probes=probes)
     return out
 
@@ -407,7 +410,8 @@ def _rewrite_keyword(kb: KnowledgeBase, docs: list[str]) -> int:
     return len(docs)
 
 
-def _redo(kb: KnowledgeBase, plan: _Plan, indexer: Indexer, out: RepairReport, allow_outside_roots: bool) -> None:
+def _redo(kb: KnowledgeBase, plan: _Plan, indexer: Indexer, out: RepairReport, allow_outside_roots: bool,
+          storage_options: Mapping[str, Any]) -> None:
     col = kb.collection
     states = [s for s in (kb.manifest.get(col, d) for d in sorted(plan.redo)) if s is not None]
     if not plan.identity_ok:
@@ -416,9 +420,18 @@ def _redo(kb: KnowledgeBase, plan: _Plan, indexer: Indexer, out: RepairReport, a
         return
     outside = set(outside_roots(kb.manifest, col, [s.source for s in states], allow_outside=allow_outside_roots))
     redo: list[DocState] = []
+    objects: dict[str, ObjectRef] = {}
     for s in states:
         if s.source in outside:  # checked before the file system is asked anything about it
             out.unrepairable.append({"doc_id": s.doc_id, "source": s.source, "reason": roots_reason(kb.manifest, col)})
+        elif is_url(s.source):  # re-read from the bucket
+            found = objects.get(s.source) or ref_for(s.source, s.doc_id, storage_options)
+            if found is not None:
+                objects[s.source] = found
+                redo.append(s)
+            else:
+                out.unrepairable.append({"doc_id": s.doc_id, "source": s.source, "reason": "its object no longer "
+                                         f"exists: restore it and rerun `mmrag doctor --repair`, or `mmrag delete {s.doc_id}`"})
         elif os.path.exists(s.source):
             redo.append(s)
         else:
@@ -430,7 +443,7 @@ def _redo(kb: KnowledgeBase, plan: _Plan, indexer: Indexer, out: RepairReport, a
     kb.manifest.set_states(col, [DocState(s.doc_id, s.source, s.doc_type, "", "pending", "redo: mmrag doctor", 0, 0)
                                  for s in redo])
     out.reingested = [s.doc_id for s in redo]
-    refs = sorted({s.source: _file_ref(s) for s in redo}.values(), key=lambda r: str(r.path))
+    refs = sorted({s.source: objects.get(s.source) or _file_ref(s) for s in redo}.values(), key=lambda r: str(r.path))
     out.paths = [str(r.path) for r in refs]
     out.ingest = indexer.ingest([], files=refs).to_dict()
 

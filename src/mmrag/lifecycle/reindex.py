@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mmrag.chunking import ChunkSpec
 from mmrag.errors import InvalidInputError
@@ -30,6 +30,7 @@ from mmrag.lifecycle.versions import Version, Versions, split_label
 from mmrag.loaders import FileRef
 from mmrag.redaction import parse_policy, policy_text, stored_policy
 from mmrag.registry import ModelChoice
+from mmrag.sources import ObjectRef, is_url, ref_for
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,16 @@ class ReindexResult:
                 "redact": list(self.redact), "redactions": self.redactions}
 
 
-def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[list[FileRef], list[str]]:
+def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False,
+                 storage_options: Mapping[str, Any] | None = None) -> tuple[list[FileRef | ObjectRef], list[str]]:
     """The files ``kb``'s documents came from, with the doc ids they were given; and the sources now missing.
 
     A file's doc id is its path relative to the folder it was ingested under, so the root is the
     source path less the doc id. A JSONL corpus holds many documents whose ids are not paths: it
-    is one file, keyed by its own name.
+    is one file, keyed by its own name. An object URL is re-read from its bucket (with
+    ``storage_options``), its doc id relative to its prefix in the same way.
     """
-    refs: dict[str, FileRef] = {}
+    refs: dict[str, FileRef | ObjectRef] = {}
     missing: list[str] = []
     states = [s for s in kb.manifest.all(kb.collection) if s.status != "skipped"]
     # Before the file system is asked anything about them: a restored row can name any path.
@@ -72,6 +75,13 @@ def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[
                    action="reindex")
     for state in states:
         if state.source in refs:
+            continue
+        if is_url(state.source):
+            found = ref_for(state.source, state.doc_id, storage_options or {})
+            if found is None:
+                missing.append(state.source)
+            else:
+                refs[state.source] = found
             continue
         source = Path(state.source)
         if source.suffix.lower() == ".jsonl":
@@ -89,7 +99,8 @@ def source_files(kb: KnowledgeBase, allow_outside_roots: bool = False) -> tuple[
 
 def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase], chunk: ChunkSpec,
             models: ModelChoice, progress: Callable[[int, int], None] | None = None,
-            allow_outside_roots: bool = False, redact: Sequence[str] | None = None) -> ReindexResult:
+            allow_outside_roots: bool = False, redact: Sequence[str] | None = None,
+            storage_options: Mapping[str, Any] | None = None) -> ReindexResult:
     """Build a new version of ``kb_name`` from its live version's sources (see the module docstring).
 
     Args:
@@ -104,6 +115,7 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
             (see :mod:`mmrag.lifecycle.roots`).
         redact: the new version's redaction policy (:mod:`mmrag.redaction`); None keeps the live
             version's. Changing it is what a reindex is for: every document is read and scrubbed again.
+        storage_options: how to read sources in object storage (:func:`mmrag.sources.storage_options`).
 
     Raises:
         NotFoundError: ``kb_name`` holds no documents.
@@ -132,7 +144,7 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
     result = ReindexResult(version=version, source=live.label, resumed=resumed, redact=policy)
     try:
         with target.write_lock():
-            refs, result.missing = source_files(live_kb, allow_outside_roots)
+            refs, result.missing = source_files(live_kb, allow_outside_roots, storage_options)
             for path in result.missing:
                 log.warning("reindex %s: source %s no longer exists; its documents are left out", version.label, path)
             # The version's policy is recorded by its first write; the catch-ups below apply it.
@@ -154,7 +166,7 @@ def reindex(kb_name: str, *, open_kb: Callable[[str, ChunkSpec], KnowledgeBase],
             # Catch up with what the live version took in meanwhile, holding its writer lock so
             # that nothing more arrives until the new version is complete.
             with target.write_lock(), live_kb.write_lock():
-                refs, result.missing = source_files(live_kb, allow_outside_roots)
+                refs, result.missing = source_files(live_kb, allow_outside_roots, storage_options)
                 again = Indexer(target).ingest([], files=refs)
                 result.indexed += again.indexed
                 for kind, n in again.redactions.items():

@@ -12,6 +12,10 @@ the caller says otherwise (``--allow-source-outside-roots``).
 Paths are compared after :func:`os.path.normpath`, not :func:`os.path.realpath`: an ingest keeps a
 symlinked file's path under its root (it does not resolve links), and a planted row cannot create
 a link on this machine, only name a path, so ``..`` is what must be taken out.
+
+Object URLs (``s3://bucket/prefix``, :mod:`mmrag.sources`) are roots and sources too: a URL source
+is read only under a URL root of the same scheme and bucket, a local one only under a local root,
+and a URL with a ``.`` or ``..`` part is never read (a server may resolve them out of the prefix).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Iterable
 
 from mmrag.errors import InvalidInputError
 from mmrag.manifest import Manifest
+from mmrag.sources import is_url, normalize_url
 
 #: The flag that lets repair and reindex read sources outside the roots.
 FLAG = "--allow-source-outside-roots"
@@ -35,11 +40,13 @@ def allowed_roots(manifest: Manifest, collection: str) -> set[str]:
         manifest: the data dir's manifest.
         collection: a physical collection (``kb`` or ``kb--vN``).
     """
-    return {os.path.normpath(r) for r in manifest.roots(collection)}
+    return {r if is_url(r) else os.path.normpath(r) for r in manifest.roots(collection)}
 
 
 def inside(source: str, roots: set[str]) -> bool:
     """Whether ``source`` is one of ``roots`` or lies under one (an ancestor lookup, not a scan of roots)."""
+    if is_url(source):
+        return _url_inside(source, roots)
     path = os.path.normpath(source)
     if not os.path.isabs(path):
         return False  # an ingest records absolute sources; a relative one resolves against the cwd
@@ -50,6 +57,18 @@ def inside(source: str, roots: set[str]) -> bool:
         if parent == path:
             return False
         path = parent
+
+
+def _url_inside(source: str, roots: set[str]) -> bool:
+    try:
+        url = normalize_url(source)
+    except InvalidInputError:
+        return False  # a "." or ".." part
+    while "://" in url:
+        if url in roots:
+            return True
+        url = url.rpartition("/")[0]
+    return False
 
 
 def outside_roots(manifest: Manifest, collection: str, sources: Iterable[str], *,
