@@ -61,3 +61,16 @@ def test_the_ui_source_never_parses_markup_from_strings() -> None:
         for risky in ("innerHTML", "outerHTML", "insertAdjacentHTML", "dangerouslySetInnerHTML", "document.write",
                       "eval(", "new Function"):
             assert risky not in code, f"{path.name} uses {risky}"
+
+
+def test_the_wheel_ships_every_built_file() -> None:
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mmrag"]
+    package = REPO / "src" / "mmrag"
+    built = [str(p.relative_to(package)) for p in BUILT.rglob("*") if p.is_file()]
+    assert any(b.endswith(".js") for b in built) and any(b.endswith("index.html") for b in built), built
+    # setuptools' globs do not cross "/" (fnmatch's * does): compare folder by folder.
+    missing = [b for b in built if not any(fnmatch.fnmatch(b, pat) and b.count("/") == pat.count("/") for pat in patterns)]
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"

@@ -1,9 +1,10 @@
 """Issue 27, acceptance 3: the knowledge-base UI in headless Chromium against a real ``mmrag serve``.
 
 A real ``mmrag serve --profile offline`` process on an empty temporary data dir, keys on. The
-browser connects with a key, drops three files on the upload zone (one named like an HTML tag,
-one whose text holds a script), watches each file's progress end in "indexed", sees the
-documents listed as indexed, opens a document's chunks, searches with a retriever, k and a
+browser connects with a key, drops five files on the upload zone (one named like an HTML tag,
+one whose text holds a script, a JSONL record whose id is a tag, a broken PDF), watches each
+file's progress end in "indexed" (or "failed" with the reason), sees the documents listed with
+their status, opens a document's chunks, searches with a retriever, k and a
 type filter (and by text for an image, whose thumbnail loads), asks (extractive, verified) and
 sees the cited answer, then the versions and the evaluation reports. No payload ever runs
 (``window.__xss`` stays undefined) and each shows as the literal text it is. Screenshots of
@@ -42,6 +43,8 @@ The **main pump** is serviced every March by the night crew. {CHUNK_PAYLOAD}
 Valve V-7 is replaced every two years, and the spare valves are kept in room B12.
 """
 BOILER = "The boiler room closes at 18:00 on weekdays and at noon on Saturdays.\n"
+ID_PAYLOAD = "<img src=x onerror=window.__xss=4>"
+UPLOADS = [NAME_PAYLOAD, "pumps.md", "red-circle.png", "records.jsonl", "broken.pdf"]
 
 
 def _not_blank(shot: Path) -> None:
@@ -95,6 +98,9 @@ def test_kb_ui_upload_documents_chunks_search_ask_versions(server: tuple[str, st
     (files / NAME_PAYLOAD).write_text(BOILER, encoding="utf-8")
     (files / "pumps.md").write_text(PUMPS, encoding="utf-8")
     (files / "red-circle.png").write_bytes((SAMPLE_CORPUS / "images" / "red-circle.png").read_bytes())
+    (files / "records.jsonl").write_text(json.dumps({"_id": ID_PAYLOAD, "text": "Fire doors are tested monthly."}) + "\n",
+                                         encoding="utf-8")
+    (files / "broken.pdf").write_bytes(b"%PDF-1.4 cut short")
     shots: list[Path] = []
     started = time.monotonic()
 
@@ -122,23 +128,30 @@ def _walk(b: "Browser", url: str, token: str, files: Path, shot: Callable[[str],
     b.click("#load")
     b.wait("document.querySelector('#status').textContent.startsWith('connected')", 30)
 
-    # Upload: drop three files on the zone; each gets its own progress row, which ends in "indexed".
+    # Upload: drop five files on the zone; each gets its own progress row, which ends in its outcome.
     b.type("#upload-collection", COLLECTION)
-    b.drop_files("#dropzone", [files / NAME_PAYLOAD, files / "pumps.md", files / "red-circle.png"])
-    b.wait("document.querySelectorAll('#uploads li.upload').length === 3", 10)
-    b.wait("[...document.querySelectorAll('#uploads li.upload')].every(li => li.classList.contains('upload-indexed'))", 120)
+    b.drop_files("#dropzone", [files / n for n in UPLOADS])
+    b.wait(f"document.querySelectorAll('#uploads li.upload').length === {len(UPLOADS)}", 10)
+    b.wait("[...document.querySelectorAll('#uploads li.upload')].every(li => li.dataset.state !== 'queued'"
+           " && li.dataset.state !== 'sending' && li.dataset.state !== 'indexing')", 120)
     rows = b.eval("[...document.querySelectorAll('#uploads li.upload')].map(li => [li.querySelector('.name').textContent,"
-                  " li.querySelector('progress').value])")
-    assert rows == [[NAME_PAYLOAD, 100], ["pumps.md", 100], ["red-circle.png", 100]], rows
+                  " li.dataset.state, li.querySelector('progress').value, li.querySelector('.state').textContent])")
+    assert [r[:3] for r in rows] == [[n, "failed" if n == "broken.pdf" else "indexed", 100] for n in UPLOADS], rows
+    assert "not a readable PDF" in rows[UPLOADS.index("broken.pdf")][3], rows
     assert b.eval("document.querySelectorAll('#uploads img').length") == 0  # the name stayed text
 
-    # The documents, listed as indexed (the stored name is the upload's, reduced to a safe file name).
+    # The documents, with their status (the stored name is the upload's, reduced to a safe file name;
+    # a JSONL record keeps its own id, markup and all) and the failure's reason.
     stored = NAME_PAYLOAD.replace("<", "").replace(">", "")
-    b.wait("document.querySelectorAll('#documents tr.doc').length === 3", 30)
+    b.wait("document.querySelectorAll('#documents tr.doc').length === 5", 30)
     docs = b.eval("[...document.querySelectorAll('#documents tr.doc')].map(tr => [tr.dataset.docId, tr.dataset.status,"
                   " tr.querySelector('button.open').textContent])")
     assert sorted(docs) == sorted([[stored, "indexed", stored], ["pumps.md", "indexed", "pumps.md"],
-                                   ["red-circle.png", "indexed", "red-circle.png"]]), docs
+                                   ["red-circle.png", "indexed", "red-circle.png"], [ID_PAYLOAD, "indexed", ID_PAYLOAD],
+                                   ["broken.pdf", "failed", "broken.pdf"]]), docs
+    reason = b.eval("document.querySelector('#documents tr.doc[data-doc-id=\"broken.pdf\"] .reason').textContent")
+    assert "not a readable PDF" in reason, reason
+    assert b.eval("document.querySelectorAll('#documents img, #documents script').length") == 0
     shot("1-uploaded-and-indexed.png")
 
     # A document's chunks, with their metadata: the script in the text is shown, not run.

@@ -7,7 +7,7 @@ import { html, Meta, Thumb, when } from "./html.js";
 function UploadRow({ item }) {
   const pct = Math.round(item.progress * 100);
   return html`
-    <li class=${"upload upload-" + item.state} data-name=${item.name}>
+    <li class=${"upload upload-" + item.state} data-name=${item.name} data-state=${item.state}>
       <span class="name">${item.name}</span>
       <progress max="100" value=${pct}></progress>
       <span class="state">${item.message || (item.state === "sending" ? pct + "%" : item.state)}</span>

@@ -136,7 +136,7 @@ Please report this to https://github.com/markedjs/marked.`,e){let e=`<p>An error
           ${e.excerpt&&R`<div class="excerpt">${e.excerpt}</div>`}
         </li>`)}</ol>
     </section>`}function fr({item:e}){let t=Math.round(e.progress*100);return R`
-    <li class=${`upload upload-`+e.state} data-name=${e.name}>
+    <li class=${`upload upload-`+e.state} data-name=${e.name} data-state=${e.state}>
       <span class="name">${e.name}</span>
       <progress max="100" value=${t}></progress>
       <span class="state">${e.message||(e.state===`sending`?t+`%`:e.state)}</span>
