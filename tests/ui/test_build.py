@@ -74,3 +74,15 @@ def test_the_wheel_ships_every_built_file() -> None:
     # setuptools' globs do not cross "/" (fnmatch's * does): compare folder by folder.
     missing = [b for b in built if not any(fnmatch.fnmatch(b, pat) and b.count("/") == pat.count("/") for pat in patterns)]
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
+
+
+def test_the_markdown_renderer_keeps_markup_as_text() -> None:
+    """ui/test/markdown.test.js under node's own test runner (answers are rendered by ui/src/markdown.js)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    if not (UI / "node_modules" / "marked").exists():
+        pytest.skip("the UI toolchain is not installed: run `make ui-deps` (make test does)")
+    done = subprocess.run([node, "--test", "test/"], cwd=UI, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^# pass [1-9]", done.stdout, re.M) and "# fail 0" in done.stdout, done.stdout
