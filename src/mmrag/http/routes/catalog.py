@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from mmrag.apikeys import ApiKey
 from mmrag.errors import ForbiddenError, NotFoundError
@@ -101,7 +100,7 @@ class ReportList(BaseModel):
 
 
 @router.get("/v1/collections/{collection}/documents", response_model=DocumentList, responses=ERRORS)
-async def documents(collection: str, request: Request, status: Status | None = None,
+def documents(collection: str, request: Request, status: Status | None = None,
                     offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
                     key: ApiKey | None = Depends(require("read"))) -> DocumentList:
     """A collection's documents (its live version, or ``kb@N``), by doc id: status, reason, chunks, OCR pages."""
@@ -110,7 +109,8 @@ async def documents(collection: str, request: Request, status: Status | None = N
     physical = _existing(services, collection)
     listing = services.manifest.listing(physical, STATUSES[status] if status else None)
     shown = listing[offset : offset + limit]
-    ocr = await run_in_threadpool(_ocr_pages, services, collection, [d.doc_id for d, _ in shown if d.status == "done"])
+    ocr = _ocr_pages(services, collection, [d.doc_id for d, _ in shown if d.status == "done"])
+    access.note(request.scope, collection=collection)
     return DocumentList(collection=split_label(collection)[0], version=services.versions.label_of(physical),
                         counts={_SHOWN.get(k, k): v for k, v in services.manifest.counts(physical).items()},
                         total=len(listing), offset=offset,
@@ -118,7 +118,7 @@ async def documents(collection: str, request: Request, status: Status | None = N
 
 
 @router.get("/v1/collections/{collection}/documents/{doc_id:path}", response_model=DocumentDetail, responses=ERRORS)
-async def document(collection: str, doc_id: str, request: Request,
+def document(collection: str, doc_id: str, request: Request,
                    key: ApiKey | None = Depends(require("read"))) -> DocumentDetail:
     """One document with its chunks and images in reading order, each with its metadata."""
     services = services_of(request)
@@ -128,7 +128,7 @@ async def document(collection: str, doc_id: str, request: Request,
     if state is None:
         raise NotFoundError(f"no document {doc_id!r} in collection {collection!r}; list them with "
                             f"GET /v1/collections/{collection}/documents")
-    chunks = await run_in_threadpool(_chunks, services, collection, doc_id)
+    chunks = _chunks(services, collection, doc_id)
     access.note(request.scope, collection=collection, doc_ids=[doc_id])
     ocr = len({c.page for c in chunks if c.metadata.get("text_source") == "ocr"})
     return DocumentDetail(collection=split_label(collection)[0], document=document_out(state, None, ocr), chunks=chunks)
