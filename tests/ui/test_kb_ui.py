@@ -152,6 +152,14 @@ def _walk(b: "Browser", url: str, token: str, files: Path, shot: Callable[[str],
     reason = b.eval("document.querySelector('#documents tr.doc[data-doc-id=\"broken.pdf\"] .reason').textContent")
     assert "not a readable PDF" in reason, reason
     assert b.eval("document.querySelectorAll('#documents img, #documents script').length") == 0
+    b.eval("(() => { const s = document.querySelector('#doc-status'); s.value = 'failed';"
+           " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+    b.wait("document.querySelectorAll('#documents tr.doc').length === 1", 30)
+    assert b.eval("document.querySelector('#documents tr.doc').dataset.docId") == "broken.pdf"
+    shot("1a-failed-only.png")
+    b.eval("(() => { const s = document.querySelector('#doc-status'); s.value = '';"
+           " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+    b.wait("document.querySelectorAll('#documents tr.doc').length === 5", 30)
     shot("1-uploaded-and-indexed.png")
 
     # A document's chunks, with their metadata: the script in the text is shown, not run.

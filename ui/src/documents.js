@@ -91,21 +91,25 @@ function Chunks({ collection, docId, onClose }) {
     </section>`;
 }
 
+const PAGE = 100;
+
 export function DocumentsPanel({ hidden, connected, collection, tick, onUploaded, onCollection }) {
   const [filter, setFilter] = useState("");
+  const [offset, setOffset] = useState(0);
   const [data, setData] = useState(null);
   const [error, setError] = useState(null);
   const [open, setOpen] = useState(null);
 
   useEffect(() => {
     setOpen(null);
-  }, [collection]);
+    setOffset(0);
+  }, [collection, filter]);
   useEffect(() => {
     if (!connected || !collection) { setData(null); return; }
-    const q = filter ? "?status=" + filter : "";
+    const q = "?offset=" + offset + "&limit=" + PAGE + (filter ? "&status=" + filter : "");
     getJson("/v1/collections/" + enc(collection) + "/documents" + q).then((d) => { setData(d); setError(null); },
       (e) => setError(e.message));
-  }, [connected, collection, filter, tick]);
+  }, [connected, collection, filter, offset, tick]);
 
   return html`
     <section id="documents-panel" class="panel" hidden=${hidden} aria-label="Documents">
@@ -129,7 +133,10 @@ export function DocumentsPanel({ hidden, connected, collection, tick, onUploaded
               <td>${when(d.updated_at)}</td>
             </tr>`)}</tbody>
         </table>
-        ${data.total > data.documents.length && html`<p>showing ${data.documents.length} of ${data.total}</p>`}`}
+        ${data.total > data.documents.length && html`<p class="pager">
+          <button id="docs-prev" type="button" disabled=${offset === 0} onClick=${() => setOffset(Math.max(0, offset - PAGE))}>previous</button>
+          ${" "}${data.offset + 1}–${data.offset + data.documents.length} of ${data.total}${" "}
+          <button id="docs-next" type="button" disabled=${offset + PAGE >= data.total} onClick=${() => setOffset(offset + PAGE)}>next</button></p>`}`}
       ${open && html`<${Chunks} collection=${collection} docId=${open} onClose=${() => setOpen(null)} />`}
     </section>`;
 }
