@@ -79,7 +79,8 @@ class Browser:
     def goto(self, url: str) -> None:
         """Navigate and wait until the page has loaded its script."""
         self.send("Page.navigate", session=True, url=url)
-        self.wait("document.readyState === 'complete'", 30)
+        # The old page (about:blank) is "complete" too: wait for the new one.
+        self.wait(f"location.href === {json.dumps(url)} && document.readyState === 'complete'", 30)
 
     def wait(self, condition: str, seconds: float) -> Any:
         """Poll a JavaScript condition until it is truthy; returns its value (fails after ``seconds``)."""

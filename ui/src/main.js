@@ -20,6 +20,9 @@ const TABS = [
   ["reports", "Eval reports"],
 ];
 
+// Connects in flight: only the latest one's answer is shown (the key-less one at load may end last).
+const attempts = { n: 0 };
+
 function App() {
   const [key, setKey] = useState("");
   const [status, setStatus] = useState({ text: "", error: false });
@@ -31,9 +34,11 @@ function App() {
 
   async function connect(quiet) {
     state.key = key.trim();
+    const attempt = ++attempts.n;
     if (!quiet) setStatus({ text: "connecting...", error: false });
     try {
       const data = await getJson("/v1/collections");
+      if (attempt !== attempts.n) return; // a later connect (a new key) has the say
       setCollections(data.collections);
       setConnected(true);
       const names = data.collections.map((c) => c.name);
@@ -41,6 +46,7 @@ function App() {
       setStatus(names.length ? { text: "connected", error: false }
         : { text: "connected; no collection yet: upload documents to create one", error: false });
     } catch (e) {
+      if (attempt !== attempts.n) return;
       setConnected(false);
       // Without a key on a server with keys on: say what to do, not just 401.
       setStatus({ text: quiet ? "enter an API key (mmrag keys create NAME --scope read --scope write)" : e.message, error: !quiet });

@@ -236,7 +236,7 @@ Please report this to https://github.com/markedjs/marked.`,e){let e=`<p>An error
         ${i.data.events.length?L`<h3>Switches</h3><ul id="events">${i.data.events.map(e=>L`<li>${JSON.stringify(e)}</li>`)}</ul>`:null}`}
       ${o&&L`<${xr} probes=${o} />`}
       ${c&&L`<${br} drift=${c} />`}
-    </section>`}var Cr=[[`documents`,`Documents`],[`search`,`Search`],[`ask`,`Ask`],[`versions`,`Versions`],[`reports`,`Eval reports`]];function wr(){let[e,t]=F(``),[n,r]=F({text:``,error:!1}),[i,a]=F([]),[o,s]=F(``),[c,l]=F(`documents`),[u,d]=F(!1),[f,p]=F(0);async function m(t){Ne.key=e.trim(),t||r({text:`connecting...`,error:!1});try{let e=await Le(`/v1/collections`);a(e.collections),d(!0);let t=e.collections.map(e=>e.name);t.includes(o)||s(t[0]||``),r(t.length?{text:`connected`,error:!1}:{text:`connected; no collection yet: upload documents to create one`,error:!1})}catch(e){d(!1),r({text:t?`enter an API key (mmrag keys create NAME --scope read --scope write)`:e.message,error:!t})}}I(()=>{m(!0)},[]);function h(){p(e=>e+1),m(!0)}let g=i.find(e=>e.name===o);return L`
+    </section>`}var Cr=[[`documents`,`Documents`],[`search`,`Search`],[`ask`,`Ask`],[`versions`,`Versions`],[`reports`,`Eval reports`]],wr={n:0};function Tr(){let[e,t]=F(``),[n,r]=F({text:``,error:!1}),[i,a]=F([]),[o,s]=F(``),[c,l]=F(`documents`),[u,d]=F(!1),[f,p]=F(0);async function m(t){Ne.key=e.trim();let n=++wr.n;t||r({text:`connecting...`,error:!1});try{let e=await Le(`/v1/collections`);if(n!==wr.n)return;a(e.collections),d(!0);let t=e.collections.map(e=>e.name);t.includes(o)||s(t[0]||``),r(t.length?{text:`connected`,error:!1}:{text:`connected; no collection yet: upload documents to create one`,error:!1})}catch(e){if(n!==wr.n)return;d(!1),r({text:t?`enter an API key (mmrag keys create NAME --scope read --scope write)`:e.message,error:!t})}}I(()=>{m(!0)},[]);function h(){p(e=>e+1),m(!0)}let g=i.find(e=>e.name===o);return L`
     <header>
       <h1>mmrag</h1>
       <form id="connect" onSubmit=${e=>{e.preventDefault(),m(!1)}}>
@@ -266,4 +266,4 @@ Please report this to https://github.com/markedjs/marked.`,e){let e=`<p>An error
       <${dr} hidden=${c!==`ask`} collection=${o} />
       <${Sr} hidden=${c!==`versions`} collection=${o} tick=${f} active=${c===`versions`} />
       <${vr} hidden=${c!==`reports`} active=${c===`reports`} connected=${u} />
-    </main>`}j(L`<${wr} />`,document.getElementById(`app`));
+    </main>`}j(L`<${Tr} />`,document.getElementById(`app`));
