@@ -7,7 +7,7 @@ export ANONYMIZED_TELEMETRY := False
 test test-long test-all: export HF_HUB_OFFLINE := 1
 test test-long test-all: export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-long test-all bench bench-query bench-scale bench-ocr bench-answer clean
+.PHONY: install demo test test-long test-all ui ui-deps bench bench-query bench-scale bench-ocr bench-answer clean
 
 $(BIN)/mmrag: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,8 +23,19 @@ install: $(BIN)/mmrag
 demo: install
 	$(BIN)/python ingest/demo.py
 
-# The fast tier (under 20 min on 2 cores): everything but the tests marked `long`.
-test: install
+# The knowledge-base UI (ui/, Vite) is built into src/mmrag/http/static/ui/, which is committed and
+# shipped in the wheel: users need no node. `make ui` rebuilds it after a change to ui/.
+ui: ui-deps
+	cd ui && npm run build
+
+# The UI's pinned toolchain (package-lock.json); skipped without npm (tests/ui/test_build.py then skips).
+ui-deps:
+	@if command -v npm >/dev/null 2>&1; then cd ui && npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the committed UI build is used as it is (tests/ui/test_build.py skips)"; fi
+
+# The fast tier (under 20 min on 2 cores): everything but the tests marked `long`. With npm, the UI
+# is rebuilt in a temporary folder and compared with the committed build (tests/ui/test_build.py).
+test: install ui-deps
 	$(BIN)/python -m pytest -m "not long"
 
 # The long tier (about an hour on 2 cores): acceptance figures on real data, long property runs, Ray, soak.
@@ -54,4 +65,4 @@ bench-ocr: install
 	$(BIN)/python eval/bench/ocr.py
 
 clean:
-	rm -rf .mmrag .demo .pytest_cache
+	rm -rf .mmrag .demo .pytest_cache ui/node_modules

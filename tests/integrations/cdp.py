@@ -79,7 +79,8 @@ class Browser:
     def goto(self, url: str) -> None:
         """Navigate and wait until the page has loaded its script."""
         self.send("Page.navigate", session=True, url=url)
-        self.wait("document.readyState === 'complete'", 30)
+        # The old page (about:blank) is "complete" too: wait for the new one.
+        self.wait(f"location.href === {json.dumps(url)} && document.readyState === 'complete'", 30)
 
     def wait(self, condition: str, seconds: float) -> Any:
         """Poll a JavaScript condition until it is truthy; returns its value (fails after ``seconds``)."""
@@ -98,8 +99,9 @@ class Browser:
         self.send("Input.insertText", session=True, text=text)
 
     def click(self, selector: str) -> None:
-        """Click an element at its centre with the mouse."""
-        box = self.eval(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+        """Click an element at its centre with the mouse (scrolled into view first, as a user would)."""
+        box = self.eval(f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+                        " e.scrollIntoView({block: 'center', inline: 'center'}); const r = e.getBoundingClientRect();"
                         " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", session=True, type=kind, x=box[0], y=box[1], button="left",
@@ -110,6 +112,20 @@ class Browser:
         root = self.send("DOM.getDocument", session=True)["root"]["nodeId"]
         node = self.send("DOM.querySelector", session=True, nodeId=root, selector=selector)["nodeId"]
         self.send("DOM.setFileInputFiles", session=True, nodeId=node, files=[str(path)])
+
+    def upload_many(self, selector: str, paths: list[Path]) -> None:
+        """Choose several files in a ``multiple`` file input."""
+        root = self.send("DOM.getDocument", session=True)["root"]["nodeId"]
+        node = self.send("DOM.querySelector", session=True, nodeId=root, selector=selector)["nodeId"]
+        self.send("DOM.setFileInputFiles", session=True, nodeId=node, files=[str(p) for p in paths])
+
+    def drop_files(self, selector: str, paths: list[Path]) -> None:
+        """Drag files from outside the page and drop them on an element, as a user's mouse does."""
+        box = self.eval(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+                        " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
+        for kind in ("dragEnter", "dragOver", "drop"):
+            self.send("Input.dispatchDragEvent", session=True, type=kind, x=box[0], y=box[1], data=data)
 
     def screenshot(self, path: Path) -> Path:
         """Save a PNG of the viewport."""

@@ -1,9 +1,11 @@
-"""Issue 13, acceptance 3: the playground at ``/`` in headless Chromium, with keys on, screenshotted.
+"""Issue 13, acceptance 3: search and ask in the UI at ``/`` in headless Chromium, with keys on, screenshotted.
 
-The browser types the key, connects, searches "a red circle" (its thumbnail must show, loaded
-through the API with the key), searches by an uploaded image, then asks the demo question and
-watches the answer stream in before its citation appears and can be clicked. Screenshots of each
-step land in the test's tmp dir (printed); they must not be blank.
+The playground this tested became the knowledge-base UI (issue 27; ``/playground`` redirects to
+``/``); its search and ask tabs keep these promises. The browser types the key, connects,
+searches "a red circle" (its thumbnail must show, loaded through the API with the key), searches
+by an uploaded image, then asks the demo question and watches the answer stream in before its
+citation appears and can be clicked. Screenshots of each step land in the test's tmp dir
+(printed); they must not be blank. tests/ui/test_kb_ui.py drives the rest of the UI.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ def _not_blank(shot: Path) -> None:
 
 
 def test_page_is_static_and_keeps_the_key_in_the_page(sample_server: SampleServer) -> None:
+    import re
+
     page = httpx.get(f"{sample_server.url}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    script = httpx.get(f"{sample_server.url}/playground.js").text
-    assert "innerHTML" not in script  # index text goes in as textContent only
+    [script] = re.findall(r'<script type="module" crossorigin src="(/ui/assets/[^"]+\.js)"', page.text)
+    assert httpx.get(f"{sample_server.url}{script}").status_code == 200  # the page's own script, no inline one
+    assert httpx.get(f"{sample_server.url}/playground", follow_redirects=True).text == page.text
     # The page is open; the API behind it is not.
     assert httpx.get(f"{sample_server.url}/v1/collections").status_code == 401
 
@@ -51,6 +56,7 @@ def test_playground_in_chromium(sample_server: SampleServer, tmp_path: Path) -> 
         assert b.eval("[...document.querySelectorAll('#collection option')].map(o => o.value)") == [COLLECTION]
 
         # Text search: the red circle's thumbnail shows (fetched with the key: <img> cannot send it).
+        b.click("#tab-search")
         b.type("#query", "a red circle")
         b.click("#search")
         red = "#results li.hit-image[data-doc-id='images/red-circle.png'] img.thumb"
@@ -61,7 +67,8 @@ def test_playground_in_chromium(sample_server: SampleServer, tmp_path: Path) -> 
         shots.append(b.screenshot(tmp_path / "1-search-red-circle.png"))
 
         # Image search: upload the yellow triangle; it ranks first, thumbnail shown.
-        b.eval("document.querySelector('#query').value = ''")
+        b.eval("(() => { const q = document.querySelector('#query'); q.value = '';"
+               " q.dispatchEvent(new Event('input', {bubbles: true})); })()")
         b.upload("#image", SAMPLE_CORPUS / "images" / "yellow-triangle.png")
         b.click("#search")
         b.wait("(() => { const li = document.querySelector('#results li.hit'); return li && li.dataset.docId === "
@@ -70,7 +77,9 @@ def test_playground_in_chromium(sample_server: SampleServer, tmp_path: Path) -> 
 
         # Ask with the chat model: the answer streams (partial text while the stream is open), then its
         # citation shows. (An extractive answer streams too, but too fast to catch between two polls.)
-        b.eval("document.querySelector('#mode').value = 'generate'")
+        b.click("#tab-ask")
+        b.eval("(() => { const m = document.querySelector('#mode'); m.value = 'generate';"
+               " m.dispatchEvent(new Event('change', {bubbles: true})); })()")
         b.type("#question", DEMO_QUESTION)
         b.click("#ask")
         seen, deadline = [], time.monotonic() + 240

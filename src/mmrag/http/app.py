@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from mmrag.config import Settings
 from mmrag.errors import MmragError, UnauthorizedError
-from mmrag.http import access, docs, playground
+from mmrag.http import access, docs, ui
 from mmrag.http.auth import AuthGate, bearer_token, check_key
 from mmrag.http.limits import BodyLimit
 from mmrag.http.schemas import error_body
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         >>> uvicorn.run(app, port=8080)                     # doctest: +SKIP
     """
     from mmrag import __version__
-    from mmrag.http.routes import documents, drift, health, lifecycle, probes, query
+    from mmrag.http.routes import catalog, documents, drift, health, lifecycle, probes, query
 
     from mmrag import tracing
 
@@ -81,7 +81,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         await _error_response(services, exc, scope.get("method", ""), scope.get("path", ""))(scope, receive, send)
 
     # Added after BodyLimit, so it runs first: a keyless client learns nothing, not even the size limit.
-    routers = [query.router, documents.router, health.router, lifecycle.router, probes.router, drift.router]
+    routers = [query.router, documents.router, health.router, lifecycle.router, probes.router, drift.router,
+               catalog.router]
     routes = [route for router in routers for route in router.routes]
     app.add_middleware(AuthGate, services=services, routes=routes, refuse=refuse)
     _install_metrics(app, services)
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     for router in routers:
         app.include_router(router)
     app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"]))
-    playground.install(app)
+    ui.install(app)
     docs.install(app)
     return app
 
