@@ -14,6 +14,8 @@ importing torch and friends once, so a page costs seconds per command instead of
 
 from __future__ import annotations
 
+import ast
+import builtins
 import json
 import os
 import shutil
@@ -72,6 +74,51 @@ def test_blocks_are_extracted_with_their_markers(tmp_path: Path) -> None:
     page.write_text("```bash\nx\n")
     with pytest.raises(ValueError, match="never closed"):
         blocks(page)
+
+
+def _undefined_names(code: str, defined: set[str]) -> set[str]:
+    """Global names ``code`` reads that nothing in it (or ``defined``, or builtins) binds."""
+
+    tree = ast.parse(code)
+    bound = set(defined) | set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - bound
+
+
+def test_illustrative_python_blocks_parse_and_name_nothing_undefined() -> None:
+    """They do not run, so check what can be checked: syntax, and no NameError waiting (issue 27:
+    the LlamaIndex snippet used RetrieverQueryEngine without importing it). A name the block expects
+    from you (``my_llm``) must appear in its marker's reason."""
+    problems = []
+    for page in PAGES:
+        defined: set[str] = set()  # a page's blocks share one namespace
+        for block in blocks(page):
+            if block.language not in ("python", "py"):
+                continue
+            source = block.code if "await " not in block.code else "async def _():\n" + "".join(
+                "    " + line + "\n" for line in block.code.splitlines())
+            try:
+                missing = _undefined_names(source, defined)
+            except SyntaxError as exc:
+                problems.append(f"{block.where()}: {exc}")
+                continue
+            missing = {name for name in missing if name not in (block.illustrative or "")}
+            if missing:
+                problems.append(f"{block.where()}: undefined {sorted(missing)}")
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+                elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    defined.add(node.id)
+    assert not problems, problems
 
 
 # --- running them -------------------------------------------------------------------------------
