@@ -302,3 +302,25 @@ def test_page_blocks_run(page: Path, warm_mmrag: Path, ingested_template: tuple[
                             f"--- output (last 4000 characters) ---\n{out[-4000:]}", pytrace=False)
     finally:
         python.close()
+
+
+@pytest.mark.slow
+def test_the_runner_reports_what_a_user_would_see_fail(warm_mmrag: Path, tmp_path: Path) -> None:
+    """The warm server passes exit statuses and output through, so a broken example cannot pass."""
+    workspace = _workspace(tmp_path / "ws")
+    env = _env(warm_mmrag, workspace)
+    code, out = _run_bash(".venv/bin/mmrag status --collection nope\necho not reached", workspace, env)
+    assert code == 2 and "nope" in out and "not reached" not in out, out  # unknown collection: exit 2, block stops
+    code, out = _run_bash("mmrag ingest docs/ --collection kb >/dev/null\nmmrag search 'x' --collection kb --doc-type docx",
+                          workspace, env)
+    assert code == 0 and _failure(blocks(REPO / "README.md")[0], code, out) == 'a search printed "no hits"', out
+    python = _PythonPage(warm_mmrag, workspace, env)
+    try:
+        page = tmp_path / "p.md"
+        page.write_text("```python\nx = 41\n```\n\n```python\nprint(x + 1)\nundefined_name\n```\n")
+        first, second = blocks(page)
+        assert python.run(first, 0) == (0, "")
+        code, out = python.run(second, 1)
+        assert code == 1 and out.startswith("42\n") and "NameError" in out, out  # one namespace per page
+    finally:
+        python.close()
