@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from mmrag.errors import InvalidInputError
 from mmrag.evaluation.dataset import EvalQuery
 from mmrag.retrieval import Searcher
 from mmrag.types import Hit, ImageAsset, Query
@@ -53,18 +54,26 @@ class RetrievalReport:
 
 def evaluate_retrieval(searcher: Searcher, queries: Sequence[EvalQuery], *, retriever: str = "clip",
                        k: int = 10, exclude_self: bool = True) -> RetrievalReport:
-    """Search each query and score its document ranking.
+    """Search each query and score its document ranking (unanswerable queries are left out).
 
     Args:
         exclude_self: for image queries that are themselves indexed, drop the query's own document
             (matched by file path) from its ranking, so it cannot count as its own hit.
+
+    Raises:
+        InvalidInputError: no query has relevant documents.
     """
     depth = max(k, 10)
     rows = []
     for q in queries:
+        if not q.relevant:  # an unanswerable question has no gold document to rank (as in `eval run`)
+            continue
         ranked = [h.doc_id for h in rank_documents(searcher, q, retriever=retriever, depth=depth,
                                                    exclude_self=exclude_self)]
         rows.append({"id": q.id, **rank_scores(ranked, q.relevant, k), "retrieved": ranked[:k]})
+    if not rows:
+        raise InvalidInputError("no query with relevant documents to rank: every query of the dataset is "
+                                "unanswerable (\"answerable\": false); add queries with \"relevant\" doc ids")
     keys = rank_metric_names(k)
     metrics = {key: sum(r[key] for r in rows) / len(rows) for key in keys}
     return RetrievalReport(retriever=retriever, k=k, metrics=metrics, per_query=rows)
