@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from mmrag.errors import InvalidInputError
 from mmrag.llms import ChatModel, CompletionStream, Message, Usage
+from mmrag.textanalysis import content_words
 from mmrag.tracing import span, start_span
 from mmrag.types import Hit, Query
 
@@ -68,7 +69,6 @@ SYSTEM_PROMPT = (
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _TAG = re.compile(r"<(/?)(\s*context)", re.IGNORECASE)
-_WORD = re.compile(r"[a-z0-9]+")
 _MODEL_ABSTAINS = re.compile(
     r"\b(i (do not|don't|dont) know|does not contain|doesn't contain|no information|not (mentioned|provided)"
     r"|cannot answer|can't answer|unable to answer)\b", re.IGNORECASE)
@@ -82,12 +82,6 @@ def without_markers(text: str) -> str:
     return _MARKER.sub(lambda m: " " * len(m.group(0)), text)
 
 
-_STOPWORDS = frozenset(
-    "a an the and or but if of to in on at by for with from as is are was were be been being it its this that "
-    "these those there here what which who whom whose when where why how do does did done not no yes so than "
-    "then too very can could should would will shall may might must have has had i you he she we they them "
-    "his her their our your my me us about into over under also just only any all some each such more most "
-    "other another per via according context block answer question based provided information".split())
 _IMAGE_KEYS = ("caption", "alt", "title", "description", "label")
 
 
@@ -546,26 +540,17 @@ def _citation(block: ContextBlock) -> Citation:
                     from_ocr=_from_ocr(hit))
 
 
-def _stem(word: str) -> str:
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
-
-
-def content_words(text: str) -> set[str]:
-    """Lower-case, crudely stemmed words of ``text`` that carry content (the guard's and the gate's)."""
-    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and (len(w) > 2 or w.isdigit())}
-
-
 def _invented_numbers(words: set[str], blocks: Sequence[ContextBlock]) -> bool:
     # Invented numbers, dates and codes are the commonest hallucination and the cheapest to catch:
     # every token with a digit in it must occur somewhere in the context.
     context: set[str] = set()
     for block in blocks:
-        context |= content_words(block.content)
+        context |= content_words(block.content, drop_discourse=False)
     return any(any(ch.isdigit() for ch in w) and w not in context for w in words)
 
 
 def _support(words: set[str], blocks: Sequence[ContextBlock]) -> float:
     context: set[str] = set()
     for block in blocks:
-        context |= content_words(block.content)
+        context |= content_words(block.content, drop_discourse=False)
     return len(words & context) / len(words) if words else 0.0

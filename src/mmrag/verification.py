@@ -5,7 +5,7 @@ reads the answer sentence by sentence and measures what each sentence *adds* to 
 
 For every answer sentence it finds
 
-* its **novel content words**: stemmed content words (stop words and discourse words such as
+* its **novel content words** (:func:`mmrag.textanalysis.content_words`: stop words and discourse words such as
   "therefore", "ensure", "typically" left out, because they carry no checkable fact) found nowhere in
   the context or the question;
 * **novel numbers** (dates, amounts, codes: any token with a digit) and **novel names** (capitalised
@@ -42,7 +42,6 @@ a sentence's support is judged against the whole context, not one passage.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ import numpy as np
 
 from mmrag.errors import InvalidInputError
 from mmrag.jsonlines import read_objects
+from mmrag.textanalysis import DISCOURSE, STOPWORDS, content_tokens, stem, tokens
 from mmrag.tracing import span
 
 #: Default decision threshold on :attr:`Verdict.score` (see the module docstring for why 0.5).
@@ -71,7 +71,6 @@ READER_FLOOR = 1e-3
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"(\[*\-])|\n+")
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,2}[.)]|[*\-•])\s+")
 _BARE_MARKER = re.compile(r"(?:\d{1,2}|[a-z])[.)]")
-_TOKEN = re.compile(r"[A-Za-z]+|\d+(?:[.,]\d+)*")
 _REFUSAL = re.compile(
     r"unable to answer|(do|does|did) not (contain|provide|mention|include|specify|offer|say|state|give)"
     r"|no (specific )?information|cannot (provide|answer|determine)|can't (provide|answer)|there is no mention",
@@ -79,28 +78,6 @@ _REFUSAL = re.compile(
 _ADMITS = re.compile(
     r"not (explicitly |specifically |directly )?(mentioned|stated|provided|found|included) in "
     r"(the |any of the )?(provided |given )?passage|general knowledge", re.IGNORECASE)
-_STOPWORDS = frozenset(
-    "a an the and or but if of to in on at by for with from as is are was were be been being it its this that "
-    "these those there here what which who whom whose when where why how do does did done not no yes so than "
-    "then too very can could should would will shall may might must have has had i you he she we they them "
-    "his her their our your my me us about into over under also just only any all some each such more most "
-    "other another per via according context block answer question based provided information passage "
-    "passages given mentioned following include includes including however additionally overall".split())
-# Connectives, hedges and words about the text itself: an answer may add them freely, because they
-# state no fact that the context could support or contradict.
-_DISCOURSE = frozenset(
-    "therefore thus hence while whereas although though since because due specific specifically step steps "
-    "follow follows sure note noted important importantly main mainly various several both either neither one "
-    "two first second third finally final next once before after until during through without within among "
-    "between summary summarize summarized brief briefly detail details detailed mention mentions stated "
-    "state states suggest suggests suggested indicate indicates indicated appear appears describe describes "
-    "described refer refers unable able example instance like well help helps ensure make makes made use used "
-    "using need needs needed way ways type types kind kinds factor factors depend depends depending vary "
-    "varies typically typical generally general usually often likely possible possibly potential "
-    "potentially recommend recommended consider considered certain particular particularly different "
-    "difference differences similar".split())
-
-
 class TextEmbedder(Protocol):
     """What the detector needs from an embedder: unit-norm text vectors."""
 
@@ -254,7 +231,7 @@ class HallucinationDetector:
             words, names = _content(text), _names(text)
             novel = [w for w in words if w not in item.known]
             numbers = [w for w in novel if w[0].isdigit()]
-            new_names = [n for n in names if _stem(n.lower()) not in item.known and n.lower() not in context_lower]
+            new_names = [n for n in names if stem(n.lower()) not in item.known and n.lower() not in context_lower]
             weight = len(novel) - len(numbers) + NAME_WEIGHT * len(new_names)
             factor, reasons = 1.0, []
             if unit_matrix is not None:
@@ -281,37 +258,16 @@ class HallucinationDetector:
         return Verdict(score, score >= self.threshold, tuple(sentences))
 
 
-@functools.lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    import Stemmer  # PyStemmer: a core dependency (the BM25 index uses it)
-
-    return Stemmer.Stemmer("english")
-
-
-@functools.lru_cache(maxsize=65536)
-def _stem(word: str) -> str:
-    return str(_stemmer().stemWord(word))
-
-
 def _content(text: str, discourse: bool = True) -> list[str]:
-    """Stemmed content words; numbers keep their digits (thousands separators dropped)."""
-    out = []
-    for token in _TOKEN.findall(_LIST_MARKER.sub("", text)):
-        lower = token.lower()
-        if lower in _STOPWORDS or (discourse and lower in _DISCOURSE):
-            continue
-        if token[0].isdigit():
-            out.append(token.replace(",", ""))
-        elif len(lower) > 2:
-            out.append(_stem(lower))
-    return out
+    """:func:`mmrag.textanalysis.content_tokens` of ``text`` without its list marker ("1.", "-")."""
+    return content_tokens(_LIST_MARKER.sub("", text), drop_discourse=discourse)
 
 
 def _names(text: str) -> list[str]:
     """Capitalised words after the first (the first is capitalised anyway), each once."""
-    tokens = _TOKEN.findall(_LIST_MARKER.sub("", text))
-    found = [t for t in tokens[1:] if t[0].isupper() and len(t) > 2
-             and t.lower() not in _STOPWORDS and t.lower() not in _DISCOURSE]
+    words = tokens(_LIST_MARKER.sub("", text))
+    found = [t for t in words[1:] if t[0].isupper() and len(t) > 2
+             and t.lower() not in STOPWORDS and t.lower() not in DISCOURSE]
     return list(dict.fromkeys(found))
 
 
