@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from mmrag.context import ContextBlock, defang, from_ocr, image_uri, pack, render_block
 from mmrag.errors import InvalidInputError
 from mmrag.llms import ChatModel, CompletionStream, Message, Usage
 from mmrag.textanalysis import content_words
@@ -68,7 +68,6 @@ SYSTEM_PROMPT = (
 )
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
-_TAG = re.compile(r"<(/?)(\s*context)", re.IGNORECASE)
 _MODEL_ABSTAINS = re.compile(
     r"\b(i (do not|don't|dont) know|does not contain|doesn't contain|no information|not (mentioned|provided)"
     r"|cannot answer|can't answer|unable to answer)\b", re.IGNORECASE)
@@ -82,16 +81,6 @@ def without_markers(text: str) -> str:
     return _MARKER.sub(lambda m: " " * len(m.group(0)), text)
 
 
-_IMAGE_KEYS = ("caption", "alt", "title", "description", "label")
-
-
-@dataclass(frozen=True)
-class ContextBlock:
-    """One numbered block of the prompt: the hit it came from and the text the model saw."""
-
-    n: int
-    hit: Hit
-    content: str
 
 
 @dataclass(frozen=True)
@@ -288,23 +277,8 @@ class Answerer:
         return deltas(), holder
 
     def pack(self, hits: Sequence[Hit]) -> list[ContextBlock]:
-        """Number hits into context blocks within the character budget (rank order, duplicates dropped)."""
-        blocks: list[ContextBlock] = []
-        left = self.budget_chars
-        seen: set[str] = set()
-        for hit in hits:
-            content = _hit_content(hit)
-            if not content or content in seen:
-                continue
-            content = _cut(content, min(self.max_block_chars, left))
-            if not content:
-                break
-            seen.add(content)
-            blocks.append(ContextBlock(len(blocks) + 1, hit, content))
-            left -= len(content)
-            if left < 50:
-                break
-        return blocks
+        """Number hits into context blocks within the character budget (see :func:`mmrag.context.pack`)."""
+        return pack(hits, self.budget_chars, self.max_block_chars)
 
     def messages(self, question: str, blocks: Sequence[ContextBlock], image: Any = None) -> list[Message]:
         """The system and user messages for ``question`` over ``blocks``.
@@ -319,12 +293,12 @@ class Answerer:
         for b in blocks:
             note = ""
             if vision and b.hit.modality == "image":
-                uri = _image_uri_of(b.hit)
+                uri = image_uri(b.hit)
                 if uri:
                     images.append(uri)
                     note = f" (shown as image part {len(images)})"
-            parts.append(_render_block(b, note))
-        user = "\n".join(parts) + f"\n\nQuestion: {_defang(question)}"
+            parts.append(render_block(b, note))
+        user = "\n".join(parts) + f"\n\nQuestion: {defang(question)}"
         if vision and image is not None:
             from mmrag.images import data_uri
 
@@ -479,65 +453,10 @@ def _require(question: str) -> str:
     return question.strip()
 
 
-def _hit_content(hit: Hit) -> str:
-    if hit.modality == "text":
-        return " ".join((hit.text or "").split())
-    meta: Mapping[str, Any] = hit.metadata or {}
-    name = meta.get("image_name") or PurePath(hit.source).name or hit.doc_id
-    words = [f"Image {name} from document {hit.doc_id}"]
-    if hit.page is not None:
-        words.append(f"page {hit.page}")
-    desc = [f"{k}: {meta[k]}" for k in _IMAGE_KEYS if isinstance(meta.get(k), str) and meta[k]]
-    return ", ".join(words) + (". " + "; ".join(desc) if desc else ".")
-
-
-def _cut(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    if limit < 20:
-        return ""
-    head = text[: limit - 1]
-    space = head.rfind(" ")
-    return (head[:space] if space > limit // 2 else head).rstrip() + "…"
-
-
-def _defang(text: str) -> str:
-    # "<context" / "</context" in retrieved text would let a document close its block and speak
-    # outside it; a look-alike bracket keeps the words readable but breaks the tag.
-    return _TAG.sub(lambda m: "‹" + m.group(1) + m.group(2), text)
-
-
-def _attr(value: object) -> str:
-    return _defang(str(value)).replace('"', "'").replace("\n", " ")
-
-
-def _from_ocr(hit: Hit) -> bool:
-    return (hit.metadata or {}).get("text_source") == "ocr"
-
-
-def _render_block(block: ContextBlock, note: str = "") -> str:
-    hit = block.hit
-    page = f' page="{hit.page}"' if hit.page is not None else ""
-    # The model is told the text was read from a scan, so it can say so and allow for misreadings.
-    source = ' source="ocr (text read from a scanned image; may contain recognition errors)"' if _from_ocr(hit) else ""
-    return (f'<context id="{block.n}" doc="{_attr(hit.doc_id)}"{page} modality="{hit.modality}"{source}>\n'
-            f"{_defang(block.content)}{note}\n</context>")
-
-
-def _image_uri_of(hit: Hit) -> str | None:
-    from mmrag.errors import MmragError
-    from mmrag.images import data_uri, hit_image
-
-    try:
-        return data_uri(hit_image(hit))
-    except MmragError:  # the source moved since ingestion: the description still stands in
-        return None
-
-
 def _citation(block: ContextBlock) -> Citation:
     hit = block.hit
     return Citation(block.n, hit.doc_id, hit.source, hit.page, hit.modality, block.content, hit.score, hit.id,
-                    from_ocr=_from_ocr(hit))
+                    from_ocr=from_ocr(hit))
 
 
 def _invented_numbers(words: set[str], blocks: Sequence[ContextBlock]) -> bool:

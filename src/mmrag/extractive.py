@@ -51,12 +51,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from mmrag.context import ContextBlock
 from mmrag.errors import InvalidInputError, MissingDependencyError, ModelUnavailableError
 from mmrag.sentences import answer_sentences, clauses
 from mmrag.textanalysis import content_words
 
 if TYPE_CHECKING:
-    from mmrag.answering import ContextBlock
     from mmrag.verification import TextEmbedder
 
 log = logging.getLogger(__name__)
