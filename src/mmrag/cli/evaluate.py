@@ -244,7 +244,8 @@ def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical:
     """
     import time
 
-    from mmrag.verification import DEFAULT_THRESHOLD, HallucinationDetector, evaluate_detector, load_answers
+    from mmrag.evaluation.hallucination import evaluate_detector, load_answers
+    from mmrag.verification import DEFAULT_THRESHOLD, HallucinationDetector
 
     answers = load_answers(file)
     embedder, model, reader = None, "none (lexical only)", None
