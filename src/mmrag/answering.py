@@ -50,6 +50,7 @@ from mmrag.types import Hit, Query
 
 if TYPE_CHECKING:  # retrieval pulls in the knowledge base and its stores; only the type is needed
     from mmrag.extractive import AbstentionGate, Extraction, Extractor, GateDecision
+    from mmrag.images import ImageCache
     from mmrag.retrieval import Searcher
     from mmrag.verification import HallucinationDetector
 
@@ -148,6 +149,8 @@ class Answerer:
             (the detector over the extractor's embedder when none is given).
         extractor: an :class:`~mmrag.extractive.Extractor` (the knowledge base's text model).
         gate: an :class:`~mmrag.extractive.AbstentionGate`; needs an ``extractor``.
+        images: the owner's :class:`~mmrag.images.ImageCache` for image parts sent to a vision model
+            (None: each answer re-reads the documents it shows).
 
     Example:
         >>> answerer = Answerer(LiteLLMChatModel("mmrag-local/smollm2-135m"), Searcher(kb))  # doctest: +SKIP
@@ -160,7 +163,7 @@ class Answerer:
                  min_score: float | None = None, min_support: float = 0.5, max_tokens: int = 256,
                  stop: Sequence[str] | None = None, verifier: HallucinationDetector | None = None,
                  verify_mode: str = "mark", mode: str = "generate", extractor: Extractor | None = None,
-                 gate: AbstentionGate | None = None) -> None:
+                 gate: AbstentionGate | None = None, images: ImageCache | None = None) -> None:
         if budget_chars < 100 or max_block_chars < 50:
             raise InvalidInputError("budget_chars must be >= 100 and max_block_chars >= 50")
         if verify_mode not in ("mark", "drop"):
@@ -185,6 +188,7 @@ class Answerer:
         self.budget_chars, self.max_block_chars = budget_chars, max_block_chars
         self.min_score, self.min_support, self.max_tokens = min_score, min_support, max_tokens
         self.stop = list(stop) if stop else None
+        self.images = images
 
     # -- public -------------------------------------------------------------------------------
     def retrieve(self, question: str, image: Any = None) -> list[Hit]:
@@ -293,7 +297,7 @@ class Answerer:
         for b in blocks:
             note = ""
             if vision and b.hit.modality == "image":
-                uri = image_uri(b.hit)
+                uri = image_uri(b.hit, self.images)
                 if uri:
                     images.append(uri)
                     note = f" (shown as image part {len(images)})"

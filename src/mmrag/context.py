@@ -14,9 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from mmrag.types import Hit
+
+if TYPE_CHECKING:
+    from mmrag.images import ImageCache
 
 __all__ = ["ContextBlock", "defang", "from_ocr", "hit_content", "image_uri", "pack", "render_block"]
 
@@ -111,12 +114,12 @@ def render_block(block: ContextBlock, note: str = "") -> str:
             f"{defang(block.content)}{note}\n</context>")
 
 
-def image_uri(hit: Hit) -> str | None:
-    """A ``data:`` URI of an image hit's pixels, or None when its source is gone."""
+def image_uri(hit: Hit, cache: ImageCache | None = None) -> str | None:
+    """A ``data:`` URI of an image hit's pixels (through the owner's ``cache``), or None when its source is gone."""
     from mmrag.errors import MmragError
     from mmrag.images import data_uri, hit_image
 
     try:
-        return data_uri(hit_image(hit))
+        return data_uri(hit_image(hit, cache))
     except MmragError:  # the source moved since ingestion: the description still stands in
         return None

@@ -30,6 +30,7 @@ from mmrag.config import Settings
 from mmrag.errors import InvalidInputError, ModelUnavailableError, MmragError, NotFoundError
 from mmrag.http.metrics import Metrics
 from mmrag.http.resume import UploadResume
+from mmrag.images import ImageCache
 from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.versions import Versions
 from mmrag.llms import ChatModel
@@ -61,6 +62,8 @@ class Services:
         self.models: ModelChoice = resolve_models(settings)
         self.data_dir = Path(settings.data_dir)
         self.keys = KeyStore(settings.api.keys_file or self.data_dir / "api_keys.json")
+        #: Images of recently re-read documents (image routes, MCP, vision answers), this server's own.
+        self.images = ImageCache()
         self.metrics = Metrics(self.data_dir, index_sizes=self.index_sizes, drift_versions=self._drift_versions,
                                probe_runs=self._probe_runs, drift_recent=settings.lifecycle.drift_recent,
                                drift_threshold=settings.lifecycle.drift_threshold)
@@ -290,7 +293,7 @@ class Services:
             opts["verifier"], opts["verify_mode"] = HallucinationDetector(self._text), verify
         if max_tokens:
             opts["max_tokens"] = max_tokens
-        return Answerer(chat, self.searcher(collection), **opts)
+        return Answerer(chat, self.searcher(collection), images=self.images, **opts)
 
     def ping_store(self) -> None:
         """Raise :class:`~mmrag.errors.StoreError` if the vector store does not answer."""

@@ -199,7 +199,7 @@ def image(collection: str, record_id: str, request: Request,
     if not found:
         raise NotFoundError(f"no record {record_id!r} in collection {collection!r}")
     access.note(request.scope, collection=collection, doc_ids=[found[0].doc_id])
-    data = hit_image(found[0]).read_bytes()
+    data = hit_image(found[0], services.images).read_bytes()
     return Response(data, media_type=sniff_mime(data), headers={"Cache-Control": "private, max-age=300"})
 
 
