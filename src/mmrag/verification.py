@@ -1,7 +1,8 @@
 """Offline hallucination detection: is each sentence of an answer supported by its context?
 
-No LLM and no NLI model (none installs offline, see NOTES.md): the :class:`HallucinationDetector`
-reads the answer sentence by sentence and measures what each sentence *adds* to the context.
+No LLM and no NLI model (no package on the registries ships NLI weights, and mmrag runs offline):
+the :class:`HallucinationDetector` reads the answer sentence by sentence and measures what each
+sentence *adds* to the context.
 
 For every answer sentence it finds
 
