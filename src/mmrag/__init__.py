@@ -55,16 +55,18 @@ from mmrag.registry import (ModelChoice, answer_mode, answer_options, answer_sto
 from mmrag.retrieval import SearchFilter, Searcher, rrf
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
 
+# Sorted (tests/test_public_api.py compares it with every public name of this module).
 __all__ = [
-    "ABSTAIN_TEXT", "ANSWER_MODES", "AbstentionGate", "Answer", "Answerer", "Extractor", "Citation", "LiteLLMChatModel", "Message", "answer_mode", "answer_options", "answer_stop", "build_chat_model",
-    "EvalConfig", "EvalRun", "JudgeConfig", "check_gates", "compare_runs", "evaluate_dataset", "load_report",
-    "parse_gates", "run_evaluation", "write_reports",
-    "Chunk", "ChunkSpec", "ChromaStore", "ClipSpec", "OpenClipEmbedder", "SentenceTransformerEmbedder", "open_client", "ConfigError", "Document", "EmbedderMismatchError", "EvalQuery", "Hit", "ImageAsset",
-    "Indexer", "IngestSummary", "InvalidInputError", "KnowledgeBase", "LoadError", "MissingDependencyError",
-    "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "OfflineReader", "Query", "ReaderSettings", "Record", "SearchFilter", "Searcher",
-    "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "configure_logging", "evaluate_retrieval",
-    "load_dataset", "ndcg_at", "offline_minilm_dir", "precision_at", "resolve_models", "rrf",
-    "Reranker", "build_reranker",
-    "RedactionPolicyError", "Redactor",
+    "ABSTAIN_TEXT", "ANSWER_MODES", "AbstentionGate", "Answer", "Answerer", "ChromaStore", "Chunk",
+    "ChunkSpec", "Citation", "ClipSpec", "ConfigError", "Document", "EmbedderMismatchError", "EvalConfig",
+    "EvalQuery", "EvalRun", "Extractor", "Hit", "ImageAsset", "Indexer", "IngestSummary", "InvalidInputError",
+    "JudgeConfig", "KnowledgeBase", "LiteLLMChatModel", "LoadError", "Message", "MissingDependencyError",
+    "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "OfflineReader",
+    "OpenClipEmbedder", "Query", "ReaderSettings", "Record", "RedactionPolicyError", "Redactor", "Reranker",
+    "SearchFilter", "Searcher", "SentenceChunker", "SentenceTransformerEmbedder", "Settings", "StoreError",
+    "TextBlock", "UpstreamError", "answer_mode", "answer_options", "answer_stop", "build_chat_model",
+    "build_reranker", "check_gates", "compare_runs", "configure_logging", "evaluate_dataset",
+    "evaluate_retrieval", "load_dataset", "load_report", "ndcg_at", "offline_minilm_dir", "open_client",
+    "parse_gates", "precision_at", "resolve_models", "rrf", "run_evaluation", "write_reports",
 ]
 __version__ = "0.1.0"

@@ -39,16 +39,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePath
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from mmrag.context import ContextBlock, defang, from_ocr, image_uri, pack, render_block
 from mmrag.errors import InvalidInputError
 from mmrag.llms import ChatModel, CompletionStream, Message, Usage
+from mmrag.textanalysis import content_words
 from mmrag.tracing import span, start_span
 from mmrag.types import Hit, Query
 
 if TYPE_CHECKING:  # retrieval pulls in the knowledge base and its stores; only the type is needed
     from mmrag.extractive import AbstentionGate, Extraction, Extractor, GateDecision
+    from mmrag.images import ImageCache
     from mmrag.retrieval import Searcher
     from mmrag.verification import HallucinationDetector
 
@@ -67,8 +69,6 @@ SYSTEM_PROMPT = (
 )
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
-_TAG = re.compile(r"<(/?)(\s*context)", re.IGNORECASE)
-_WORD = re.compile(r"[a-z0-9]+")
 _MODEL_ABSTAINS = re.compile(
     r"\b(i (do not|don't|dont) know|does not contain|doesn't contain|no information|not (mentioned|provided)"
     r"|cannot answer|can't answer|unable to answer)\b", re.IGNORECASE)
@@ -82,22 +82,6 @@ def without_markers(text: str) -> str:
     return _MARKER.sub(lambda m: " " * len(m.group(0)), text)
 
 
-_STOPWORDS = frozenset(
-    "a an the and or but if of to in on at by for with from as is are was were be been being it its this that "
-    "these those there here what which who whom whose when where why how do does did done not no yes so than "
-    "then too very can could should would will shall may might must have has had i you he she we they them "
-    "his her their our your my me us about into over under also just only any all some each such more most "
-    "other another per via according context block answer question based provided information".split())
-_IMAGE_KEYS = ("caption", "alt", "title", "description", "label")
-
-
-@dataclass(frozen=True)
-class ContextBlock:
-    """One numbered block of the prompt: the hit it came from and the text the model saw."""
-
-    n: int
-    hit: Hit
-    content: str
 
 
 @dataclass(frozen=True)
@@ -165,6 +149,8 @@ class Answerer:
             (the detector over the extractor's embedder when none is given).
         extractor: an :class:`~mmrag.extractive.Extractor` (the knowledge base's text model).
         gate: an :class:`~mmrag.extractive.AbstentionGate`; needs an ``extractor``.
+        images: the owner's :class:`~mmrag.images.ImageCache` for image parts sent to a vision model
+            (None: each answer re-reads the documents it shows).
 
     Example:
         >>> answerer = Answerer(LiteLLMChatModel("mmrag-local/smollm2-135m"), Searcher(kb))  # doctest: +SKIP
@@ -177,7 +163,7 @@ class Answerer:
                  min_score: float | None = None, min_support: float = 0.5, max_tokens: int = 256,
                  stop: Sequence[str] | None = None, verifier: HallucinationDetector | None = None,
                  verify_mode: str = "mark", mode: str = "generate", extractor: Extractor | None = None,
-                 gate: AbstentionGate | None = None) -> None:
+                 gate: AbstentionGate | None = None, images: ImageCache | None = None) -> None:
         if budget_chars < 100 or max_block_chars < 50:
             raise InvalidInputError("budget_chars must be >= 100 and max_block_chars >= 50")
         if verify_mode not in ("mark", "drop"):
@@ -202,6 +188,7 @@ class Answerer:
         self.budget_chars, self.max_block_chars = budget_chars, max_block_chars
         self.min_score, self.min_support, self.max_tokens = min_score, min_support, max_tokens
         self.stop = list(stop) if stop else None
+        self.images = images
 
     # -- public -------------------------------------------------------------------------------
     def retrieve(self, question: str, image: Any = None) -> list[Hit]:
@@ -294,23 +281,8 @@ class Answerer:
         return deltas(), holder
 
     def pack(self, hits: Sequence[Hit]) -> list[ContextBlock]:
-        """Number hits into context blocks within the character budget (rank order, duplicates dropped)."""
-        blocks: list[ContextBlock] = []
-        left = self.budget_chars
-        seen: set[str] = set()
-        for hit in hits:
-            content = _hit_content(hit)
-            if not content or content in seen:
-                continue
-            content = _cut(content, min(self.max_block_chars, left))
-            if not content:
-                break
-            seen.add(content)
-            blocks.append(ContextBlock(len(blocks) + 1, hit, content))
-            left -= len(content)
-            if left < 50:
-                break
-        return blocks
+        """Number hits into context blocks within the character budget (see :func:`mmrag.context.pack`)."""
+        return pack(hits, self.budget_chars, self.max_block_chars)
 
     def messages(self, question: str, blocks: Sequence[ContextBlock], image: Any = None) -> list[Message]:
         """The system and user messages for ``question`` over ``blocks``.
@@ -325,12 +297,12 @@ class Answerer:
         for b in blocks:
             note = ""
             if vision and b.hit.modality == "image":
-                uri = _image_uri_of(b.hit)
+                uri = image_uri(b.hit, self.images)
                 if uri:
                     images.append(uri)
                     note = f" (shown as image part {len(images)})"
-            parts.append(_render_block(b, note))
-        user = "\n".join(parts) + f"\n\nQuestion: {_defang(question)}"
+            parts.append(render_block(b, note))
+        user = "\n".join(parts) + f"\n\nQuestion: {defang(question)}"
         if vision and image is not None:
             from mmrag.images import data_uri
 
@@ -485,74 +457,10 @@ def _require(question: str) -> str:
     return question.strip()
 
 
-def _hit_content(hit: Hit) -> str:
-    if hit.modality == "text":
-        return " ".join((hit.text or "").split())
-    meta: Mapping[str, Any] = hit.metadata or {}
-    name = meta.get("image_name") or PurePath(hit.source).name or hit.doc_id
-    words = [f"Image {name} from document {hit.doc_id}"]
-    if hit.page is not None:
-        words.append(f"page {hit.page}")
-    desc = [f"{k}: {meta[k]}" for k in _IMAGE_KEYS if isinstance(meta.get(k), str) and meta[k]]
-    return ", ".join(words) + (". " + "; ".join(desc) if desc else ".")
-
-
-def _cut(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    if limit < 20:
-        return ""
-    head = text[: limit - 1]
-    space = head.rfind(" ")
-    return (head[:space] if space > limit // 2 else head).rstrip() + "…"
-
-
-def _defang(text: str) -> str:
-    # "<context" / "</context" in retrieved text would let a document close its block and speak
-    # outside it; a look-alike bracket keeps the words readable but breaks the tag.
-    return _TAG.sub(lambda m: "‹" + m.group(1) + m.group(2), text)
-
-
-def _attr(value: object) -> str:
-    return _defang(str(value)).replace('"', "'").replace("\n", " ")
-
-
-def _from_ocr(hit: Hit) -> bool:
-    return (hit.metadata or {}).get("text_source") == "ocr"
-
-
-def _render_block(block: ContextBlock, note: str = "") -> str:
-    hit = block.hit
-    page = f' page="{hit.page}"' if hit.page is not None else ""
-    # The model is told the text was read from a scan, so it can say so and allow for misreadings.
-    source = ' source="ocr (text read from a scanned image; may contain recognition errors)"' if _from_ocr(hit) else ""
-    return (f'<context id="{block.n}" doc="{_attr(hit.doc_id)}"{page} modality="{hit.modality}"{source}>\n'
-            f"{_defang(block.content)}{note}\n</context>")
-
-
-def _image_uri_of(hit: Hit) -> str | None:
-    from mmrag.errors import MmragError
-    from mmrag.images import data_uri, hit_image
-
-    try:
-        return data_uri(hit_image(hit))
-    except MmragError:  # the source moved since ingestion: the description still stands in
-        return None
-
-
 def _citation(block: ContextBlock) -> Citation:
     hit = block.hit
     return Citation(block.n, hit.doc_id, hit.source, hit.page, hit.modality, block.content, hit.score, hit.id,
-                    from_ocr=_from_ocr(hit))
-
-
-def _stem(word: str) -> str:
-    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
-
-
-def content_words(text: str) -> set[str]:
-    """Lower-case, crudely stemmed words of ``text`` that carry content (the guard's and the gate's)."""
-    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and (len(w) > 2 or w.isdigit())}
+                    from_ocr=from_ocr(hit))
 
 
 def _invented_numbers(words: set[str], blocks: Sequence[ContextBlock]) -> bool:
@@ -560,12 +468,12 @@ def _invented_numbers(words: set[str], blocks: Sequence[ContextBlock]) -> bool:
     # every token with a digit in it must occur somewhere in the context.
     context: set[str] = set()
     for block in blocks:
-        context |= content_words(block.content)
+        context |= content_words(block.content, drop_discourse=False)
     return any(any(ch.isdigit() for ch in w) and w not in context for w in words)
 
 
 def _support(words: set[str], blocks: Sequence[ContextBlock]) -> float:
     context: set[str] = set()
     for block in blocks:
-        context |= content_words(block.content)
+        context |= content_words(block.content, drop_discourse=False)
     return len(words & context) / len(words) if words else 0.0

@@ -51,11 +51,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from mmrag.context import ContextBlock
 from mmrag.errors import InvalidInputError, MissingDependencyError, ModelUnavailableError
 from mmrag.sentences import answer_sentences, clauses
+from mmrag.textanalysis import content_words
 
 if TYPE_CHECKING:
-    from mmrag.answering import ContextBlock
     from mmrag.verification import TextEmbedder
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class Extractor:
         order = np.argsort(-scores, kind="stable")
         sentences = tuple(Sentence(units[i][0], units[i][1], float(scores[i])) for i in order)
         wanted = content_words(question)
-        coverage = max((len(wanted & content_words(b.content)) / len(wanted) for b in text_blocks),
+        coverage = max((len(wanted & content_words(b.content, drop_discourse=False)) / len(wanted) for b in text_blocks),
                        default=0.0) if wanted else 0.0
         per_block: tuple[float, ...] = ()
         first, alone = 0, False  # the answer's first sentence, as a rank in `sentences`
@@ -351,10 +352,3 @@ def _require_signals(names: Sequence[str], features: Mapping[str, float]) -> Non
     if missing:
         raise InvalidInputError(f"the abstention gate reads {', '.join(missing)}, which the extraction lacks: "
                                 "build the Extractor with reader=load_reader() (mmrag's offline reader)")
-
-
-def content_words(text: str) -> set[str]:
-    """The answerer's content words of ``text`` (one definition: :func:`mmrag.answering.content_words`)."""
-    from mmrag.answering import content_words as words
-
-    return words(text)

@@ -18,15 +18,15 @@ Example:
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 from mmrag.errors import InvalidInputError, MissingDependencyError
 from mmrag.verification import HallucinationDetector, Verdict
 
-# ragas sends usage analytics unless told not to; an offline metric must not phone home. Set before
-# ragas is imported, and only as a default, so a caller's explicit choice stands.
-os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+# No RAGAS_DO_NOT_TRACK here: importing a module must not change the process's environment, and
+# this metric sends nothing (ragas tracks in ``evaluate()`` and its old-style metrics, not in a
+# collections metric's ``score``; tests/unit/test_verification.py checks it). mmrag's own ragas runs
+# switch analytics off where they import ragas (``mmrag.evaluation.ragas_metrics.import_ragas``).
 try:
     from ragas.metrics.collections.base import BaseMetric
     from ragas.metrics.result import MetricResult

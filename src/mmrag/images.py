@@ -6,8 +6,9 @@ up to gigabytes) or a file Pillow cannot read is an :class:`~mmrag.errors.Invali
 naming the request field, never a Pillow exception.
 
 The vector store keeps vectors and metadata, not image bytes; the source file is the truth. So
-serving a thumbnail or showing a vision model the image re-reads that file. Documents are
-re-extracted at most once per (path, mtime) thanks to a small cache.
+serving a thumbnail or showing a vision model the image re-reads that file. An owner that serves
+images repeatedly (the server) keeps an :class:`ImageCache`, so a document is re-extracted at most
+once per (path, mtime) while it stays among the cache's recent entries.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import io
 import os
 import re
 import struct
-import threading
-from collections import OrderedDict
+from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
@@ -27,9 +27,6 @@ from mmrag.errors import InvalidInputError, LoadError, NotFoundError, PayloadToo
 from mmrag.loaders import FileRef, LoaderLimits, image_shape_problem, load
 from mmrag.types import Hit, ImageAsset
 
-_CACHE_SIZE = 32
-_cache: "OrderedDict[tuple[str, int], tuple[ImageAsset, ...]]" = OrderedDict()
-_lock = threading.Lock()
 #: The pixel limit of query images: the one ingestion applies to image files.
 MAX_QUERY_PIXELS = LoaderLimits.max_image_pixels
 
@@ -95,8 +92,12 @@ def _too_many_pixels(field: str, pixels: int | None, limit: int) -> str:
             "long side is plenty for search) and send it again")
 
 
-def hit_image(hit: Hit) -> ImageAsset:
+def hit_image(hit: Hit, cache: ImageCache | None = None) -> ImageAsset:
     """The image an image hit points to.
+
+    Args:
+        hit: an image hit.
+        cache: the owner's cache of extracted document images; None re-extracts the document.
 
     Raises:
         InvalidInputError: the hit is not an image.
@@ -113,7 +114,7 @@ def hit_image(hit: Hit) -> ImageAsset:
     if meta.get("doc_type") == "image":
         return ImageAsset(path=str(path))
     index = int(meta.get("image_index", 0))  # type: ignore[call-overload]
-    images = _images_of(path, mtime)
+    images = cache.images_of(path, mtime) if cache is not None else _extract(str(path), mtime)
     match = [a for a in images if a.index == index]
     if not match:
         raise NotFoundError(f"{path} no longer holds image {index} of {hit.id!r}; re-ingest to refresh the index")
@@ -143,19 +144,32 @@ def sniff_mime(data: bytes) -> str:
     return "application/octet-stream"
 
 
-def _images_of(path: Path, mtime: int) -> tuple[ImageAsset, ...]:
-    key = (str(path), mtime)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+class ImageCache:
+    """The images of recently re-read documents, least recently used dropped first.
+
+    Owned by whoever serves images (one per server), never module-global, so two apps in one
+    process, or a test, each start empty. Keyed by (path, mtime): an edited file is re-read.
+    Thread-safe (``functools.lru_cache``); a failed extraction is not cached.
+
+    Args:
+        size: documents kept.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self._extract = lru_cache(maxsize=size)(_extract)
+
+    def images_of(self, path: Path, mtime: int) -> tuple[ImageAsset, ...]:
+        """Every image of the document at ``path`` as it was at ``mtime`` (ns)."""
+        return self._extract(str(path), mtime)
+
+    def __len__(self) -> int:
+        return self._extract.cache_info().currsize
+
+
+def _extract(path: str, mtime: int) -> tuple[ImageAsset, ...]:
+    # mtime is part of the cache key only: the file is read as it is now.
     try:
-        docs = load(FileRef.from_path(path), content_hash="")
+        docs = load(FileRef.from_path(Path(path)), content_hash="")
     except LoadError as exc:
         raise NotFoundError(f"cannot re-read {path}: {exc.reason}") from exc
-    images = tuple(a for d in docs for a in d.images)
-    with _lock:
-        _cache[key] = images
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return images
+    return tuple(a for d in docs for a in d.images)

@@ -776,17 +776,35 @@ class _Writer:
         self._add_time("keyword", time.monotonic() - started)
 
     def _retrying(self, action: str, call: Callable[[int], None]) -> None:
-        delay = 0.5
-        for attempt in range(STORE_RETRIES + 1):
-            try:
-                call(attempt)
-                return
-            except StoreError as exc:
-                if not exc.transient or attempt == STORE_RETRIES:
-                    raise
-                with self._lock:
-                    self._retries += 1
-                log.warning("Store %s failed (%s); retry %d of %d in %.1f s", action, exc, attempt + 1,
-                            STORE_RETRIES, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 8.0)
+        def counted() -> None:
+            with self._lock:
+                self._retries += 1
+
+        retry_store(action, call, on_retry=counted)
+
+
+def retry_store(action: str, call: Callable[[int], None], *, on_retry: Callable[[], None] = lambda: None,
+                sleep: Callable[[float], None] = time.sleep) -> None:
+    """Run ``call(attempt)``, retrying a transient :class:`StoreError` with exponential backoff (tenacity).
+
+    Waits 0.5, 1, 2, 4, 8, 8 s: up to :data:`STORE_RETRIES` retries, about 24 s in all, enough
+    for a Chroma server to restart. Any other error, and the last transient one, is raised as is.
+
+    Args:
+        action: what is retried, for the log ("write", "delete").
+        call: the write; it gets the attempt number from 0 (a retried upsert may skip its fresh-id check).
+        on_retry: called before each retry (the driver counts them).
+        sleep: how to wait (tests pass a recorder).
+    """
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+    def before_sleep(state: Any) -> None:
+        on_retry()
+        log.warning("Store %s failed (%s); retry %d of %d in %.1f s", action, state.outcome.exception(),
+                    state.attempt_number, STORE_RETRIES, state.next_action.sleep)
+
+    for attempt in Retrying(retry=retry_if_exception(lambda exc: isinstance(exc, StoreError) and exc.transient),
+                            stop=stop_after_attempt(STORE_RETRIES + 1), wait=wait_exponential(multiplier=0.5, max=8.0),
+                            before_sleep=before_sleep, sleep=sleep, reraise=True):
+        with attempt:
+            call(attempt.retry_state.attempt_number - 1)

@@ -36,7 +36,7 @@ from mmrag.manifest import Manifest
 from mmrag.protocols import KeywordIndex, VectorStore
 from mmrag.registry import ModelChoice, check_collection_name, keyword_index_factory, vector_store_factory
 from mmrag.stores.chroma import SERVER_TIMEOUT, delete_collection, open_client
-from mmrag.stores.probe import verify_once
+from mmrag.stores.damage import verify_once
 from mmrag.stores.split import ModalitySplitStore
 from mmrag.types import Record
 

@@ -37,6 +37,7 @@ from mmrag.http import access
 from mmrag.http.auth import allow_collection, bearer_token, check_key
 from mmrag.http.schemas import AnswerRequest, CollectionOut, Filters, SearchRequest
 from mmrag.http.services import Services
+from mmrag.images import ImageCache
 from mmrag.types import Hit
 
 T = TypeVar("T")
@@ -98,7 +99,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
             access.note(scope, collection=name, doc_ids=[h.doc_id for h in hits], query=body.query, tool="search")
             out = [hit_out(name, h).model_dump(exclude={"image_uri"}) for h in hits]
             content: list[ContentBlock] = [TextContent(type="text", text=_json({"collection": name, "hits": out}))]
-            content += _images([h for h in hits if h.modality == "image"][:MAX_IMAGES])
+            content += _images([h for h in hits if h.modality == "image"][:MAX_IMAGES], services.images)
             return CallToolResult(content=content, structured_content={"collection": name, "hits": out})
 
         return await _in_thread(run)
@@ -132,7 +133,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
             content: list[ContentBlock] = [TextContent(type="text", text=_cited_text(out)),
                                            TextContent(type="text", text=_json(out))]
             cited = {c.record_id for c in result.citations if c.modality == "image" and c.record_id}
-            content += _images([b.hit for b in result.blocks if b.hit.id in cited])
+            content += _images([b.hit for b in result.blocks if b.hit.id in cited], services.images)
             return CallToolResult(content=content, structured_content=out, is_error=False)
 
         return await _in_thread(run)
@@ -171,7 +172,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
                 hit = found[0]
                 access.note(scope, collection=name, doc_ids=[hit.doc_id], tool="get_document")
                 out = _record(hit)
-                return CallToolResult(content=[TextContent(type="text", text=_json(out)), *_images([hit])],
+                return CallToolResult(content=[TextContent(type="text", text=_json(out)), *_images([hit], services.images)],
                                       structured_content=out)
             rows = [(meta, text) for _, meta, text in kb.text_store.records_of([id], include=("metadatas", "documents"))
                     if meta.get("page") == page]
@@ -228,14 +229,14 @@ def _record(hit: Hit) -> dict[str, Any]:
             "text": hit.text, "metadata": dict(hit.metadata)}
 
 
-def _images(hits: list[Hit]) -> list[ContentBlock]:
+def _images(hits: list[Hit], cache: ImageCache) -> list[ContentBlock]:
     """Image content for image hits whose pixels can still be read (a vanished file is left out)."""
     from mmrag.images import hit_image, sniff_mime
 
     out: list[ContentBlock] = []
     for hit in hits:
         try:
-            data = hit_image(hit).read_bytes()
+            data = hit_image(hit, cache).read_bytes()
         except (MmragError, OSError):
             continue
         out.append(ImageContent(type="image", data=base64.b64encode(data).decode("ascii"), mime_type=sniff_mime(data)))

@@ -15,8 +15,11 @@ loaded documents into :class:`Prepared` documents: their records with vectors, r
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -24,7 +27,7 @@ from mmrag.chunking import SentenceChunker
 from mmrag.errors import LoadError
 from mmrag.loaders import FileRef, JsonlFields, LoaderLimits, RecordProblem, file_sha256, load_iter
 from mmrag.redaction import Redactor
-from mmrag.sources import ObjectRef, load_object
+from mmrag.sources import ObjectRef, SourceAccessError, SourceNotFoundError, download, object_stamp
 from mmrag.tracing import start_span
 from mmrag.types import Chunk, Document, ImageAsset, Record
 
@@ -169,7 +172,7 @@ def load_file(task: FileTask, chunker: SentenceChunker, *, jsonl: JsonlFields, l
 def _load_file(task: FileTask, chunker: SentenceChunker, jsonl: JsonlFields, limits: LoaderLimits,
                redactor: Redactor | None = None) -> Iterator[LoadedDoc | FileResult]:
     if isinstance(task.ref, ObjectRef):  # in object storage: copied to a temporary file, then loaded as one
-        yield from load_object(task, lambda local: _load_file(local, chunker, jsonl, limits, redactor), limits)
+        yield from _load_object(task, lambda local: _load_file(local, chunker, jsonl, limits, redactor), limits)
         return
     ref = task.ref
     result = FileResult(ref, digest=task.digest)
@@ -319,3 +322,58 @@ def _image_meta(doc: Document, asset: ImageAsset) -> dict[str, Any]:
     if asset.name:
         meta["image_name"] = asset.name
     return meta
+
+
+# -- objects in object storage (mmrag.sources) -----------------------------------------------------
+def _load_object(task: FileTask, load_local: Callable[[FileTask], Iterator[LoadedDoc | FileResult]],
+                 limits: LoaderLimits) -> Iterator[LoadedDoc | FileResult]:
+    """Yield the changed documents of one object, then its ``FileResult``, as for a file.
+
+    The object is copied to a private temporary file (:func:`mmrag.sources.download`), loaded as a
+    file, and deleted; its documents take the object's URL as their source, and images they point
+    to are read into memory first (bounded like the object), since the file is gone by the time
+    they are embedded.
+
+    Raises:
+        SourceUnreachableError: the store stopped answering; the run stops (what it wrote is kept).
+    """
+    ref: ObjectRef = task.ref  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory(prefix="mmrag-object-") as tmp:
+        local = Path(tmp) / f"object{ref.suffix}"
+        try:
+            digest, size, etag = download(ref, local, limits.max_file_bytes)
+        except SourceNotFoundError:
+            yield FileResult(ref, error="the object no longer exists (deleted since it was listed); rerun with "  # type: ignore[arg-type]
+                                        "--prune to drop it")
+            return
+        except SourceAccessError as exc:
+            yield FileResult(ref, error=f"cannot read the object: {exc}")  # type: ignore[arg-type]
+            return
+        except LoadError as exc:
+            yield FileResult(ref, error=exc.reason)  # type: ignore[arg-type]
+            return
+        inner = FileTask(FileRef(local, Path(tmp), ref.doc_id, ref.suffix), digest, task.state_hash,
+                         task.state_status, task.known)
+        stamp = object_stamp(size, etag)
+        for item in load_local(inner):
+            if isinstance(item, FileResult):
+                yield _object_result(item, ref, str(local), stamp)
+            else:
+                yield _object_document(item, ref.path, str(local))
+
+
+def _object_result(result: FileResult, ref: ObjectRef, local: str, stamp: tuple[int, int]) -> FileResult:
+    return dataclasses.replace(
+        result, ref=ref, stamp=stamp, error=result.error.replace(local, ref.path) if result.error else result.error,
+        problems=[dataclasses.replace(p, source=ref.path) for p in result.problems])
+
+
+def _object_document(item: LoadedDoc, url: str, local: str) -> LoadedDoc:
+    doc = item.doc
+    # The image documents' assets point at the temporary file, which is gone before they are embedded.
+    images = tuple(dataclasses.replace(a, data=a.read_bytes(), path=None) if a.path == local else a for a in doc.images)
+    metadata = {k: (url if v == local else v) for k, v in doc.metadata.items()}
+    # No stamp: the writer's "changed while it was read" check stats a local file (an object's
+    # next run sees a new ETag and indexes the new version).
+    return dataclasses.replace(item, doc=dataclasses.replace(doc, source=url, images=images, metadata=metadata),
+                               stamp=None)

@@ -1,4 +1,7 @@
-"""Turns settings into components: the profile's models, the stores, the knowledge base.
+"""Turns settings into components: the profile's models, the stores, the rerankers and the answer's parts.
+
+It builds what a knowledge base is made of (:class:`~mmrag.kb.KnowledgeBase` opens its stores through
+the factories here); the knowledge base itself is opened by :mod:`mmrag.kb`.
 
 Profiles name a pair of models; explicit settings override them, and the resolved choice is
 what gets stored with each collection (its identity), so nothing switches models silently.

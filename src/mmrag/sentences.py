@@ -9,10 +9,8 @@ folded. So these helpers read the hit's own lines, where a heading is still a li
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from mmrag.answering import ContextBlock
+from mmrag.context import ContextBlock
 
 # Two passages glued without a space ("...19th century.First for Women is ...") are common in
 # scraped corpora: a lower-case word, a full stop and a capitalised word start a new sentence.

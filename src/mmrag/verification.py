@@ -1,11 +1,12 @@
 """Offline hallucination detection: is each sentence of an answer supported by its context?
 
-No LLM and no NLI model (none installs offline, see NOTES.md): the :class:`HallucinationDetector`
-reads the answer sentence by sentence and measures what each sentence *adds* to the context.
+No LLM and no NLI model (no package on the registries ships NLI weights, and mmrag runs offline):
+the :class:`HallucinationDetector` reads the answer sentence by sentence and measures what each
+sentence *adds* to the context.
 
 For every answer sentence it finds
 
-* its **novel content words**: stemmed content words (stop words and discourse words such as
+* its **novel content words** (:func:`mmrag.textanalysis.content_words`: stop words and discourse words such as
   "therefore", "ensure", "typically" left out, because they carry no checkable fact) found nowhere in
   the context or the question;
 * **novel numbers** (dates, amounts, codes: any token with a digit) and **novel names** (capitalised
@@ -42,16 +43,15 @@ a sentence's support is judged against the whole context, not one passage.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
 from mmrag.errors import InvalidInputError
-from mmrag.jsonlines import read_objects
+from mmrag.textanalysis import DISCOURSE, STOPWORDS, content_tokens, stem, tokens
 from mmrag.tracing import span
 
 #: Default decision threshold on :attr:`Verdict.score` (see the module docstring for why 0.5).
@@ -71,7 +71,6 @@ READER_FLOOR = 1e-3
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"(\[*\-])|\n+")
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,2}[.)]|[*\-•])\s+")
 _BARE_MARKER = re.compile(r"(?:\d{1,2}|[a-z])[.)]")
-_TOKEN = re.compile(r"[A-Za-z]+|\d+(?:[.,]\d+)*")
 _REFUSAL = re.compile(
     r"unable to answer|(do|does|did) not (contain|provide|mention|include|specify|offer|say|state|give)"
     r"|no (specific )?information|cannot (provide|answer|determine)|can't (provide|answer)|there is no mention",
@@ -79,28 +78,6 @@ _REFUSAL = re.compile(
 _ADMITS = re.compile(
     r"not (explicitly |specifically |directly )?(mentioned|stated|provided|found|included) in "
     r"(the |any of the )?(provided |given )?passage|general knowledge", re.IGNORECASE)
-_STOPWORDS = frozenset(
-    "a an the and or but if of to in on at by for with from as is are was were be been being it its this that "
-    "these those there here what which who whom whose when where why how do does did done not no yes so than "
-    "then too very can could should would will shall may might must have has had i you he she we they them "
-    "his her their our your my me us about into over under also just only any all some each such more most "
-    "other another per via according context block answer question based provided information passage "
-    "passages given mentioned following include includes including however additionally overall".split())
-# Connectives, hedges and words about the text itself: an answer may add them freely, because they
-# state no fact that the context could support or contradict.
-_DISCOURSE = frozenset(
-    "therefore thus hence while whereas although though since because due specific specifically step steps "
-    "follow follows sure note noted important importantly main mainly various several both either neither one "
-    "two first second third finally final next once before after until during through without within among "
-    "between summary summarize summarized brief briefly detail details detailed mention mentions stated "
-    "state states suggest suggests suggested indicate indicates indicated appear appears describe describes "
-    "described refer refers unable able example instance like well help helps ensure make makes made use used "
-    "using need needs needed way ways type types kind kinds factor factors depend depends depending vary "
-    "varies typically typical generally general usually often likely possible possibly potential "
-    "potentially recommend recommended consider considered certain particular particularly different "
-    "difference differences similar".split())
-
-
 class TextEmbedder(Protocol):
     """What the detector needs from an embedder: unit-norm text vectors."""
 
@@ -137,28 +114,6 @@ class Verdict:
     def unsupported(self) -> tuple[SentenceSupport, ...]:
         """The sentences judged unsupported."""
         return tuple(s for s in self.sentences if not s.supported)
-
-
-@dataclass(frozen=True)
-class CVResult:
-    """Threshold chosen by k-fold cross-validation, scored on pooled out-of-fold predictions."""
-
-    balanced_accuracy: float
-    f1: float
-    tn: int
-    fp: int
-    fn: int
-    tp: int
-    thresholds: tuple[float, ...]
-    fold_balanced_accuracy: tuple[float, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return {"balanced_accuracy": self.balanced_accuracy, "f1": self.f1,
-                "confusion": {"tn": self.tn, "fp": self.fp, "fn": self.fn, "tp": self.tp},
-                "thresholds": list(self.thresholds), "fold_balanced_accuracy": list(self.fold_balanced_accuracy),
-                "mean_fold_balanced_accuracy": float(np.mean(self.fold_balanced_accuracy))
-                if self.fold_balanced_accuracy else None}
 
 
 @dataclass
@@ -254,7 +209,7 @@ class HallucinationDetector:
             words, names = _content(text), _names(text)
             novel = [w for w in words if w not in item.known]
             numbers = [w for w in novel if w[0].isdigit()]
-            new_names = [n for n in names if _stem(n.lower()) not in item.known and n.lower() not in context_lower]
+            new_names = [n for n in names if stem(n.lower()) not in item.known and n.lower() not in context_lower]
             weight = len(novel) - len(numbers) + NAME_WEIGHT * len(new_names)
             factor, reasons = 1.0, []
             if unit_matrix is not None:
@@ -281,37 +236,16 @@ class HallucinationDetector:
         return Verdict(score, score >= self.threshold, tuple(sentences))
 
 
-@functools.lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    import Stemmer  # PyStemmer: a core dependency (the BM25 index uses it)
-
-    return Stemmer.Stemmer("english")
-
-
-@functools.lru_cache(maxsize=65536)
-def _stem(word: str) -> str:
-    return str(_stemmer().stemWord(word))
-
-
 def _content(text: str, discourse: bool = True) -> list[str]:
-    """Stemmed content words; numbers keep their digits (thousands separators dropped)."""
-    out = []
-    for token in _TOKEN.findall(_LIST_MARKER.sub("", text)):
-        lower = token.lower()
-        if lower in _STOPWORDS or (discourse and lower in _DISCOURSE):
-            continue
-        if token[0].isdigit():
-            out.append(token.replace(",", ""))
-        elif len(lower) > 2:
-            out.append(_stem(lower))
-    return out
+    """:func:`mmrag.textanalysis.content_tokens` of ``text`` without its list marker ("1.", "-")."""
+    return content_tokens(_LIST_MARKER.sub("", text), drop_discourse=discourse)
 
 
 def _names(text: str) -> list[str]:
     """Capitalised words after the first (the first is capitalised anyway), each once."""
-    tokens = _TOKEN.findall(_LIST_MARKER.sub("", text))
-    found = [t for t in tokens[1:] if t[0].isupper() and len(t) > 2
-             and t.lower() not in _STOPWORDS and t.lower() not in _DISCOURSE]
+    words = tokens(_LIST_MARKER.sub("", text))
+    found = [t for t in words[1:] if t[0].isupper() and len(t) > 2
+             and t.lower() not in STOPWORDS and t.lower() not in DISCOURSE]
     return list(dict.fromkeys(found))
 
 
@@ -387,147 +321,3 @@ def mark_unsupported(answer_text: str, verdict: Verdict, mode: str = "mark", mar
     out.append(answer_text[pos:])
     text = "".join(out)
     return re.sub(r"\n{3,}", "\n\n", text).strip() if mode == "drop" else text
-
-
-def cross_validate_threshold(scores: Sequence[float], labels: Sequence[int], folds: int = 5,
-                             seed: int = 0) -> CVResult:
-    """Choose a threshold by stratified k-fold CV; score the pooled out-of-fold predictions.
-
-    In each fold the threshold that maximises balanced accuracy on the training folds (a midpoint
-    between adjacent training scores) classifies the held-out fold (``score >= threshold`` is
-    positive). Balanced accuracy, F1 and the confusion matrix are computed once over all held-out
-    predictions pooled; the per-fold balanced accuracies are kept too.
-
-    Raises:
-        InvalidInputError: lengths differ, labels are not 0/1, or a class has fewer than ``folds`` items.
-    """
-    x = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels)
-    if x.shape != y.shape or x.ndim != 1:
-        raise InvalidInputError("scores and labels must be 1-D and the same length")
-    if not np.isin(y, (0, 1)).all():
-        raise InvalidInputError("labels must be 0 or 1")
-    y = y.astype(int)
-    if folds < 2 or min(int(y.sum()), int((1 - y).sum())) < folds:
-        raise InvalidInputError(f"{folds}-fold CV needs folds >= 2 and at least {folds} items of each label")
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(y), dtype=int)
-    for cls in (0, 1):
-        idx = rng.permutation(np.flatnonzero(y == cls))
-        fold_of[idx] = np.arange(len(idx)) % folds
-    pred = np.zeros(len(y), dtype=int)
-    thresholds, fold_ba = [], []
-    for k in range(folds):
-        train, test = fold_of != k, fold_of == k
-        t = best_threshold(x[train], y[train])
-        thresholds.append(t)
-        pred[test] = x[test] >= t
-        fold_ba.append(confusion(y[test], pred[test])["balanced_accuracy"])
-    m = confusion(y, pred)
-    return CVResult(m["balanced_accuracy"], m["f1"], m["tn"], m["fp"], m["fn"], m["tp"], tuple(thresholds),
-                    tuple(fold_ba))
-
-
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The threshold (midpoint between adjacent distinct scores) with the best balanced accuracy."""
-    values = np.unique(scores)
-    cands = np.concatenate([[values[0] - 1e-9], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-9]])
-    pos, neg = max(int(labels.sum()), 1), max(int((1 - labels).sum()), 1)
-    flagged = scores[None, :] >= cands[:, None]
-    tpr = (flagged & (labels == 1)).sum(1) / pos
-    tnr = (~flagged & (labels == 0)).sum(1) / neg
-    return float(cands[int(np.argmax(tpr + tnr))])
-
-
-def confusion(labels: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray) -> dict[str, Any]:
-    """Confusion matrix, balanced accuracy and F1 (positive = hallucinated)."""
-    y, p = np.asarray(labels).astype(int), np.asarray(predicted).astype(int)
-    tp, tn = int(((y == 1) & (p == 1)).sum()), int(((y == 0) & (p == 0)).sum())
-    fp, fn = int(((y == 0) & (p == 1)).sum()), int(((y == 1) & (p == 0)).sum())
-    tpr = tp / (tp + fn) if tp + fn else 0.0
-    tnr = tn / (tn + fp) if tn + fp else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"balanced_accuracy": (tpr + tnr) / 2, "f1": f1, "tn": tn, "fp": fp, "fn": fn, "tp": tp}
-
-
-@dataclass(frozen=True)
-class LabelledAnswer:
-    """One line of a ``mmrag eval hallucination`` file."""
-
-    context: str | tuple[str, ...]
-    answer: str
-    question: str | None = None
-    label: int | None = None
-    id: str | None = None
-
-
-def load_answers(path: Any) -> list[LabelledAnswer]:
-    """Read JSONL lines ``{"context", "answer", "question"?, "label"? (0|1), "id"?}``.
-
-    ``context`` is a string or a list of passages.
-
-    Raises:
-        NotFoundError: the file does not exist.
-        InvalidInputError: a line is not a JSON object, or a field is missing or of the wrong type;
-            the message names the line number and the field.
-    """
-    out = [_labelled(row, where) for _, where, row in read_objects(path)]
-    if not out:
-        raise InvalidInputError(f"{path}: no answers (expected JSONL lines with context and answer)")
-    return out
-
-
-def _labelled(row: dict[str, Any], where: str) -> LabelledAnswer:
-    for key in ("context", "answer"):
-        if key not in row:
-            raise InvalidInputError(f"{where}: missing field {key!r}")
-    context = row["context"]
-    if isinstance(context, list) and all(isinstance(c, str) for c in context):
-        context = tuple(context)
-    elif not isinstance(context, str):
-        raise InvalidInputError(f"{where}: field 'context' must be a string or a list of strings")
-    if not isinstance(row["answer"], str):
-        raise InvalidInputError(f"{where}: field 'answer' must be a string")
-    question = row.get("question")
-    if question is not None and not isinstance(question, str):
-        raise InvalidInputError(f"{where}: field 'question' must be a string")
-    label = row.get("label")
-    if label is not None:
-        if isinstance(label, bool) or label in (0, 1):
-            label = int(label)
-        else:
-            raise InvalidInputError(f"{where}: field 'label' must be 0 or 1, got {label!r}")
-    ident = row.get("id")
-    return LabelledAnswer(context, row["answer"], question, label, None if ident is None else str(ident))
-
-
-def evaluate_detector(detector: HallucinationDetector, answers: Sequence[LabelledAnswer], *, folds: int = 5,
-                      seed: int = 0) -> dict[str, Any]:
-    """Run ``detector`` on ``answers``; with labels, score it at its threshold and with a CV threshold.
-
-    Returns:
-        ``{"answers", "threshold", "flagged", "mean_score", "per_answer", "labelled"}``, plus with
-        labels ``"default"`` (metrics at ``detector.threshold``) and ``"cv"`` (see
-        :func:`cross_validate_threshold`; pooled out-of-fold predictions).
-    """
-    verdicts = detector.verify_many([(a.context, a.answer, a.question) for a in answers])
-    scores = [v.score for v in verdicts]
-    report: dict[str, Any] = {
-        "answers": len(answers), "threshold": detector.threshold,
-        "flagged": sum(v.hallucinated for v in verdicts), "mean_score": float(np.mean(scores)),
-        "per_answer": [{"id": a.id, "score": round(v.score, 4), "hallucinated": v.hallucinated, "label": a.label,
-                        "unsupported": [s.text for s in v.unsupported]} for a, v in zip(answers, verdicts)],
-    }
-    labelled = [(v, a.label) for v, a in zip(verdicts, answers) if a.label is not None]
-    report["labelled"] = len(labelled)
-    if labelled:
-        y = [label for _, label in labelled]
-        report["positives"] = sum(y)
-        report["default"] = confusion(y, [v.hallucinated for v, _ in labelled])
-        try:
-            cv = cross_validate_threshold([v.score for v, _ in labelled], y, folds=folds, seed=seed).to_dict()
-        except InvalidInputError as exc:  # too few labels of one kind: report the fixed threshold only
-            report["cv"], report["cv_skipped"] = None, str(exc)
-        else:
-            report["cv"] = {**cv, "folds": folds, "seed": seed, "pooled": "out-of-fold predictions of all folds, pooled"}
-    return report

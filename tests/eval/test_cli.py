@@ -122,3 +122,29 @@ def test_answer_metrics_reach_all_three_reports_and_gate_the_run(sample_kb: tupl
                     "--fail-under", "contains_reference=0.9", data_dir=data_dir)
     assert result.exit_code == 4, result.output
     assert "failed gates: contains_reference" in result.stderr
+
+
+def test_eval_progress_is_a_tqdm_bar_per_stage_on_a_terminal_and_plain_lines_off_one() -> None:
+    import io
+
+    from mmrag.cli.evaluate import StageProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log = io.StringIO()
+    with StageProgress(log) as progress:
+        for done in range(1, 101):
+            progress("retrieve", done, 100)
+        progress("answer", 1, 100)
+    assert log.getvalue().splitlines() == ["retrieve: 50/100", "retrieve: 100/100", "answer: 1/100"]
+    assert "\r" not in log.getvalue()
+
+    screen = Terminal()
+    with StageProgress(screen) as progress:
+        for done in range(1, 4):
+            progress("retrieve", done, 3)
+        progress("answer", 1, 2)
+    drawn = screen.getvalue()
+    assert "retrieve: 100%" in drawn and "3/3" in drawn and "answer:  50%" in drawn and "1/2" in drawn

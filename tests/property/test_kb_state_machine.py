@@ -55,7 +55,7 @@ from mmrag.errors import StoreError
 from mmrag.indexing import Indexer
 from mmrag.kb import KnowledgeBase
 from mmrag.registry import resolve_models
-from mmrag.stores import probe
+from mmrag.stores import damage
 from tests.property import invariants as inv
 from tests.property import strategies as strat
 from tests.property.invariants import Expected
@@ -473,7 +473,7 @@ class KnowledgeBaseMachine(RuleBasedStateMachine):
         self._close()
         # The store was consistent a step ago (the invariants said so): record it as checked so
         # the child skips its damage probe (two seconds of a second child per kill).
-        probe._record_clean(self.data / "chroma", self.data / "locks" / "chroma-verified.json")
+        damage._record_clean(self.data / "chroma", self.data / "locks" / "chroma-verified.json")
         pid = zygote.request(self.data, self.corpus, prune)
         if in_write:
             done = zygote.line(120)  # "writing", or "done" for a run that writes nothing (a delete)

@@ -238,3 +238,41 @@ def test_verifier_leaves_a_supported_answer_alone_and_checks_its_mode() -> None:
     assert answer.text == "It is 330 metres tall [1]." and answer.verification["unsupported"] == []  # type: ignore[index]
     with pytest.raises(InvalidInputError):
         Answerer(model, verify_mode="burn")
+
+
+def test_each_image_cache_is_its_owners_and_rereads_an_edited_file(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    import mmrag.images
+    from mmrag.images import ImageCache, hit_image
+
+    reads: list[str] = []
+    real = mmrag.images.load
+
+    def counting(ref, **kw):  # type: ignore[no-untyped-def]
+        reads.append(str(ref.path))
+        return real(ref, **kw)
+
+    monkeypatch.setattr(mmrag.images, "load", counting)
+    from PIL import Image
+
+    import docx
+
+    Image.new("RGB", (80, 60), "red").save(tmp_path / "a.png")
+    document = docx.Document()
+    document.add_paragraph("A red picture.")
+    document.add_picture(str(tmp_path / "a.png"))
+    page = tmp_path / "page.docx"
+    document.save(str(page))
+    hit = Hit(id="i1", doc_id="page.docx", source=str(page), modality="image", score=1.0, text=None,
+              metadata={"doc_type": "docx", "image_index": 0})
+    mine, yours = ImageCache(), ImageCache()
+    assert hit_image(hit, mine).read_bytes() == hit_image(hit, mine).read_bytes()
+    assert len(reads) == 1 and len(mine) == 1 and len(yours) == 0  # no module-global cache
+    hit_image(hit, yours)
+    assert len(reads) == 2
+    os.utime(page, ns=(1, 1))  # an edited file has a new mtime: read again
+    hit_image(hit, mine)
+    assert len(reads) == 3
+    hit_image(hit)  # no cache: always a fresh read
+    assert len(reads) == 4

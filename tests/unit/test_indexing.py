@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from mmrag.indexing import Indexer
@@ -128,3 +129,33 @@ def test_a_file_that_cannot_be_read_fails_alone(hashing_kb, tmp_path: Path, monk
     summary = Indexer(hashing_kb).ingest([root])
     assert summary.indexed == 2
     assert sorted(Path(p.path).name for p in summary.failed) == ["a.txt", "broken.png"]
+
+
+def test_store_writes_retry_transient_errors_with_doubling_waits_and_raise_the_rest() -> None:
+    from mmrag.errors import StoreError
+    from mmrag.indexing import STORE_RETRIES, retry_store
+
+    class Refused(StoreError):
+        transient = True
+
+    waits: list[float] = []
+    attempts: list[int] = []
+    retries: list[int] = []
+
+    def flaky(attempt: int) -> None:
+        attempts.append(attempt)
+        if attempt < 3:
+            raise Refused("connection refused")
+
+    retry_store("write", flaky, on_retry=lambda: retries.append(1), sleep=waits.append)
+    assert attempts == [0, 1, 2, 3] and waits == [0.5, 1.0, 2.0] and len(retries) == 3
+
+    waits.clear()
+    with pytest.raises(Refused):
+        retry_store("write", lambda _: (_ for _ in ()).throw(Refused("still down")), sleep=waits.append)
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0] and len(waits) == STORE_RETRIES
+
+    waits.clear()
+    with pytest.raises(StoreError, match="disk"):
+        retry_store("write", lambda _: (_ for _ in ()).throw(StoreError("disk full")), sleep=waits.append)
+    assert waits == []

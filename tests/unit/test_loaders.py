@@ -361,6 +361,12 @@ def test_html_decoding_honours_bom_and_meta_charset(tmp_path: Path) -> None:
     lying = '<?xml version="1.0"?><html><head><meta charset="utf-16"></head><body>plain ascii</body></html>'
     assert load_path(write(tmp_path / "l2.html", lying.encode("ascii")))[0].texts[0].text == "plain ascii"
 
+    # The other two ways to declare a charset (bs4's EncodingDetector reads all three).
+    equiv = '<html><head><meta http-equiv="Content-Type" content="text/html; charset=koi8-r"></head><body>Ёж да</body></html>'
+    assert load_path(write(tmp_path / "k.html", equiv.encode("koi8-r")))[0].texts[0].text == "Ёж да"
+    xhtml = '<?xml version="1.0" encoding="iso-8859-7"?><html><body><p>Καλή</p></body></html>'
+    assert load_path(write(tmp_path / "g.html", xhtml.encode("iso-8859-7")))[0].texts[0].text == "Καλή"
+
 
 def test_html_without_text_or_images_is_skipped(tmp_path: Path) -> None:
     error = load_error(write(tmp_path / "e.html", "<html><head><script>x()</script></head><body> </body></html>"))

@@ -13,14 +13,8 @@ from click.testing import CliRunner
 
 from mmrag.embedders.hashing import HashingEmbedder
 from mmrag.errors import InvalidInputError
-from mmrag.verification import (
-    HallucinationDetector,
-    Verdict,
-    cross_validate_threshold,
-    load_answers,
-    mark_unsupported,
-    split_sentences,
-)
+from mmrag.evaluation.hallucination import cross_validate_threshold, load_answers
+from mmrag.verification import HallucinationDetector, Verdict, mark_unsupported, split_sentences
 
 CONTEXT = ("The Eiffel Tower is 330 metres tall. It was completed in 1889 for the World's Fair in Paris. "
            "About seven million people visit it every year.")
@@ -230,6 +224,27 @@ def test_ragas_metric_scores_through_ragas() -> None:
     assert binary.score(response="It was built in 1700 by 90 Scottish masons.", retrieved_contexts=[CONTEXT]).value == 0.0
     with pytest.raises(InvalidInputError):
         metric.score(response="x", retrieved_contexts=[])
+
+
+def test_the_ragas_metric_neither_sets_the_environment_nor_phones_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ragas")
+    import importlib
+    import os
+
+    import ragas._analytics as analytics
+
+    import mmrag.faithfulness
+
+    monkeypatch.delenv("RAGAS_DO_NOT_TRACK", raising=False)
+    importlib.reload(mmrag.faithfulness)
+    assert "RAGAS_DO_NOT_TRACK" not in os.environ  # importing it used to set it
+    sent: list[object] = []
+    monkeypatch.setattr(analytics, "track", sent.append)
+    monkeypatch.setattr(analytics._analytics_batcher, "add_evaluation", sent.append)
+    metric = mmrag.faithfulness.OfflineFaithfulness()
+    metric.score(response="The Eiffel Tower is 330 metres tall.", retrieved_contexts=[CONTEXT])
+    asyncio.run(metric.ascore(response="It was built in 1700.", retrieved_contexts=[CONTEXT]))
+    assert sent == []
 
 
 def test_load_answers_on_a_missing_file_is_not_found(tmp_path: Path) -> None:

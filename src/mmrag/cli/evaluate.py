@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -152,10 +152,11 @@ def eval_run(dataset: Path, out_dir: Path, k: int, retriever: str, model: str | 
     from mmrag.retrieval import Searcher
 
     kb = open_kb(opts)
-    run = evaluate_dataset(kb, dataset, config, answer_model=model or s.llm.model or DEFAULT_ANSWER_MODEL,
-                           answer_timeout=s.llm.timeout, answer_retries=s.llm.num_retries, judge=judge_cfg,
-                           searcher=Searcher.from_settings(kb, s.retrieval), progress=None if as_json else _progress,
-                           answer_mode=answer_mode, settings=s)
+    with StageProgress(click.get_text_stream("stderr")) as progress:
+        run = evaluate_dataset(kb, dataset, config, answer_model=model or s.llm.model or DEFAULT_ANSWER_MODEL,
+                               answer_timeout=s.llm.timeout, answer_retries=s.llm.num_retries, judge=judge_cfg,
+                               searcher=Searcher.from_settings(kb, s.retrieval), progress=None if as_json else progress,
+                               answer_mode=answer_mode, settings=s)
     paths = write_reports(run, out_dir, max_rows=max_rows)
     results = check_gates(run, parsed)
     failed = [r for r in results if not r.passed]
@@ -179,9 +180,47 @@ def eval_run(dataset: Path, out_dir: Path, k: int, retriever: str, model: str | 
         raise SystemExit(EXIT_GATE_FAILED)
 
 
-def _progress(stage: str, done: int, total: int) -> None:
-    if done == total or done % 50 == 0 or stage in ("answer", "judge"):
-        click.echo(f"\r{stage}: {done}/{total}", nl=done == total, err=True)
+class StageProgress:
+    """What ``mmrag eval run`` shows while it runs: a tqdm bar per stage, as ``mmrag ingest`` draws.
+
+    On a terminal each stage (retrieve, answer, verify, judge) gets its own bar. Off one (a log, a
+    pipe, CI) a plain line every 50 items, and every item of the slow stages (answer, judge), so a
+    log never fills with carriage returns.
+
+    Args:
+        stream: where to draw (stderr: stdout carries the results and --json).
+    """
+
+    SLOW = ("answer", "judge")
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.on_terminal = bool(getattr(stream, "isatty", lambda: False)())
+        self._bars: dict[str, Any] = {}
+
+    def __enter__(self) -> StageProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.on_terminal:
+            self._draw(stage, done, total)
+        elif done == total or done % 50 == 0 or stage in self.SLOW:
+            click.echo(f"{stage}: {done}/{total}", file=self.stream)
+
+    def _draw(self, stage: str, done: int, total: int) -> None:
+        bar = self._bars.get(stage)
+        if bar is None:
+            from tqdm import tqdm
+
+            # disable=False: mmrag.logs sets TQDM_DISABLE for the libraries' own bars, not for this one.
+            bar = self._bars[stage] = tqdm(total=total, desc=stage, unit="query", file=self.stream,
+                                           dynamic_ncols=True, disable=False)
+        bar.total = total
+        bar.update(done - bar.n)
 
 
 @eval_group.command(name="compare")
@@ -244,7 +283,8 @@ def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical:
     """
     import time
 
-    from mmrag.verification import DEFAULT_THRESHOLD, HallucinationDetector, evaluate_detector, load_answers
+    from mmrag.evaluation.hallucination import evaluate_detector, load_answers
+    from mmrag.verification import DEFAULT_THRESHOLD, HallucinationDetector
 
     answers = load_answers(file)
     embedder, model, reader = None, "none (lexical only)", None

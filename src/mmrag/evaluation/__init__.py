@@ -9,6 +9,8 @@ Modules:
 * :mod:`~mmrag.evaluation.ragas_metrics`: ragas behind timeouts and mmrag's errors (imported lazily).
 * :mod:`~mmrag.evaluation.report` and :mod:`~mmrag.evaluation.html`: JSON, Markdown and HTML reports.
 * :mod:`~mmrag.evaluation.compare`: ``mmrag eval compare`` and the ``--fail-under`` gates.
+* :mod:`~mmrag.evaluation.hallucination`: ``mmrag eval hallucination``: the detector scored on labelled
+  answers, with a cross-validated threshold (scikit-learn).
 
 Nothing here imports ragas at import time: ragas is only needed once a run starts.
 """

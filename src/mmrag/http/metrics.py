@@ -5,26 +5,44 @@ several apps in one process (tests, embedding the app) never clash. With several
 process reports its own numbers: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder before starting
 and the workers' counters and histograms are merged (prometheus_client's multiprocess mode); index
 sizes are read from the shared store either way.
+
+The gauges read the server's state through callables handed in by whoever builds the metrics (the
+server's ``Services``), so this module knows nothing of how knowledge bases are opened.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from mmrag.http.services import Services
+#: Records per collection and index: ``{collection: {index: count}}``.
+IndexSizes = Callable[[], Mapping[str, Mapping[str, int]]]
+#: Every version to score for drift: ``(knowledge base opened without models, "name@version")``.
+DriftVersions = Callable[[], Iterable[tuple[Any, str]]]
+#: The last probe round of each live version (:meth:`mmrag.http.probing.ProbeMonitor.last`).
+ProbeRuns = Callable[[], Iterable[Any]]
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class Metrics:
-    """The server's counters and histograms."""
+    """The server's counters and histograms, and gauges read at scrape time.
 
-    def __init__(self, services: "Services") -> None:
+    Args:
+        data_dir: the data dir (the query log of the drift gauge lives there).
+        index_sizes: records per collection and index.
+        drift_versions: the versions the drift gauge scores.
+        probe_runs: the last probe rounds.
+        drift_recent: recent vectors per version the drift score reads.
+        drift_threshold: drift score above which a version counts as drifted.
+    """
+
+    def __init__(self, data_dir: Path, *, index_sizes: IndexSizes, drift_versions: DriftVersions,
+                 probe_runs: ProbeRuns, drift_recent: int, drift_threshold: float) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if multiproc:
@@ -48,14 +66,14 @@ class Metrics:
         self.errors = Counter("mmrag_errors_total", "Error responses by error code.", ["code"], registry=registry)
         self.ingested = Counter("mmrag_ingested_documents_total", "Documents indexed through the API.",
                                 ["collection"], registry=registry)
-        self.registry.register(_IndexSizes(services))
+        self.registry.register(_IndexSizes(index_sizes))
         from mmrag.lifecycle.drift import QueryLog
 
         #: Recent query vectors per collection (the search route records them; drift reads them).
-        self.queries = QueryLog(services.data_dir)
-        self.drift = _DriftScores(services, self.queries)
+        self.queries = QueryLog(data_dir)
+        self.drift = _DriftScores(drift_versions, self.queries, drift_recent, drift_threshold)
         self.registry.register(self.drift)
-        self.registry.register(_ProbeFigures(services))
+        self.registry.register(_ProbeFigures(probe_runs))
 
     def render(self) -> bytes:
         """The text exposition format."""
@@ -73,8 +91,8 @@ class Metrics:
 class _IndexSizes:
     """Index sizes, read at scrape time from the collections this process has opened."""
 
-    def __init__(self, services: "Services") -> None:
-        self.services = services
+    def __init__(self, sizes: IndexSizes) -> None:
+        self.sizes = sizes
 
     def describe(self) -> list[Any]:
         return []
@@ -82,7 +100,7 @@ class _IndexSizes:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("mmrag_index_records", "Records per collection and index.",
                                    labels=["collection", "index"])
-        for name, sizes in self.services.index_sizes().items():
+        for name, sizes in self.sizes().items():
             for index, n in sizes.items():
                 family.add_metric([name, index], n)
         yield family
@@ -91,8 +109,8 @@ class _IndexSizes:
 class _ProbeFigures:
     """The last serve-time probe round of each knowledge base's live version (:mod:`mmrag.http.probing`)."""
 
-    def __init__(self, services: "Services") -> None:
-        self.services = services
+    def __init__(self, runs: ProbeRuns) -> None:
+        self.runs = runs
 
     def describe(self) -> list[Any]:
         return []
@@ -108,8 +126,7 @@ class _ProbeFigures:
                                   labels=labels)
         at = GaugeMetricFamily("mmrag_probe_last_run_timestamp_seconds", "When the last probe round ran.",
                                labels=labels)
-        monitor = getattr(self.services, "prober", None)
-        for run in monitor.last() if monitor is not None else []:
+        for run in self.runs():
             key, report = [run.collection, run.version], run.report
             if report.recall is not None:
                 recall.add_metric(key, report.recall)
@@ -128,27 +145,20 @@ class _DriftScores:
     may have none yet.
     """
 
-    def __init__(self, services: "Services", queries: Any) -> None:
+    def __init__(self, versions: DriftVersions, queries: Any, recent: int, threshold: float) -> None:
         from mmrag.lifecycle.drift import ScoreCache
 
-        self.services = services
-        self.queries = queries
+        self.versions, self.queries = versions, queries
+        self.recent, self.threshold = recent, threshold
         self.cache = ScoreCache(self._compute, every=60.0)
 
     def describe(self) -> list[Any]:
         return []
 
-    def _versions(self) -> Iterator[tuple[Any, str]]:
-        services = self.services
-        for kb in services.collections():
-            for version in services.versions.list(kb):
-                yield services._bare(version.physical), version.label  # noqa: SLF001 - the per-collection bare kb
-
     def _compute(self) -> dict[str, Any]:
         from mmrag.lifecycle.drift import score_all
 
-        s = self.services.settings.lifecycle
-        return score_all(self._versions(), recent=s.drift_recent, threshold=s.drift_threshold, queries=self.queries)
+        return score_all(self.versions(), recent=self.recent, threshold=self.threshold, queries=self.queries)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["collection", "version", "modality"]
@@ -157,7 +167,7 @@ class _DriftScores:
         asked = GaugeMetricFamily("mmrag_query_drift_score", "Drift of the recent queries' vectors from the "
                                   "version's document reference.", labels=labels)
         threshold = GaugeMetricFamily("mmrag_drift_threshold", "Drift score above which a version counts as drifted.")
-        threshold.add_metric([], self.services.settings.lifecycle.drift_threshold)
+        threshold.add_metric([], self.threshold)
         for report in self.cache.current().values():
             kb = report.label.rsplit("@", 1)[0]
             for family, scores in ((docs, report.documents), (asked, report.queries)):

@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 from mmrag.apikeys import KeyStore
 from mmrag.answering import Answerer
@@ -30,6 +30,7 @@ from mmrag.config import Settings
 from mmrag.errors import InvalidInputError, ModelUnavailableError, MmragError, NotFoundError
 from mmrag.http.metrics import Metrics
 from mmrag.http.resume import UploadResume
+from mmrag.images import ImageCache
 from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.versions import Versions
 from mmrag.llms import ChatModel
@@ -61,7 +62,11 @@ class Services:
         self.models: ModelChoice = resolve_models(settings)
         self.data_dir = Path(settings.data_dir)
         self.keys = KeyStore(settings.api.keys_file or self.data_dir / "api_keys.json")
-        self.metrics = Metrics(self)
+        #: Images of recently re-read documents (image routes, MCP, vision answers), this server's own.
+        self.images = ImageCache()
+        self.metrics = Metrics(self.data_dir, index_sizes=self.index_sizes, drift_versions=self._drift_versions,
+                               probe_runs=self._probe_runs, drift_recent=settings.lifecycle.drift_recent,
+                               drift_threshold=settings.lifecycle.drift_threshold)
         self._clip, self._text = clip, text
         self._chat: dict[str, ChatModel] = dict(chat_models or {})
         self._kbs: _Lru[KnowledgeBase] = _Lru(MAX_OPEN_COLLECTIONS)
@@ -232,6 +237,16 @@ class Services:
                 self._bare_kbs.put(name, kb)
             return kb
 
+    def _drift_versions(self) -> Iterator[tuple[KnowledgeBase, str]]:
+        # What the drift gauge scores: every version of every knowledge base, opened without models.
+        for name in self.collections():
+            for version in self.versions.list(name):
+                yield self._bare(version.physical), version.label
+
+    def _probe_runs(self) -> list[Any]:
+        prober = getattr(self, "prober", None)  # set by start(); a scrape may come before it
+        return prober.last() if prober is not None else []
+
     # -- chat -----------------------------------------------------------------------------------
     def allowed_models(self) -> list[str]:
         """Models a request may name: the configured one, its fallbacks and ``api.models``."""
@@ -278,7 +293,7 @@ class Services:
             opts["verifier"], opts["verify_mode"] = HallucinationDetector(self._text), verify
         if max_tokens:
             opts["max_tokens"] = max_tokens
-        return Answerer(chat, self.searcher(collection), **opts)
+        return Answerer(chat, self.searcher(collection), images=self.images, **opts)
 
     def ping_store(self) -> None:
         """Raise :class:`~mmrag.errors.StoreError` if the vector store does not answer."""

@@ -5,8 +5,10 @@ Why each choice:
 * litellm is imported lazily, on the first model built, never when ``mmrag`` is imported: the import
   costs ~2 s, and it fetches a price map from GitHub unless ``LITELLM_LOCAL_MODEL_COST_MAP`` is set
   before the import. :func:`import_litellm` sets it (``setdefault``: a caller's explicit choice wins)
-  then imports. This is the one place mmrag writes to ``os.environ``; litellm reads the flag only from
-  there. litellm also sets ``TIKTOKEN_CACHE_DIR`` process-wide on import (to its bundled tokenizer
+  then imports; litellm reads the flag only from ``os.environ``. mmrag writes the environment only at
+  such edges, never when a module is imported: here and in
+  :func:`mmrag.evaluation.ragas_metrics.import_ragas` (a default, before the library's own import),
+  and in ``mmrag serve`` (the settings its worker processes rebuild the app from). litellm also sets ``TIKTOKEN_CACHE_DIR`` process-wide on import (to its bundled tokenizer
   files, which is what keeps token counting offline); we leave that as it is.
 * litellm's default timeout is 6000 s, so every call passes ``timeout=`` explicitly, plus
   ``num_retries`` and optional ``fallbacks`` (litellm's own retry/fallback machinery).

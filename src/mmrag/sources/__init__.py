@@ -1,7 +1,7 @@
 """Sources other than local files: objects in object storage (``s3://``, ``gs://``, ``https://``).
 
 :func:`discover_sources` is :func:`mmrag.loaders.discover` for a mix of local paths and object
-URLs; :func:`load_object` reads one object for :func:`mmrag.pipeline.load_file`. See
+URLs; :func:`download` copies one object for :func:`mmrag.pipeline.load_file`. See
 :mod:`mmrag.sources.objects` for how objects stand in for files.
 
 Example:
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrag.loaders import DiscoveryProblem, FileRef, discover
-from mmrag.sources.fetch import load_object
+from mmrag.sources.fetch import download
 from mmrag.sources.objects import (
     ObjectRef,
     SourceAccessError,
@@ -42,7 +42,7 @@ __all__ = [
     "head_object",
     "is_url",
     "list_objects",
-    "load_object",
+    "download",
     "normalize_url",
     "object_stamp",
     "ref_for",

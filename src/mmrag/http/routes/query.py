@@ -9,7 +9,8 @@ from typing import Any, Iterator
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
+from fastapi.sse import EventSourceResponse, format_sse_event
 
 from mmrag.answering import Answer, Citation
 from mmrag.apikeys import ApiKey
@@ -95,7 +96,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
             return answer_out(result, collection, started)
         deltas, holder = answerer.stream(body.question, hits)
 
-    def events() -> Iterator[str]:
+    def events() -> Iterator[bytes]:
         for delta in deltas:
             yield _sse("delta", {"text": delta})
         if holder.answer is not None:
@@ -104,7 +105,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
             yield _sse("answer", answer_out(holder.answer, collection, started).model_dump())
         yield _sse("done", {})
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return EventSourceResponse(events(), headers={"Cache-Control": "no-cache"})
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMING)
@@ -149,12 +150,12 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     deltas, holder = answerer.stream(question, hits, image=image)
     with_usage = chat.include_usage(body)
 
-    def chunks() -> Iterator[str]:
-        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
+    def chunks() -> Iterator[bytes]:
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
             data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": choice.id,
                     "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
                     **({"usage": None} if with_usage else {}), **extra}
-            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+            return format_sse_event(data_str=json.dumps(data, ensure_ascii=False))
 
         yield chunk({"role": "assistant", "content": ""})
         for delta in deltas:
@@ -174,9 +175,9 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
             yield chunk({}, "stop", citations=cites, mmrag=_verdict(result, collection))
             if with_usage:  # OpenAI's last chunk: no choices, the whole answer's usage
                 yield chunk(None, usage=chat.usage_of(answerer, result))
-        yield "data: [DONE]\n\n"
+        yield format_sse_event(data_str="[DONE]")  # OpenAI's end of stream: not JSON
 
-    return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return EventSourceResponse(chunks(), headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERRORS)
@@ -203,7 +204,7 @@ def image(collection: str, record_id: str, request: Request,
     if not found:
         raise NotFoundError(f"no record {record_id!r} in collection {collection!r}")
     access.note(request.scope, collection=collection, doc_ids=[found[0].doc_id])
-    data = hit_image(found[0]).read_bytes()
+    data = hit_image(found[0], services.images).read_bytes()
     return Response(data, media_type=sniff_mime(data), headers={"Cache-Control": "private, max-age=300"})
 
 
@@ -320,5 +321,6 @@ def _cited(request: Request, result: Answer) -> None:
     access.note(request.scope, doc_ids=[c.doc_id for c in result.citations])
 
 
-def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    # FastAPI's framing; the JSON is ours (ensure_ascii=False: the text goes out as written).
+    return format_sse_event(event=event, data_str=json.dumps(data, ensure_ascii=False))

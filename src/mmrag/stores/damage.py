@@ -11,7 +11,7 @@ The check is repeated only when the store's files changed since the last clean c
 and modification times are remembered), so it costs one child process after each write, not one
 per command.
 
-Run as ``python -m mmrag.stores.probe CHROMA_DIR``: prints a JSON report, exits 0.
+Run as ``python -m mmrag.stores.damage CHROMA_DIR``: prints a JSON report, exits 0.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def verify_embedded(chroma_dir: Path, stamp_file: Path) -> None:
         pass
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ANONYMIZED_TELEMETRY": "False"}
     try:
-        proc = subprocess.run([sys.executable, "-m", "mmrag.stores.probe", str(chroma_dir)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "mmrag.stores.damage", str(chroma_dir)], env=env,
                               capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise StoreDamagedError(f"The embedded store {chroma_dir} did not answer a check within {PROBE_TIMEOUT:g} s. "
@@ -128,7 +128,7 @@ def verify_embedded(chroma_dir: Path, stamp_file: Path) -> None:
     _record_clean(chroma_dir, stamp_file)
 
 
-def _probe(chroma_dir: str) -> dict[str, Any]:
+def _check(chroma_dir: str) -> dict[str, Any]:
     import chromadb
     import numpy as np
     from chromadb.config import Settings
@@ -158,4 +158,4 @@ def _probe(chroma_dir: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_probe(sys.argv[1])))
+    print(json.dumps(_check(sys.argv[1])))
