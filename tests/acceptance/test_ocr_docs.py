@@ -29,8 +29,9 @@ FILES = [f"{DOCS}/pdf/loremipsum-flat.pdf", f"{DOCS}/img/layout-parser-paper-fas
 
 
 def _normalise(text: str) -> str:
-    # Ligatures (the text layer's "ﬁ") and every whitespace run: OCR is judged on characters.
-    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
+    # Ligatures (the text layer's "ﬁ"), and each whitespace run as one space: the spaces between
+    # words count (keyword search needs them), the layout's line breaks and indents do not.
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
 
 
 def _edit_distance(a: str, b: str) -> int:

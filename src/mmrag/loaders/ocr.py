@@ -33,8 +33,15 @@ log = logging.getLogger(__name__)
 #: 11.5 s with one thread and 23.5 s with two.
 OCR_THREADS = 1
 #: Recognition lines per onnxruntime call. Each batch is padded to its widest line, so larger
-#: batches waste work on a page of mixed line lengths: 16 took 27 s where 6 took 11.5 s.
-REC_BATCH = 6
+#: batches waste work on a page of mixed line lengths: 16 took 27 s where 6 took 11.5 s. One line
+#: per call was faster again on the 2-core Xeon (recognition of a 150-DPI scanned abstract 6.8 s
+#: against 14.9 s at 6; the LayoutParser page's CER with spaces counted 4.59% against 4.68%).
+REC_BATCH = 1
+#: The detector reads a page shrunk to at most this long side (RapidOCR's default only grows short
+#: pages, so a 300-DPI page was detected at 2550x3300). Measured on the 2-core Xeon (shared, so
+#: +-15%): 300-DPI scanned abstracts 5.7 s a page at 1280 against 8.3 s uncapped, CER 0.11% and
+#: 0.06%; the LayoutParser page (1224x1584 once doubled) kept CER 4.59% with spaces counted.
+DET_MAX_SIDE = 1280
 #: How far the detector grows each text box. RapidOCR's 1.6 crops lines so tightly that the
 #: (Chinese-and-English) recogniser drops most spaces between English words: the lorem ipsum
 #: scan came back as "Loremipsumdolorsitamet" (32 spaces on the page) at 1.3 and 151 at 1.6;
@@ -115,7 +122,8 @@ class RapidOcrEngine:
 
     def _get(self) -> Any:
         if self._engine is None:
-            self._engine = self._build(text_score=MIN_LINE_SCORE, rec_batch_num=REC_BATCH)
+            self._engine = self._build(text_score=MIN_LINE_SCORE, rec_batch_num=REC_BATCH,
+                                       det_limit_type="max", det_limit_side_len=DET_MAX_SIDE)
         return self._engine
 
     def text_share(self, image: Any) -> tuple[float, float]:
