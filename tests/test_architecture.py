@@ -14,6 +14,7 @@ LAYERS = {
     "mmrag.chunking": 3, "mmrag.llms": 3, "mmrag.answering": 7, "mmrag.registry": 4, "mmrag.kb": 5, "mmrag.indexing": 6, "mmrag.retrieval": 6,
     "mmrag.evaluation": 7, "mmrag.verification": 7, "mmrag.faithfulness": 8, "mmrag.cli": 9, "mmrag.http": 9, "mmrag.images": 5, "mmrag.apikeys": 1, "mmrag.jsonlines": 1,
     "mmrag.rerankers": 3, "mmrag.rerank": 6, "mmrag.reader": 3,
+    "mmrag.security": 3, "mmrag.security.labels": 1, "mmrag.security.relabel": 5, "mmrag.security.counts": 5,
 }
 
 

@@ -55,6 +55,7 @@ from mmrag.kb import KnowledgeBase
 from mmrag.loaders import DiscoveryProblem, FileRef, JsonlFields, LoaderLimits, discover
 from mmrag.manifest import DocState
 from mmrag.pipeline import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
+from mmrag.security.rules import AccessRules, LabelTable, apply_labels
 from mmrag.tracing import span
 from mmrag.types import Record
 
@@ -218,12 +219,16 @@ class Indexer:
         guard: called each time the writer lock is taken, before anything is written under it; it
             may raise to stop the run (a promote moved the alias: see
             :func:`mmrag.lifecycle.promotion.ingest_on_live_version`).
+        access: the access labels this run gives its documents (:mod:`mmrag.security.rules`);
+            default: only a JSONL ``access`` field, and the labels documents already had.
     """
 
     def __init__(self, kb: KnowledgeBase, *, jsonl: JsonlFields = JsonlFields(),
                  limits: LoaderLimits = LoaderLimits(), engine: Engine | None = None,
-                 write_concurrency: int = WRITE_CONCURRENCY, guard: Callable[[], None] | None = None) -> None:
+                 write_concurrency: int = WRITE_CONCURRENCY, guard: Callable[[], None] | None = None,
+                 access: AccessRules | None = None) -> None:
         self.kb = kb
+        self.access = access or AccessRules()
         #: Called each time this indexer takes the writer lock, before it writes anything under it
         #: (:func:`mmrag.lifecycle.promotion.ingest_on_live_version` checks the alias there).
         self.guard = guard
@@ -638,6 +643,8 @@ class _Writer:
             if not self.inflight:
                 self._release()
             return
+        # Labels go on the records before any is written, so no record is ever readable unlabelled.
+        apply_labels(self.indexer.access, LabelTable(kb.manifest), col, docs)
         for d in docs:
             summary.clip_embeddings += d.clip_computed
             summary.text_embeddings += d.text_computed

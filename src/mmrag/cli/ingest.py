@@ -36,12 +36,15 @@ from mmrag.cli._common import EXIT_PARTIAL, common_options, emit, errors_to_clic
               help="Items per embedding batch. [default: 32 images / 64 chunks on CPU, 256 on a GPU]")
 @click.option("--progress-every", type=click.FloatRange(0.1), default=5.0, show_default=True, metavar="SECONDS",
               help="When stderr is not a terminal: print a progress line this often (a terminal gets a bar).")
+@click.option("--access", "access_labels", multiple=True, metavar="LABEL",
+              help="Access label for every document of this run (group:NAME or user:NAME; repeatable). A "
+                   ".mmrag-access file in a folder and a JSONL 'access' field add labels too; see `mmrag access`.")
 @common_options
 @errors_to_click
 def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
            max_file_mb: int, ocr: str, page_images: bool, engine_name: str, ray_address: str | None,
            embed_workers: int | None, device: str, batch_size: int | None, progress_every: float, as_json: bool,
-           **opts: Any) -> None:
+           access_labels: tuple[str, ...] = (), **opts: Any) -> None:
     """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
 
     Unchanged files are skipped; an interrupted run resumes. Exits 3 if any file failed. --json
@@ -52,7 +55,9 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
     from mmrag.lifecycle.promotion import ingest_on_live_version
     from mmrag.lifecycle.versions import Versions
     from mmrag.loaders import JsonlFields, discover
+    from mmrag.security.rules import AccessRules
 
+    rules = AccessRules(labels=access_labels, roots=list(paths))  # a bad label fails before any work
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
     engine: Any = LocalEngine()
     if engine_name == "ray":
@@ -78,6 +83,7 @@ def ingest(paths: tuple[Path, ...], prune: bool, jsonl_id: str, jsonl_title: str
         summary = ingest_on_live_version(
             name, kb, lambda live, guard: Indexer(
                 live, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=watch, limits=limits, guard=guard,
+                access=rules,
             ).ingest(list(paths), prune=prune, progress=progress, files=found),
             resolve=lambda n: Versions(kb.manifest).resolve(n),
             open_kb=lambda n: open_kb(opts, n, create=True, embedders=kb))

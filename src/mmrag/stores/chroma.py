@@ -229,6 +229,14 @@ class ChromaStore:
             hits.append(hit_from(rid, meta or {}, doc, 1.0 - float(dist)))
         return hits
 
+    def update_metadata(self, ids: Sequence[str], changes: Sequence[Mapping[str, Any]]) -> None:
+        """Merge metadata changes into records (Chroma's ``update``: a ``None`` value deletes the key)."""
+        self.check_writable()
+        for lo in range(0, len(ids), self._max_batch):
+            with _translate(f"update {self.name!r}"):
+                self._col.update(ids=list(ids[lo:lo + self._max_batch]),
+                                 metadatas=[dict(c) for c in changes[lo:lo + self._max_batch]])  # type: ignore[misc]
+
     def get(self, ids: Sequence[str]) -> list[Hit]:
         """The records with these ids (missing ids are left out), with ``score`` 0."""
         if not ids:

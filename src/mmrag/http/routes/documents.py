@@ -19,13 +19,14 @@ import re
 import tempfile
 import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from mmrag.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, LoadError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError
-from mmrag.http.auth import allow_collection, require, services_of
+from mmrag.http.auth import allow_collection, caller_of, require, services_of
 from mmrag.http.routes.query import ERRORS
 from mmrag.http.schemas import COLLECTION_PATTERN, CollectionList, CollectionOut, DeleteResponse, UploadResponse
 from mmrag.http.services import Services
@@ -98,6 +99,7 @@ def delete(doc_id: str, request: Request, collection: str | None = None,
     services = services_of(request)
     name = allow_collection(key, check_collection_name(collection or services.settings.collection))
     kb = services.kb(name)
+    _check_readable(services, kb, key, doc_id, name)
     if on_live_version(name, kb, lambda live: Indexer(live).delete([doc_id]), resolve=services.physical,
                        open_kb=services.kb) == 0:
         raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
@@ -115,7 +117,7 @@ def collections(request: Request, key: ApiKey | None = Depends(require("read")))
     out = []
     for name in services.collections():
         if key is None or key.sees(name):
-            out.append(CollectionOut(name=name, **services.collection_sizes(name)))
+            out.append(CollectionOut(name=name, **services.collection_sizes(name, caller_of(key))))
     return CollectionList(collections=out)
 
 
@@ -135,6 +137,19 @@ def drop_collection(collection: str, request: Request, key: ApiKey | None = Depe
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+def _check_readable(services: Services, kb: Any, key: ApiKey | None, doc_id: str, name: str) -> None:
+    """A key may change only documents it may read; any other is "not found", as if it did not exist."""
+    from mmrag.security.labels import can_read, label_metadata
+    from mmrag.security.rules import LabelTable
+
+    caller = caller_of(key)
+    if caller is None or caller.unrestricted:
+        return
+    labels = LabelTable(kb.manifest).get(kb.collection, [doc_id]).get(doc_id, ())
+    if not can_read(caller, label_metadata(labels), services.settings.access.unlabelled):
+        raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
+
+
 def safe_name(filename: str) -> str:
     """Reduce an upload's file name to a safe base name, or refuse it.
 
