@@ -51,6 +51,8 @@ from mmrag.reader import OfflineReader, ReaderSettings
 from mmrag.registry import (ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, build_reranker,
                             resolve_models)
 from mmrag.retrieval import SearchFilter, Searcher, rrf
+from mmrag.security import Caller, set_labels
+from mmrag.security.rules import AccessRules
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
 
 __all__ = [
@@ -63,5 +65,6 @@ __all__ = [
     "SentenceChunker", "Settings", "StoreError", "TextBlock", "UpstreamError", "configure_logging", "evaluate_retrieval",
     "load_dataset", "ndcg_at", "offline_minilm_dir", "precision_at", "resolve_models", "rrf",
     "Reranker", "build_reranker",
+    "AccessRules", "Caller", "set_labels",
 ]
 __version__ = "0.1.0"
