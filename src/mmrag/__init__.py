@@ -51,7 +51,8 @@ from mmrag.reader import OfflineReader, ReaderSettings
 from mmrag.registry import (ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, build_reranker,
                             resolve_models)
 from mmrag.retrieval import SearchFilter, Searcher, rrf
-from mmrag.security import Caller, set_labels
+from mmrag.security import Caller
+from mmrag.security.relabel import set_labels
 from mmrag.security.rules import AccessRules
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
 

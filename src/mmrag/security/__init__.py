@@ -8,25 +8,6 @@
 * :mod:`mmrag.security.relabel`: changing a document's labels (a metadata write, never a re-embed).
 """
 
-from typing import TYPE_CHECKING, Any
-
 from mmrag.security.labels import Caller, NoAccess, access_where, can_read, parse_labels
 
-if TYPE_CHECKING:
-    from mmrag.kb import KnowledgeBase
-
-__all__ = ["Caller", "NoAccess", "access_where", "can_read", "parse_labels", "set_labels"]
-
-
-def set_labels(kb: "KnowledgeBase", doc_id: str, labels: Any) -> dict[str, object]:
-    """Give document ``doc_id`` exactly ``labels`` in every index: a metadata write, never a re-embed.
-
-    See :func:`mmrag.security.relabel.set_labels` (imported lazily: it needs the knowledge base).
-
-    Example:
-        >>> set_labels(kb, "hr/salaries.pdf", ["group:hr"])  # doctest: +SKIP
-        {'doc_id': 'hr/salaries.pdf', 'labels': ['group:hr'], 'records': 12}
-    """
-    from mmrag.security.relabel import set_labels as relabel
-
-    return relabel(kb, doc_id, labels)
+__all__ = ["Caller", "NoAccess", "access_where", "can_read", "parse_labels"]
