@@ -44,9 +44,14 @@ _CHUNK = 1024 * 1024
              responses={**ERRORS, 415: {"model": ERRORS[400]["model"]}})
 async def upload(request: Request, files: list[UploadFile] = File(..., description="One or more files."),
                  collection: str | None = Form(None, pattern=COLLECTION_PATTERN),
+                 access: str | None = Form(None, description="Access labels for these documents: "
+                                           "group:NAME or user:NAME, comma-separated."),
                  key: ApiKey | None = Depends(require("write"))) -> UploadResponse:
     """Upload files and index them; the response is the ingestion summary."""
+    from mmrag.security.rules import AccessRules
+
     services = services_of(request)
+    rules = AccessRules(labels=[access] if access else ())
     name = allow_collection(key, check_collection_name(collection or services.settings.collection))
     if len(files) > 100:
         raise InvalidInputError("files: at most 100 files per request")
@@ -66,7 +71,7 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
         for upload_file, filename in checked:
             staged.append((await _stage(upload_file, folder, filename, limit), folder / filename))
         kb = await run_in_threadpool(services.kb, name, create=True)
-        indexer = Indexer(kb, limits=ingest_limits(services.settings))  # the per-document budgets
+        indexer = Indexer(kb, limits=ingest_limits(services.settings), access=rules)  # the per-document budgets
         paths = []
         for tmp, dest in staged:
             problem = await run_in_threadpool(_replaces_cleanly, indexer, tmp, dest)
@@ -81,7 +86,7 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
     to_index = [p for p in paths if str(p) not in {r.path for r in refused}]
     # The write goes to the version live each time it takes the writer lock (a promote may switch meanwhile).
     summary = (await run_in_threadpool(lambda: ingest_on_live_version(
-        name, kb, lambda live, guard: Indexer(live, limits=indexer.limits, guard=guard).ingest(to_index),
+        name, kb, lambda live, guard: Indexer(live, limits=indexer.limits, guard=guard, access=rules).ingest(to_index),
         resolve=services.physical,
         open_kb=lambda n: services.kb(n, create=True))) if to_index else IngestSummary(collection=name))
     services.metrics.ingested.labels(name).inc(summary.indexed)
