@@ -43,7 +43,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 from mmrag.config import RetrievalSettings
 from mmrag.errors import InvalidInputError
 from mmrag.kb import KnowledgeBase
-from mmrag.keyword import check_where
+from mmrag.keyword import check_where, check_where_bounds
 from mmrag.loaders._common import DOC_TYPES
 from mmrag.protocols import Reranker
 from mmrag.rerank import DEFAULT_DEPTH, rerank_hits
@@ -295,7 +295,10 @@ class Searcher:
             allowed = access_where(self.caller, self.unlabelled)
         except NoAccess:
             raise _NoMatch from None
-        base = and_where(dict(where) if where else None, filters.where() if filters else None, allowed)
+        mine = and_where(dict(where) if where else None, filters.where() if filters else None)
+        if mine:
+            check_where_bounds(mine)  # the caller's own filter; the indexes take the access clause on top
+        base = and_where(mine, allowed)
         prefix = filters.source_prefix if filters else None
         if prefix is None:
             return _Plan(base, None)

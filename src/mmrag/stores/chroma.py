@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from mmrag.errors import EmbedderMismatchError, ForeignCollectionError, InvalidInputError, StoreError
-from mmrag.keyword import check_where_bounds
+from mmrag.keyword import MAX_INDEX_CONDITIONS, check_where_bounds
 from mmrag.types import Hit, Record
 
 IDENTITY_PREFIX = "mmrag:"
@@ -218,7 +218,7 @@ class ChromaStore:
             return []
         if where:
             # Past these limits Chroma fails with an internal error (a 503): they are the caller's (400).
-            check_where_bounds(where)
+            check_where_bounds(where, MAX_INDEX_CONDITIONS)
         with _translate(f"query {self.name!r}"):
             res = self._col.query(
                 query_embeddings=np.asarray([vector], dtype=np.float32), n_results=k,
