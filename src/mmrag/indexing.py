@@ -399,6 +399,20 @@ class Indexer:
             run.unsure.add(str(ref.path))
             bucket = summary.failed if state.status == "failed" else summary.skipped
             bucket.append(Problem(str(ref.path), state.reason + " (unchanged since last run)", state.status))
+        elif state.status == "done":
+            self._relabel_unchanged(ref)
+
+    def _relabel_unchanged(self, ref: FileRef) -> None:
+        """Give an unchanged file the labels this run asks for: `ingest --access` over an indexed folder
+        must protect it, not skip it (a metadata write; nothing is read or embedded again)."""
+        from mmrag.security.relabel import set_labels
+
+        wanted = self.access.labels_for(str(ref.path), {})
+        if not wanted:
+            return  # no label asked for: the document keeps the ones it has
+        kept = LabelTable(self.kb.manifest).get(self.kb.collection, [ref.doc_id]).get(ref.doc_id, ())
+        if set(wanted) != set(kept):
+            set_labels(self.kb, ref.doc_id, wanted)
 
     def _apply_file(self, result: FileResult, run: _Run, summary: IngestSummary) -> None:
         """Record the end of one file's work: its stamp, its bad lines, its failure, its unchanged records."""

@@ -285,7 +285,7 @@ def _check_caller(api: Api, col: str, docs: list[Doc], who: dict[str, Any], q: d
             _no_secrets(text, docs, allowed, "mcp get_document")
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(corpus=corpora(), who=st.lists(callers, min_size=1, max_size=3), q=queries)
 def test_no_caller_sees_outside_its_groups(api: Api, tmp_path_factory: pytest.TempPathFactory,

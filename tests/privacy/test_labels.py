@@ -189,3 +189,16 @@ def test_jwt_signed_with_the_public_key_as_a_secret_is_refused(idp: dict[str, An
                         algorithm="HS256")
     with pytest.raises(UnauthorizedError):
         JwtVerifier(key_file=idp["pem"]).verify(forged)
+
+
+def test_ingest_access_over_an_indexed_folder_labels_its_unchanged_files(hashing_kb: KnowledgeBase,
+                                                                        tmp_path: Path) -> None:
+    """Before, unchanged files were skipped, and `ingest --access` left them readable by every key."""
+    (tmp_path / "a.txt").write_text("quarterly salaries")
+    Indexer(hashing_kb).ingest([tmp_path])
+    assert _seen(hashing_kb, Caller.of([])) == {"a.txt"}
+    summary = Indexer(hashing_kb, access=AccessRules(labels=["group:hr"], roots=[tmp_path])).ingest([tmp_path])
+    assert summary.unchanged == 1 and summary.indexed == 0 and summary.text_embeddings == 0
+    for retriever in ("bm25", "text", "clip", "hybrid"):
+        assert _seen(hashing_kb, Caller.of([]), retriever) == set()
+        assert _seen(hashing_kb, Caller.of(["hr"]), retriever) == {"a.txt"}
