@@ -30,6 +30,8 @@ FOLDERS = {
     "lifecycle": "lifecycle", "cli": "applications", "http": "applications",
     # Object storage as a source: listing and fetching, beside the loaders.
     "sources": "backends",
+    # Access labels: parsing, the where clauses the stores run, the rules of a run.
+    "security": "backends",
 }
 #: Each top-level module of src/mmrag.
 MODULES = {
@@ -57,6 +59,8 @@ MODULES = {
 OVERRIDES = {
     # The drift math and the query log: ingest (services) writes a version's reference with them.
     "lifecycle.drift": "analysis",
+    # Relabelling and counting as a caller write and read a knowledge base's stores and manifest.
+    "security.relabel": "knowledge base", "security.counts": "knowledge base",
 }
 #: Imports from a lower layer that are allowed anyway: the package version, a constant.
 ALLOWED = {("mmrag", "__version__")}

@@ -23,13 +23,19 @@ Part 2, load: ``mmrag serve`` on loopback (one worker, API keys on) over the sam
 send hybrid searches back to back for 30 s. Reported: requests, errors (must be 0), throughput and
 the latency percentiles under load.
 
+Part 1c, per-document access (``--access``, issue 28): the same corpus ingested again into a
+second collection with a JSONL ``access`` field, half the chunks ``group:bench-a`` and half
+``group:bench-b``; hybrid search as a caller of ``bench-a`` (the filter runs inside Chroma's and
+tantivy's queries) is timed beside hybrid on the unlabelled index, in the same run. The target is a
+p50 within 10% of the unlabelled one.
+
 Run it on an otherwise idle machine (two torch threads on two cores stall when anything else runs).
 
 Usage::
 
     .venv/bin/python eval/bench/query.py [--chunks 10000] [--queries 300] [--clients 20] [--seconds 30]
                                          [--rerank offline] [--rerank-depth 20] [--no-rerank]
-                                         [--workdir DIR] [--json out.json]
+                                         [--access] [--workdir DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmrag import (ChunkSpec, Indexer, KnowledgeBase, ModelUnavailableError, Query, Reranker, SentenceChunker,
+from mmrag import (Caller, ChunkSpec, Indexer, KnowledgeBase, ModelUnavailableError, Query, Reranker, SentenceChunker,
                    Searcher, Settings, TextBlock, build_reranker, configure_logging, offline_minilm_dir,
                    resolve_models)
 
@@ -57,6 +63,9 @@ SCIFACT_DIR = SHARED / "scifact"
 COLLECTION = "bench-query"
 TARGET_P50_MS = 50.0
 TARGET_RERANK_P50_MS = 400.0
+#: Hybrid p50 as a restricted caller over the labelled index / hybrid p50 over the unlabelled one.
+TARGET_ACCESS_RATIO = 1.10
+ACCESS_COLLECTION = "bench-query-access"
 SEED = 0
 
 
@@ -376,11 +385,43 @@ def format_report(report: dict[str, Any]) -> str:
         verdict = "met" if stage <= TARGET_RERANK_P50_MS else "MISSED"
         lines.append(f"rerank ({rr['reranker']}, top {rr['depth']}) stage p50 {stage:.1f} ms "
                      f"(target <= {TARGET_RERANK_P50_MS:.0f} ms: {verdict})" + (f"; {rr['note']}" if rr["note"] else ""))
+    acc = report.get("access")
+    if acc:
+        a, b = acc["unlabelled_hybrid"], acc["caller_hybrid"]
+        lines.append(f"access: hybrid p50 {b['p50_ms']:.1f} ms as a caller of half the labelled corpus vs "
+                     f"{a['p50_ms']:.1f} ms unlabelled (ratio {acc['ratio_p50']:.3f}; target <= {TARGET_ACCESS_RATIO}: "
+                     f"{'met' if acc['ratio_p50'] <= TARGET_ACCESS_RATIO else 'MISSED'}); p95 {b['p95_ms']:.1f} vs "
+                     f"{a['p95_ms']:.1f} ms")
     if load:
         lines.append(f"load: {load['clients']} clients x {load['seconds']} s on /v1/search (hybrid): {load['requests']} "
                      f"requests, {load['errors']} errors, {load['throughput_rps']} req/s, p50 {load['p50_ms']:.0f} ms, "
                      f"p95 {load['p95_ms']:.0f} ms")
     return "\n".join(lines)
+
+
+def access_latency(settings: Settings, queries: Sequence[str]) -> dict[str, Any]:
+    """Part 1c: hybrid as a caller of one group over a labelled copy of the corpus, beside the unlabelled index."""
+    workdir = Path(settings.data_dir).parent
+    plain, labelled = workdir / "corpus" / "chunks.jsonl", workdir / "corpus-access" / "chunks.jsonl"
+    labelled.parent.mkdir(parents=True, exist_ok=True)
+    if not labelled.exists():
+        with open(plain, encoding="utf-8") as src, open(labelled, "w", encoding="utf-8") as out:
+            for n, line in enumerate(src):
+                out.write(json.dumps({**json.loads(line), "access": "group:bench-a" if n % 2 == 0 else "group:bench-b"})
+                          + "\n")
+    models = resolve_models(settings)
+    kb = KnowledgeBase(settings.data_dir, COLLECTION, models)
+    access_kb = KnowledgeBase(settings.data_dir, ACCESS_COLLECTION, models, clip=kb.clip, text=kb.text)
+    started = time.perf_counter()
+    Indexer(access_kb).ingest([labelled])
+    out: dict[str, Any] = {"ingest_seconds": round(time.perf_counter() - started, 1),
+                           "labelled_records": access_kb.raw_store("text").count()}
+    out["unlabelled_hybrid"] = time_queries(Searcher(kb), queries, "hybrid")
+    out["caller_hybrid"] = time_queries(Searcher(access_kb).as_caller(Caller.of(["bench-a"])), queries, "hybrid")
+    out["ratio_p50"] = round(out["caller_hybrid"]["p50_ms"] / out["unlabelled_hybrid"]["p50_ms"], 3)
+    access_kb.close()
+    kb.close()
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -394,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rerank", default="offline", help="The reranker part 1b times (a build_reranker name).")
     parser.add_argument("--rerank-depth", type=int, default=20)
     parser.add_argument("--no-rerank", action="store_true", help="Skip part 1b.")
+    parser.add_argument("--access", action="store_true",
+                        help="Part 1c: hybrid as a restricted caller over a labelled copy of the index.")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     configure_logging()
@@ -407,13 +450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["latency"] = latency(settings, queries)
     if not args.no_rerank:
         report["rerank"] = rerank_latency(settings, queries, args.rerank, args.rerank_depth)
+    if args.access:
+        report["access"] = access_latency(settings, queries)
     if not args.no_load:
         report["load"] = load_test(settings, queries, args.clients, args.seconds)
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     failed = (report["latency"]["mmrag"]["hybrid"]["p50_ms"] > TARGET_P50_MS or (report.get("load") or {}).get("errors", 0)
-              or (report.get("rerank") or {}).get("stage", {}).get("p50_ms", 0) > TARGET_RERANK_P50_MS)
+              or (report.get("rerank") or {}).get("stage", {}).get("p50_ms", 0) > TARGET_RERANK_P50_MS
+              or (report.get("access") or {}).get("ratio_p50", 0) > TARGET_ACCESS_RATIO)
     return 1 if failed else 0
 
 

@@ -53,20 +53,24 @@ from mmrag.redaction import Redactor
 from mmrag.registry import (ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, build_reranker,
                             resolve_models)
 from mmrag.retrieval import SearchFilter, Searcher, rrf
+from mmrag.security import Caller
+from mmrag.security.relabel import set_labels
+from mmrag.security.rules import AccessRules
 from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlock
 
 # Sorted (tests/test_public_api.py compares it with every public name of this module).
 __all__ = [
-    "ABSTAIN_TEXT", "ANSWER_MODES", "AbstentionGate", "Answer", "Answerer", "ChromaStore", "Chunk",
-    "ChunkSpec", "Citation", "ClipSpec", "ConfigError", "Document", "EmbedderMismatchError", "EvalConfig",
-    "EvalQuery", "EvalRun", "Extractor", "Hit", "ImageAsset", "Indexer", "IngestSummary", "InvalidInputError",
-    "JudgeConfig", "KnowledgeBase", "LiteLLMChatModel", "LoadError", "Message", "MissingDependencyError",
-    "MmragError", "ModelChoice", "ModelUnavailableError", "NotFoundError", "OfflineReader",
-    "OpenClipEmbedder", "Query", "ReaderSettings", "Record", "RedactionPolicyError", "Redactor", "Reranker",
-    "SearchFilter", "Searcher", "SentenceChunker", "SentenceTransformerEmbedder", "Settings", "StoreError",
-    "TextBlock", "UpstreamError", "answer_mode", "answer_options", "answer_stop", "build_chat_model",
-    "build_reranker", "check_gates", "compare_runs", "configure_logging", "evaluate_dataset",
-    "evaluate_retrieval", "load_dataset", "load_report", "ndcg_at", "offline_minilm_dir", "open_client",
-    "parse_gates", "precision_at", "resolve_models", "rrf", "run_evaluation", "write_reports",
+    "ABSTAIN_TEXT", "ANSWER_MODES", "AbstentionGate", "AccessRules", "Answer", "Answerer", "Caller",
+    "ChromaStore", "Chunk", "ChunkSpec", "Citation", "ClipSpec", "ConfigError", "Document",
+    "EmbedderMismatchError", "EvalConfig", "EvalQuery", "EvalRun", "Extractor", "Hit", "ImageAsset",
+    "Indexer", "IngestSummary", "InvalidInputError", "JudgeConfig", "KnowledgeBase", "LiteLLMChatModel",
+    "LoadError", "Message", "MissingDependencyError", "MmragError", "ModelChoice", "ModelUnavailableError",
+    "NotFoundError", "OfflineReader", "OpenClipEmbedder", "Query", "ReaderSettings", "Record",
+    "RedactionPolicyError", "Redactor", "Reranker", "SearchFilter", "Searcher", "SentenceChunker",
+    "SentenceTransformerEmbedder", "Settings", "StoreError", "TextBlock", "UpstreamError", "answer_mode",
+    "answer_options", "answer_stop", "build_chat_model", "build_reranker", "check_gates", "compare_runs",
+    "configure_logging", "evaluate_dataset", "evaluate_retrieval", "load_dataset", "load_report", "ndcg_at",
+    "offline_minilm_dir", "open_client", "parse_gates", "precision_at", "resolve_models", "rrf",
+    "run_evaluation", "set_labels", "write_reports",
 ]
 __version__ = "0.1.0"

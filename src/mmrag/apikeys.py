@@ -13,10 +13,15 @@ Scopes imply each other downwards: ``admin`` ⊃ ``write`` ⊃ ``read``.
 
 ``collections`` is a list of collection names, or ``["*"]`` for all of them.
 
+``groups`` names the caller's groups for per-document access (:mod:`mmrag.security`): the key
+reads documents labelled ``group:<one of them>`` and unlabelled ones (unless
+``access.unlabelled = "private"``); ``["*"]`` reads every document. A key without groups (every
+key made before groups existed) reads unlabelled documents only.
+
 The key file is JSON, written atomically with mode 0600 (``mmrag keys create`` manages it)::
 
     {"keys": [{"id": "3f9c1a2b", "name": "chat-bot", "hash": "sha256:…", "scopes": ["read"],
-               "collections": ["handbook"], "created": "2026-11-26T16:00:00+00:00"}]}
+               "collections": ["handbook"], "groups": ["support"], "created": "2026-11-26T16:00:00+00:00"}]}
 
 Several processes share the file (``mmrag keys create`` and ``revoke`` while the server runs, and
 several server workers), so every change is a read-modify-write under an exclusive ``flock`` on
@@ -45,6 +50,7 @@ from typing import Iterable, Iterator
 
 from mmrag.errors import ConfigError, InvalidInputError, NotFoundError
 from mmrag.locks import fsync_dir
+from mmrag.security.labels import Caller, check_groups
 
 SCOPES = ("read", "write", "admin")
 _IMPLIED = {"admin": {"admin", "write", "read"}, "write": {"write", "read"}, "read": {"read"}}
@@ -66,6 +72,14 @@ class ApiKey:
     scopes: tuple[str, ...]
     collections: tuple[str, ...] = ("*",)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    #: Groups whose documents the key reads (``*``: all); see the module docstring.
+    groups: tuple[str, ...] = ()
+    #: The user a token from an identity provider stands for (documents labelled ``user:<subject>``).
+    subject: str | None = None
+
+    def caller(self) -> Caller:
+        """The per-document access this key grants."""
+        return Caller.of(self.groups, self.subject)
 
     def allows(self, scope: str, collection: str | None = None) -> bool:
         """Whether this key holds ``scope`` (directly or implied) for ``collection``."""
@@ -130,13 +144,21 @@ class KeyStore:
             return None
         return key
 
-    def create(self, name: str, *, scopes: Iterable[str], collections: Iterable[str] = ("*",)) -> tuple[str, ApiKey]:
+    def create(self, name: str, *, scopes: Iterable[str], collections: Iterable[str] = ("*",),
+               groups: Iterable[str] = ()) -> tuple[str, ApiKey]:
         """Make a key; returns the token (shown once, never stored) and its entry.
 
+        Args:
+            name: a name for people.
+            scopes: ``read``, ``write``, ``admin``.
+            collections: collection names, or ``*``.
+            groups: the groups whose labelled documents it reads (``*``: every document).
+
         Raises:
-            InvalidInputError: an unknown scope, or no scope / collection at all.
+            InvalidInputError: an unknown scope, no scope / collection at all, or a bad group name.
             ConfigError: the key file is unreadable.
         """
+        groups = check_groups(groups, "groups")
         scopes = tuple(dict.fromkeys(scopes))
         collections = tuple(dict.fromkeys(collections))
         unknown = [s for s in scopes if s not in SCOPES]
@@ -150,7 +172,7 @@ class KeyStore:
             while key_id in keys:
                 key_id = secrets.token_hex(4)
             token = f"mmrag_{key_id}_{secrets.token_urlsafe(32)}"
-            key = ApiKey(key_id, name, hash_token(token), scopes, collections)
+            key = ApiKey(key_id, name, hash_token(token), scopes, collections, groups=groups)
             self._save({**keys, key_id: key})
         return token, key
 
@@ -211,8 +233,8 @@ class KeyStore:
 
     def _save(self, keys: dict[str, ApiKey]) -> None:
         """Replace the key file atomically (same-folder temp file, fsync, rename), mode 0600."""
-        data = {"keys": [{**asdict(k), "scopes": list(k.scopes), "collections": list(k.collections)}
-                         for k in keys.values()]}
+        data = {"keys": [{**{f: v for f, v in asdict(k).items() if f != "subject"}, "scopes": list(k.scopes),
+                          "collections": list(k.collections), "groups": list(k.groups)} for k in keys.values()]}
         # mkstemp creates the file 0600, so the secrets' hashes are never readable by others, not
         # even for the moment before the rename.
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".keys-", suffix=".json")
@@ -235,7 +257,7 @@ class KeyStore:
 def _parse(raw: bytes) -> dict[str, ApiKey]:
     data = json.loads(raw.decode("utf-8"))
     keys = [ApiKey(k["id"], k.get("name", ""), k["hash"], tuple(k["scopes"]), tuple(k.get("collections", ["*"])),
-                   k.get("created", "")) for k in data["keys"]]
+                   k.get("created", ""), groups=tuple(k.get("groups", ()))) for k in data["keys"]]
     return {k.id: k for k in keys}
 
 

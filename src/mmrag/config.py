@@ -134,6 +134,24 @@ class ApiSettings(BaseModel):
     access_log_queries: bool = False
 
 
+class AccessSettings(BaseModel):
+    """Per-document access (:mod:`mmrag.security`): unlabelled documents, and a trusted identity provider."""
+
+    #: What a document without labels is to a key or token with groups: ``public`` (every caller
+    #: reads it, the default) or ``private`` (only unrestricted callers). MMRAG_ACCESS__UNLABELLED.
+    unlabelled: Literal["public", "private"] = "public"
+    #: A JWT verification key: a PEM public key file, or a JWKS file (never fetched from a URL).
+    jwt_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    #: The claim holding the caller's groups (a list, or a string of comma-separated names).
+    jwt_groups_claim: str = "groups"
+    jwt_algorithms: list[str] = ["RS256", "ES256", "EdDSA"]
+    #: Collections a token may read (tokens grant the ``read`` scope only).
+    jwt_collections: list[str] = ["*"]
+
+
 class RetrievalWeights(BaseModel):
     """Reciprocal-rank-fusion weight of each index in hybrid search (0 leaves an index out).
 
@@ -250,4 +268,5 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     rerank: RerankSettings = RerankSettings()
     api: ApiSettings = ApiSettings()
+    access: AccessSettings = AccessSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()

@@ -57,6 +57,7 @@ from mmrag.manifest import DocState
 from mmrag.pipeline import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
 from mmrag.redaction import Redactor, bind_policy, counts_of
 from mmrag.sources import ObjectRef, discover_sources, is_url, source_exists, source_root
+from mmrag.security.rules import AccessRules, LabelTable, apply_labels
 from mmrag.tracing import span
 from mmrag.types import Record
 
@@ -232,16 +233,19 @@ class Indexer:
         redact: the redaction policy this write asks for (``["email", "card"]``; ``[]`` for none);
             None applies the collection's own. A new collection records it; one built with
             another policy refuses the write (:func:`mmrag.redaction.bind_policy`).
+        access: the access labels this run gives its documents (:mod:`mmrag.security.rules`);
+            default: only a JSONL ``access`` field, and the labels documents already had.
     """
 
     def __init__(self, kb: KnowledgeBase, *, jsonl: JsonlFields = JsonlFields(),
                  limits: LoaderLimits = LoaderLimits(), engine: Engine | None = None,
                  write_concurrency: int = WRITE_CONCURRENCY, guard: Callable[[], None] | None = None,
-                 redact: Sequence[str] | None = None) -> None:
+                 redact: Sequence[str] | None = None, access: AccessRules | None = None) -> None:
         self.kb = kb
         self.redact = redact
         #: The collection's redactor, bound when a run takes the writer lock (:meth:`ingest`).
         self.redactor = Redactor(())
+        self.access = access or AccessRules()
         #: Called each time this indexer takes the writer lock, before it writes anything under it
         #: (:func:`mmrag.lifecycle.promotion.ingest_on_live_version` checks the alias there).
         self.guard = guard
@@ -421,6 +425,20 @@ class Indexer:
             run.unsure.add(str(ref.path))
             bucket = summary.failed if state.status == "failed" else summary.skipped
             bucket.append(Problem(str(ref.path), state.reason + " (unchanged since last run)", state.status))
+        elif state.status == "done":
+            self._relabel_unchanged(ref)
+
+    def _relabel_unchanged(self, ref: FileRef) -> None:
+        """Give an unchanged file the labels this run asks for: `ingest --access` over an indexed folder
+        must protect it, not skip it (a metadata write; nothing is read or embedded again)."""
+        from mmrag.security.relabel import set_labels
+
+        wanted = self.access.labels_for(str(ref.path), {})
+        if not wanted:
+            return  # no label asked for: the document keeps the ones it has
+        kept = LabelTable(self.kb.manifest).get(self.kb.collection, [ref.doc_id]).get(ref.doc_id, ())
+        if set(wanted) != set(kept):
+            set_labels(self.kb, ref.doc_id, wanted)
 
     def _apply_file(self, result: FileResult, run: _Run, summary: IngestSummary) -> None:
         """Record the end of one file's work: its stamp, its bad lines, its failure, its unchanged records."""
@@ -666,6 +684,8 @@ class _Writer:
             if not self.inflight:
                 self._release()
             return
+        # Labels go on the records before any is written, so no record is ever readable unlabelled.
+        apply_labels(self.indexer.access, LabelTable(kb.manifest), col, docs)
         for d in docs:
             summary.clip_embeddings += d.clip_computed
             summary.text_embeddings += d.text_computed

@@ -59,13 +59,17 @@ _OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte")
 #: Conditions (metadata keys compared) one filter may hold. Chroma's SQLite turns each into a level
 #: of one expression tree and fails past 1,000 levels (a 503 for what is the client's mistake).
 MAX_WHERE_CONDITIONS = 256
+#: Conditions the indexes themselves take: a caller's filter plus its access clause (one per label
+#: it holds, plus one for unlabelled documents; :mod:`mmrag.security.labels`), which the search adds
+#: after checking the caller's part against :data:`MAX_WHERE_CONDITIONS`. Still far below 1,000.
+MAX_INDEX_CONDITIONS = MAX_WHERE_CONDITIONS + 1 + 200
 #: ``$and``/``$or`` nesting a filter may hold (a checker that recursed died at 1,000 levels).
 MAX_WHERE_DEPTH = 32
 #: The integers every index stores: tantivy refuses anything outside int64 with a ValueError.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def check_where(where: Mapping[str, Any]) -> None:
+def check_where(where: Mapping[str, Any], limit: int = MAX_WHERE_CONDITIONS) -> None:
     """Refuse a ``where`` that an index could not evaluate as Chroma would (so no index disagrees).
 
     Checked without recursion, so a hostile filter costs one pass over it whatever its shape:
@@ -75,10 +79,10 @@ def check_where(where: Mapping[str, Any]) -> None:
     Raises:
         InvalidInputError: an unknown operator, a malformed clause, or a filter over those limits.
     """
-    _walk(where, strict=True)
+    _walk(where, strict=True, limit=limit)
 
 
-def check_where_bounds(where: Mapping[str, Any]) -> None:
+def check_where_bounds(where: Mapping[str, Any], limit: int = MAX_WHERE_CONDITIONS) -> None:
     """Refuse only a ``where`` over the limits every index can take (nesting, conditions, int64).
 
     What a store's own validation refuses is left to it (the Chroma store reports that as its
@@ -88,10 +92,10 @@ def check_where_bounds(where: Mapping[str, Any]) -> None:
         InvalidInputError: a filter nested too deeply, with too many conditions, or an integer
             outside int64.
     """
-    _walk(where, strict=False)
+    _walk(where, strict=False, limit=limit)
 
 
-def _walk(where: Any, *, strict: bool) -> None:
+def _walk(where: Any, *, strict: bool, limit: int = MAX_WHERE_CONDITIONS) -> None:
     stack: list[tuple[Any, str, int]] = [(where, "where", 1)]
     conditions = 0
     while stack:
@@ -119,7 +123,7 @@ def _walk(where: Any, *, strict: bool) -> None:
                     raise InvalidInputError(f"{at}: unknown operator {key!r}. Known: $and, $or")
                 continue
             conditions += 1
-            if conditions > MAX_WHERE_CONDITIONS:
+            if conditions > limit:
                 raise InvalidInputError(f"where: a filter (filters.metadata and where together) compares at most "
                                         f"{MAX_WHERE_CONDITIONS} metadata keys; narrow it")
             if not isinstance(cond, Mapping):

@@ -34,10 +34,11 @@ from pydantic import ValidationError
 from mmrag.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, MmragError, NotFoundError
 from mmrag.http import access
-from mmrag.http.auth import allow_collection, bearer_token, check_key
+from mmrag.http.auth import allow_collection, bearer_token, caller_of, check_key
 from mmrag.http.schemas import AnswerRequest, CollectionOut, Filters, SearchRequest
 from mmrag.http.services import Services
 from mmrag.images import ImageCache
+from mmrag.stores.chroma import hit_from
 from mmrag.types import Hit
 
 T = TypeVar("T")
@@ -95,7 +96,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
                           retriever=retriever, filters=_parse(Filters, **filters) if filters else None,
                           rerank=rerank, rerank_depth=rerank_depth)
             name = _collection(services, key, body.collection)
-            hits = search_hits(services, name, body, body.query)
+            hits = search_hits(services, name, body, body.query, key=key)
             access.note(scope, collection=name, doc_ids=[h.doc_id for h in hits], query=body.query, tool="search")
             out = [hit_out(name, h).model_dump(exclude={"image_uri"}) for h in hits]
             content: list[ContentBlock] = [TextContent(type="text", text=_json({"collection": name, "hits": out}))]
@@ -123,9 +124,9 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
                           verify=verify)
             name = _collection(services, key, body.collection)
             started = time.perf_counter()
-            hits = search_hits(services, name, body, body.question)
+            hits = search_hits(services, name, body, body.question, key=key)
             answerer = services.answerer(name, model=None, k=body.k, retriever=body.retriever, max_tokens=None,
-                                         verify=body.verify)
+                                         verify=body.verify, caller=caller_of(key))
             result = answerer.answer(body.question, hits)
             access.note(scope, collection=name, doc_ids=[c.doc_id for c in result.citations],
                         context_doc_ids=[h.doc_id for h in hits], query=body.question, tool="answer")
@@ -144,7 +145,7 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
         key = key_of(ctx)
 
         def run() -> CallToolResult:
-            out = [CollectionOut(name=n, **services.collection_sizes(n)).model_dump()
+            out = [CollectionOut(name=n, **services.collection_sizes(n, caller_of(key))).model_dump()
                    for n in services.collections() if key is None or key.sees(n)]
             return CallToolResult(content=[TextContent(type="text", text=_json({"collections": out}))],
                                   structured_content={"collections": out})
@@ -164,9 +165,11 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
         def run() -> CallToolResult:
             name = _collection(services, key, collection)
             kb = services.kb(name)
+            readable = services.searcher(name).as_caller(caller_of(key)).can_read
             if page is None:
                 found = kb.text_store.get([id]) or kb.clip_store.get([id])
-                if not found:
+                # A record the caller may not read gets the same error as one that does not exist.
+                if not found or not readable(found[0]):
                     raise NotFoundError(f"no record {id!r} in collection {name!r}; pass a search hit's id "
                                         "(or a doc_id with page)")
                 hit = found[0]
@@ -174,8 +177,8 @@ def build_server(services: Services, *, use_keys: bool) -> MCPServer:
                 out = _record(hit)
                 return CallToolResult(content=[TextContent(type="text", text=_json(out)), *_images([hit], services.images)],
                                       structured_content=out)
-            rows = [(meta, text) for _, meta, text in kb.text_store.records_of([id], include=("metadatas", "documents"))
-                    if meta.get("page") == page]
+            rows = [(meta, text) for rid, meta, text in kb.text_store.records_of([id], include=("metadatas", "documents"))
+                    if meta.get("page") == page and readable(hit_from(rid, meta, text, 0.0))]
             if not rows:
                 raise NotFoundError(f"no text on page {page} of {id!r} in collection {name!r}")
             access.note(scope, collection=name, doc_ids=[id], tool="get_document")

@@ -88,6 +88,13 @@ class VectorStore(Protocol):
         """The records with these ids (missing ones left out), ``score`` 0."""
         ...
 
+    def update_metadata(self, ids: Sequence[str], changes: Sequence[Mapping[str, Any]]) -> None:
+        """Merge ``changes[i]`` into record ``ids[i]``'s metadata (a ``None`` value deletes the key).
+
+        Vectors and text stay as they are: relabelling a document is this call, not a re-embed.
+        """
+        ...
+
     def delete_docs(self, doc_ids: Sequence[str]) -> None:
         """Delete every record whose ``doc_id`` metadata is one of ``doc_ids``."""
         ...

@@ -34,6 +34,7 @@ A reranker (``reranker=``, :mod:`mmrag.rerank`) may then reread the top hits of 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -42,10 +43,11 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 from mmrag.config import RetrievalSettings
 from mmrag.errors import InvalidInputError
 from mmrag.kb import KnowledgeBase
-from mmrag.keyword import check_where
+from mmrag.keyword import check_where, check_where_bounds
 from mmrag.loaders._common import DOC_TYPES
 from mmrag.protocols import Reranker
 from mmrag.rerank import DEFAULT_DEPTH, rerank_hits
+from mmrag.security.labels import Caller, NoAccess, access_where
 from mmrag.tracing import span
 from mmrag.types import Hit, MetaValue, Query
 
@@ -168,16 +170,27 @@ class Searcher:
         rrf_k: the reciprocal rank fusion constant.
         reranker: rereads the top hits of every search (:mod:`mmrag.rerank`); None: no rerank stage.
         rerank_depth: how many top hits the reranker rereads.
+        caller: whose documents every search may return (:class:`~mmrag.security.Caller`); None
+            reads every document. The caller's labels become a filter inside each index's query.
+        unlabelled: what unlabelled documents are to a restricted caller: ``public`` or ``private``.
 
     Example:
         >>> hits = Searcher(kb).search(Query(text="a red circle"), k=5, modality="image")  # doctest: +SKIP
+        >>> finance = Searcher(kb).as_caller(Caller.of(["finance"]))  # doctest: +SKIP
     """
 
     def __init__(self, kb: KnowledgeBase, *, weights: Mapping[str, float] | None = None, depth: int | None = None,
                  rrf_k: int | None = None, reranker: Reranker | None = None,
-                 rerank_depth: int = DEFAULT_DEPTH) -> None:
+                 rerank_depth: int = DEFAULT_DEPTH, caller: Caller | None = None,
+                 unlabelled: str = "public") -> None:
         defaults = RetrievalSettings()
         self.kb = kb
+        self.caller = caller
+        self.unlabelled = unlabelled
+        try:
+            access_where(caller, unlabelled)  # refuses a bad ``unlabelled`` now rather than per query
+        except NoAccess:
+            pass
         #: Told each query vector as ``record(collection, space, vector)`` (the server's drift log).
         self.query_log: Any = None
         self.weights = check_weights({**defaults.weights.model_dump(), **dict(weights or {})})
@@ -192,10 +205,25 @@ class Searcher:
 
     @classmethod
     def from_settings(cls, kb: KnowledgeBase, settings: RetrievalSettings, *, reranker: Reranker | None = None,
-                      rerank_depth: int = DEFAULT_DEPTH) -> "Searcher":
+                      rerank_depth: int = DEFAULT_DEPTH, unlabelled: str = "public") -> "Searcher":
         """A searcher with the weights, depth and fusion constant of ``settings.retrieval`` (and a reranker)."""
         return cls(kb, weights=settings.weights.model_dump(), depth=settings.depth, rrf_k=settings.rrf_k,
-                   reranker=reranker, rerank_depth=rerank_depth)
+                   reranker=reranker, rerank_depth=rerank_depth, unlabelled=unlabelled)
+
+    def as_caller(self, caller: Caller | None) -> "Searcher":
+        """This searcher (same knowledge base, weights and reranker) restricted to ``caller``'s documents.
+
+        Cheap (no model or index is opened): the server makes one per request from a shared searcher.
+        """
+        twin = copy.copy(self)
+        twin.caller = caller
+        return twin
+
+    def can_read(self, hit: Hit) -> bool:
+        """Whether this searcher's caller may see ``hit`` (for lookups by id, which no query filters)."""
+        from mmrag.security.labels import can_read
+
+        return can_read(self.caller, hit.metadata, self.unlabelled)
 
     def search(self, query: Query, k: int = 10, *, modality: str = "all", retriever: str = "clip",
                where: Mapping[str, Any] | None = None, filters: SearchFilter | None = None,
@@ -262,7 +290,15 @@ class Searcher:
 
     # -- filters --------------------------------------------------------------------------------
     def _plan(self, where: Mapping[str, Any] | None, filters: SearchFilter | None) -> _Plan:
-        base = and_where(dict(where) if where else None, filters.where() if filters else None)
+        try:
+            # Inside every index's query, before its top k: never a check on hits already taken.
+            allowed = access_where(self.caller, self.unlabelled)
+        except NoAccess:
+            raise _NoMatch from None
+        mine = and_where(dict(where) if where else None, filters.where() if filters else None)
+        if mine:
+            check_where_bounds(mine)  # the caller's own filter; the indexes take the access clause on top
+        base = and_where(mine, allowed)
         prefix = filters.source_prefix if filters else None
         if prefix is None:
             return _Plan(base, None)

@@ -195,3 +195,21 @@ def test_none_metadata_values_are_dropped(store: Any) -> None:
     (hit,) = store.get(["n"])
     assert "lang" not in hit.metadata
     assert {h.id for h in store.query([1.0] * DIM, 5, {"lang": {"$ne": "en"}})} == {"n"}
+
+
+def test_update_metadata_merges_deletes_and_keeps_vectors(store: Any) -> None:
+    """Relabelling (issue 28) is this call: keys merge, ``None`` deletes, vectors and text stay."""
+    recs = records()
+    store.upsert(recs)
+    first, other = recs[0], recs[1]
+    before = store.query(list(first.embedding), len(recs))
+    store.update_metadata([first.id, "no-such-id"], [{"acl": True, "acl:group:hr": True}, {"acl": True}])
+    got = store.get([first.id])[0]
+    assert got.metadata["acl:group:hr"] is True and got.metadata["doc_id"] == first.metadata["doc_id"]
+    assert got.text == first.document
+    assert [h.id for h in store.query([1.0] * DIM, 50, where={"acl:group:hr": True})] == [first.id]
+    store.update_metadata([first.id], [{"acl": None, "acl:group:hr": None}])
+    got = store.get([first.id])[0]
+    assert "acl" not in got.metadata and "acl:group:hr" not in got.metadata
+    assert [h.id for h in store.query(list(first.embedding), len(recs))] == [h.id for h in before]
+    assert "acl" not in store.get([other.id])[0].metadata and store.count() == len(recs)

@@ -7,7 +7,7 @@ but some files failed (each is listed with its reason).
 """
 
 from mmrag.cli import (  # noqa: F401  (registers the commands)
-    audit, catalog, doctor, drift, evaluate, ingest, lifecycle, mcp, probes, query, serve, snapshot,
+    access, audit, catalog, doctor, drift, evaluate, ingest, lifecycle, mcp, probes, query, serve, snapshot,
 )
 from mmrag.cli._common import EXIT_PARTIAL, main
 

@@ -54,12 +54,16 @@ from mmrag.redaction import STAT_PREFIX
               help="Replace these values with placeholders before anything is chunked or embedded: comma-separated "
                    "kinds of email, phone, iban, card (Luhn-checked), ip; or none. A new collection records it; "
                    "another policy needs `mmrag reindex --redact`. [default: the collection's own]")
+@click.option("--access", "access_labels", multiple=True, metavar="LABEL",
+              help="Access label for every document of this run (group:NAME or user:NAME; repeatable). A "
+                   ".mmrag-access file in a folder and a JSONL 'access' field add labels too; see `mmrag access`.")
 @common_options
 @errors_to_click
 def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
            max_file_mb: int, ocr: str, page_images: bool, engine_name: str, ray_address: str | None,
            embed_workers: int | None, device: str, batch_size: int | None, storage_option: tuple[str, ...],
-           progress_every: float, redact: str | None, as_json: bool, **opts: Any) -> None:
+           progress_every: float, redact: str | None, as_json: bool, access_labels: tuple[str, ...] = (),
+           **opts: Any) -> None:
     """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
 
     PATHS may also be object URLs: s3://bucket/prefix (gs://, https:// through fsspec). Their doc
@@ -74,12 +78,15 @@ def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str,
     from mmrag.lifecycle.versions import Versions
     from mmrag.loaders import JsonlFields
     from mmrag.redaction import parse_policy
+    from mmrag.security.rules import AccessRules
     from mmrag.sources import SourceNotFoundError, discover_sources, is_url, storage_options
 
     policy = parse_policy(redact) if redact is not None else None  # a typo fails before the models load
     settings = settings_from(opts)
     extra = dict(_option(o) for o in storage_option)
     sources: list[str | Path] = [p if is_url(p) else Path(p) for p in paths]
+    # .mmrag-access files are read in local folders only (an object store has no such file).
+    rules = AccessRules(labels=access_labels, roots=[p for p in sources if isinstance(p, Path)])  # a bad label fails before any work
     # Walked (and listed) once, before the models load, so a missing bucket fails fast and creates
     # nothing; the progress names files from it and the summary gives each one's outcome.
     max_object = min(max_file_mb, settings.source.max_object_mb) * 1024 * 1024
@@ -110,7 +117,7 @@ def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str,
         summary = ingest_on_live_version(
             name, kb, lambda live, guard: Indexer(
                 live, jsonl=JsonlFields(jsonl_id, jsonl_title, jsonl_text), engine=watch, limits=limits, guard=guard,
-                redact=policy,
+                redact=policy, access=rules,
             ).ingest(sources, prune=prune, progress=progress, files=found),
             resolve=lambda n: Versions(kb.manifest).resolve(n),
             open_kb=lambda n: open_kb(opts, n, create=True, embedders=kb))

@@ -179,22 +179,26 @@ def keys() -> None:
               help="read: search/answer/chat; write: upload/delete; admin: drop collections. Repeatable.")
 @click.option("--collection", "collections", multiple=True,
               help="A collection the key may use (repeatable). [default: all]")
+@click.option("--groups", "groups", default="", metavar="A,B",
+              help="Groups whose labelled documents the key reads (comma-separated; '*' for every document). "
+                   "[default: none: unlabelled documents only]")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="MMRAG_DATA_DIR", default=None,
               help="Where the server's state lives. [env MMRAG_DATA_DIR; default ./.mmrag]")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @errors_to_click
 def keys_create(name: str, scopes: tuple[str, ...], collections: tuple[str, ...], data_dir: Path | None,
-                as_json: bool) -> None:
+                as_json: bool, groups: str = "") -> None:
     """Create a key named NAME and print its token (shown once; only its hash is stored)."""
     s = settings_from({"data_dir": data_dir})
-    token, key = _keys(s).create(name, scopes=scopes, collections=collections or ("*",))
+    token, key = _keys(s).create(name, scopes=scopes, collections=collections or ("*",),
+                                 groups=[g for g in groups.split(",") if g.strip()])
     if as_json:
         emit({"token": token, "id": key.id, "name": key.name, "scopes": list(key.scopes),
-              "collections": list(key.collections)})
+              "collections": list(key.collections), "groups": list(key.groups)})
         return
     click.echo(token)
-    click.echo(f"key {key.id} ({name}): scopes {', '.join(key.scopes)}; collections {', '.join(key.collections)}. "
-               "Store the token now: it cannot be shown again.", err=True)
+    click.echo(f"key {key.id} ({name}): scopes {', '.join(key.scopes)}; collections {', '.join(key.collections)}; "
+               f"groups {', '.join(key.groups) or '(none)'}. Store the token now: it cannot be shown again.", err=True)
 
 
 @keys.command(name="list")
@@ -206,7 +210,7 @@ def keys_list(data_dir: Path | None, as_json: bool) -> None:
     """List keys (ids, names, scopes, collections; never tokens)."""
     s = settings_from({"data_dir": data_dir})
     entries = [{"id": k.id, "name": k.name, "scopes": list(k.scopes), "collections": list(k.collections),
-                "created": k.created} for k in _keys(s).keys()]
+                "groups": list(k.groups), "created": k.created} for k in _keys(s).keys()]
     if as_json:
         emit(entries)
         return

@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         >>> uvicorn.run(app, port=8080)                     # doctest: +SKIP
     """
     from mmrag import __version__
-    from mmrag.http.routes import catalog, documents, drift, health, lifecycle, probes, query
+    from mmrag.http.routes import catalog, documents, drift, health, labels, lifecycle, probes, query
 
     from mmrag import tracing
 
@@ -81,8 +81,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         await _error_response(services, exc, scope.get("method", ""), scope.get("path", ""))(scope, receive, send)
 
     # Added after BodyLimit, so it runs first: a keyless client learns nothing, not even the size limit.
-    routers = [query.router, documents.router, health.router, lifecycle.router, probes.router, drift.router,
-               catalog.router]
+    routers = [query.router, labels.router, documents.router, health.router, lifecycle.router, probes.router,
+               drift.router, catalog.router]
     routes = [route for router in routers for route in router.routes]
     app.add_middleware(AuthGate, services=services, routes=routes, refuse=refuse)
     _install_metrics(app, services)

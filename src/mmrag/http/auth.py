@@ -22,6 +22,8 @@ from starlette.routing import BaseRoute, Match
 from mmrag.apikeys import ApiKey
 from mmrag.errors import ForbiddenError, MmragError, UnauthorizedError
 from mmrag.http.services import Services
+from mmrag.security.labels import Caller
+from mmrag.security.tokens import looks_like_jwt
 
 _bearer = HTTPBearer(auto_error=False, description="An mmrag API key (`mmrag keys create`).")
 #: The scope each ``require`` dependency stands for, so the gate can find a route's scope.
@@ -41,8 +43,12 @@ def check_key(services: Services, token: str | None, scope: str) -> ApiKey | Non
         token: the bearer token, or None when the request sent none.
         scope: ``read``, ``write`` or ``admin``.
 
+    A token that looks like a JWT is verified by the configured identity provider's key
+    (:mod:`mmrag.security.tokens`) when one is configured; any other is an mmrag API key.
+
     Raises:
-        UnauthorizedError: no token, or one the server does not know (or that was revoked).
+        UnauthorizedError: no token, or one the server does not know (or that was revoked), or
+            a JWT that fails verification.
         ForbiddenError: the key lacks ``scope``.
         ConfigError: the key file is unreadable.
     """
@@ -50,7 +56,11 @@ def check_key(services: Services, token: str | None, scope: str) -> ApiKey | Non
         return None
     if token is None:
         raise UnauthorizedError("missing API key: send 'Authorization: Bearer <key>'")
-    key = services.keys.authenticate(token)
+    verifier = services.jwt_verifier
+    if verifier is not None and looks_like_jwt(token):
+        key: ApiKey | None = verifier.verify(token)
+    else:
+        key = services.keys.authenticate(token)
     if key is None:
         raise UnauthorizedError("unknown or revoked API key")
     if not key.allows(scope):
@@ -76,6 +86,11 @@ def require(scope: str) -> Callable[..., ApiKey | None]:
 
     setattr(dependency, _SCOPE_ATTR, scope)
     return dependency
+
+
+def caller_of(key: ApiKey | None) -> Caller | None:
+    """The per-document access of a request's key or token; None (every document) when auth is off."""
+    return None if key is None else key.caller()
 
 
 def allow_collection(key: ApiKey | None, collection: str) -> str:

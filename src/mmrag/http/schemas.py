@@ -323,3 +323,21 @@ class Health(BaseModel):
 
     status: str
     detail: str | None = None
+
+
+class AccessRequest(BaseModel):
+    """PUT /v1/documents/{doc_id}/access body: the document's labels from now on."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: list[str] = Field(default_factory=list, max_length=200,
+                              description="group:NAME / user:NAME labels; [] makes the document unlabelled.")
+    collection: str | None = Field(None, pattern=COLLECTION_PATTERN)
+
+
+class AccessOut(BaseModel):
+    """A document's access labels."""
+
+    collection: str
+    doc_id: str
+    labels: list[str]
+    records: int | None = None

@@ -38,6 +38,7 @@ from mmrag.manifest import Manifest
 from mmrag.registry import (ModelChoice, RerankerPool, answer_stop, build_chat_model, check_collection_name,
                             resolve_models)
 from mmrag.retrieval import Searcher
+from mmrag.security.labels import Caller
 
 log = logging.getLogger("mmrag.http")
 #: Collections whose knowledge base (and searcher) a server keeps open at once; the least recently
@@ -196,12 +197,28 @@ class Services:
         s = self.settings
         return self.versions.chunk_spec(physical, ChunkSpec(s.chunk.size, s.chunk.overlap))
 
-    def collection_sizes(self, name: str) -> dict[str, int]:
-        """Documents (indexed) and records per index of ``name``'s live version, read without loading any model."""
+    def collection_sizes(self, name: str, caller: Caller | None = None) -> dict[str, int]:
+        """Documents (indexed) and records per index of ``name``'s live version, read without loading any model.
+
+        For a restricted ``caller``, only what it may read is counted (a count must not tell it
+        how many documents it cannot see).
+        """
         kb = self._bare(self.physical(name))
         counts = kb.manifest.counts(kb.collection)
-        return {"documents": counts.get("done", 0), "clip_records": kb.raw_store("clip").count(),
-                "text_records": kb.raw_store("text").count()}
+        sizes = {"documents": counts.get("done", 0), "clip_records": kb.raw_store("clip").count(),
+                 "text_records": kb.raw_store("text").count()}
+        if caller is not None and not caller.unrestricted:
+            from mmrag.security.counts import visible_sizes
+
+            sizes = visible_sizes(kb, caller, self.settings.access.unlabelled, sizes)
+        return sizes
+
+    @cached_property
+    def jwt_verifier(self) -> Any:
+        """The identity provider's token verifier (:mod:`mmrag.security.tokens`); None when none is configured."""
+        from mmrag.security.tokens import JwtVerifier
+
+        return JwtVerifier.from_settings(self.settings.access)
 
     def drop(self, name: str) -> None:
         """Delete collection ``name`` everywhere: every version of it, and its lifecycle rows."""
@@ -221,7 +238,7 @@ class Services:
         with self._lock:
             cached = self._searchers.get(kb.collection)
             if cached is None:
-                cached = Searcher.from_settings(kb, self.settings.retrieval)
+                cached = Searcher.from_settings(kb, self.settings.retrieval, unlabelled=self.settings.access.unlabelled)
                 self._searchers.put(kb.collection, cached)
             return cached
 
@@ -273,7 +290,8 @@ class Services:
             return model
 
     def answerer(self, collection: str | None, *, model: str | None, k: int, retriever: str,
-                 max_tokens: int | None, verify: str = "off", answer_mode: str | None = None) -> Answerer:
+                 max_tokens: int | None, verify: str = "off", answer_mode: str | None = None,
+                 caller: Caller | None = None) -> Answerer:
         """An :class:`Answerer` over ``collection`` with ``model`` (and the detector unless ``verify`` is off).
 
         ``answer_mode`` (``generate``, ``extractive``, ``auto``; None: the configured default) also
@@ -293,7 +311,7 @@ class Services:
             opts["verifier"], opts["verify_mode"] = HallucinationDetector(self._text), verify
         if max_tokens:
             opts["max_tokens"] = max_tokens
-        return Answerer(chat, self.searcher(collection), images=self.images, **opts)
+        return Answerer(chat, self.searcher(collection).as_caller(caller), images=self.images, **opts)
 
     def ping_store(self) -> None:
         """Raise :class:`~mmrag.errors.StoreError` if the vector store does not answer."""

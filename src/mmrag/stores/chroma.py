@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from mmrag.errors import EmbedderMismatchError, ForeignCollectionError, InvalidInputError, StoreError
-from mmrag.keyword import check_where_bounds
+from mmrag.keyword import MAX_INDEX_CONDITIONS, check_where_bounds
 from mmrag.types import Hit, Record
 
 IDENTITY_PREFIX = "mmrag:"
@@ -218,7 +218,7 @@ class ChromaStore:
             return []
         if where:
             # Past these limits Chroma fails with an internal error (a 503): they are the caller's (400).
-            check_where_bounds(where)
+            check_where_bounds(where, MAX_INDEX_CONDITIONS)
         with _translate(f"query {self.name!r}"):
             res = self._col.query(
                 query_embeddings=np.asarray([vector], dtype=np.float32), n_results=k,
@@ -228,6 +228,14 @@ class ChromaStore:
         for rid, meta, doc, dist in zip(res["ids"][0], res["metadatas"][0], res["documents"][0], res["distances"][0]):
             hits.append(hit_from(rid, meta or {}, doc, 1.0 - float(dist)))
         return hits
+
+    def update_metadata(self, ids: Sequence[str], changes: Sequence[Mapping[str, Any]]) -> None:
+        """Merge metadata changes into records (Chroma's ``update``: a ``None`` value deletes the key)."""
+        self.check_writable()
+        for lo in range(0, len(ids), self._max_batch):
+            with _translate(f"update {self.name!r}"):
+                self._col.update(ids=list(ids[lo:lo + self._max_batch]),
+                                 metadatas=[dict(c) for c in changes[lo:lo + self._max_batch]])  # type: ignore[misc]
 
     def get(self, ids: Sequence[str]) -> list[Hit]:
         """The records with these ids (missing ids are left out), with ``score`` 0."""

@@ -131,6 +131,16 @@ class InMemoryStore:
         """The records with these ids (missing ids are left out), with ``score`` 0."""
         return [hit_from(rid, self._rows[rid][1], self._rows[rid][2], 0.0) for rid in ids if rid in self._rows]
 
+    def update_metadata(self, ids: Sequence[str], changes: Sequence[Mapping[str, Any]]) -> None:
+        """Merge metadata changes into records (a ``None`` value deletes the key; unknown ids are skipped, as in Chroma)."""
+        self.check_writable()
+        for rid, change in zip(ids, changes):
+            if rid not in self._rows:
+                continue
+            vec, meta, doc = self._rows[rid]
+            merged = {**meta, **change}
+            self._rows[rid] = (vec, {k: v for k, v in merged.items() if v is not None}, doc)
+
     def records_of(self, doc_ids: Sequence[str], include: Sequence[str] = ("metadatas",)
                    ) -> Iterator[tuple[str, dict[str, Any], str | None]]:
         """Yield ``(id, metadata, document)`` of every record of these documents.

@@ -93,6 +93,14 @@ class ModalitySplitStore:
         found = {h.id: h for h in [*self.texts.get(texts), *self.images.get(images)]}
         return [found[i] for i in ids if i in found]
 
+    def update_metadata(self, ids: Sequence[str], changes: Sequence[Mapping[str, Any]]) -> None:
+        """Merge metadata changes into records of either half (an id lives in one of them)."""
+        for half in (self.texts, self.images):
+            held = {h.id for h in half.get(ids)}
+            pairs = [(i, c) for i, c in zip(ids, changes) if i in held]
+            if pairs:
+                half.update_metadata([i for i, _ in pairs], [c for _, c in pairs])
+
     def delete_docs(self, doc_ids: Sequence[str]) -> None:
         """Delete every record of these documents from both halves."""
         self.texts.delete_docs(doc_ids)

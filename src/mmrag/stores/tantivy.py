@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from mmrag.errors import InvalidInputError, MissingDependencyError, StoreError
-from mmrag.keyword import analyze, analyze_many, check_where
+from mmrag.keyword import MAX_INDEX_CONDITIONS, analyze, analyze_many, check_where
 from mmrag.types import Hit, Record
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class TantivyKeywordIndex:
         clauses = [(Occur.Must, Q.boolean_query([(Occur.Should, Q.term_query(self._schema, "body", t)) for t in tokens]))]
         filters = []
         if where:
-            check_where(where)  # an int past int64 made tantivy raise ValueError: a 500, not a 400
+            check_where(where, MAX_INDEX_CONDITIONS)  # an int past int64 made tantivy raise ValueError: a 500, not a 400
             try:
                 filters.append(where_query(self._index, self._schema, where))
             except ValueError as exc:  # whatever else tantivy refuses in a filter is the client's

@@ -19,14 +19,15 @@ import re
 import tempfile
 import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from mmrag.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, LoadError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError
-from mmrag.http import access
-from mmrag.http.auth import allow_collection, require, services_of
+from mmrag.http import access as access_log
+from mmrag.http.auth import allow_collection, caller_of, require, services_of
 from mmrag.http.routes.query import ERRORS
 from mmrag.http.schemas import COLLECTION_PATTERN, CollectionList, CollectionOut, DeleteResponse, UploadResponse
 from mmrag.http.services import Services
@@ -46,11 +47,15 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
                  collection: str | None = Form(None, pattern=COLLECTION_PATTERN),
                  redact: str | None = Form(None, description="Redaction policy, as `mmrag ingest --redact` "
                                            "(email,phone,iban,card,ip or none); default: the collection's own."),
+                 access: str | None = Form(None, description="Access labels for these documents: "
+                                           "group:NAME or user:NAME, comma-separated."),
                  key: ApiKey | None = Depends(require("write"))) -> UploadResponse:
     """Upload files and index them; the response is the ingestion summary."""
     from mmrag.redaction import check_policy, parse_policy
+    from mmrag.security.rules import AccessRules
 
     services = services_of(request)
+    rules = AccessRules(labels=[access] if access else ())
     name = allow_collection(key, check_collection_name(collection or services.settings.collection))
     policy = parse_policy(redact) if redact is not None else None
     if len(files) > 100:
@@ -73,7 +78,7 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
         kb = await run_in_threadpool(services.kb, name, create=True)
         # Refused before any upload replaces a stored file (the write checks again under its lock).
         check_policy(kb.manifest, kb.collection, policy, kb_name=name)
-        indexer = Indexer(kb, limits=ingest_limits(services.settings))  # the per-document budgets
+        indexer = Indexer(kb, limits=ingest_limits(services.settings), access=rules)  # the per-document budgets
         paths = []
         for tmp, dest in staged:
             problem = await run_in_threadpool(_replaces_cleanly, indexer, tmp, dest)
@@ -88,11 +93,12 @@ async def upload(request: Request, files: list[UploadFile] = File(..., descripti
     to_index = [p for p in paths if str(p) not in {r.path for r in refused}]
     # The write goes to the version live each time it takes the writer lock (a promote may switch meanwhile).
     summary = (await run_in_threadpool(lambda: ingest_on_live_version(
-        name, kb, lambda live, guard: Indexer(live, limits=indexer.limits, guard=guard, redact=policy).ingest(to_index),
+        name, kb, lambda live, guard: Indexer(live, limits=indexer.limits, guard=guard, redact=policy,
+                                              access=rules).ingest(to_index),
         resolve=services.physical,
         open_kb=lambda n: services.kb(n, create=True))) if to_index else IngestSummary(collection=name))
     services.metrics.ingested.labels(name).inc(summary.indexed)
-    access.note(request.scope, collection=name, written_doc_ids=[p.name for p in to_index])
+    access_log.note(request.scope, collection=name, written_doc_ids=[p.name for p in to_index])
     summary.failed[:0] = [r for r in refused if r.status == "failed"]
     summary.skipped[:0] = [r for r in refused if r.status == "skipped"]
     data = summary.to_dict()
@@ -108,10 +114,11 @@ def delete(doc_id: str, request: Request, collection: str | None = None,
     services = services_of(request)
     name = allow_collection(key, check_collection_name(collection or services.settings.collection))
     kb = services.kb(name)
+    _check_readable(services, kb, key, doc_id, name)
     if on_live_version(name, kb, lambda live: Indexer(live).delete([doc_id]), resolve=services.physical,
                        open_kb=services.kb) == 0:
         raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
-    access.note(request.scope, collection=name, written_doc_ids=[doc_id])
+    access_log.note(request.scope, collection=name, written_doc_ids=[doc_id])
     folder = upload_dir(services, name)
     uploaded = folder / doc_id
     if "/" not in doc_id and uploaded.is_file() and uploaded.parent == folder:
@@ -126,7 +133,7 @@ def collections(request: Request, key: ApiKey | None = Depends(require("read")))
     out = []
     for name in services.collections():
         if key is None or key.sees(name):
-            out.append(CollectionOut(name=name, **services.collection_sizes(name)))
+            out.append(CollectionOut(name=name, **services.collection_sizes(name, caller_of(key))))
     return CollectionList(collections=out)
 
 
@@ -146,6 +153,19 @@ def drop_collection(collection: str, request: Request, key: ApiKey | None = Depe
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+def _check_readable(services: Services, kb: Any, key: ApiKey | None, doc_id: str, name: str) -> None:
+    """A key may change only documents it may read; any other is "not found", as if it did not exist."""
+    from mmrag.security.labels import can_read, label_metadata
+    from mmrag.security.rules import LabelTable
+
+    caller = caller_of(key)
+    if caller is None or caller.unrestricted:
+        return
+    labels = LabelTable(kb.manifest).get(kb.collection, [doc_id]).get(doc_id, ())
+    if not can_read(caller, label_metadata(labels), services.settings.access.unlabelled):
+        raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
+
+
 def safe_name(filename: str) -> str:
     """Reduce an upload's file name to a safe base name, or refuse it.
 

@@ -16,7 +16,7 @@ from mmrag.answering import Answer, Citation
 from mmrag.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, NotFoundError
 from mmrag.http import access, chat
-from mmrag.http.auth import allow_collection, require, services_of
+from mmrag.http.auth import allow_collection, caller_of, require, services_of
 from mmrag.http.schemas import (
     AnswerRequest,
     AnswerResponse,
@@ -57,7 +57,7 @@ def search(body: SearchRequest, request: Request, key: ApiKey | None = Depends(r
     started = time.perf_counter()
     served: list[str] = []
     with span("http.search", collection=collection):
-        hits = search_hits(services, collection, body, body.query, served=served)
+        hits = search_hits(services, collection, body, body.query, served=served, key=key)
     access.note(request.scope, collection=collection, doc_ids=[h.doc_id for h in hits], query=body.query)
     return SearchResponse(collection=collection, retriever=body.retriever,
                           hits=[hit_out(collection, h) for h in hits],
@@ -79,7 +79,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
     started = time.perf_counter()
     # One root span per request: the search, the answer and the LLM call (streamed or not) nest in it.
     with span("http.answer", collection=collection, stream=body.stream):
-        hits = search_hits(services, collection, body, body.question)
+        hits = search_hits(services, collection, body, body.question, key=key)
         access.note(request.scope, collection=collection, context_doc_ids=[h.doc_id for h in hits],
                     query=body.question)
         # ``model`` means here what it means on /v1/chat/completions: an id /v1/models lists, which
@@ -87,7 +87,7 @@ def answer(body: AnswerRequest, request: Request, key: ApiKey | None = Depends(r
         choice = chat.choose_model(services, body.model, body.answer_mode) if body.model else None
         answerer = services.answerer(collection, model=choice.chat if choice else None, k=body.k,
                                      retriever=body.retriever, max_tokens=body.max_tokens, verify=body.verify,
-                                     answer_mode=choice.mode if choice else body.answer_mode)
+                                     answer_mode=choice.mode if choice else body.answer_mode, caller=caller_of(key))
         llm_started = time.perf_counter()
         if not body.stream:
             result = answerer.answer(body.question, hits)
@@ -130,11 +130,11 @@ def chat_completions(body: ChatCompletionRequest, request: Request,
     question, image = _last_user_turn(body)
     fields = QueryFields(collection=collection, k=body.k, retriever="hybrid", image=None, rerank=body.rerank,
                          rerank_depth=body.rerank_depth)
-    hits = search_hits(services, collection, fields, question, image=image)
+    hits = search_hits(services, collection, fields, question, image=image, key=key)
     access.note(request.scope, collection=collection, context_doc_ids=[h.doc_id for h in hits], query=question)
     max_tokens = body.max_completion_tokens or body.max_tokens
     answerer = services.answerer(collection, model=choice.chat, k=body.k, retriever="hybrid", max_tokens=max_tokens,
-                                 verify=body.verify, answer_mode=choice.mode)
+                                 verify=body.verify, answer_mode=choice.mode, caller=caller_of(key))
     created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     llm_started = time.perf_counter()
     if not body.stream:
@@ -201,7 +201,8 @@ def image(collection: str, record_id: str, request: Request,
     collection = _collection(services, key, collection)
     kb = services.kb(collection)
     found = kb.clip_store.get([record_id])
-    if not found:
+    # A record the key may not read gets the very same 404 as one that does not exist.
+    if not found or not services.searcher(collection).as_caller(caller_of(key)).can_read(found[0]):
         raise NotFoundError(f"no record {record_id!r} in collection {collection!r}")
     access.note(request.scope, collection=collection, doc_ids=[found[0].doc_id])
     data = hit_image(found[0], services.images).read_bytes()
@@ -214,10 +215,13 @@ def _collection(services: Services, key: ApiKey | None, name: str | None) -> str
 
 
 def search_hits(services: Services, collection: str, fields: QueryFields, text: str | None, *,
-                image: ImageAsset | None = None, served: list[str] | None = None) -> list[Hit]:
+                image: ImageAsset | None = None, served: list[str] | None = None,
+                key: ApiKey | None = None) -> list[Hit]:
     """Run one search as the API's routes (and the MCP tools) do, timing it in the metrics.
 
     ``served``, when given, receives the physical collection that answered (the alias is read once).
+    ``key`` is the request's key or token: the search returns only documents it may read (None:
+    auth is off, every document).
     """
     image = image or (query_image(fields.image, "image") if fields.image else None)
     query = Query(text=text if text and text.strip() else None, image=image)
@@ -231,8 +235,9 @@ def search_hits(services: Services, collection: str, fields: QueryFields, text: 
     # Built once per name and shared by every request (RerankerPool); a name the server does not offer is a 400.
     kwargs["reranker"] = services.rerankers.get(fields.rerank)
     kwargs["rerank_depth"] = fields.rerank_depth or services.settings.rerank.depth
-    searcher = services.searcher(collection)
-    searcher.query_log = services.metrics.queries  # recent query vectors, for the drift gauge
+    shared = services.searcher(collection)
+    shared.query_log = services.metrics.queries  # recent query vectors, for the drift gauge
+    searcher = shared.as_caller(caller_of(key))
     if served is not None:
         served.append(searcher.kb.collection)
     started = time.perf_counter()
