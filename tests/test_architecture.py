@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = {
     "mmrag.types": 0, "mmrag.errors": 0, "mmrag.logs": 0, "mmrag.protocols": 1, "mmrag.config": 2,
     "mmrag.embedders": 3, "mmrag.stores": 3, "mmrag.loaders": 3, "mmrag.keyword": 3, "mmrag.manifest": 3,
-    "mmrag.chunking": 3, "mmrag.llms": 3, "mmrag.answering": 7, "mmrag.registry": 4, "mmrag.kb": 5, "mmrag.indexing": 6, "mmrag.retrieval": 6,
+    "mmrag.chunking": 3, "mmrag.llms": 3, "mmrag.answering": 7, "mmrag.registry": 4, "mmrag.kb": 5, "mmrag.repair": 5, "mmrag.indexing": 6, "mmrag.retrieval": 6,
     "mmrag.evaluation": 7, "mmrag.verification": 7, "mmrag.faithfulness": 8, "mmrag.cli": 9, "mmrag.http": 9, "mmrag.images": 5, "mmrag.apikeys": 1, "mmrag.jsonlines": 1,
     "mmrag.rerankers": 3, "mmrag.rerank": 6, "mmrag.reader": 3,
 }

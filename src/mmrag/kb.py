@@ -38,13 +38,10 @@ from mmrag.registry import ModelChoice, check_collection_name, keyword_index_fac
 from mmrag.stores.chroma import SERVER_TIMEOUT, delete_collection, open_client
 from mmrag.stores.probe import verify_once
 from mmrag.stores.split import ModalitySplitStore
-from mmrag.types import Record
 
 log = logging.getLogger(__name__)
 #: Manifest flag: this collection's image records live in their own Chroma collection.
 IMAGES_SPLIT = "images_split"
-#: Records read back per batch when the keyword index is rebuilt from the text store.
-REBUILD_BATCH = 5000
 
 #: Seconds a writer waits for another writer of the same collection before giving up.
 LOCK_TIMEOUT = 600.0
@@ -258,7 +255,9 @@ class KnowledgeBase:
             self.__dict__["keyword"] = index
             with self.write_lock():
                 if self.legacy_keyword_dir.exists():  # another process may have migrated it meanwhile
-                    n = self.rebuild_keyword_index()
+                    from mmrag.repair import rebuild_keyword
+
+                    n = rebuild_keyword(self, index)
                     shutil.rmtree(self.legacy_keyword_dir, ignore_errors=True)
                     self.manifest.set_flag(self.collection, "bm25_dirty", None)
                     log.warning("Collection %r: migrated the keyword index to tantivy (%d chunks, once)",
@@ -268,8 +267,8 @@ class KnowledgeBase:
     def replace_damaged_keyword_index(self, problem: str) -> KeywordIndex:
         """Move a keyword index that cannot be read aside and start an empty one (the caller holds the lock).
 
-        The caller then rewrites its rows from the text collection (the repair does, with no
-        embedding); the damaged folder is kept beside it for inspection.
+        The caller then rewrites its rows from the text collection (:func:`mmrag.repair.rebuild_keyword`,
+        no embedding); the damaged folder is kept beside it for inspection.
         """
         self.__dict__.pop("keyword", None)
         aside = self.keyword_dir.with_name(f"{self.collection}.damaged-{int(time.time())}")
@@ -282,26 +281,6 @@ class KnowledgeBase:
         log.warning("Collection %r: the keyword index was unreadable (%s); moved it to %s and rebuilding it from "
                     "the text collection", self.collection, problem, aside)
         return self.keyword
-
-    def rebuild_keyword_index(self) -> int:
-        """Rewrite the keyword index from the text collection (the caller holds the writer lock).
-
-        Only for a migration or a damaged index: writes keep the index current in place.
-
-        Returns:
-            The number of chunks indexed.
-        """
-        index = self.__dict__.get("keyword") or self._open_keyword(self.keyword_dir)
-        index.clear()
-        batch: list[Record] = []
-        total = 0
-        for rid, meta, text in self.raw_store("text").iter_all(include=("metadatas", "documents")):
-            batch.append(Record(rid, (), meta, text or ""))
-            if len(batch) >= REBUILD_BATCH:
-                index.write(records=batch)
-                total, batch = total + len(batch), []
-        index.write(records=batch)
-        return total + len(batch)
 
     @contextlib.contextmanager
     def write_lock(self, timeout: float | None = None) -> Iterator[None]:

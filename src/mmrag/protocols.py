@@ -108,6 +108,11 @@ class VectorStore(Protocol):
         """Every record (a full scan: repairs, rebuilds and tests only)."""
         ...
 
+    def parts(self) -> Sequence["VectorStore"]:
+        """The physical collections this store writes, each with its own ``name``: itself, or the
+        halves of a store spread over several (``doctor`` checks and repairs each one)."""
+        ...
+
 
 @runtime_checkable
 class KeywordIndex(Protocol):

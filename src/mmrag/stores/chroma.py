@@ -17,6 +17,7 @@ import numpy as np
 
 from mmrag.errors import EmbedderMismatchError, ForeignCollectionError, InvalidInputError, StoreError
 from mmrag.keyword import check_where_bounds
+from mmrag.protocols import VectorStore
 from mmrag.types import Hit, Record
 
 IDENTITY_PREFIX = "mmrag:"
@@ -303,6 +304,10 @@ class ChromaStore:
             for rid, meta, doc in zip(ids, metas, docs):
                 yield rid, dict(meta or {}), doc
             offset += len(ids)
+
+    def parts(self) -> Sequence[VectorStore]:
+        """One collection: this one."""
+        return (self,)
 
     def iter_batches(self, size: int = 5000) -> Iterator[RecordBatch]:
         """Yield every record with its vector, ``size`` records at a time (snapshots).

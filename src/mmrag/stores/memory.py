@@ -30,6 +30,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from mmrag.errors import ForeignCollectionError, StoreError
+from mmrag.protocols import VectorStore
 from mmrag.stores.chroma import hit_from
 from mmrag.types import Hit, Record
 
@@ -148,6 +149,10 @@ class InMemoryStore:
         """Yield ``(id, metadata, document)`` for every record (``page`` is accepted and ignored)."""
         for rid, (_, meta, doc) in list(self._rows.items()):
             yield self._row(rid, meta, doc, include)
+
+    def parts(self) -> Sequence[VectorStore]:
+        """One collection: this one."""
+        return (self,)
 
     def embeddings(self, limit: int, offset: int = 0) -> np.ndarray:
         """Up to ``limit`` vectors from position ``offset`` (insertion order), as a ``(n, dim)`` array."""

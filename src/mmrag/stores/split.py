@@ -118,6 +118,10 @@ class ModalitySplitStore:
         yield from self.texts.iter_all(include)
         yield from self.images.iter_all(include)
 
+    def parts(self) -> Sequence[VectorStore]:
+        """The text half, then the image half."""
+        return (self.texts, self.images)
+
     def embeddings(self, limit: int, offset: int = 0) -> Any:
         """Up to ``limit`` vectors from position ``offset``, text half first (as if one collection)."""
         import numpy as np
