@@ -25,18 +25,16 @@ import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from mmrag import locks
 from mmrag.chunking import ChunkSpec
-from mmrag.embedders.openclip import OpenClipEmbedder
-from mmrag.embedders.sentence import SentenceTransformerEmbedder
 from mmrag.errors import StoreError
 from mmrag.manifest import Manifest
-from mmrag.protocols import KeywordIndex, VectorStore
-from mmrag.registry import ModelChoice, check_collection_name, keyword_index_factory, vector_store_factory
-from mmrag.stores.chroma import SERVER_TIMEOUT, delete_collection, open_client
-from mmrag.stores.probe import verify_once
+from mmrag.protocols import Embedder, ImageEmbedder, KeywordIndex, VectorStore
+from mmrag.registry import release_embedded_store  # noqa: F401 - its public home before the store registry
+from mmrag.registry import ModelChoice, build_embedder, check_collection_name, keyword_index_factory, vector_backend
+from mmrag.stores.chroma import SERVER_TIMEOUT
 from mmrag.stores.split import ModalitySplitStore
 
 log = logging.getLogger(__name__)
@@ -56,19 +54,20 @@ class KnowledgeBase:
         models: which models to embed with.
         store_url: a Chroma server URL; ``None`` for the embedded store under ``data_dir``.
         chunk: chunk sizing.
-        clip: an already-built CLIP embedder (tests, benchmarks); else built from ``models``.
+        clip: an already-built joint text/image embedder (the server's shared one, tests,
+            benchmarks); else built from ``models`` by :func:`mmrag.registry.build_embedder`.
         text: likewise for the text embedder.
         lock_timeout: seconds a writer waits for another writer of this collection.
         store_timeout: seconds a Chroma server request may take before it fails.
         vector_store: the vector store backend (``registry.VECTOR_STORES``): ``chroma``, or
-            ``memory`` (the test fake) for unit tests.
+            ``memory`` (the test fake) for unit tests; this class never asks which it has.
         keyword_index: the keyword index backend (``registry.KEYWORD_INDEXES``).
         manifest: an open manifest of ``data_dir`` to use (a server shares one across its knowledge
             bases, so each one opened costs no sqlite connections); :meth:`close` leaves it open.
     """
 
     def __init__(self, data_dir: Path, collection: str, models: ModelChoice, *, store_url: str | None = None,
-                 chunk: ChunkSpec = ChunkSpec(), clip: Any = None, text: Any = None,
+                 chunk: ChunkSpec = ChunkSpec(), clip: ImageEmbedder | None = None, text: Embedder | None = None,
                  lock_timeout: float = LOCK_TIMEOUT, vector_store: str = "chroma",
                  keyword_index: str = "tantivy", store_timeout: float = SERVER_TIMEOUT,
                  manifest: Manifest | None = None) -> None:
@@ -80,7 +79,7 @@ class KnowledgeBase:
         self.lock_timeout = lock_timeout
         self.store_timeout = store_timeout
         self.backend = vector_store
-        self._open_store = vector_store_factory(vector_store)
+        self._backend = vector_backend(vector_store)
         self._open_keyword = keyword_index_factory(keyword_index)
         self._lock_state = threading.local()
         if clip is not None:
@@ -93,14 +92,14 @@ class KnowledgeBase:
 
     # -- models ---------------------------------------------------------------------------------
     @cached_property
-    def clip(self) -> OpenClipEmbedder:
-        """The joint text/image embedder."""
-        return OpenClipEmbedder(self.models.clip)
+    def clip(self) -> ImageEmbedder:
+        """The joint text/image embedder (built on first use, through the registry)."""
+        return cast(ImageEmbedder, build_embedder(self.models, "clip"))
 
     @cached_property
-    def text(self) -> SentenceTransformerEmbedder:
-        """The prose embedder (on the CLIP model's device)."""
-        return SentenceTransformerEmbedder(self.models.text_model, device=self.models.clip.device)
+    def text(self) -> Embedder:
+        """The prose embedder (on the CLIP model's device, as everywhere: see :func:`~mmrag.registry.build_embedder`)."""
+        return build_embedder(self.models, "text")
 
     def bind_identities(self, *, clip: dict[str, str | int], text: dict[str, str | int]) -> None:
         """Check and open the stores against these embedder identities, without loading the models here.
@@ -123,17 +122,7 @@ class KnowledgeBase:
         Raises:
             StoreBusyError: another process has the embedded store open.
         """
-        if self.backend == "memory":
-            return {}  # the fake's collections, one dict per knowledge base
-        if not self.store_url:
-            locks.claim(
-                self.data_dir / "locks" / "embedded-chroma.lock", what=f"The embedded store {self.data_dir / 'chroma'}",
-                hint="Two processes on one embedded store can corrupt it. Stop that process, send the work through "
-                     "its HTTP API (POST /v1/documents, DELETE /v1/documents/...), or run a Chroma server "
-                     f"(`chroma run --path {self.data_dir / 'chroma'}`) and pass --store-url to every process.",
-            )
-            verify_once(self.data_dir / "chroma", self.data_dir / "locks" / "chroma-verified.json")
-        return open_client(self.data_dir, self.store_url, timeout=self.store_timeout)
+        return self._backend.connect(self.data_dir, self.store_url, self.store_timeout)
 
     @cached_property
     def owner_id(self) -> str:
@@ -176,11 +165,11 @@ class KnowledgeBase:
         return f"{self.collection}-text"
 
     def _store(self, name: str, identity: Any) -> VectorStore:
-        return self._open_store(self.client, name, identity, self.owner_id, self.manifest.has_collection(self.collection))
+        return self._backend.open(self.client, name, identity, self.owner_id, self.manifest.has_collection(self.collection))
 
     def _clip_space(self, identity: Any) -> VectorStore:
         texts, images = self._store(self.clip_name, identity), self._store(self.image_name, identity)
-        if self.backend == "chroma" and self.manifest.flag(self.collection, IMAGES_SPLIT) is None:
+        if self.manifest.flag(self.collection, IMAGES_SPLIT) is None:
             self._move_images(texts, images)
         return ModalitySplitStore(texts, images)
 
@@ -323,8 +312,8 @@ class KnowledgeBase:
             manifest = self.__dict__.pop("manifest")
             if self._owns_manifest:
                 manifest.close()
-        if client is not None and not self.store_url and self.backend == "chroma":
-            release_embedded_store(self.data_dir)
+        if client is not None:
+            self._backend.release(self.data_dir, self.store_url)
 
     def check_writable(self) -> None:
         """Raise :class:`~mmrag.errors.ForeignCollectionError` unless this data dir may write both stores."""
@@ -338,11 +327,8 @@ class KnowledgeBase:
     def drop(self) -> None:
         """Delete the collection everywhere: both Chroma collections, the keyword index and its manifest rows."""
         self.check_writable()
-        if self.backend == "memory":
-            self.client.clear()
-        else:
-            for name in (self.clip_name, self.image_name, self.text_name):
-                delete_collection(self.client, name)
+        for name in (self.clip_name, self.image_name, self.text_name):
+            self._backend.drop(self.client, name)
         if "keyword" in self.__dict__:
             self.keyword.clear()
         for folder in (self.keyword_dir, self.legacy_keyword_dir):
@@ -350,16 +336,6 @@ class KnowledgeBase:
         self.manifest.remove_collection(self.collection)
         for name in ("clip_store", "text_store", "_raw_stores", "keyword"):
             self.__dict__.pop(name, None)
-
-
-def release_embedded_store(data_dir: Path) -> None:
-    """Give up this process's claim on the embedded store under ``data_dir`` (see :meth:`KnowledgeBase.close`)."""
-    from chromadb.api.client import SharedSystemClient
-
-    # Chroma keeps one system per path for the whole process; drop it, or a later open here would
-    # reuse a store another process has changed meanwhile.
-    SharedSystemClient.clear_system_cache()
-    locks.release(Path(data_dir) / "locks" / "embedded-chroma.lock")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Turns settings into components: the profile's models, the stores, the knowledge base.
+"""Turns settings into components: the profile's models, the embedders, the stores, the rerankers.
 
 Profiles name a pair of models; explicit settings override them, and the resolved choice is
 what gets stored with each collection (its identity), so nothing switches models silently.
@@ -17,15 +17,15 @@ from __future__ import annotations
 import importlib
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
 from mmrag.config import RerankSettings, Settings
 from mmrag.embedders.openclip import OFFLINE_CLIP_DIR, OFFLINE_CLIP_NAME, ClipSpec
 from mmrag.embedders.sentence import DEFAULT_TEXT_MODEL, offline_minilm_dir
 from mmrag.errors import ConfigError, InvalidInputError, ModelUnavailableError
-from mmrag.protocols import KeywordIndex, Reranker, VectorStore
+from mmrag.protocols import Embedder, ImageEmbedder, KeywordIndex, Reranker, VectorStore
 
 PROFILES = ("default", "offline")
 _COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$")
@@ -66,6 +66,51 @@ def resolve_models(settings: Settings) -> ModelChoice:
     clip = ClipSpec(model=clip.model, pretrained=clip.pretrained, config_dir=clip.config_dir,
                     precision=cs.precision, batch_size=cs.batch_size, device=cs.device)
     return ModelChoice(profile=settings.profile, clip=clip, text_model=settings.text.model or text)
+
+
+def build_embedder(models: ModelChoice, which: str, device: str | None = None, *,
+                   batch_size: int | None = None) -> Embedder:
+    """One of a run's two embedders: ``clip`` (the joint text/image space) or ``text`` (prose).
+
+    Args:
+        models: the resolved choice (:func:`resolve_models`).
+        which: ``clip`` or ``text``.
+        device: where it runs (``cpu``, ``cuda``, ``auto``); default the CLIP setting's device, for
+            both models, so the CLI, the server and Ray workers put them in the same place.
+        batch_size: items per forward pass (default: the model's own).
+
+    Raises:
+        ConfigError: ``which`` is neither.
+        ModelUnavailableError, MissingDependencyError: the model cannot be loaded.
+
+    Example:
+        >>> from mmrag.config import Settings
+        >>> build_embedder(resolve_models(Settings(profile="offline")), "text").dim  # doctest: +SKIP
+        384
+    """
+    device = device or models.clip.device
+    if which == "clip":
+        from mmrag.embedders.openclip import OpenClipEmbedder
+
+        spec = replace(models.clip, device=device, **({"batch_size": batch_size} if batch_size else {}))
+        return OpenClipEmbedder(spec)
+    if which == "text":
+        from mmrag.embedders.sentence import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(models.text_model, device=device,
+                                           **({"batch_size": batch_size} if batch_size else {}))
+    raise ConfigError(f"Unknown embedder {which!r}. Known: clip, text")
+
+
+def build_embedders(models: ModelChoice, device: str | None = None, *,
+                    text_batch: int | None = None) -> tuple[ImageEmbedder, Embedder]:
+    """Both embedders of ``models`` on one ``device`` (see :func:`build_embedder`).
+
+    Returns:
+        ``(clip, text)``.
+    """
+    clip = cast(ImageEmbedder, build_embedder(models, "clip", device))  # OpenClipEmbedder embeds images too
+    return clip, build_embedder(models, "text", device, batch_size=text_batch)
 
 
 def check_collection_name(name: str) -> str:
@@ -131,11 +176,68 @@ def answer_options(settings: Settings, text_embedder: Any, mode: str, *, reader:
 
 
 # -- stores -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VectorBackend:
+    """What a knowledge base needs from a vector store backend, so that it never asks which one it has.
+
+    Attributes:
+        connect: ``(data_dir, url, timeout) -> client``: the connection a knowledge base opens
+            its collections on (claiming the embedded store for this process where there is one).
+        open: ``(client, name, identity, owner, may_claim) -> VectorStore``: one collection.
+        drop: ``(client, name)``: delete one collection (no error when it does not exist).
+        release: ``(data_dir, url)``: let go of what ``connect`` claimed.
+    """
+
+    connect: Callable[[Path, str | None, float], Any]
+    open: Callable[..., VectorStore]
+    drop: Callable[[Any, str], None]
+    release: Callable[[Path, str | None], None]
+
+
+def _chroma_connect(data_dir: Path, url: str | None, timeout: float) -> Any:
+    from mmrag import locks
+    from mmrag.stores.chroma import open_client
+    from mmrag.stores.probe import verify_once
+
+    if not url:
+        locks.claim(
+            data_dir / "locks" / "embedded-chroma.lock", what=f"The embedded store {data_dir / 'chroma'}",
+            hint="Two processes on one embedded store can corrupt it. Stop that process, send the work through "
+                 "its HTTP API (POST /v1/documents, DELETE /v1/documents/...), or run a Chroma server "
+                 f"(`chroma run --path {data_dir / 'chroma'}`) and pass --store-url to every process.",
+        )
+        verify_once(data_dir / "chroma", data_dir / "locks" / "chroma-verified.json")
+    return open_client(data_dir, url, timeout=timeout)
+
+
 def _chroma(client: Any, name: str, identity: Mapping[str, str | int] | None, owner: str | None,
             may_claim: bool) -> VectorStore:
     from mmrag.stores.chroma import ChromaStore
 
     return ChromaStore(client, name, identity, owner=owner, may_claim=may_claim)
+
+
+def _chroma_drop(client: Any, name: str) -> None:
+    from mmrag.stores.chroma import delete_collection
+
+    delete_collection(client, name)
+
+
+def _chroma_release(data_dir: Path, url: str | None) -> None:
+    if not url:
+        release_embedded_store(data_dir)
+
+
+def release_embedded_store(data_dir: Path) -> None:
+    """Give up this process's claim on the embedded store under ``data_dir`` (see :meth:`KnowledgeBase.close`)."""
+    from chromadb.api.client import SharedSystemClient
+
+    from mmrag import locks
+
+    # Chroma keeps one system per path for the whole process; drop it, or a later open here would
+    # reuse a store another process has changed meanwhile.
+    SharedSystemClient.clear_system_cache()
+    locks.release(Path(data_dir) / "locks" / "embedded-chroma.lock")
 
 
 def _memory(client: Any, name: str, identity: Mapping[str, str | int] | None, owner: str | None,
@@ -154,20 +256,26 @@ def _tantivy(folder: Path) -> KeywordIndex:
 
 
 #: Vector store backends by name: ``chroma`` (embedded or a server) is the product; ``memory``
-#: (:class:`~mmrag.stores.memory.InMemoryStore`) is a fake for unit tests, never a default.
-VECTOR_STORES: dict[str, Callable[..., VectorStore]] = {"chroma": _chroma, "memory": _memory}
+#: (:class:`~mmrag.stores.memory.InMemoryStore`, its client a dict of collections the knowledge
+#: base holds) is a fake for unit tests, never a default.
+VECTOR_STORES: dict[str, VectorBackend] = {
+    "chroma": VectorBackend(connect=_chroma_connect, open=_chroma, drop=_chroma_drop, release=_chroma_release),
+    "memory": VectorBackend(connect=lambda data_dir, url, timeout: {}, open=_memory,
+                            drop=lambda client, name: client.pop(name, None) and None,
+                            release=lambda data_dir, url: None),
+}
 #: Keyword index backends by name.
 KEYWORD_INDEXES: dict[str, Callable[[Path], KeywordIndex]] = {"tantivy": _tantivy}
 
 
-def vector_store_factory(backend: str) -> Callable[..., VectorStore]:
-    """The factory of vector store ``backend``.
+def vector_backend(backend: str) -> VectorBackend:
+    """The vector store ``backend``: how to connect, open a collection, drop one and let go.
 
     Raises:
         ConfigError: an unknown backend (the message lists the known ones).
 
     Example:
-        >>> vector_store_factory("chroma").__name__
+        >>> vector_backend("chroma").open.__name__
         '_chroma'
     """
     try:

@@ -150,6 +150,13 @@ class InMemoryStore:
         for rid, (_, meta, doc) in list(self._rows.items()):
             yield self._row(rid, meta, doc, include)
 
+    def records_where(self, where: Mapping[str, Any], limit: int) -> list[Record]:
+        """Up to ``limit`` records matching ``where``, with their vectors (as :meth:`ChromaStore.records_where`)."""
+        check_chroma_where(where)
+        found = [Record(rid, [float(x) for x in vec], dict(meta), doc or None)
+                 for rid, (vec, meta, doc) in list(self._rows.items()) if matches(meta, where)]
+        return found[: max(0, limit)]
+
     def parts(self) -> Sequence[VectorStore]:
         """One collection: this one."""
         return (self,)
