@@ -167,6 +167,25 @@ class KnowledgeBase:
     def _store(self, name: str, identity: Any) -> VectorStore:
         return self._backend.open(self.client, name, identity, self.owner_id, self.manifest.has_collection(self.collection))
 
+    def open_collection(self, name: str, identity: Any = None, *, owned: bool = True) -> VectorStore:
+        """One physical collection by name (:attr:`clip_name`, :attr:`image_name`, :attr:`text_name`).
+
+        For snapshots and restores, which copy each collection as it is. ``identity`` checks (or
+        records, on a new collection) the embedder's; ``owned=False`` opens it without recording
+        this data dir as its owner (a read-only copy claims nothing).
+        """
+        if owned:
+            return self._store(name, identity)
+        return self._backend.open(self.client, name, identity, None, False)
+
+    def existing_collections(self) -> set[str]:
+        """Which of this knowledge base's physical collections exist in the store."""
+        return self._backend.names(self.client) & {self.clip_name, self.image_name, self.text_name}
+
+    def collection_info(self, name: str) -> dict[str, Any] | None:
+        """A collection's metadata (embedder identity, owner) and space; None when it does not exist."""
+        return self._backend.info(self.client, name)
+
     def _clip_space(self, identity: Any) -> VectorStore:
         texts, images = self._store(self.clip_name, identity), self._store(self.image_name, identity)
         if self.manifest.flag(self.collection, IMAGES_SPLIT) is None:

@@ -186,12 +186,18 @@ class VectorBackend:
         open: ``(client, name, identity, owner, may_claim) -> VectorStore``: one collection.
         drop: ``(client, name)``: delete one collection (no error when it does not exist).
         release: ``(data_dir, url)``: let go of what ``connect`` claimed.
+        names: ``(client) -> names``: the collections that exist.
+        info: ``(client, name) -> {"name", "metadata", "space"}`` of one collection (its embedder
+            identity under ``mmrag:`` keys, its owner), or None when it does not exist: what a
+            snapshot records.
     """
 
     connect: Callable[[Path, str | None, float], Any]
     open: Callable[..., VectorStore]
     drop: Callable[[Any, str], None]
     release: Callable[[Path, str | None], None]
+    names: Callable[[Any], set[str]]
+    info: Callable[[Any, str], "dict[str, Any] | None"]
 
 
 def _chroma_connect(data_dir: Path, url: str | None, timeout: float) -> Any:
@@ -240,13 +246,57 @@ def release_embedded_store(data_dir: Path) -> None:
     locks.release(Path(data_dir) / "locks" / "embedded-chroma.lock")
 
 
+def _chroma_names(client: Any) -> set[str]:
+    from mmrag.stores.chroma import collection_names
+
+    return collection_names(client)
+
+
+def _chroma_info(client: Any, name: str) -> dict[str, Any] | None:
+    from mmrag.stores.chroma import collection_info
+
+    return collection_info(client, name)
+
+
+class _MemoryClients:
+    """The fake's collections, one dict per data dir (or server URL) for the life of the process.
+
+    As Chroma keeps one system per path for the whole process, two knowledge bases opened on one
+    data dir see the same records, so a snapshot or a restore (which open their own) work on the
+    fake as they do on Chroma.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str | None], dict[str, VectorStore]] = {}
+        self._lock = threading.Lock()
+
+    def connect(self, data_dir: Path, url: str | None, timeout: float) -> dict[str, VectorStore]:
+        with self._lock:
+            return self._clients.setdefault((str(Path(data_dir).resolve()) if not url else "", url), {})
+
+
 def _memory(client: Any, name: str, identity: Mapping[str, str | int] | None, owner: str | None,
             may_claim: bool) -> VectorStore:
-    # The test fake: ``client`` is a dict the knowledge base owns, holding one store per collection.
+    # The test fake: ``client`` is the data dir's dict of collections (see _MemoryClients).
     from mmrag.stores.memory import InMemoryStore
 
     store: VectorStore = client.setdefault(name, InMemoryStore(name, identity))
+    if identity and not store.identity:
+        store.identity = dict(identity)  # created by a reader with no model loaded: claimed now, as Chroma does
     return store
+
+
+def _memory_drop(client: Any, name: str) -> None:
+    client.pop(name, None)
+
+
+def _memory_info(client: Any, name: str) -> dict[str, Any] | None:
+    from mmrag.stores.chroma import IDENTITY_PREFIX
+
+    store = client.get(name)
+    if store is None:
+        return None
+    return {"name": name, "metadata": {f"{IDENTITY_PREFIX}{k}": v for k, v in store.identity.items()}, "space": "cosine"}
 
 
 def _tantivy(folder: Path) -> KeywordIndex:
@@ -259,10 +309,11 @@ def _tantivy(folder: Path) -> KeywordIndex:
 #: (:class:`~mmrag.stores.memory.InMemoryStore`, its client a dict of collections the knowledge
 #: base holds) is a fake for unit tests, never a default.
 VECTOR_STORES: dict[str, VectorBackend] = {
-    "chroma": VectorBackend(connect=_chroma_connect, open=_chroma, drop=_chroma_drop, release=_chroma_release),
-    "memory": VectorBackend(connect=lambda data_dir, url, timeout: {}, open=_memory,
-                            drop=lambda client, name: client.pop(name, None) and None,
-                            release=lambda data_dir, url: None),
+    "chroma": VectorBackend(connect=_chroma_connect, open=_chroma, drop=_chroma_drop, release=_chroma_release,
+                            names=_chroma_names, info=_chroma_info),
+    "memory": VectorBackend(connect=_MemoryClients().connect, open=_memory,
+                            drop=_memory_drop,
+                            release=lambda data_dir, url: None, names=lambda client: set(client), info=_memory_info),
 }
 #: Keyword index backends by name.
 KEYWORD_INDEXES: dict[str, Callable[[Path], KeywordIndex]] = {"tantivy": _tantivy}

@@ -185,6 +185,21 @@ def test_parts_are_the_physical_collections_that_hold_every_record(store: Any) -
     assert victim.id not in _ids(store.iter_all())
 
 
+def test_batches_copy_every_record_with_its_vector_into_another_store(make_store: StoreFactory) -> None:
+    """What a snapshot reads (``iter_batches``) and a restore writes (``upsert_batch``), on every backend."""
+    source, copy = _filled(make_store()), make_store()
+    batches = list(source.iter_batches(2))
+    assert all(len(b.ids) <= 2 and b.vectors.shape == (len(b.ids), DIM) for b in batches)
+    assert sorted(i for b in batches for i in b.ids) == sorted(ALL)
+    for batch in batches:
+        copy.upsert_batch(batch)
+    assert copy.count() == source.count()
+    for rec in records():
+        (got,), (want,) = copy.get([rec.id]), source.get([rec.id])
+        assert (got.doc_id, got.modality, got.text, got.metadata) == (want.doc_id, want.modality, want.text, want.metadata)
+        np.testing.assert_allclose(copy.query(rec.embedding, 1)[0].score, 1.0, atol=1e-5)
+
+
 def test_writes_of_another_data_dirs_collection_are_refused(make_store: StoreFactory) -> None:
     owned = make_store()
     owned.check_writable()  # a store this data dir owns says nothing
