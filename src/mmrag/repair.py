@@ -243,11 +243,13 @@ def plan_before_ingest(kb: "KnowledgeBase") -> tuple[RepairPlan, int]:
             rows = kb.keyword.doc_counts()
         except StoreError as exc:  # its count was readable but its segments are not
             plan.keyword_damaged, rows = str(exc), {}
-    rewrite = [] if plan.keyword_damaged is not None else \
+    # An unreadable index is rebuilt whole, which rewrites every settled document's rows.
+    rewrite = [d for d in known if d not in plan.redo] if plan.keyword_damaged is not None else \
         [d for d, s in known.items() if d not in plan.redo and rows.get(d, 0) != s.n_text]
     # A keyword row of a document nobody counts is rewritten to nothing (the text store holds none).
     stray = [] if plan.keyword_damaged is not None else [d for d in rows if d not in known and d not in plan.redo]
-    plan.keyword_rewrite.update(rewrite, stray)
+    if plan.keyword_damaged is None:
+        plan.keyword_rewrite.update(rewrite, stray)
     return plan, len(plan.redo) + len(rewrite)
 
 

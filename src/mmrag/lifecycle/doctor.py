@@ -305,6 +305,9 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
     outside the roots the collection was ingested from (a row restored from a snapshot can name
     any file) is not read: it is listed as unrepairable (see :mod:`mmrag.lifecycle.roots`).
 
+    The work itself is :func:`mmrag.repair.apply`, the repair every ingest runs too; this function
+    only adds the examination's plan, the roots check and the re-ingest of the affected files.
+
     Args:
         kb: the collection ``report`` examined.
         report: from :func:`examine`, preferably taken under the same writer lock.
