@@ -32,8 +32,8 @@ from mmrag.chunking import ChunkSpec
 from mmrag.errors import StoreError
 from mmrag.manifest import Manifest
 from mmrag.protocols import Embedder, ImageEmbedder, KeywordIndex, VectorStore
-from mmrag.registry import release_embedded_store  # noqa: F401 - its public home before the store registry
 from mmrag.registry import ModelChoice, build_embedder, check_collection_name, keyword_index_factory, vector_backend
+from mmrag.stores.backends import release_embedded_store  # noqa: F401 - public here since before the registry
 from mmrag.stores.chroma import SERVER_TIMEOUT
 from mmrag.stores.split import ModalitySplitStore
 
