@@ -76,14 +76,12 @@ def hashing_kb(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def offline_models():  # type: ignore[no-untyped-def]
-    """The real offline-profile models, loaded once per session."""
+    """The real offline-profile models, loaded once per session, built as the CLI and the server build them."""
     from mmrag.config import Settings
-    from mmrag.embedders.openclip import OpenClipEmbedder
-    from mmrag.embedders.sentence import SentenceTransformerEmbedder
-    from mmrag.registry import resolve_models
+    from mmrag.registry import build_embedders, resolve_models
 
     choice = resolve_models(Settings(profile="offline"))
-    return choice, OpenClipEmbedder(choice.clip), SentenceTransformerEmbedder(choice.text_model)
+    return (choice, *build_embedders(choice))
 
 
 @pytest.fixture

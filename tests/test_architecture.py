@@ -48,7 +48,7 @@ MODULES = {
     "rerank": "analysis",
     # Name -> factory for backends and the answer components (kb builds its stores through it).
     "registry": "wiring",
-    "kb": "knowledge base", "pipeline": "knowledge base",
+    "kb": "knowledge base", "pipeline": "knowledge base", "repair": "knowledge base",
     "indexing": "services", "retrieval": "services", "answering": "services", "rayingest": "services",
     "faithfulness": "evaluation",
     "mcp_server": "applications", "__main__": "applications",
@@ -59,6 +59,8 @@ MODULES = {
 OVERRIDES = {
     # The drift math and the query log: ingest (services) writes a version's reference with them.
     "lifecycle.drift": "analysis",
+    # The drift references' table owner: a store beside the manifest, which drift reads and writes.
+    "lifecycle.driftrefs": "backends",
     # Relabelling and counting as a caller write and read a knowledge base's stores and manifest.
     "security.relabel": "knowledge base", "security.counts": "knowledge base",
 }

@@ -291,7 +291,7 @@ class Answerer:
         parts, in block order after the text, each announced in its block ("shown as image part
         k"); so does the question's own image. Text-only models get the description alone.
         """
-        vision = bool(getattr(self.model, "supports_vision", False))
+        vision = self.model is not None and self.model.supports_vision
         images: list[str] = []
         parts = []
         for b in blocks:

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol, Sequence
 
+from mmrag import repair
 from mmrag.chunking import SentenceChunker
 from mmrag.errors import StoreError, disk_full_hint
 from mmrag.kb import KnowledgeBase
@@ -312,7 +313,7 @@ class Indexer:
             if paths:
                 self.kb.manifest.add_roots(self.kb.collection, [source_root(p) for p in paths])
             with span("ingest.repair") as trace:
-                summary.repaired = self._repair()
+                summary.repaired = repair.before_ingest(self.kb)
                 trace.set_attributes(documents=summary.repaired)
             with span("ingest.plan", files=len(refs)) as trace:
                 tasks = [t for t in (self._plan(ref, run, summary) for ref in refs) if t is not None]
@@ -381,7 +382,7 @@ class Indexer:
         Only for a damaged index: writes keep the index current in place.
         """
         with self.kb.write_lock():
-            return self.kb.rebuild_keyword_index()
+            return repair.rebuild_keyword(self.kb)
 
     # -- planning and applying ------------------------------------------------------------------
     def _plan(self, ref: FileRef, run: _Run, summary: IngestSummary) -> FileTask | None:
@@ -535,68 +536,6 @@ class Indexer:
                 # An object the listing did not return is gone (one it refused is in run.unsure).
                 gone.append(state.doc_id)
         return self._delete(sorted(set(gone))) if gone else 0
-
-    def _repair(self) -> int:
-        """Make the manifest and the stores agree before a run (the stores are treated as fallible).
-
-        Totals first (one count per store): when they agree and nothing is pending, nothing is
-        read. Otherwise the per-document counts of the manifest's documents are compared, in
-        batches: documents whose Chroma records are off go back to ``pending`` and are redone;
-        documents whose keyword rows alone are off get them rewritten from the text store (no
-        embedding); records of documents the manifest does not know (orphans) are deleted.
-
-        Returns:
-            The number of documents redone or whose keyword rows were rewritten.
-        """
-        kb, col = self.kb, self.kb.collection
-        manifest = kb.manifest
-        want_clip, want_text = manifest.totals(col)
-        clip, text = kb.raw_store("clip"), kb.raw_store("text")
-        try:
-            keyword = kb.keyword
-            have_keyword = keyword.count()
-        except StoreError as exc:  # unreadable (a crash mid-copy, a full disk): rebuilt below from the text store
-            keyword, have_keyword = kb.replace_damaged_keyword_index(str(exc)), 0
-        pending = list(manifest.all(col, "pending"))
-        have = (clip.count(), text.count(), have_keyword)
-        if not pending and have == (want_clip, want_text, want_text):
-            return 0
-        known = {s.doc_id: s for s in manifest.all(col) if s.status != "pending"}
-        redo: dict[str, DocState] = {s.doc_id: s for s in pending}
-        # Pending documents' records are counted too: a long document another run is writing, a
-        # slice at a time, holds more records than its row says, and must not send this repair
-        # scanning the whole store for orphans.
-        ids = sorted(set(known) | set(redo))
-        for store, attr, total in ((clip, "n_clip", have[0]), (text, "n_text", have[1])):
-            counts: dict[str, int] = {}
-            for _, meta, _ in store.records_of(ids):
-                counts[str(meta.get("doc_id"))] = counts.get(str(meta.get("doc_id")), 0) + 1
-            redo.update({d: s for d, s in known.items() if counts.get(d, 0) != getattr(s, attr)})
-            if total > sum(counts.values()):
-                self._delete_orphans(store, set(known) | set(redo))
-        try:
-            rows = keyword.doc_counts()
-        except StoreError as exc:  # its count was readable but its segments are not
-            keyword, rows = kb.replace_damaged_keyword_index(str(exc)), {}
-        orphans = [d for d in rows if d not in known and d not in redo]
-        rewrite = [d for d, s in known.items() if d not in redo and rows.get(d, 0) != s.n_text]
-        if orphans:
-            keyword.delete_docs(orphans)
-        if rewrite:
-            records = [Record(rid, (), meta, doc or "") for rid, meta, doc in text.records_of(rewrite, ("metadatas", "documents"))]
-            keyword.write(delete_docs=rewrite, records=records)
-        if redo:
-            log.warning("Collection %r: %d documents disagree with the stores and will be redone", col, len(redo))
-            manifest.set_states(col, [DocState(s.doc_id, s.source, s.doc_type, "", "pending", "redo: store and manifest disagreed", 0, 0) for s in redo.values()])
-        return len(redo) + len(rewrite)
-
-    def _delete_orphans(self, store: Any, known: set[str]) -> None:
-        # The only full scan on the write path: reached when a store holds more records than the
-        # manifest accounts for, which only a crash inside a delete (or a foreign writer) leaves.
-        orphans = sorted({str(meta.get("doc_id")) for _, meta, _ in store.iter_all() if str(meta.get("doc_id")) not in known})
-        if orphans:
-            log.warning("Collection %r: deleting records of %d documents the manifest does not know", store.name, len(orphans))
-            store.delete_docs(orphans)
 
 
 class _Writer:

@@ -25,26 +25,22 @@ import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from mmrag import locks
 from mmrag.chunking import ChunkSpec
-from mmrag.embedders.openclip import OpenClipEmbedder
-from mmrag.embedders.sentence import SentenceTransformerEmbedder
 from mmrag.errors import StoreError
 from mmrag.manifest import Manifest
-from mmrag.protocols import KeywordIndex, VectorStore
-from mmrag.registry import ModelChoice, check_collection_name, keyword_index_factory, vector_store_factory
-from mmrag.stores.chroma import SERVER_TIMEOUT, delete_collection, open_client
+from mmrag.protocols import Embedder, ImageEmbedder, KeywordIndex, VectorStore
+from mmrag.registry import ModelChoice, build_embedder, check_collection_name, keyword_index_factory, vector_backend
+from mmrag.stores.backends import release_embedded_store  # noqa: F401 - public here since before the registry
+from mmrag.stores.chroma import SERVER_TIMEOUT
 from mmrag.stores.damage import verify_once
 from mmrag.stores.split import ModalitySplitStore
-from mmrag.types import Record
 
 log = logging.getLogger(__name__)
 #: Manifest flag: this collection's image records live in their own Chroma collection.
 IMAGES_SPLIT = "images_split"
-#: Records read back per batch when the keyword index is rebuilt from the text store.
-REBUILD_BATCH = 5000
 
 #: Seconds a writer waits for another writer of the same collection before giving up.
 LOCK_TIMEOUT = 600.0
@@ -59,19 +55,20 @@ class KnowledgeBase:
         models: which models to embed with.
         store_url: a Chroma server URL; ``None`` for the embedded store under ``data_dir``.
         chunk: chunk sizing.
-        clip: an already-built CLIP embedder (tests, benchmarks); else built from ``models``.
+        clip: an already-built joint text/image embedder (the server's shared one, tests,
+            benchmarks); else built from ``models`` by :func:`mmrag.registry.build_embedder`.
         text: likewise for the text embedder.
         lock_timeout: seconds a writer waits for another writer of this collection.
         store_timeout: seconds a Chroma server request may take before it fails.
         vector_store: the vector store backend (``registry.VECTOR_STORES``): ``chroma``, or
-            ``memory`` (the test fake) for unit tests.
+            ``memory`` (the test fake) for unit tests; this class never asks which it has.
         keyword_index: the keyword index backend (``registry.KEYWORD_INDEXES``).
         manifest: an open manifest of ``data_dir`` to use (a server shares one across its knowledge
             bases, so each one opened costs no sqlite connections); :meth:`close` leaves it open.
     """
 
     def __init__(self, data_dir: Path, collection: str, models: ModelChoice, *, store_url: str | None = None,
-                 chunk: ChunkSpec = ChunkSpec(), clip: Any = None, text: Any = None,
+                 chunk: ChunkSpec = ChunkSpec(), clip: ImageEmbedder | None = None, text: Embedder | None = None,
                  lock_timeout: float = LOCK_TIMEOUT, vector_store: str = "chroma",
                  keyword_index: str = "tantivy", store_timeout: float = SERVER_TIMEOUT,
                  manifest: Manifest | None = None) -> None:
@@ -83,7 +80,7 @@ class KnowledgeBase:
         self.lock_timeout = lock_timeout
         self.store_timeout = store_timeout
         self.backend = vector_store
-        self._open_store = vector_store_factory(vector_store)
+        self._backend = vector_backend(vector_store)
         self._open_keyword = keyword_index_factory(keyword_index)
         self._lock_state = threading.local()
         if clip is not None:
@@ -96,14 +93,14 @@ class KnowledgeBase:
 
     # -- models ---------------------------------------------------------------------------------
     @cached_property
-    def clip(self) -> OpenClipEmbedder:
-        """The joint text/image embedder."""
-        return OpenClipEmbedder(self.models.clip)
+    def clip(self) -> ImageEmbedder:
+        """The joint text/image embedder (built on first use, through the registry)."""
+        return cast(ImageEmbedder, build_embedder(self.models, "clip"))
 
     @cached_property
-    def text(self) -> SentenceTransformerEmbedder:
-        """The prose embedder (on the CLIP model's device)."""
-        return SentenceTransformerEmbedder(self.models.text_model, device=self.models.clip.device)
+    def text(self) -> Embedder:
+        """The prose embedder (on the CLIP model's device, as everywhere: see :func:`~mmrag.registry.build_embedder`)."""
+        return build_embedder(self.models, "text")
 
     def bind_identities(self, *, clip: dict[str, str | int], text: dict[str, str | int]) -> None:
         """Check and open the stores against these embedder identities, without loading the models here.
@@ -126,17 +123,7 @@ class KnowledgeBase:
         Raises:
             StoreBusyError: another process has the embedded store open.
         """
-        if self.backend == "memory":
-            return {}  # the fake's collections, one dict per knowledge base
-        if not self.store_url:
-            locks.claim(
-                self.data_dir / "locks" / "embedded-chroma.lock", what=f"The embedded store {self.data_dir / 'chroma'}",
-                hint="Two processes on one embedded store can corrupt it. Stop that process, send the work through "
-                     "its HTTP API (POST /v1/documents, DELETE /v1/documents/...), or run a Chroma server "
-                     f"(`chroma run --path {self.data_dir / 'chroma'}`) and pass --store-url to every process.",
-            )
-            verify_once(self.data_dir / "chroma", self.data_dir / "locks" / "chroma-verified.json")
-        return open_client(self.data_dir, self.store_url, timeout=self.store_timeout)
+        return self._backend.connect(self.data_dir, self.store_url, self.store_timeout)
 
     @cached_property
     def owner_id(self) -> str:
@@ -179,11 +166,30 @@ class KnowledgeBase:
         return f"{self.collection}-text"
 
     def _store(self, name: str, identity: Any) -> VectorStore:
-        return self._open_store(self.client, name, identity, self.owner_id, self.manifest.has_collection(self.collection))
+        return self._backend.open(self.client, name, identity, self.owner_id, self.manifest.has_collection(self.collection))
+
+    def open_collection(self, name: str, identity: Any = None, *, owned: bool = True) -> VectorStore:
+        """One physical collection by name (:attr:`clip_name`, :attr:`image_name`, :attr:`text_name`).
+
+        For snapshots and restores, which copy each collection as it is. ``identity`` checks (or
+        records, on a new collection) the embedder's; ``owned=False`` opens it without recording
+        this data dir as its owner (a read-only copy claims nothing).
+        """
+        if owned:
+            return self._store(name, identity)
+        return self._backend.open(self.client, name, identity, None, False)
+
+    def existing_collections(self) -> set[str]:
+        """Which of this knowledge base's physical collections exist in the store."""
+        return self._backend.names(self.client) & {self.clip_name, self.image_name, self.text_name}
+
+    def collection_info(self, name: str) -> dict[str, Any] | None:
+        """A collection's metadata (embedder identity, owner) and space; None when it does not exist."""
+        return self._backend.info(self.client, name)
 
     def _clip_space(self, identity: Any) -> VectorStore:
         texts, images = self._store(self.clip_name, identity), self._store(self.image_name, identity)
-        if self.backend == "chroma" and self.manifest.flag(self.collection, IMAGES_SPLIT) is None:
+        if self.manifest.flag(self.collection, IMAGES_SPLIT) is None:
             self._move_images(texts, images)
         return ModalitySplitStore(texts, images)
 
@@ -258,7 +264,9 @@ class KnowledgeBase:
             self.__dict__["keyword"] = index
             with self.write_lock():
                 if self.legacy_keyword_dir.exists():  # another process may have migrated it meanwhile
-                    n = self.rebuild_keyword_index()
+                    from mmrag.repair import rebuild_keyword
+
+                    n = rebuild_keyword(self, index)
                     shutil.rmtree(self.legacy_keyword_dir, ignore_errors=True)
                     self.manifest.set_flag(self.collection, "bm25_dirty", None)
                     log.warning("Collection %r: migrated the keyword index to tantivy (%d chunks, once)",
@@ -268,8 +276,8 @@ class KnowledgeBase:
     def replace_damaged_keyword_index(self, problem: str) -> KeywordIndex:
         """Move a keyword index that cannot be read aside and start an empty one (the caller holds the lock).
 
-        The caller then rewrites its rows from the text collection (the repair does, with no
-        embedding); the damaged folder is kept beside it for inspection.
+        The caller then rewrites its rows from the text collection (:func:`mmrag.repair.rebuild_keyword`,
+        no embedding); the damaged folder is kept beside it for inspection.
         """
         self.__dict__.pop("keyword", None)
         aside = self.keyword_dir.with_name(f"{self.collection}.damaged-{int(time.time())}")
@@ -282,26 +290,6 @@ class KnowledgeBase:
         log.warning("Collection %r: the keyword index was unreadable (%s); moved it to %s and rebuilding it from "
                     "the text collection", self.collection, problem, aside)
         return self.keyword
-
-    def rebuild_keyword_index(self) -> int:
-        """Rewrite the keyword index from the text collection (the caller holds the writer lock).
-
-        Only for a migration or a damaged index: writes keep the index current in place.
-
-        Returns:
-            The number of chunks indexed.
-        """
-        index = self.__dict__.get("keyword") or self._open_keyword(self.keyword_dir)
-        index.clear()
-        batch: list[Record] = []
-        total = 0
-        for rid, meta, text in self.raw_store("text").iter_all(include=("metadatas", "documents")):
-            batch.append(Record(rid, (), meta, text or ""))
-            if len(batch) >= REBUILD_BATCH:
-                index.write(records=batch)
-                total, batch = total + len(batch), []
-        index.write(records=batch)
-        return total + len(batch)
 
     @contextlib.contextmanager
     def write_lock(self, timeout: float | None = None) -> Iterator[None]:
@@ -344,8 +332,8 @@ class KnowledgeBase:
             manifest = self.__dict__.pop("manifest")
             if self._owns_manifest:
                 manifest.close()
-        if client is not None and not self.store_url and self.backend == "chroma":
-            release_embedded_store(self.data_dir)
+        if client is not None:
+            self._backend.release(self.data_dir, self.store_url)
 
     def check_writable(self) -> None:
         """Raise :class:`~mmrag.errors.ForeignCollectionError` unless this data dir may write both stores."""
@@ -359,11 +347,8 @@ class KnowledgeBase:
     def drop(self) -> None:
         """Delete the collection everywhere: both Chroma collections, the keyword index and its manifest rows."""
         self.check_writable()
-        if self.backend == "memory":
-            self.client.clear()
-        else:
-            for name in (self.clip_name, self.image_name, self.text_name):
-                delete_collection(self.client, name)
+        for name in (self.clip_name, self.image_name, self.text_name):
+            self._backend.drop(self.client, name)
         if "keyword" in self.__dict__:
             self.keyword.clear()
         for folder in (self.keyword_dir, self.legacy_keyword_dir):
@@ -371,16 +356,6 @@ class KnowledgeBase:
         self.manifest.remove_collection(self.collection)
         for name in ("clip_store", "text_store", "_raw_stores", "keyword"):
             self.__dict__.pop(name, None)
-
-
-def release_embedded_store(data_dir: Path) -> None:
-    """Give up this process's claim on the embedded store under ``data_dir`` (see :meth:`KnowledgeBase.close`)."""
-    from chromadb.api.client import SharedSystemClient
-
-    # Chroma keeps one system per path for the whole process; drop it, or a later open here would
-    # reuse a store another process has changed meanwhile.
-    SharedSystemClient.clear_system_cache()
-    locks.release(Path(data_dir) / "locks" / "embedded-chroma.lock")
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,14 @@ CREATE TABLE IF NOT EXISTS roots (
 #: The knowledge base a physical collection (bound as two parameters) belongs to: its versions
 #: row's, else its own name (an unversioned knowledge base).
 KB_OF = "COALESCE((SELECT kb FROM versions WHERE physical=?), ?)"
+#: A collection's own rows per table, their columns in table order after ``collection`` (the
+#: primary key's second column first): what a snapshot copies and a restore writes back.
+COLLECTION_TABLES: dict[str, tuple[str, ...]] = {
+    "documents": ("doc_id", "source", "doc_type", "content_hash", "status", "reason", "n_clip", "n_text",
+                  "updated_at"),
+    "files": ("source", "size", "mtime_ns", "sha256"),
+    "flags": ("name", "value"),
+}
 
 
 @dataclass(frozen=True)
@@ -430,3 +438,60 @@ class Manifest:
     def collections(self) -> list[str]:
         """Names of collections the manifest knows."""
         return [str(r[0]) for r in self._read("SELECT DISTINCT collection FROM documents ORDER BY 1", ())]
+
+    # -- whole collections, as snapshots copy them ----------------------------------------------
+    def recent(self, collection: str, status: str, n: int) -> list[str]:
+        """The ``n`` most recently updated documents of ``collection`` with ``status``, newest first."""
+        rows = self._read("SELECT doc_id FROM documents WHERE collection=? AND status=? ORDER BY updated_at DESC "
+                          "LIMIT ?", (collection, status, int(n)))
+        return [str(r[0]) for r in rows]
+
+    def sources(self, collection: str) -> list[str]:
+        """The distinct sources of ``collection``'s documents."""
+        return [str(r[0]) for r in self._read("SELECT DISTINCT source FROM documents WHERE collection=?", (collection,))]
+
+    def has_flags(self, collection: str) -> bool:
+        """Whether any flag of ``collection`` is set (a name left behind by a drop, or in use)."""
+        return bool(self._read("SELECT 1 FROM flags WHERE collection=? LIMIT 1", (collection,)))
+
+    def export_rows(self, table: str, collection: str, page: int = 5000) -> Iterator[dict[str, object]]:
+        """``collection``'s rows of ``table`` (a key of :data:`COLLECTION_TABLES`) as dicts, streamed.
+
+        Keyset pages on the primary key: a million document rows are never read at once.
+        """
+        columns = COLLECTION_TABLES[table]
+        sql = (f"SELECT {', '.join(columns)} FROM {table} WHERE collection=? AND {columns[0]}>? "
+               f"ORDER BY {columns[0]} LIMIT ?")
+        last = ""
+        while rows := self._read(sql, (collection, last, page)):
+            for row in rows:
+                yield dict(zip(columns, row))
+            last = str(rows[-1][0])
+
+    @staticmethod
+    def import_rows(db: sqlite3.Connection, table: str, collection: str, rows: Iterable[tuple[object, ...]]) -> None:
+        """Add rows of ``table``'s :data:`COLLECTION_TABLES` columns to ``collection``, in the caller's transaction.
+
+        Flags go in with ``OR REPLACE``: opening the restored stores may already have set one
+        (``images_split``) to the value the snapshot carries.
+        """
+        width = len(COLLECTION_TABLES[table]) + 1
+        verb = "INSERT OR REPLACE" if table == "flags" else "INSERT"
+        db.executemany(f"{verb} INTO {table} VALUES ({','.join('?' * width)})", ((collection, *row) for row in rows))
+
+    @staticmethod
+    def replace_roots(db: sqlite3.Connection, kb: str, roots: Iterable[str]) -> None:
+        """Set knowledge base ``kb``'s roots to exactly ``roots``, in the caller's transaction (a restore)."""
+        now = time.time()
+        db.execute("DELETE FROM roots WHERE kb=?", (kb,))
+        db.executemany("INSERT INTO roots VALUES (?,?,?)", [(kb, r, now) for r in roots])
+
+    def remove_roots(self, kb: str, db: sqlite3.Connection | None = None) -> None:
+        """Forget knowledge base ``kb``'s roots (kept per knowledge base, so a collection's drop leaves them).
+
+        ``db``: the caller's open transaction, to forget them atomically with other owners' rows.
+        """
+        if db is None:
+            self._write("DELETE FROM roots WHERE kb=?", [(kb,)])
+        else:
+            db.execute("DELETE FROM roots WHERE kb=?", (kb,))

@@ -7,7 +7,7 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from mmrag.errors import LoadError
-from mmrag.types import Hit, ImageAsset, Record
+from mmrag.types import Hit, ImageAsset, Record, RecordBatch
 
 
 @runtime_checkable
@@ -113,6 +113,19 @@ class VectorStore(Protocol):
 
     def iter_all(self, include: Sequence[str] = ("metadatas",)) -> Iterator[Row]:
         """Every record (a full scan: repairs, rebuilds and tests only)."""
+        ...
+
+    def iter_batches(self, size: int = 5000) -> Iterator[RecordBatch]:
+        """Every record with its vector, ``size`` at a time (snapshots; the caller holds the writer lock)."""
+        ...
+
+    def upsert_batch(self, batch: RecordBatch) -> None:
+        """Write a batch exactly as it is: ids, vectors, metadata and documents (restores)."""
+        ...
+
+    def parts(self) -> Sequence["VectorStore"]:
+        """The physical collections this store writes, each with its own ``name``: itself, or the
+        halves of a store spread over several (``doctor`` checks and repairs each one)."""
         ...
 
 

@@ -273,14 +273,11 @@ class _EmbedActor:
     def __init__(self, models: ModelChoice, device: str, text_batch: int | None, threads: int) -> None:
         import torch
 
-        from mmrag.embedders.openclip import OpenClipEmbedder
-        from mmrag.embedders.sentence import SentenceTransformerEmbedder
+        from mmrag.registry import build_embedders
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
-        self.clip = OpenClipEmbedder(replace(models.clip, device=device))
-        self.text = SentenceTransformerEmbedder(models.text_model, device=device,
-                                                **({"batch_size": text_batch} if text_batch else {}))
+        self.clip, self.text = build_embedders(models, device, text_batch=text_batch)
         self._identity = pickle.dumps((self.clip.identity(), self.text.identity()))
 
     def __call__(self, batch: Any) -> Any:

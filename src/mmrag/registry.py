@@ -1,7 +1,4 @@
-"""Turns settings into components: the profile's models, the stores, the rerankers and the answer's parts.
-
-It builds what a knowledge base is made of (:class:`~mmrag.kb.KnowledgeBase` opens its stores through
-the factories here); the knowledge base itself is opened by :mod:`mmrag.kb`.
+"""Turns settings into components: the profile's models, the embedders, the stores, the rerankers.
 
 Profiles name a pair of models; explicit settings override them, and the resolved choice is
 what gets stored with each collection (its identity), so nothing switches models silently.
@@ -20,15 +17,16 @@ from __future__ import annotations
 import importlib
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, cast
 
 from mmrag.config import RerankSettings, Settings
 from mmrag.embedders.openclip import OFFLINE_CLIP_DIR, OFFLINE_CLIP_NAME, ClipSpec
 from mmrag.embedders.sentence import DEFAULT_TEXT_MODEL, offline_minilm_dir
 from mmrag.errors import ConfigError, InvalidInputError, ModelUnavailableError
-from mmrag.protocols import KeywordIndex, Reranker, VectorStore
+from mmrag.protocols import Embedder, ImageEmbedder, KeywordIndex, Reranker
+from mmrag.stores.backends import CHROMA, MEMORY, VectorBackend
 
 PROFILES = ("default", "offline")
 _COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,62}$")
@@ -69,6 +67,51 @@ def resolve_models(settings: Settings) -> ModelChoice:
     clip = ClipSpec(model=clip.model, pretrained=clip.pretrained, config_dir=clip.config_dir,
                     precision=cs.precision, batch_size=cs.batch_size, device=cs.device)
     return ModelChoice(profile=settings.profile, clip=clip, text_model=settings.text.model or text)
+
+
+def build_embedder(models: ModelChoice, which: str, device: str | None = None, *,
+                   batch_size: int | None = None) -> Embedder:
+    """One of a run's two embedders: ``clip`` (the joint text/image space) or ``text`` (prose).
+
+    Args:
+        models: the resolved choice (:func:`resolve_models`).
+        which: ``clip`` or ``text``.
+        device: where it runs (``cpu``, ``cuda``, ``auto``); default the CLIP setting's device, for
+            both models, so the CLI, the server and Ray workers put them in the same place.
+        batch_size: items per forward pass (default: the model's own).
+
+    Raises:
+        ConfigError: ``which`` is neither.
+        ModelUnavailableError, MissingDependencyError: the model cannot be loaded.
+
+    Example:
+        >>> from mmrag.config import Settings
+        >>> build_embedder(resolve_models(Settings(profile="offline")), "text").dim  # doctest: +SKIP
+        384
+    """
+    device = device or models.clip.device
+    if which == "clip":
+        from mmrag.embedders.openclip import OpenClipEmbedder
+
+        spec = replace(models.clip, device=device, **({"batch_size": batch_size} if batch_size else {}))
+        return OpenClipEmbedder(spec)
+    if which == "text":
+        from mmrag.embedders.sentence import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(models.text_model, device=device,
+                                           **({"batch_size": batch_size} if batch_size else {}))
+    raise ConfigError(f"Unknown embedder {which!r}. Known: clip, text")
+
+
+def build_embedders(models: ModelChoice, device: str | None = None, *,
+                    text_batch: int | None = None) -> tuple[ImageEmbedder, Embedder]:
+    """Both embedders of ``models`` on one ``device`` (see :func:`build_embedder`).
+
+    Returns:
+        ``(clip, text)``.
+    """
+    clip = cast(ImageEmbedder, build_embedder(models, "clip", device))  # OpenClipEmbedder embeds images too
+    return clip, build_embedder(models, "text", device, batch_size=text_batch)
 
 
 def check_collection_name(name: str) -> str:
@@ -134,22 +177,6 @@ def answer_options(settings: Settings, text_embedder: Any, mode: str, *, reader:
 
 
 # -- stores -----------------------------------------------------------------------------------------
-def _chroma(client: Any, name: str, identity: Mapping[str, str | int] | None, owner: str | None,
-            may_claim: bool) -> VectorStore:
-    from mmrag.stores.chroma import ChromaStore
-
-    return ChromaStore(client, name, identity, owner=owner, may_claim=may_claim)
-
-
-def _memory(client: Any, name: str, identity: Mapping[str, str | int] | None, owner: str | None,
-            may_claim: bool) -> VectorStore:
-    # The test fake: ``client`` is a dict the knowledge base owns, holding one store per collection.
-    from mmrag.stores.memory import InMemoryStore
-
-    store: VectorStore = client.setdefault(name, InMemoryStore(name, identity))
-    return store
-
-
 def _tantivy(folder: Path) -> KeywordIndex:
     from mmrag.stores.tantivy import TantivyKeywordIndex
 
@@ -158,19 +185,19 @@ def _tantivy(folder: Path) -> KeywordIndex:
 
 #: Vector store backends by name: ``chroma`` (embedded or a server) is the product; ``memory``
 #: (:class:`~mmrag.stores.memory.InMemoryStore`) is a fake for unit tests, never a default.
-VECTOR_STORES: dict[str, Callable[..., VectorStore]] = {"chroma": _chroma, "memory": _memory}
+VECTOR_STORES: dict[str, VectorBackend] = {"chroma": CHROMA, "memory": MEMORY}
 #: Keyword index backends by name.
 KEYWORD_INDEXES: dict[str, Callable[[Path], KeywordIndex]] = {"tantivy": _tantivy}
 
 
-def vector_store_factory(backend: str) -> Callable[..., VectorStore]:
-    """The factory of vector store ``backend``.
+def vector_backend(backend: str) -> VectorBackend:
+    """The vector store ``backend``: how to connect, open a collection, drop one and let go.
 
     Raises:
         ConfigError: an unknown backend (the message lists the known ones).
 
     Example:
-        >>> vector_store_factory("chroma").__name__
+        >>> vector_backend("chroma").open.__name__
         '_chroma'
     """
     try:

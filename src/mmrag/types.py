@@ -135,3 +135,13 @@ class Query:
 
     text: str | None = None
     image: ImageAsset | None = None
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    """Records of one collection as columns: what a snapshot writes and a restore reads back."""
+
+    ids: list[str]
+    vectors: Any  # a float32 numpy array, shape (len(ids), dim)
+    metadatas: list[dict[str, Any] | None]
+    documents: list[str | None]

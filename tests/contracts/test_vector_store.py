@@ -170,6 +170,36 @@ def test_iter_all_yields_each_record_once_with_its_metadata(store: Any) -> None:
     assert {rid: doc for rid, _, doc in store.iter_all(include=("documents",))} == {r.id: r.document or "" for r in records()}
 
 
+def test_parts_are_the_physical_collections_that_hold_every_record(store: Any) -> None:
+    """The repair deletes orphans per physical collection through ``parts()``: until structA the
+    doctor reached into the split store's halves with ``getattr``."""
+    _filled(store)
+    parts = list(store.parts())
+    assert parts and all(isinstance(p, VectorStore) for p in parts)
+    assert len({p.name for p in parts}) == len(parts)
+    assert sum(p.count() for p in parts) == store.count()
+    assert sorted(r[0] for p in parts for r in p.iter_all()) == _ids(store.iter_all())
+    victim = records()[-1]  # deleted through the part that holds it, and gone from the whole
+    holder = next(p for p in parts if p.get([victim.id]))
+    holder.delete_docs([victim.metadata["doc_id"]])
+    assert victim.id not in _ids(store.iter_all())
+
+
+def test_batches_copy_every_record_with_its_vector_into_another_store(make_store: StoreFactory) -> None:
+    """What a snapshot reads (``iter_batches``) and a restore writes (``upsert_batch``), on every backend."""
+    source, copy = _filled(make_store()), make_store()
+    batches = list(source.iter_batches(2))
+    assert all(len(b.ids) <= 2 and b.vectors.shape == (len(b.ids), DIM) for b in batches)
+    assert sorted(i for b in batches for i in b.ids) == sorted(ALL)
+    for batch in batches:
+        copy.upsert_batch(batch)
+    assert copy.count() == source.count()
+    for rec in records():
+        (got,), (want,) = copy.get([rec.id]), source.get([rec.id])
+        assert (got.doc_id, got.modality, got.text, got.metadata) == (want.doc_id, want.modality, want.text, want.metadata)
+        np.testing.assert_allclose(copy.query(rec.embedding, 1)[0].score, 1.0, atol=1e-5)
+
+
 def test_writes_of_another_data_dirs_collection_are_refused(make_store: StoreFactory) -> None:
     owned = make_store()
     owned.check_writable()  # a store this data dir owns says nothing

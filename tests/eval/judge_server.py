@@ -85,7 +85,8 @@ def reply_for(messages: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 class JudgeServer:
-    """Serves ``POST /v1/chat/completions``; records the kind of every request it answered."""
+    """Serves ``POST /v1/chat/completions`` (whole, or streamed as server-sent events when the request
+    says ``stream``); records the kind of every request it answered."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
@@ -103,6 +104,9 @@ class JudgeServer:
                                      for p in m["content"] if p.get("type") == "image_url")
                 kind, content = reply_for(messages)
                 server.requests.append(kind)
+                if body.get("stream"):
+                    self._stream(body.get("model", "test"), content, len(server.requests))
+                    return
                 data = json.dumps({
                     "id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion", "created": 0,
                     "model": body.get("model", "test"),
@@ -115,6 +119,24 @@ class JudgeServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _stream(self, model: str, content: str, n: int) -> None:
+                # OpenAI's server-sent events: one chunk per word, the finish, then the usage.
+                words = content.split(" ")
+                deltas = [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
+                chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": d},
+                                        "finish_reason": None}]} for d in deltas]
+                chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                chunks.append({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": len(words),
+                                                        "total_tokens": 10 + len(words)}})
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for chunk in chunks:
+                    event = {"id": f"chatcmpl-{n}", "object": "chat.completion.chunk", "created": 0, "model": model,
+                             **chunk}
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -24,7 +24,7 @@ def child_env(**extra: str) -> dict[str, str]:
     """The environment of a child process: no MMRAG_* from the caller, offline, one thread, the repo importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")}
     env.update(THREADS, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]))  # this checkout's mmrag, not an install's
     env.update(extra)
     return env
 

@@ -35,6 +35,7 @@ from mmrag.lifecycle.versions import Versions
 from mmrag.registry import resolve_models
 from mmrag.retrieval import Searcher
 from mmrag.stores.chroma import OWNER_KEY, ChromaStore, collection_info, collection_names
+from mmrag.stores.memory import InMemoryStore
 from mmrag.types import ImageAsset, Query
 
 QUERIES = ["red circle first aid", "visitor parking east lift", "opening hours weekdays"]
@@ -70,13 +71,14 @@ def state(kb: KnowledgeBase) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for role, name in (("clip", kb.clip_name), ("image", kb.image_name), ("text", kb.text_name)):
         records, vectors = {}, {}
-        for batch in ChromaStore(kb.client, name, None).iter_batches(2):  # small pages: paging is exercised
+        store = kb.open_collection(name, None, owned=False)
+        for batch in store.iter_batches(2):  # small pages: paging is exercised
             for i, rid in enumerate(batch.ids):
                 records[rid] = (batch.metadatas[i], batch.documents[i])
                 vectors[rid] = batch.vectors[i]
         out[role] = records
         out[role + " vectors"] = vectors
-        out[role + " identity"] = ChromaStore(kb.client, name, None).identity
+        out[role + " identity"] = store.identity
     out["keyword rows"] = list(kb.keyword.rows())
     out["keyword hits"] = [[(h.id, round(h.score, 5), h.text) for h in kb.keyword.query(q, 5)] for q in QUERIES]
     out["documents"] = [dataclasses.astuple(d) for d in kb.manifest.all(kb.collection)]
@@ -122,19 +124,30 @@ def add_lifecycle_rows(kb: KnowledgeBase) -> None:
                       [(kb.collection, "text", '{"mean": [0.5]}', 2.0)])
 
 
-def hashing(data_dir: Path, name: str = "test", store_url: str | None = None) -> KnowledgeBase:
+def hashing(data_dir: Path, name: str = "test", store_url: str | None = None, backend: str = "chroma") -> KnowledgeBase:
     return KnowledgeBase(data_dir, name, resolve_models(Settings()), store_url=store_url, clip=HashingEmbedder(16),
-                         text=HashingEmbedder(8))
+                         text=HashingEmbedder(8), vector_store=backend)
 
 
 @pytest.fixture
-def small_snapshot(tmp_path: Path) -> tuple[Path, Path]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The vector store a test's snapshots are taken from and restored into: Chroma, or (where a test
+    is parametrised with :data:`EVERY_STORE`) the memory fake too, since snapshots go through the
+    VectorStore protocol and work on every backend its contract tests cover."""
+    return str(getattr(request, "param", "chroma"))
+
+
+EVERY_STORE = pytest.mark.parametrize("backend", ["chroma", "memory"], indirect=True)
+
+
+@pytest.fixture
+def small_snapshot(tmp_path: Path, backend: str) -> tuple[Path, Path]:
     """A hashing-fake knowledge base ingested and snapshotted in batches of 2: (snapshot, data dir)."""
-    kb = hashing(tmp_path / "data")
+    kb = hashing(tmp_path / "data", backend=backend)
     assert not Indexer(kb).ingest([make_corpus(tmp_path)]).failed
     add_lifecycle_rows(kb)
     kb.close()
-    info = snapshots.create("test", tmp_path / "snap", data_dir=tmp_path / "data", batch=2)
+    info = snapshots.create("test", tmp_path / "snap", data_dir=tmp_path / "data", batch=2, vector_store=backend)
     assert info.counts["text"] >= 3 and info.counts["image"] == 1 and info.counts["probes"] == 1
     return tmp_path / "snap", tmp_path / "data"
 
@@ -174,9 +187,11 @@ def test_round_trip_with_real_models_keeps_records_keyword_results_and_figures(
     restored.close()
 
 
-def test_restore_under_a_new_name_in_an_empty_data_dir(small_snapshot: tuple[Path, Path], tmp_path: Path) -> None:
+@EVERY_STORE
+def test_restore_under_a_new_name_in_an_empty_data_dir(small_snapshot: tuple[Path, Path], tmp_path: Path,
+                                                       backend: str) -> None:
     snap, data = small_snapshot
-    source = hashing(data)
+    source = hashing(data, backend=backend)
     before = state(source)
     source.close()
     listing = json.loads((snap / "snapshot.json").read_text())
@@ -184,10 +199,11 @@ def test_restore_under_a_new_name_in_an_empty_data_dir(small_snapshot: tuple[Pat
     assert len(listing["collections"]["text"]["batches"]) >= 2  # batches of 2 records
     assert all(len(f["sha256"]) == 64 for f in listing["files"].values())
 
-    info = snapshots.restore(snap, "copy", data_dir=tmp_path / "other", key_file=data / "snapshot.key")
+    info = snapshots.restore(snap, "copy", data_dir=tmp_path / "other", key_file=data / "snapshot.key",
+                             vector_store=backend)
     assert (info.trust, info.roots) == ("key", [])  # another data dir's folders are not trusted
     assert info.counts == listing["counts"]
-    copy = hashing(tmp_path / "other", "copy")
+    copy = hashing(tmp_path / "other", "copy", backend=backend)
     assert_same(state(copy), before)
     assert Searcher(copy).search(Query(text="visitor parking"), 1, retriever="hybrid")[0].doc_id == "visitors.md"
     # A restored knowledge base is an ordinary one: version 1 of its own name.
@@ -195,25 +211,28 @@ def test_restore_under_a_new_name_in_an_empty_data_dir(small_snapshot: tuple[Pat
     copy.close()
 
 
+@EVERY_STORE
 def test_a_version_label_is_snapshotted_and_an_existing_name_or_out_is_refused(
-        small_snapshot: tuple[Path, Path], tmp_path: Path) -> None:
+        small_snapshot: tuple[Path, Path], tmp_path: Path, backend: str) -> None:
     snap, data = small_snapshot
-    kb = hashing(data)
+    kb = hashing(data, backend=backend)
     Versions(kb.manifest).adopt("test")
     kb.close()
-    info = snapshots.create("test@1", tmp_path / "labelled", data_dir=data)
+    info = snapshots.create("test@1", tmp_path / "labelled", data_dir=data, vector_store=backend)
     assert (info.label, info.physical) == ("test@1", "test")
+    assert info.counts == json.loads((snap / "snapshot.json").read_text())["counts"]
     with pytest.raises(InvalidInputError, match="not empty"):
-        snapshots.create("test", snap, data_dir=data)
+        snapshots.create("test", snap, data_dir=data, vector_store=backend)
     with pytest.raises(InvalidInputError, match="already exists"):
-        snapshots.restore(snap, "test", data_dir=data)
+        snapshots.restore(snap, "test", data_dir=data, vector_store=backend)
     with pytest.raises(InvalidInputError, match="version label"):
         snapshots.restore(snap, "test@2", data_dir=tmp_path / "fresh")
 
 
+@EVERY_STORE
 @pytest.mark.parametrize("damage", ["flip a vector byte", "delete a file", "edit snapshot.json"])
 def test_a_corrupted_snapshot_is_refused_and_nothing_is_created(small_snapshot: tuple[Path, Path],
-                                                                tmp_path: Path, damage: str) -> None:
+                                                                tmp_path: Path, damage: str, backend: str) -> None:
     snap, data = small_snapshot
     if damage == "flip a vector byte":
         vectors = snap / "chroma" / "text" / "00001.npy"
@@ -231,7 +250,7 @@ def test_a_corrupted_snapshot_is_refused_and_nothing_is_created(small_snapshot: 
         expected = "snapshot.json was changed"
     target = tmp_path / "target"
     with pytest.raises(StoreDamagedError, match=expected) as caught:
-        snapshots.restore(snap, "copy", data_dir=target, key_file=data / "snapshot.key")
+        snapshots.restore(snap, "copy", data_dir=target, key_file=data / "snapshot.key", vector_store=backend)
     assert "Nothing was restored" in str(caught.value)
     assert not target.exists()  # refused before anything was opened or created
     result = CliRunner().invoke(main, ["snapshot", "restore", str(snap), "--as", "copy", "--data-dir", str(target),
@@ -239,32 +258,34 @@ def test_a_corrupted_snapshot_is_refused_and_nothing_is_created(small_snapshot: 
     assert result.exit_code == 1 and "StoreDamagedError" in result.output and "damaged" in result.output
 
 
+@EVERY_STORE
 def test_a_restore_that_fails_part_way_removes_what_it_created(small_snapshot: tuple[Path, Path], tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+                                                               monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     snap, data = small_snapshot
     key = data / "snapshot.key"
-    real = ChromaStore.upsert_batch
+    store_class = ChromaStore if backend == "chroma" else InMemoryStore
+    real = store_class.upsert_batch
     calls = []
 
-    def failing(self: ChromaStore, batch: Any) -> None:
+    def failing(self: Any, batch: Any) -> None:
         calls.append(self.name)
         if self.name.endswith("-text") and calls.count(self.name) == 2:
             raise StoreError("Chroma failed to write to 'copy-text': disk full (injected)")
         real(self, batch)
 
-    monkeypatch.setattr(ChromaStore, "upsert_batch", failing)
+    monkeypatch.setattr(store_class, "upsert_batch", failing)
     target = tmp_path / "target"
     with pytest.raises(StoreError, match="injected"):
-        snapshots.restore(snap, "copy", data_dir=target, key_file=key)
+        snapshots.restore(snap, "copy", data_dir=target, key_file=key, vector_store=backend)
     monkeypatch.undo()
-    kb = hashing(target, "copy")
-    assert not collection_names(kb.client) & {kb.clip_name, kb.image_name, kb.text_name}
+    kb = hashing(target, "copy", backend=backend)
+    assert not kb.existing_collections()
     assert not kb.keyword_dir.exists() and not kb.manifest.has_collection("copy")
     assert kb.manifest.read("SELECT * FROM flags WHERE collection='copy'") == []
     assert kb.manifest.read("SELECT * FROM probes WHERE kb='copy'") == []
     kb.close()
     # The same name restores cleanly afterwards.
-    assert snapshots.restore(snap, "copy", data_dir=target, key_file=key).counts["documents"] == 4
+    assert snapshots.restore(snap, "copy", data_dir=target, key_file=key, vector_store=backend).counts["documents"] == 4
 
 
 @pytest.mark.slow

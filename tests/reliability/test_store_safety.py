@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(data_dir: Path) -> dict[str, str]:
-    return {**os.environ, "MMRAG_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return {**os.environ, "MMRAG_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
 
 
 def _release(kb) -> None:  # type: ignore[no-untyped-def]

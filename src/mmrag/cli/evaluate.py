@@ -289,12 +289,11 @@ def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical:
     answers = load_answers(file)
     embedder, model, reader = None, "none (lexical only)", None
     if not lexical:
-        from mmrag.embedders.sentence import SentenceTransformerEmbedder
         from mmrag.extractive import load_reader
-        from mmrag.registry import resolve_models
+        from mmrag.registry import build_embedder, resolve_models
 
-        model = resolve_models(settings_from(opts)).text_model
-        embedder = SentenceTransformerEmbedder(model)
+        models = resolve_models(settings_from(opts))
+        model, embedder = models.text_model, build_embedder(models, "text")
         reader = load_reader() if use_reader else None
     detector = HallucinationDetector(embedder, threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
                                      reader=reader)

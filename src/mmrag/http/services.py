@@ -108,14 +108,14 @@ class Services:
         self._loader.start()
 
     def _load(self) -> None:
-        from mmrag.embedders.openclip import OpenClipEmbedder
-        from mmrag.embedders.sentence import SentenceTransformerEmbedder
+        from mmrag.registry import build_embedder
 
         try:
+            # Through the registry, as the CLI and Ray do: both models on the configured device.
             if self._clip is None:
-                self._clip = OpenClipEmbedder(self.models.clip)
+                self._clip = build_embedder(self.models, "clip")
             if self._text is None:
-                self._text = SentenceTransformerEmbedder(self.models.text_model)
+                self._text = build_embedder(self.models, "text")
             self.rerankers.get(None)  # the configured reranker loads with the models, not on a first request
             self._clip, self._text = _Serialized(self._clip), _Serialized(self._text)
             log.info("models loaded: %s", self.models.describe())

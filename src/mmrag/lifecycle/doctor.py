@@ -12,8 +12,9 @@
 * pending documents (an interrupted run), and probe recall when probes are defined.
 
 The scans stream: Chroma records are read a page of ids and metadata at a time (never a text or a
-vector), and what is kept is one count per document, as the ingest repair keeps. :func:`repair`
-then fixes what the manifest and the sources can: orphans are deleted, stale keyword rows are
+vector), and what is kept is one count per document. The doctor only examines and reports;
+:func:`repair` hands its plan to :func:`mmrag.repair.apply`, the repair ingest runs too, which
+fixes what the manifest and the sources can: orphans are deleted, stale keyword rows are
 rewritten from the text collection (no embedding), and documents with missing records are set
 ``pending`` and ingested again from their sources, under the collection's writer lock.
 """
@@ -21,10 +22,8 @@ rewritten from the text collection (no embedding), and documents with missing re
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mmrag.errors import ConfigError, MissingDependencyError, StoreError
@@ -34,18 +33,13 @@ from mmrag.lifecycle.probes import Probe, ProbeStore, run_probes
 from mmrag.lifecycle.roots import outside_roots
 from mmrag.lifecycle.roots import reason as roots_reason
 from mmrag.lifecycle.versions import Versions, split_label
-from mmrag.loaders import FileRef
-from mmrag.manifest import DocState
-from mmrag.sources import ObjectRef, is_url, ref_for
+from mmrag.repair import RepairPlan, RepairReport, apply
 from mmrag.stores.chroma import ENFORCED_IDENTITY
-from mmrag.types import Record
 
 log = logging.getLogger(__name__)
 
 #: Example ids or doc ids a finding lists (the counts are always complete).
 EXAMPLES = 5
-#: Documents whose keyword rows are rewritten per commit.
-REWRITE_BATCH = 500
 KINDS = ("count_mismatch", "missing_records", "orphan_records", "stale_keyword", "identity_mismatch", "pending",
          "probe_failing")
 
@@ -69,18 +63,6 @@ class Finding:
 
 
 @dataclass
-class _Plan:
-    """What :func:`repair` would do; complete sets, where a finding shows only examples."""
-
-    redo: set[str] = field(default_factory=set)  # documents to ingest again (missing, surplus, pending)
-    orphans: dict[str, set[str]] = field(default_factory=dict)  # Chroma collection -> unknown doc ids
-    loose: dict[str, list[str]] = field(default_factory=dict)  # Chroma collection -> ids of records with no doc_id
-    keyword_rewrite: set[str] = field(default_factory=set)  # docs whose keyword rows go back to the text store's
-    keyword_damaged: str | None = None  # why the keyword index cannot be read (rebuilt whole)
-    identity_ok: bool = True
-
-
-@dataclass
 class DoctorReport:
     """What :func:`examine` found in one physical collection. ``healthy`` when ``findings`` is empty."""
 
@@ -92,7 +74,7 @@ class DoctorReport:
     #: What could not be checked, and why (a model that would not load, no probes module).
     notes: list[str]
     seconds: float
-    plan: _Plan = field(default_factory=_Plan, repr=False)
+    plan: RepairPlan = field(default_factory=RepairPlan, repr=False)
 
     @property
     def healthy(self) -> bool:
@@ -103,32 +85,6 @@ class DoctorReport:
         return {"collection": self.collection, "label": self.label, "healthy": self.healthy,
                 "findings": [f.to_dict() for f in self.findings], "counts": self.counts, "notes": self.notes,
                 "seconds": round(self.seconds, 3)}
-
-
-@dataclass
-class RepairReport:
-    """What :func:`repair` did, what it could not do, and the examination after it."""
-
-    collection: str
-    orphans_deleted: int = 0  # documents whose orphan records were deleted (summed over collections)
-    keyword_rewritten: int = 0  # documents whose keyword rows were rewritten
-    keyword_rebuilt: int | None = None  # rows written when an unreadable index was rebuilt whole
-    reingested: list[str] = field(default_factory=list)  # doc ids set pending and ingested again
-    paths: list[str] = field(default_factory=list)  # the source files ingested again
-    unrepairable: list[dict[str, str]] = field(default_factory=list)
-    ingest: dict[str, Any] | None = None
-    after: DoctorReport | None = None
-
-    @property
-    def healthy(self) -> bool:
-        return self.after is not None and self.after.healthy
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"collection": self.collection, "orphans_deleted": self.orphans_deleted,
-                "keyword_rewritten": self.keyword_rewritten, "keyword_rebuilt": self.keyword_rebuilt,
-                "reingested": self.reingested, "paths": self.paths, "unrepairable": self.unrepairable,
-                "ingest": self.ingest, "after": self.after.to_dict() if self.after else None}
 
 
 # -- examining ---------------------------------------------------------------------------------
@@ -153,7 +109,7 @@ def examine(kb: KnowledgeBase, *, probes: Sequence[Probe] | None = None, example
     col, manifest = kb.collection, kb.manifest
     findings: list[Finding] = []
     notes: list[str] = []
-    plan = _Plan()
+    plan = RepairPlan()
     expect: dict[str, tuple[int, int]] = {}  # settled documents -> (n_clip, n_text)
     pending: list[str] = []
     for s in manifest.all(col):
@@ -163,11 +119,9 @@ def examine(kb: KnowledgeBase, *, probes: Sequence[Probe] | None = None, example
             expect[s.doc_id] = (s.n_clip, s.n_text)
     want = manifest.totals(col)
 
-    clip, text = kb.raw_store("clip"), kb.raw_store("text")
-    halves = [(kb.clip_name, getattr(clip, "texts", clip), 0)]
-    if hasattr(clip, "images"):
-        halves.append((kb.image_name, clip.images, 0))
-    halves.append((kb.text_name, text, 1))
+    # Each physical collection on its own (the CLIP space is a text and an image collection).
+    halves = [(part.name, part, space) for space, which in enumerate(("clip", "text"))
+              for part in kb.raw_store(which).parts()]
     have: list[dict[str, int]] = [{}, {}]  # per space (clip, text): doc id -> records
     store_counts: dict[str, int] = {}
     for name, store, space in halves:
@@ -199,7 +153,7 @@ def _label(kb: KnowledgeBase) -> str:
 
 
 def _scan(store: Any, where: tuple[str, int], counts: dict[str, int], expect: dict[str, tuple[int, int]],
-          pending: set[str], plan: _Plan, findings: list[Finding], examples: int) -> int:
+          pending: set[str], plan: RepairPlan, findings: list[Finding], examples: int) -> int:
     """Count one collection's records per document (ids and metadata only); note records nobody counts.
 
     A pending document's records are its interrupted write, not orphans: the redo replaces them.
@@ -243,7 +197,7 @@ def _count_findings(want: tuple[int, int], counts: dict[str, int], kb: Knowledge
     return out
 
 
-def _missing(expect: dict[str, tuple[int, int]], have: list[dict[str, int]], plan: _Plan, findings: list[Finding],
+def _missing(expect: dict[str, tuple[int, int]], have: list[dict[str, int]], plan: RepairPlan, findings: list[Finding],
              kb: KnowledgeBase, examples: int) -> None:
     for space, name in ((0, f"{kb.clip_name} + {kb.image_name}"), (1, kb.text_name)):
         short, extra = [], []
@@ -267,7 +221,7 @@ def _missing(expect: dict[str, tuple[int, int]], have: list[dict[str, int]], pla
         plan.redo.update(short, extra)
 
 
-def _keyword(rows: dict[str, int] | None, expect: dict[str, tuple[int, int]], text: dict[str, int], plan: _Plan,
+def _keyword(rows: dict[str, int] | None, expect: dict[str, tuple[int, int]], text: dict[str, int], plan: RepairPlan,
              findings: list[Finding], examples: int) -> None:
     if rows is None:
         findings.append(Finding("stale_keyword", "keyword", 0, f"the keyword index cannot be read: "
@@ -288,7 +242,7 @@ def _keyword(rows: dict[str, int] | None, expect: dict[str, tuple[int, int]], te
             tuple(f"{d} ({rows.get(d, 0)} rows vs {want[d]})" for d in stale[:examples])))
 
 
-def _identity(kb: KnowledgeBase, halves: list[tuple[str, Any, int]], plan: _Plan, findings: list[Finding],
+def _identity(kb: KnowledgeBase, halves: list[tuple[str, Any, int]], plan: RepairPlan, findings: list[Finding],
               notes: list[str]) -> None:
     configured: list[dict[str, Any] | None] = []
     for which in ("clip", "text"):
@@ -298,7 +252,7 @@ def _identity(kb: KnowledgeBase, halves: list[tuple[str, Any, int]], plan: _Plan
             configured.append(None)
             notes.append(f"identity of the {which} collection not checked: the configured model did not load ({exc})")
     for name, store, space in halves:
-        stored, wanted = dict(getattr(store, "identity", None) or {}), configured[space]
+        stored, wanted = dict(store.identity or {}), configured[space]
         if not stored or wanted is None:
             continue  # an empty collection has no identity yet
         diff = {k: (stored[k], wanted.get(k)) for k in ENFORCED_IDENTITY if k in stored and stored[k] != wanted.get(k)}
@@ -313,7 +267,7 @@ def _identity(kb: KnowledgeBase, halves: list[tuple[str, Any, int]], plan: _Plan
                 f"{kb_name}`), or `mmrag reset` and `mmrag ingest` again", False))
 
 
-def _probes(kb: KnowledgeBase, probes: Sequence[Probe] | None, plan: _Plan, notes: list[str],
+def _probes(kb: KnowledgeBase, probes: Sequence[Probe] | None, plan: RepairPlan, notes: list[str],
             examples: int) -> list[Finding]:
     if probes is None:
         probes = ProbeStore(kb.manifest).list(split_label(_label(kb))[0])
@@ -352,6 +306,9 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
     outside the roots the collection was ingested from (a row restored from a snapshot can name
     any file) is not read: it is listed as unrepairable (see :mod:`mmrag.lifecycle.roots`).
 
+    The work itself is :func:`mmrag.repair.apply`, the repair every ingest runs too; this function
+    only adds the examination's plan, the roots check and the re-ingest of the affected files.
+
     Args:
         kb: the collection ``report`` examined.
         report: from :func:`examine`, preferably taken under the same writer lock.
@@ -364,98 +321,15 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
     Returns:
         What was done, what was not, and the examination after it.
     """
-    plan, out = report.plan, RepairReport(kb.collection)
+    col, indexer = kb.collection, indexer or Indexer(kb)
+
+    def refuse(sources: list[str]) -> dict[str, str]:
+        outside = outside_roots(kb.manifest, col, sources, allow_outside=allow_outside_roots)
+        return {s: roots_reason(kb.manifest, col) for s in outside}
+
     with kb.write_lock():
         kb.check_writable()
-        out.orphans_deleted = _delete_orphans(kb, plan)
-        if plan.keyword_damaged is not None:
-            kb.replace_damaged_keyword_index(plan.keyword_damaged)
-            out.keyword_rebuilt = kb.rebuild_keyword_index()
-        elif rewrite := sorted(plan.keyword_rewrite - {d for docs in plan.orphans.values() for d in docs}):
-            out.keyword_rewritten = _rewrite_keyword(kb, rewrite)
-        if plan.redo:
-            _redo(kb, plan, indexer or Indexer(kb), out, allow_outside_roots, storage_options or {})
+        out = apply(kb, report.plan, reingest=lambda refs: indexer.ingest([], files=refs).to_dict(),
+                    refuse_sources=refuse, reason="redo: mmrag doctor", storage_options=storage_options)
         out.after = examine(kb, probes=probes)
     return out
-
-
-def _delete_orphans(kb: KnowledgeBase, plan: _Plan) -> int:
-    clip, text = kb.raw_store("clip"), kb.raw_store("text")
-    stores = {kb.clip_name: clip, kb.image_name: clip, kb.text_name: text}
-    done: set[str] = set()
-    for name, docs in plan.orphans.items():
-        store = stores[name]
-        half = getattr(store, "images" if name == kb.image_name else "texts", store)
-        if docs:
-            half.delete_docs(sorted(docs))
-            done.update(docs)
-        if plan.loose.get(name):
-            half.delete(plan.loose[name])
-    unknown = sorted(done - plan.redo)
-    if unknown:
-        kb.keyword.delete_docs(unknown)
-        log.warning("Collection %r: deleted the records of %d document(s) the manifest does not count",
-                    kb.collection, len(unknown))
-    return len(done)
-
-
-def _rewrite_keyword(kb: KnowledgeBase, docs: list[str]) -> int:
-    """Replace these documents' keyword rows by the text collection's records (the ingest repair does the same)."""
-    text = kb.raw_store("text")
-    for lo in range(0, len(docs), REWRITE_BATCH):
-        part = docs[lo : lo + REWRITE_BATCH]
-        records = [Record(rid, (), meta, body or "")
-                   for rid, meta, body in text.records_of(part, ("metadatas", "documents"))]
-        kb.keyword.write(delete_docs=part, records=records)
-    return len(docs)
-
-
-def _redo(kb: KnowledgeBase, plan: _Plan, indexer: Indexer, out: RepairReport, allow_outside_roots: bool,
-          storage_options: Mapping[str, Any]) -> None:
-    col = kb.collection
-    states = [s for s in (kb.manifest.get(col, d) for d in sorted(plan.redo)) if s is not None]
-    if not plan.identity_ok:
-        out.unrepairable += [{"doc_id": s.doc_id, "source": s.source, "reason": "not re-ingested: the collection was "
-                              "built with another embedding model (see identity_mismatch)"} for s in states]
-        return
-    outside = set(outside_roots(kb.manifest, col, [s.source for s in states], allow_outside=allow_outside_roots))
-    redo: list[DocState] = []
-    objects: dict[str, ObjectRef] = {}
-    for s in states:
-        if s.source in outside:  # checked before the file system is asked anything about it
-            out.unrepairable.append({"doc_id": s.doc_id, "source": s.source, "reason": roots_reason(kb.manifest, col)})
-        elif is_url(s.source):  # re-read from the bucket
-            found = objects.get(s.source) or ref_for(s.source, s.doc_id, storage_options)
-            if found is not None:
-                objects[s.source] = found
-                redo.append(s)
-            else:
-                out.unrepairable.append({"doc_id": s.doc_id, "source": s.source, "reason": "its object no longer "
-                                         f"exists: restore it and rerun `mmrag doctor --repair`, or `mmrag delete {s.doc_id}`"})
-        elif os.path.exists(s.source):
-            redo.append(s)
-        else:
-            out.unrepairable.append({"doc_id": s.doc_id, "source": s.source, "reason": "its source no longer exists: "
-                                     f"restore it and rerun `mmrag doctor --repair`, or `mmrag delete {s.doc_id}`"})
-    if not redo:
-        return
-    # pending makes the ingest redo them whatever their files' stamps say (see Indexer._plan).
-    kb.manifest.set_states(col, [DocState(s.doc_id, s.source, s.doc_type, "", "pending", "redo: mmrag doctor", 0, 0)
-                                 for s in redo])
-    out.reingested = [s.doc_id for s in redo]
-    refs = sorted({s.source: objects.get(s.source) or _file_ref(s) for s in redo}.values(), key=lambda r: str(r.path))
-    out.paths = [str(r.path) for r in refs]
-    out.ingest = indexer.ingest([], files=refs).to_dict()
-
-
-def _file_ref(state: DocState) -> FileRef:
-    """The file a document came from, with the doc id it was given (as :func:`reindex.source_files` finds it).
-
-    A file's doc id is its path relative to the folder it was ingested under; a JSONL file's
-    records carry their own ids, and the file is keyed by its name.
-    """
-    source = Path(state.source)
-    nested = state.source.endswith("/" + state.doc_id) or state.source == state.doc_id
-    if source.suffix.lower() != ".jsonl" and nested:
-        return FileRef.from_path(source, state.source[: len(state.source) - len(state.doc_id)] or ".")
-    return FileRef.from_path(source)

@@ -58,6 +58,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from mmrag.errors import InvalidInputError, MmragError, NotFoundError, StoreError
+from mmrag.lifecycle.driftrefs import DriftRefs
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,8 @@ def compare(ref: Reference, vectors: np.ndarray) -> ModalityScore:
 # -- references of a collection ----------------------------------------------------------------
 def _halves(kb: Any) -> dict[str, Any]:
     """The stores behind each stored modality: ``text``, ``clip-text`` and ``clip-image``."""
-    clip = kb.raw_store("clip")
-    return {"text": kb.raw_store("text"), "clip-text": clip.texts, "clip-image": clip.images}
+    texts, images = kb.raw_store("clip").parts()  # the CLIP space's text and image collections
+    return {"text": kb.raw_store("text"), "clip-text": texts, "clip-image": images}
 
 
 def _sample(store: Any, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -254,17 +255,15 @@ def build_reference(kb: Any) -> dict[str, Reference]:
 
 
 def save(manifest: Any, physical: str, refs: Mapping[str, Reference]) -> None:
-    """Store (replace) the references of ``physical`` in the manifest's ``drift_refs``."""
-    now = time.time()
-    manifest.write("INSERT OR REPLACE INTO drift_refs (collection, modality, value, created_at) VALUES (?,?,?,?)",
-                   [(physical, m, ref.to_json(), now) for m, ref in refs.items()])
+    """Store (replace) the references of ``physical`` (in :class:`~mmrag.lifecycle.driftrefs.DriftRefs`)."""
+    DriftRefs(manifest).put(physical, {m: ref.to_json() for m, ref in refs.items()})
 
 
 def load(manifest: Any, physical: str) -> dict[str, Reference]:
     """The stored references of ``physical`` by modality (empty when none was built)."""
-    rows = manifest.read("SELECT modality, value FROM drift_refs WHERE collection=?", (physical,))
+    rows = DriftRefs(manifest).get(physical)
     try:
-        return {str(m): Reference.from_json(str(v)) for m, v in rows}
+        return {m: Reference.from_json(v) for m, v in rows.items()}
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"the drift reference of {physical!r} is damaged ({exc}); rebuild it with "
                          f"`mmrag drift {physical} --rebuild`") from exc
@@ -280,7 +279,7 @@ def ensure_reference(kb: Any) -> bool:
         Whether a reference was built.
     """
     try:
-        if kb.manifest.read("SELECT 1 FROM drift_refs WHERE collection=? LIMIT 1", (kb.collection,)):
+        if DriftRefs(kb.manifest).exists(kb.collection):
             return False
         if not kb.manifest.counts(kb.collection).get("done"):
             return False
@@ -330,9 +329,7 @@ def _above(scores: Iterable[ModalityScore], threshold: float) -> bool:
 
 def recent_doc_ids(manifest: Any, physical: str, n: int) -> list[str]:
     """The ``n`` most recently updated indexed documents of ``physical`` (newest first)."""
-    rows = manifest.read("SELECT doc_id FROM documents WHERE collection=? AND status='done' "
-                         "ORDER BY updated_at DESC LIMIT ?", (physical, int(n)))
-    return [str(r[0]) for r in rows]
+    return list(manifest.recent(physical, "done", int(n)))
 
 
 def recent_vectors(kb: Any, doc_ids: Sequence[str]) -> dict[str, np.ndarray]:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from mmrag.errors import InvalidInputError, MmragError, NotFoundError
 from mmrag.manifest import Manifest
@@ -97,6 +98,10 @@ def default_name(query: str, taken: Sequence[str] = ()) -> str:
     return name
 
 
+#: A probe row as a snapshot carries it (the ``kb`` column left out).
+COLUMNS = ("name", "query", "expect", "k", "created_at")
+
+
 class ProbeStore:
     """The probes of every knowledge base, in the manifest's ``probes`` table.
 
@@ -150,6 +155,32 @@ class ProbeStore:
                                   (kb_name(kb),))
         return [Probe(str(n), str(q), tuple(json.loads(str(e))), int(k), float(t))  # type: ignore[call-overload]
                 for n, q, e, k, t in rows]
+
+    def rows(self, kb: str) -> list[dict[str, Any]]:
+        """``kb``'s probe rows as stored (``expect`` as its JSON text), by name: what a snapshot copies."""
+        rows = self.manifest.read(f"SELECT {', '.join(COLUMNS)} FROM probes WHERE kb=? ORDER BY name", (kb_name(kb),))
+        return [dict(zip(COLUMNS, r)) for r in rows]
+
+    def exists(self, kb: str) -> bool:
+        """Whether ``kb`` has any probe."""
+        return bool(self.manifest.read("SELECT 1 FROM probes WHERE kb=? LIMIT 1", (kb_name(kb),)))
+
+    def remove_all(self, kb: str, db: sqlite3.Connection | None = None) -> None:
+        """Delete every probe of ``kb`` (a dropped knowledge base; a failed restore's undo).
+
+        Args:
+            kb: the knowledge base.
+            db: the caller's open transaction, to delete atomically with other owners' rows.
+        """
+        if db is None:
+            self.manifest.write("DELETE FROM probes WHERE kb=?", [(kb_name(kb),)])
+        else:
+            db.execute("DELETE FROM probes WHERE kb=?", (kb_name(kb),))
+
+    @staticmethod
+    def insert(db: sqlite3.Connection, kb: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Add rows of :data:`COLUMNS` to ``kb`` inside the caller's transaction (a restore)."""
+        db.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)", ((kb, *row) for row in rows))
 
     def knowledge_bases(self) -> list[str]:
         """Knowledge bases that have at least one probe."""

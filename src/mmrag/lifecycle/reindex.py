@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 from mmrag.chunking import ChunkSpec
 from mmrag.errors import InvalidInputError
 from mmrag.kb import KnowledgeBase
+from mmrag.lifecycle.probes import ProbeStore
 from mmrag.lifecycle.roots import refuse_outside
 from mmrag.lifecycle.versions import Version, Versions, split_label
 from mmrag.loaders import FileRef
@@ -273,7 +274,9 @@ def drop_knowledge_base(manifest_kb: KnowledgeBase, name: str, open_bare: Callab
             kb = open_bare(label)
             with kb.write_lock():
                 kb.drop()
-        with manifest_kb.manifest.transaction() as db:
-            for table in ("versions", "alias_history", "probes", "events", "roots"):
-                db.execute(f"DELETE FROM {table} WHERE kb=?", (name,))
+        manifest = manifest_kb.manifest
+        with manifest.transaction() as db:  # each owner's rows, in one transaction
+            Versions.remove_kb(db, name)
+            ProbeStore(manifest).remove_all(name, db)
+            manifest.remove_roots(name, db)
     return [v.physical for v in listed] or [name]

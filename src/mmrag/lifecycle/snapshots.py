@@ -60,19 +60,20 @@ from mmrag.lifecycle import signing
 from mmrag.lifecycle.roots import allowed_roots, outside_roots
 from mmrag.lifecycle.snapfiles import (AGAIN, FORMAT, FORMAT_VERSION, INDEX, check_files, index_digest, jsonl_rows,
                                        load_index, open_listed, read_vectors, refused)
+from mmrag.lifecycle.driftrefs import COLUMNS as DRIFT_COLUMNS
+from mmrag.lifecycle.driftrefs import DriftRefs
+from mmrag.lifecycle.probes import COLUMNS as PROBE_COLUMNS
+from mmrag.lifecycle.probes import ProbeStore
 from mmrag.lifecycle.versions import Versions, split_label
-from mmrag.manifest import Manifest
+from mmrag.manifest import COLLECTION_TABLES, Manifest
 from mmrag.registry import ModelChoice, check_collection_name
-from mmrag.stores.chroma import (IDENTITY_PREFIX, SERVER_TIMEOUT, ChromaStore, RecordBatch, collection_info,
-                                 collection_names)
+from mmrag.stores.chroma import IDENTITY_PREFIX, SERVER_TIMEOUT
+from mmrag.types import RecordBatch
 
 log = logging.getLogger(__name__)
 
 #: Records per batch file (and per Chroma read and write).
 BATCH = 5000
-#: Document columns after ``collection``, in table order.
-_DOC_COLUMNS = ("doc_id", "source", "doc_type", "content_hash", "status", "reason", "n_clip", "n_text", "updated_at")
-_FILE_COLUMNS = ("source", "size", "mtime_ns", "sha256")
 #: Snapshots and restores never embed; the knowledge base they open needs no models.
 _NO_MODELS = ModelChoice(profile="none", clip=ClipSpec(pretrained=None), text_model="")
 
@@ -121,15 +122,15 @@ def _roles(kb: KnowledgeBase) -> list[tuple[str, str]]:
 
 
 def _open_kb(data_dir: Path, collection: str, models: ModelChoice | None, store_url: str | None,
-             lock_timeout: float, store_timeout: float) -> KnowledgeBase:
+             lock_timeout: float, store_timeout: float, vector_store: str) -> KnowledgeBase:
     return KnowledgeBase(data_dir, collection, models or _NO_MODELS, store_url=store_url, lock_timeout=lock_timeout,
-                         store_timeout=store_timeout)
+                         store_timeout=store_timeout, vector_store=vector_store)
 
 
 # -- create ------------------------------------------------------------------------------------
 def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | None = None,
            store_url: str | None = None, lock_timeout: float = LOCK_TIMEOUT,
-           store_timeout: float = SERVER_TIMEOUT, batch: int = BATCH) -> SnapshotInfo:
+           store_timeout: float = SERVER_TIMEOUT, batch: int = BATCH, vector_store: str = "chroma") -> SnapshotInfo:
     """Snapshot knowledge base ``kb_name`` (its live version, or ``kb@N``) into the new folder ``out``.
 
     Holds the version's writer lock for the whole copy, so writers wait and readers go on. The
@@ -145,6 +146,8 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
         lock_timeout: seconds to wait for a writer that holds the lock.
         store_timeout: seconds a Chroma server request may take.
         batch: records per batch file.
+        vector_store: the vector store backend (``registry.VECTOR_STORES``); every collection is
+            read through the :class:`~mmrag.protocols.VectorStore` protocol.
 
     Returns:
         What was written.
@@ -172,19 +175,18 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
     finally:
         manifest.close()
     key = signing.signing_key(data_dir)
-    source = _open_kb(data_dir, physical, models, store_url, lock_timeout, store_timeout)
+    source = _open_kb(data_dir, physical, models, store_url, lock_timeout, store_timeout, vector_store)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with source.write_lock():
-            present = collection_names(source.client)
-            if not source.manifest.has_collection(physical) and not present & {n for _, n in _roles(source)}:
+            if not source.manifest.has_collection(physical) and not source.existing_collections():
                 raise NotFoundError(f"knowledge base {kb_name!r} does not exist in {data_dir}")
             files = _Files(tmp)
             counts = _write_manifest(files, source.manifest, physical, kb)
             collections = {}
             for role, name in _roles(source):
-                collections[role], counts[role] = _write_collection(files, source.client, role, name, batch)
+                collections[role], counts[role] = _write_collection(files, source, role, name, batch)
             counts["keyword"] = source.keyword.count()
             files.copy_tree(source.keyword_dir, "keyword")
             n_clip, n_text = source.manifest.totals(physical)
@@ -217,46 +219,24 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
 
 
 def _write_manifest(files: "_Files", manifest: Manifest, physical: str, kb: str) -> dict[str, int]:
-    counts = {
-        "documents": files.write_jsonl("manifest/documents.jsonl", _paged(
-            manifest, "documents", physical, "doc_id", _DOC_COLUMNS)),
-        "files": files.write_jsonl("manifest/files.jsonl", _paged(
-            manifest, "files", physical, "source", _FILE_COLUMNS)),
-    }
-    small = {
-        "flags": ("SELECT name, value FROM flags WHERE collection=? ORDER BY name", physical, ("name", "value")),
-        "drift_refs": ("SELECT modality, value, created_at FROM drift_refs WHERE collection=? ORDER BY modality",
-                       physical, ("modality", "value", "created_at")),
-        "probes": ("SELECT name, query, expect, k, created_at FROM probes WHERE kb=? ORDER BY name", kb,
-                   ("name", "query", "expect", "k", "created_at")),
-    }
-    for table, (sql, key, columns) in small.items():
-        rows = (dict(zip(columns, r)) for r in manifest.read(sql, (key,)))
-        counts[table] = files.write_jsonl(f"manifest/{table}.jsonl", rows)
+    # Each table through its owner: the manifest's own, the drift references, the probes, the roots.
+    counts = {table: files.write_jsonl(f"manifest/{table}.jsonl", manifest.export_rows(table, physical, BATCH))
+              for table in COLLECTION_TABLES}
+    counts["drift_refs"] = files.write_jsonl("manifest/drift_refs.jsonl", DriftRefs(manifest).rows(physical))
+    counts["probes"] = files.write_jsonl("manifest/probes.jsonl", ProbeStore(manifest).rows(kb))
     # Its knowledge base's roots (every version reads the sources the first one was ingested from).
     counts["roots"] = files.write_jsonl("manifest/roots.jsonl",
                                         ({"root": r} for r in sorted(allowed_roots(manifest, physical))))
     return counts
 
 
-def _paged(manifest: Manifest, table: str, collection: str, key: str, columns: tuple[str, ...]
-           ) -> Iterator[dict[str, Any]]:
-    # Keyset pages on the primary key: a million document rows are never read at once.
-    sql = f"SELECT {', '.join(columns)} FROM {table} WHERE collection=? AND {key}>? ORDER BY {key} LIMIT ?"
-    last = ""
-    while rows := manifest.read(sql, (collection, last, BATCH)):
-        for row in rows:
-            yield dict(zip(columns, row))
-        last = str(rows[-1][0])
-
-
-def _write_collection(files: "_Files", client: Any, role: str, name: str, batch: int
+def _write_collection(files: "_Files", kb: KnowledgeBase, role: str, name: str, batch: int
                       ) -> tuple[dict[str, Any] | None, int]:
-    info = collection_info(client, name)
+    info = kb.collection_info(name)
     if info is None:
         return None, 0
     files.write(f"chroma/{role}/collection.json", json.dumps(info, sort_keys=True).encode())
-    store = ChromaStore(client, name, None)  # no identity, no owner: opens without claiming anything
+    store = kb.open_collection(name, None, owned=False)  # no identity, no owner: opens without claiming anything
     batches, total = [], 0
     for i, part in enumerate(store.iter_batches(batch)):
         stem = f"chroma/{role}/{i:05d}"
@@ -362,7 +342,7 @@ def verify(snapshot: Path) -> dict[str, Any]:
 def restore(snapshot: Path, as_name: str, *, data_dir: Path, models: ModelChoice | None = None,
             store_url: str | None = None, lock_timeout: float = LOCK_TIMEOUT,
             store_timeout: float = SERVER_TIMEOUT, key_file: Path | None = None, trust_unsigned: bool = False,
-            source_roots: Iterable[Path] = ()) -> RestoreInfo:
+            source_roots: Iterable[Path] = (), vector_store: str = "chroma") -> RestoreInfo:
     """Restore a snapshot as the new knowledge base ``as_name`` (unversioned: version 1).
 
     The snapshot is checked before anything is created: whole (every checksum), closed (nothing
@@ -387,6 +367,7 @@ def restore(snapshot: Path, as_name: str, *, data_dir: Path, models: ModelChoice
         key_file: the ``snapshot.key`` of the data dir that made the snapshot, when another.
         trust_unsigned: restore a snapshot that no held key signed.
         source_roots: folders of this machine the restored documents' sources may be read under.
+        vector_store: the vector store backend to restore into (``registry.VECTOR_STORES``).
 
     Raises:
         NotFoundError: no snapshot at ``snapshot``.
@@ -407,7 +388,7 @@ def restore(snapshot: Path, as_name: str, *, data_dir: Path, models: ModelChoice
     check_files(snapshot, index)
     roots = sorted({os.path.abspath(p) for p in source_roots}
                    | (set(_listed_roots(snapshot, index)) if trust.how == "own" else set()))
-    target = _open_kb(Path(data_dir), as_name, models, store_url, lock_timeout, store_timeout)
+    target = _open_kb(Path(data_dir), as_name, models, store_url, lock_timeout, store_timeout, vector_store)
     try:
         with target.write_lock():
             _refuse_existing(target)
@@ -418,9 +399,7 @@ def restore(snapshot: Path, as_name: str, *, data_dir: Path, models: ModelChoice
                 if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, MmragError):
                     raise StoreError(f"Cannot restore {snapshot} as {as_name!r}: {exc}; nothing was kept") from exc
                 raise
-            sources = [str(r[0]) for r in target.manifest.read("SELECT DISTINCT source FROM documents WHERE "
-                                                                "collection=?", (as_name,))]
-            outside = outside_roots(target.manifest, as_name, sources)
+            outside = outside_roots(target.manifest, as_name, target.manifest.sources(as_name))
     finally:
         target.close()
     return RestoreInfo(name=as_name, source_label=index["source"]["label"], counts=dict(index["counts"]),
@@ -443,14 +422,13 @@ def _jsonl(snapshot: Path, index: dict[str, Any], rel: str) -> Iterator[Any]:
 def _refuse_existing(kb: KnowledgeBase) -> None:
     name, m = kb.collection, kb.manifest
     where = []
-    if m.has_collection(name) or m.read("SELECT 1 FROM flags WHERE collection=? LIMIT 1", (name,)):
+    if m.has_collection(name) or m.has_flags(name):
         where.append("the manifest")
-    if m.read("SELECT 1 FROM versions WHERE kb=? OR physical=? LIMIT 1", (name, name)) \
-            or m.read("SELECT 1 FROM probes WHERE kb=? LIMIT 1", (name,)):
+    if Versions(m).knows(name) or ProbeStore(m).exists(name):
         where.append("the lifecycle tables (versions, probes)")
-    clash = sorted(collection_names(kb.client) & {n for _, n in _roles(kb)})
+    clash = sorted(kb.existing_collections())
     if clash:
-        where.append(f"the Chroma store ({', '.join(clash)})")
+        where.append(f"the vector store ({', '.join(clash)})")
     if kb.keyword_dir.exists() and any(kb.keyword_dir.iterdir()):
         where.append(f"the keyword index folder {kb.keyword_dir}")
     if where:
@@ -466,14 +444,14 @@ def _restore_into(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any], root
             continue
         identity = {k[len(IDENTITY_PREFIX):]: v for k, v in info["metadata"].items() if k.startswith(IDENTITY_PREFIX)}
         # The ordinary open path: created in cosine space with the identity, owned by this data dir.
-        store = ChromaStore(kb.client, name, identity or None, owner=kb.owner_id)
+        store = kb.open_collection(name, identity or None)
         for part in info["batches"]:
             store.upsert_batch(_read_batch(snapshot, index, part))
     _copy_keyword(snapshot, index, kb.keyword_dir)
     _write_rows(kb, snapshot, index, roots)
 
     # What the restore holds must be what the snapshot says it held.
-    have = {role: ChromaStore(kb.client, name, None).count() for role, name in _roles(kb)
+    have = {role: kb.open_collection(name, None, owned=False).count() for role, name in _roles(kb)
             if index["collections"].get(role) is not None}
     have["keyword"] = kb.keyword.count()
     m_counts = kb.manifest.counts(kb.collection)
@@ -533,33 +511,31 @@ def _copy_keyword(snapshot: Path, index: dict[str, Any], dest: Path) -> None:
 def _write_rows(kb: KnowledgeBase, snapshot: Path, index: dict[str, Any], roots: list[str]) -> None:
     name = kb.collection
 
-    def rows(table: str, columns: tuple[str, ...], key: str) -> Iterator[tuple[Any, ...]]:
+    def rows(table: str, columns: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
         rel = f"manifest/{table}.jsonl"
         for n, row in enumerate(_jsonl(snapshot, index, rel), 1):
             try:
-                yield (key, *(row[c] for c in columns))
+                yield tuple(row[c] for c in columns)
             except (KeyError, TypeError) as exc:
                 raise refused(snapshot, f"{rel} line {n} is not a row of the {table} table ({exc})") from exc
 
-    # One transaction: the knowledge base appears in the manifest whole, or not at all.
+    # One transaction, each table through its owner: the knowledge base appears in the manifest
+    # whole, or not at all.
     with kb.manifest.transaction() as db:
-        db.executemany(f"INSERT INTO documents VALUES ({','.join('?' * 10)})", rows("documents", _DOC_COLUMNS, name))
-        db.executemany("INSERT INTO files VALUES (?,?,?,?,?)", rows("files", _FILE_COLUMNS, name))
-        db.executemany("INSERT INTO flags VALUES (?,?,?)", rows("flags", ("name", "value"), name))
-        db.executemany("INSERT INTO drift_refs VALUES (?,?,?,?)",
-                       rows("drift_refs", ("modality", "value", "created_at"), name))
-        db.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)",
-                       rows("probes", ("name", "query", "expect", "k", "created_at"), name))
-        db.execute("DELETE FROM roots WHERE kb=?", (name,))  # a dropped name's leftovers are not this snapshot's
-        db.executemany("INSERT INTO roots VALUES (?,?,?)", [(name, r, time.time()) for r in roots])
+        for table, columns in COLLECTION_TABLES.items():
+            Manifest.import_rows(db, table, name, rows(table, columns))
+        DriftRefs.insert(db, name, rows("drift_refs", DRIFT_COLUMNS))
+        ProbeStore.insert(db, name, rows("probes", PROBE_COLUMNS))
+        Manifest.replace_roots(db, name, roots)  # a dropped name's leftovers are not this snapshot's
 
 
 def _undo(kb: KnowledgeBase) -> None:
     """Remove what a failed restore created (the name did not exist before it began)."""
     try:
         kb.drop()
-        for table in ("probes", "roots"):  # kept per knowledge base, so kb.drop() leaves them
-            kb.manifest.write(f"DELETE FROM {table} WHERE kb=?", [(kb.collection,)])
+        # Kept per knowledge base, so kb.drop() leaves them.
+        ProbeStore(kb.manifest).remove_all(kb.collection)
+        kb.manifest.remove_roots(kb.collection)
     except MmragError as exc:
         log.error("The failed restore of %r could not remove all it created (%s); drop it with `mmrag reset "
                   "--collection %s`", kb.collection, exc, kb.collection)

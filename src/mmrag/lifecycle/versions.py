@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -166,6 +167,10 @@ class Versions:
         rows = self.manifest.read("SELECT kb, version FROM versions WHERE physical=?", (physical,))
         return (str(rows[0][0]), int(rows[0][1])) if rows else None  # type: ignore[call-overload]
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` is a versioned knowledge base or one of their versions' collections."""
+        return bool(self.manifest.read("SELECT 1 FROM versions WHERE kb=? OR physical=? LIMIT 1", (name, name)))
+
     def label_of(self, physical: str) -> str:
         """``kb@N`` for a version's physical collection; ``<name>@1`` for an unversioned one."""
         owner = self.owner(physical)
@@ -207,7 +212,7 @@ class Versions:
                 top = max(int(top), int(json.loads(detail).get("version") or 0))
             number = int(top) + 1
             physical = physical_name(kb, number)
-            if db.execute("SELECT 1 FROM documents WHERE collection=? LIMIT 1", (physical,)).fetchone():
+            if self.manifest.has_collection(physical):  # this thread's connection: inside the transaction
                 raise InvalidInputError(f"a collection named {physical!r} already exists and is not a version of "
                                         f"{kb!r}; rename or drop it before reindexing {kb!r}")
             db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
@@ -338,6 +343,12 @@ class Versions:
                 last = version
             db.execute("INSERT INTO events VALUES (?,?,?,?)", (kb, time.time(), "prune",
                                                               json.dumps({"version": number})))
+
+    @staticmethod
+    def remove_kb(db: sqlite3.Connection, kb: str) -> None:
+        """Forget every version, alias switch and event of ``kb``, in the caller's transaction (a drop)."""
+        for table in ("versions", "alias_history", "events"):
+            db.execute(f"DELETE FROM {table} WHERE kb=?", (kb,))
 
     def log(self, kb: str, kind: str, detail: dict[str, Any]) -> None:
         """Append an audit event (a forced promote, a refused canary)."""

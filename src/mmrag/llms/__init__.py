@@ -85,6 +85,9 @@ class ChatModel(Protocol):
     """
 
     name: str
+    #: Whether the model reads image parts (:class:`Message` ``images``); a text-only model gets
+    #: each image as a described block instead.
+    supports_vision: bool
 
     def complete(self, messages: Sequence[Message], **opts: object) -> Completion: ...
 

@@ -20,6 +20,8 @@ class EchoChatModel:
     """
 
     name = "echo"
+    #: Text-only unless a test says otherwise (to see what a vision model would be sent).
+    supports_vision = False
 
     def __init__(self) -> None:
         self._queue: list[str] = []

@@ -8,7 +8,6 @@ collection metadata so a different model is refused instead of silently mixing s
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
@@ -17,7 +16,8 @@ import numpy as np
 
 from mmrag.errors import EmbedderMismatchError, ForeignCollectionError, InvalidInputError, StoreError
 from mmrag.keyword import MAX_INDEX_CONDITIONS, check_where_bounds
-from mmrag.types import Hit, Record
+from mmrag.protocols import VectorStore
+from mmrag.types import Hit, Record, RecordBatch
 
 IDENTITY_PREFIX = "mmrag:"
 #: Keys of the identity that must match; precision is recorded but not enforced, because bf16
@@ -312,6 +312,10 @@ class ChromaStore:
                 yield rid, dict(meta or {}), doc
             offset += len(ids)
 
+    def parts(self) -> Sequence[VectorStore]:
+        """One collection: this one."""
+        return (self,)
+
     def iter_batches(self, size: int = 5000) -> Iterator[RecordBatch]:
         """Yield every record with its vector, ``size`` records at a time (snapshots).
 
@@ -331,7 +335,7 @@ class ChromaStore:
             yield RecordBatch(ids, vectors, [dict(m) if m else None for m in metas], list(docs))
             offset += len(ids)
 
-    def upsert_batch(self, batch: "RecordBatch") -> None:
+    def upsert_batch(self, batch: RecordBatch) -> None:
         """Write a :class:`RecordBatch` as it is (vectors, metadata and documents unchanged; restores)."""
         self.check_writable()
         for lo in range(0, len(batch.ids), self._max_batch):
@@ -340,16 +344,6 @@ class ChromaStore:
                 self._col.upsert(ids=batch.ids[lo:hi], embeddings=batch.vectors[lo:hi],
                                  metadatas=batch.metadatas[lo:hi],  # type: ignore[arg-type]
                                  documents=[d if d is not None else "" for d in batch.documents[lo:hi]])
-
-
-@dataclass(frozen=True)
-class RecordBatch:
-    """Records of one collection as columns: what a snapshot writes and a restore reads back."""
-
-    ids: list[str]
-    vectors: np.ndarray  # float32, shape (len(ids), dim)
-    metadatas: list[dict[str, Any] | None]
-    documents: list[str | None]
 
 
 def collection_info(client: Any, name: str) -> dict[str, Any] | None:

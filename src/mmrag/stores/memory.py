@@ -30,8 +30,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from mmrag.errors import ForeignCollectionError, StoreError
+from mmrag.protocols import VectorStore
 from mmrag.stores.chroma import hit_from
-from mmrag.types import Hit, Record
+from mmrag.types import Hit, Record, RecordBatch
 
 _ORDER = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b,
           "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}
@@ -158,6 +159,30 @@ class InMemoryStore:
         """Yield ``(id, metadata, document)`` for every record (``page`` is accepted and ignored)."""
         for rid, (_, meta, doc) in list(self._rows.items()):
             yield self._row(rid, meta, doc, include)
+
+    def records_where(self, where: Mapping[str, Any], limit: int) -> list[Record]:
+        """Up to ``limit`` records matching ``where``, with their vectors (as :meth:`ChromaStore.records_where`)."""
+        check_chroma_where(where)
+        found = [Record(rid, [float(x) for x in vec], dict(meta), doc or None)
+                 for rid, (vec, meta, doc) in list(self._rows.items()) if matches(meta, where)]
+        return found[: max(0, limit)]
+
+    def iter_batches(self, size: int = 5000) -> Iterator[RecordBatch]:
+        """Every record with its vector, ``size`` at a time, in insertion order."""
+        rows = list(self._rows.items())
+        for lo in range(0, len(rows), max(1, size)):
+            part = rows[lo : lo + max(1, size)]
+            yield RecordBatch([rid for rid, _ in part], np.stack([vec for _, (vec, _, _) in part]).astype(np.float32),
+                              [dict(meta) or None for _, (_, meta, _) in part], [doc for _, (_, _, doc) in part])
+
+    def upsert_batch(self, batch: RecordBatch) -> None:
+        """Write a batch as it is (a restore)."""
+        self.upsert([Record(rid, [float(x) for x in vec], dict(meta or {}), doc)
+                     for rid, vec, meta, doc in zip(batch.ids, batch.vectors, batch.metadatas, batch.documents)])
+
+    def parts(self) -> Sequence[VectorStore]:
+        """One collection: this one."""
+        return (self,)
 
     def embeddings(self, limit: int, offset: int = 0) -> np.ndarray:
         """Up to ``limit`` vectors from position ``offset`` (insertion order), as a ``(n, dim)`` array."""

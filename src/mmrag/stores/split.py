@@ -17,7 +17,7 @@ import heapq
 from typing import Any, Iterator, Mapping, Sequence
 
 from mmrag.protocols import VectorStore
-from mmrag.types import Hit, Record
+from mmrag.types import Hit, Record, RecordBatch
 
 IMAGE = "image"
 MODALITIES = ("text", IMAGE)
@@ -125,6 +125,23 @@ class ModalitySplitStore:
         """Every record, text half first."""
         yield from self.texts.iter_all(include)
         yield from self.images.iter_all(include)
+
+    def iter_batches(self, size: int = 5000) -> Iterator[RecordBatch]:
+        """Every record with its vector, text half first (a snapshot copies each half on its own)."""
+        yield from self.texts.iter_batches(size)
+        yield from self.images.iter_batches(size)
+
+    def upsert_batch(self, batch: RecordBatch) -> None:
+        """Write each record of the batch to the half of its ``modality``."""
+        for half, keep in ((self.texts, False), (self.images, True)):
+            rows = [i for i, m in enumerate(batch.metadatas) if ((m or {}).get("modality") == IMAGE) == keep]
+            if rows:
+                half.upsert_batch(RecordBatch([batch.ids[i] for i in rows], batch.vectors[rows],
+                                              [batch.metadatas[i] for i in rows], [batch.documents[i] for i in rows]))
+
+    def parts(self) -> Sequence[VectorStore]:
+        """The text half, then the image half."""
+        return (self.texts, self.images)
 
     def embeddings(self, limit: int, offset: int = 0) -> Any:
         """Up to ``limit`` vectors from position ``offset``, text half first (as if one collection)."""
