@@ -195,21 +195,22 @@ class Manifest:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._local = threading.local()
-        # Every connection with the thread that opened it, so close() reaches them all and the
-        # connections of threads that have ended are closed (see _db).
-        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        # Every connection with the thread that opened it and the lock held while it is in use, so
+        # close() reaches them all, waits for a query in flight in another thread (closing a
+        # connection under a running query crashed the process: a server's drift thread at
+        # shutdown), and the connections of threads that have ended are closed (see _db).
+        self._all: list[tuple[threading.Thread, sqlite3.Connection, threading.RLock]] = []
         self._guard = threading.Lock()
-        with _translate("open", path):
-            self._db.executescript(SCHEMA)
-            self._migrate()
+        with _translate("open", path), self._use() as db:
+            db.executescript(SCHEMA)
+            self._migrate(db)
 
-    def _migrate(self) -> None:
+    def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring a manifest written by an older mmrag up to :data:`SCHEMA_VERSION`, one step at a time (once).
 
         1: add the counting triggers and count what it holds. 2: record the roots its documents
         were ingested from (:data:`BACKFILL_ROOTS`).
         """
-        db = self._db
         if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
             return
         db.execute("BEGIN IMMEDIATE")
@@ -230,6 +231,13 @@ class Manifest:
             db.execute("ROLLBACK")
             raise
 
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, held (against :meth:`close` in another thread) while in use."""
+        db = self._db
+        with self._local.lock:
+            yield db
+
     @property
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -240,14 +248,14 @@ class Manifest:
                 db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
                 raise StoreError(f"Cannot open the manifest {self.path}: {exc}") from exc
-            self._local.db = db
+            self._local.db, self._local.lock = db, threading.RLock()
             with self._guard:
                 # A server's thread pool retires idle threads and starts new ones (anyio after 10 s
                 # idle): each new thread opens a connection here, so without this the connections
                 # of ended threads (two or three descriptors each) would pile up for good.
-                ended = [conn for thread, conn in self._all if not thread.is_alive()]
-                self._all = [(thread, conn) for thread, conn in self._all if thread.is_alive()]
-                self._all.append((threading.current_thread(), db))
+                ended = [conn for thread, conn, _ in self._all if not thread.is_alive()]
+                self._all = [entry for entry in self._all if entry[0].is_alive()]
+                self._all.append((threading.current_thread(), db, self._local.lock))
             for conn in ended:
                 conn.close()
         return db
@@ -258,12 +266,13 @@ class Manifest:
             return len(self._all)
 
     def close(self) -> None:
-        """Close every thread's connection."""
+        """Close every thread's connection, each once no query runs on it."""
         with self._guard:
-            for _, db in self._all:
+            entries, self._all = self._all, []
+            self._local = threading.local()
+        for _, db, lock in entries:
+            with lock:
                 db.close()
-            self._all.clear()
-        self._local = threading.local()
 
     def write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
         """Run ``sql`` once per row in one transaction (for the lifecycle tables' owners in :mod:`mmrag.lifecycle`)."""
@@ -279,8 +288,7 @@ class Manifest:
 
         For changes that must be atomic across tables (an alias switch and its audit event).
         """
-        db = self._db
-        with _translate("write", self.path):
+        with _translate("write", self.path), self._use() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -291,8 +299,7 @@ class Manifest:
             db.execute("COMMIT")
 
     def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
-        db = self._db
-        with _translate("write", self.path):
+        with _translate("write", self.path), self._use() as db:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany(sql, rows)
@@ -303,8 +310,8 @@ class Manifest:
                 raise
 
     def _read(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
-        with _translate("read", self.path):
-            return self._db.execute(sql, args).fetchall()
+        with _translate("read", self.path), self._use() as db:
+            return db.execute(sql, args).fetchall()
 
     def get(self, collection: str, doc_id: str) -> DocState | None:
         """Return one document's state, or None."""

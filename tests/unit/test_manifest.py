@@ -15,3 +15,46 @@ def test_states_survive_reopen_and_totals_skip_pending(tmp_path: Path) -> None:
     assert m.flag("c", "x") == "1"
     m.remove("c", ["a"])
     assert m.get("c", "a") is None and m.get("other", "b") is None
+
+
+CLOSE_RACE = r"""
+import sys, threading, time
+from pathlib import Path
+from mmrag.errors import StoreError
+from mmrag.manifest import DocState, Manifest
+
+m = Manifest(Path(sys.argv[1]) / "manifest.db")
+m.set_states("c", [DocState(f"d{i}", f"/s/{i}", "text", "h", "done", "", 1, 1) for i in range(3000)])
+stop = threading.Event()
+
+def reader():  # a server's background thread (drift scoring) reading while the server shuts down
+    while not stop.is_set():
+        try:
+            # A query that runs a while inside sqlite (the GIL released), as a scan of a big table does.
+            m.read("SELECT COUNT(*) FROM documents a JOIN documents b ON a.n_clip = b.n_clip")
+        except StoreError:  # a connection closed between two queries: an error, never a crash
+            pass
+
+threads = [threading.Thread(target=reader) for _ in range(2)]
+for t in threads:
+    t.start()
+deadline = time.monotonic() + 4
+while time.monotonic() < deadline:
+    m.close()
+    time.sleep(0.05)
+stop.set()
+for t in threads:
+    t.join()
+print("survived")
+"""
+
+
+def test_close_waits_for_a_query_in_flight_in_another_thread(tmp_path: Path) -> None:
+    """close() under another thread's running query crashed the process (SIGSEGV in sqlite)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "race.py"
+    script.write_text(CLOSE_RACE)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "survived" in done.stdout, (done.returncode, done.stderr[-2000:])
