@@ -35,7 +35,6 @@ from mmrag.protocols import Embedder, ImageEmbedder, KeywordIndex, VectorStore
 from mmrag.registry import ModelChoice, build_embedder, check_collection_name, keyword_index_factory, vector_backend
 from mmrag.stores.backends import release_embedded_store  # noqa: F401 - public here since before the registry
 from mmrag.stores.chroma import SERVER_TIMEOUT
-from mmrag.stores.damage import verify_once
 from mmrag.stores.split import ModalitySplitStore
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.versions import Versions
 from mmrag.llms import ChatModel
 from mmrag.manifest import Manifest
-from mmrag.registry import (ModelChoice, RerankerPool, answer_stop, build_chat_model, check_collection_name,
+from mmrag.registry import (ModelChoice, RerankerPool, answer_stop, build_chat_model,
                             resolve_models)
 from mmrag.retrieval import Searcher
 from mmrag.security.labels import Caller

@@ -41,7 +41,7 @@ class VectorBackend:
 def _chroma_connect(data_dir: Path, url: str | None, timeout: float) -> Any:
     from mmrag import locks
     from mmrag.stores.chroma import open_client
-    from mmrag.stores.probe import verify_once
+    from mmrag.stores.damage import verify_once
 
     if not url:
         locks.claim(
