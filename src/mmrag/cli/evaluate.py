@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -152,7 +153,9 @@ def eval_run(dataset: Path, out_dir: Path, k: int, retriever: str, model: str | 
     from mmrag.retrieval import Searcher
 
     kb = open_kb(opts)
-    with StageProgress(click.get_text_stream("stderr")) as progress:
+    # sys.stderr as it is, as ingest's progress does: click's get_text_stream rewraps the raw stream
+    # and fails (ESPIPE) when stderr is a socket or a pipe it cannot seek.
+    with StageProgress(sys.stderr) as progress:
         run = evaluate_dataset(kb, dataset, config, answer_model=model or s.llm.model or DEFAULT_ANSWER_MODEL,
                                answer_timeout=s.llm.timeout, answer_retries=s.llm.num_retries, judge=judge_cfg,
                                searcher=Searcher.from_settings(kb, s.retrieval), progress=None if as_json else progress,
