@@ -14,6 +14,7 @@ Speed choices, each measured in ``eval/bench/ingest.py``:
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -238,7 +239,12 @@ class OpenClipEmbedder:
         self._dtypes[part] = dtype
 
     def _restore(self, part: str) -> None:
-        """Back to fp32 weights for ``part``: reload the model, then re-apply the other tower's choice."""
+        """Back to fp32 weights for ``part``: reload the model, then re-apply the other tower's choice.
+
+        The converted model is let go before the fp32 one loads, so two never coexist (peak RSS).
+        """
+        self._model = None
+        gc.collect()
         self._model = self._load_model()
         self._dtypes = {"image": self._torch.float32, "text": self._torch.float32}
         other = "text" if part == "image" else "image"
