@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import free_port, wait_http
 from tests.faults.conftest import REPO, ChromaServer, child_env, marker
-from tests.faults.test_soak import Tally, _call, _key, log_tail
+from tests.faults.test_soak import Tally, _call, _key, run_clients
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
@@ -177,14 +177,7 @@ def _soak(base: str, keys: dict[str, str], tmp_path: Path, data: Path, store_url
 
     threads = [threading.Thread(target=search, args=(n,), name=f"search-{n}") for n in range(SEARCHERS)]
     threads += [threading.Thread(target=write, name="writer"), threading.Thread(target=lifecycle, name="lifecycle")]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=SOAK_SECONDS + 600)
-    elapsed = time.monotonic() - started
-    assert not any(t.is_alive() for t in threads), "a client thread is stuck past the wall limit"
-    assert serve.poll() is None, log_tail(tmp_path)
+    elapsed = run_clients(threads, SOAK_SECONDS + 600, serve, tmp_path)
 
     searches = len(tally.latencies["bm25"]) + len(tally.latencies["hybrid"])
     lines = [f"lifecycle soak: {elapsed:.1f} s, {SEARCHERS} search threads + 1 uploader + 1 lifecycle loop, "

@@ -164,14 +164,7 @@ def _soak(base: str, reader: str, writer: str, tmp_path: Path, data: Path, store
 
     threads = [threading.Thread(target=search, args=(n,), name=f"search-{n}") for n in range(SEARCHERS)]
     threads.append(threading.Thread(target=write, name="writer"))
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=SOAK_SECONDS + 300)
-    elapsed = time.monotonic() - started
-    assert not any(t.is_alive() for t in threads), "a client thread is stuck past the wall limit"
-    assert serve.poll() is None, log_tail(tmp_path)
+    elapsed = run_clients(threads, SOAK_SECONDS + 300, serve, tmp_path)
 
     searches = len(tally.latencies["bm25"]) + len(tally.latencies["hybrid"])
     lines = [f"soak: {elapsed:.1f} s, {SEARCHERS} search threads + 1 writer, {WORKERS} serve workers on a Chroma server",
@@ -227,6 +220,23 @@ def _check_counts(data: Path, store_url: str, alive: dict[int, str], deleted: di
     assert health.have == (health.want[0], health.want[1], health.want[1])
     assert sizes == {"name": COLLECTION, "documents": len(alive), "clip_records": health.want[0],
                      "text_records": health.want[1]}
+
+
+def run_clients(threads: list[threading.Thread], wall: float, serve: subprocess.Popen, tmp_path: Path) -> float:
+    """Start the soak's client threads, wait up to ``wall`` seconds for each; the server must still run.
+
+    Returns:
+        The seconds the clients ran.
+    """
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=wall)
+    elapsed = time.monotonic() - started
+    assert not any(t.is_alive() for t in threads), "a client thread is stuck past the wall limit"
+    assert serve.poll() is None, log_tail(tmp_path)
+    return elapsed
 
 
 def log_tail(tmp_path: Path) -> str:
