@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # 54 s on CI: models, an index and a server
 
 
 def test_query_bench_runs_end_to_end_on_a_small_index(tmp_path: Path) -> None:

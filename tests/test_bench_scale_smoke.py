@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, shared
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # 27 s on CI
 
 SIZES = (100, 300)
 

@@ -204,6 +204,7 @@ def _server_snapshot(data: Path, url: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 90 s on CI; the other fault tests here cover kill -9 of the ingest itself
 def test_chroma_server_killed_mid_ingest_then_restarted_and_rerun_ends_as_an_uninterrupted_run(
         tmp_path: Path, chroma_servers: list[ChromaServer]) -> None:
     corpus = _server_corpus(tmp_path / "corpus")

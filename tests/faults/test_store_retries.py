@@ -18,7 +18,7 @@ from tests.faults.test_fault_injection import (
     write_corpus,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # 47 s on CI: a Chroma server stopped and restarted
 
 
 def test_a_server_restarted_within_the_retry_window_costs_retries_not_the_run(

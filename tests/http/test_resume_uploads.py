@@ -209,6 +209,7 @@ def test_finding2_restart_after_upload_killed_mid_upload_serve_real_models(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.long  # the serve variant above keeps this path in make test
 def test_finding2_restart_after_upload_killed_mid_upload_mcp_real_models(tmp_path: Path) -> None:
     """Finding 2 on `mmrag mcp --profile offline`: the first tool call is answered, and the upload is finished."""
     from mcp import Client

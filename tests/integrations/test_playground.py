@@ -72,7 +72,7 @@ def test_playground_in_chromium(sample_server: SampleServer, tmp_path: Path) -> 
         b.upload("#image", SAMPLE_CORPUS / "images" / "yellow-triangle.png")
         b.click("#search")
         b.wait("(() => { const li = document.querySelector('#results li.hit'); return li && li.dataset.docId === "
-               "'images/yellow-triangle.png' && li.querySelector('img.thumb').naturalWidth > 0; })()", 60)
+               "'images/yellow-triangle.png' && li.querySelector('img.thumb')?.naturalWidth > 0; })()", 60)
         shots.append(b.screenshot(tmp_path / "2-search-by-image.png"))
 
         # Ask with the chat model: the answer streams (partial text while the stream is open), then its

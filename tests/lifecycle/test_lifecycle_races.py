@@ -103,6 +103,7 @@ def _mmrag(data_dir: Path, *args: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 33 s on CI; the thread and HTTP variants below stay in make test
 def test_finding1_prune_racing_rollback_never_drops_the_live_version(tmp_path: Path) -> None:
     """The issue's reproduction: `versions prune --keep 0 & sleep D; rollback`, three times at each delay."""
     corpus = _corpus(tmp_path / "corpus")

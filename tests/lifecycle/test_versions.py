@@ -204,6 +204,7 @@ def _mmrag(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 50 s on CI; tests/lifecycle/test_lifecycle_races.py keeps an HTTP race in make test
 def test_server_answers_throughout_reindex_promote_and_rollback(tmp_path: Path, chroma_server: str) -> None:
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")}

@@ -103,7 +103,9 @@ def _segment_dirs(data_dir: Path) -> list[Path]:
     return [p for p in (data_dir / "chroma").iterdir() if p.is_dir()]
 
 
-@pytest.mark.parametrize("damage", ["delete_segments", "overwrite_level0", "truncate_sqlite"])
+# One damage in make test (20 s each on CI); all three in the long tier.
+@pytest.mark.parametrize("damage", ["delete_segments", pytest.param("overwrite_level0", marks=pytest.mark.long),
+                                    pytest.param("truncate_sqlite", marks=pytest.mark.long)])
 def test_finding6_damaged_store_is_named_with_the_rebuild(hashing_kb, tmp_path: Path, damage: str) -> None:
     corpus = _ingested(hashing_kb, tmp_path, records=2500)
     data_dir = hashing_kb.data_dir
