@@ -201,8 +201,9 @@ class RerankSettings(BaseModel):
     api_key: SecretStr | None = None
     #: Tokens a cross-encoder reads per (query, passage) pair; None: the model's own limit.
     max_length: int | None = Field(None, ge=16, le=8192)
-    #: Cross-encoder numerics: ``auto`` is bf16 where the CPU has AVX-512 BF16, fp16 on a GPU, else fp32.
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    #: Reranker numerics: ``auto`` times fp32 and the candidates (bf16, int8 on a CPU; fp16 on a GPU) on
+    #: this machine and keeps the fastest that agrees with fp32 (:mod:`mmrag.numerics`).
+    precision: Literal["auto", "bf16", "fp16", "fp32", "int8"] = "auto"
     batch_size: int = Field(32, ge=1, le=1024)
     #: Other rerankers an API request's ``rerank`` field may name, besides ``model`` (each built once).
     allowed: list[str] = []

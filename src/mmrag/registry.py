@@ -236,7 +236,7 @@ def _offline_reader(ref: str, device: str, options: RerankSettings) -> Reranker:
             raise  # the reader is there but one of its own imports is missing: not ours to hide
         raise ModelUnavailableError(f"The offline reader ({module_name}) is not part of this install; "
                                     "use a cross-encoder folder or a litellm reranker instead") from exc
-    reader: Reranker = getattr(module, attr).load(device=device)
+    reader: Reranker = getattr(module, attr).load(device=device, precision=options.precision)
     return reader
 
 

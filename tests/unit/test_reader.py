@@ -144,6 +144,21 @@ def test_concurrent_scoring_matches_serial(reader: OfflineReader) -> None:
         assert got == pytest.approx(expected, abs=1e-3)
 
 
+def test_auto_numerics_are_measured_and_agree_with_fp32(reader: OfflineReader) -> None:
+    """The shipped reader's ``auto`` is a measurement of fp32, bf16 and int8, not a CPU flag."""
+    choice = reader.numerics
+    assert choice is not None and [t.name for t in choice.trials] == ["fp32", "bf16", "int8"], choice
+    assert reader.precision == choice.name and (choice.name == "fp32" or choice.agreement >= 0.99)
+    assert reader._fp32_bert is None  # the copy kept to undo int8 is let go once the choice is made
+    # The chosen numerics rank as fp32 does: the same best passage of all eight for every question.
+    fp32 = OfflineReader.load(precision="fp32")
+    assert fp32.precision == "fp32" and fp32.numerics is None
+    pairs = [p for q, good, bad in RANKING for p in (good, bad)]
+    for question, good, _ in RANKING:
+        ours, ref = reader.score(question, pairs), fp32.score(question, pairs)
+        assert pairs[ours.index(max(ours))] == pairs[ref.index(max(ref))] == good
+
+
 def test_missing_weights_name_the_folder_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match=str(tmp_path)) as info:
         OfflineReader.load(folder=tmp_path)

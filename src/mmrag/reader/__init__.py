@@ -21,10 +21,11 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +36,10 @@ ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "reader"
 WEIGHTS_FILE = "mmrag-reader-minilm.safetensors"
 CONFIG_FILE = "mmrag-reader-minilm.json"
 HEADS = ("relevance", "answerability", "support")
+#: What ``precision`` may name; ``auto`` measures the candidates on this machine (:mod:`mmrag.numerics`).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+#: Question and passage pairs the numerics are measured on: the length of a chunk, a rerank batch's size.
+_PROBE_PAIRS = 20
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,9 @@ class ReaderSettings:
             ``answerability`` and ``support``.
         first_max_tokens: the question or claim is cut to this many tokens before pairing.
         batch_size: pairs per forward pass.
-        precision: ``auto`` (bf16 where the CPU has native bf16, else fp32), ``bf16`` or ``fp32``.
+        precision: ``auto`` (the fastest of fp32, bf16 autocast and int8 dynamic quantisation that
+            agrees with fp32, timed on this machine when the trained weights load), ``fp32``, ``bf16``
+            or ``int8``.
         window_stride: tokens shared by consecutive windows of a long second segment.
     """
 
@@ -96,7 +103,13 @@ class OfflineReader:
         self._tok_lock = threading.Lock()
         self.trained_layers = tuple(int(i) for i in trained_layers)
         self.base_sha256 = base_sha256
-        self.precision = self._resolve_precision(self.settings.precision)
+        if self.settings.precision not in PRECISIONS:
+            raise InvalidInputError(f"Unknown reader precision {self.settings.precision!r}. Known: {', '.join(PRECISIONS)}")
+        #: What the reader runs in; ``auto`` is measured by :meth:`to` (``load`` calls it), fp32 until then.
+        self.precision = "fp32" if self.settings.precision == "auto" else self.settings.precision
+        self.numerics: Any = None  # the measurement behind ``auto`` (a :class:`mmrag.numerics.Choice`)
+        self.weights_id = base_sha256
+        self._fp32_bert: Any = None  # the fp32 network, kept only while an int8 candidate is measured
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -138,13 +151,14 @@ class OfflineReader:
 
     @classmethod
     def load(cls, device: str = "cpu", *, folder: Path | None = None,
-             settings: ReaderSettings | None = None) -> "OfflineReader":
+             settings: ReaderSettings | None = None, precision: str | None = None) -> "OfflineReader":
         """The trained reader, from the package's assets and the bundled MiniLM; no network.
 
         Args:
             device: torch device; the reader is sized for the CPU.
             folder: where the trained weights live (default: the package's ``assets/reader``).
             settings: runtime knobs (default: ``max_length`` from the shipped config).
+            precision: overrides ``settings.precision`` (one of :data:`PRECISIONS`).
 
         Raises:
             ModelUnavailableError: the weights are missing, or were trained on another MiniLM.
@@ -161,6 +175,8 @@ class OfflineReader:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelUnavailableError(f"{config_path}: unreadable reader config ({exc})") from exc
         settings = settings or ReaderSettings(max_length=int(config.get("max_length", 128)))
+        if precision is not None:
+            settings = replace(settings, precision=precision)
         reader = cls.from_base(trainable_layers=len(layers), settings=settings)
         if config.get("base_sha256") and config["base_sha256"] != reader.base_sha256:
             raise ModelUnavailableError(
@@ -171,6 +187,7 @@ class OfflineReader:
 
         state = load_file(str(weights))
         reader._load_trained(state)
+        reader.weights_id = f"{reader.base_sha256[:16]}+{_file_sha256(weights)[:16]}"
         return reader.to(device)
 
     def _load_trained(self, state: dict[str, Any]) -> None:
@@ -184,7 +201,16 @@ class OfflineReader:
         self._heads.load_state_dict(heads)
 
     def to(self, device: str) -> "OfflineReader":
-        """Move the model to ``device`` (returns self)."""
+        """Move the model to ``device`` and settle its numerics there (returns self).
+
+        With ``precision="auto"`` the candidates are timed on :data:`_PROBE_PAIRS` pairs and the
+        fastest that agrees with fp32 is kept (remembered per machine, see :mod:`mmrag.numerics`).
+
+        Raises:
+            ModelUnavailableError: an explicit ``bf16`` or ``int8`` disagrees with fp32 on this machine.
+        """
+        if self._fp32_bert is not None or self.precision == "int8":
+            self._restore_fp32()  # quantised layers do not move between devices
         self._bert.to(device)
         self._heads.to(device)
         self.precision = self._resolve_precision(self.settings.precision)
@@ -195,15 +221,52 @@ class OfflineReader:
         return next(self._heads.parameters()).device
 
     def _resolve_precision(self, wanted: str) -> str:
+        """Measure ``wanted``'s candidates against fp32 (see :mod:`mmrag.numerics`) and keep the winner."""
+        from mmrag import numerics
+
+        candidates = numerics.candidates_for(wanted, self.device.type)
+        candidates = tuple(c for c in candidates if c in PRECISIONS)  # fp16 is not a reader candidate
+        if not candidates:
+            return "fp32"
+        self.numerics = numerics.choose(
+            candidates, probe=self._probe, convert=self._convert, restore=self._restore_fp32,
+            what="offline reader", keep=None if wanted == "auto" else wanted,
+            key={"model": self.weights_id, "device": str(self.device), "batch": self.settings.batch_size,
+                 "max_length": self.settings.max_length})
+        self._fp32_bert = None  # the measurement is over: one copy of the network from here on
+        if wanted != "auto" and self.numerics.name != wanted:
+            raise ModelUnavailableError(
+                f"The reader in {wanted} disagrees with fp32 on this machine ({self.numerics.describe()}); "
+                "use fp32 or auto")
+        return str(self.numerics.name)
+
+    def _probe(self) -> Any:
+        """The pooled features of fixed pairs in the current numerics: what the heads read."""
         torch = _torch()
-        if wanted not in {"auto", "bf16", "fp32"}:
-            raise InvalidInputError(f"Unknown reader precision {wanted!r}. Known: auto, bf16, fp32")
-        if wanted != "auto":
-            return wanted
-        on_cpu = next(self._heads.parameters()).device.type == "cpu"
-        # Measured on the 2-core AVX-512-BF16/AMX machine: 20 pairs of 256 tokens take ~3x less time in
-        # bf16; without native bf16 the emulation is slower than fp32.
-        return "bf16" if on_cpu and torch.cpu._is_avx512_bf16_supported() else "fp32"
+        words = "the museum opens at eight and closes at six on weekdays while the cafe stays open later".split()
+        firsts = [" ".join(words[i % 5:i % 5 + 6]) + "?" for i in range(_PROBE_PAIRS)]
+        seconds = [" ".join(words[(i + j) % len(words)] for j in range(self.settings.max_length))
+                   for i in range(_PROBE_PAIRS)]
+        batch = self.encode(firsts, seconds)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return self.features(batch).cpu().numpy()
+
+    def _convert(self, name: str) -> None:
+        if name == "int8":
+            if self.device.type != "cpu":
+                raise ValueError("int8 dynamic quantisation runs on the CPU only")
+            from mmrag.numerics import quantize_linear_int8
+
+            self._fp32_bert = copy.deepcopy(self._bert)  # quantisation cannot be undone: keep fp32 to go back
+            quantize_linear_int8(self._bert)
+        elif name != "bf16":  # bf16 is autocast at inference: the weights stay fp32
+            raise ValueError(f"the reader has no {name} path")
+        self.precision = name
+
+    def _restore_fp32(self) -> None:
+        if self._fp32_bert is not None:
+            self._bert, self._fp32_bert = self._fp32_bert, None
+        self.precision = "fp32"
 
     # ------------------------------------------------------------------ training hooks
     def _trained_state(self) -> dict[str, Any]:
@@ -259,17 +322,21 @@ class OfflineReader:
         out["sample"] = batch["overflow_to_sample_mapping"] if windows else torch.arange(len(firsts))
         return out
 
-    def logits(self, batch: dict[str, Any]) -> Any:
-        """Raw head outputs, shape (rows, 3) in HEADS order; autograd follows the caller's mode."""
+    def features(self, batch: dict[str, Any]) -> Any:
+        """What the heads read, shape (rows, 2 x hidden): the [CLS] vector and the tokens' mean, in fp32."""
         device = self.device
         mask = batch["attention_mask"].to(device)
         hidden = self._bert(input_ids=batch["input_ids"].to(device), attention_mask=mask,
                             token_type_ids=batch["token_type_ids"].to(device)).last_hidden_state
         m = mask.unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        features = _torch().cat([hidden[:, 0], mean], dim=-1).float()
+        return _torch().cat([hidden[:, 0], mean], dim=-1).float()
+
+    def logits(self, batch: dict[str, Any]) -> Any:
+        """Raw head outputs, shape (rows, 3) in HEADS order; autograd follows the caller's mode."""
+        features = self.features(batch)
         # The heads run in fp32 even under bf16 autocast: bf16 logits keep 3 digits and tie in a ranking.
-        with _torch().autocast(device.type, enabled=False):
+        with _torch().autocast(self.device.type, enabled=False):
             return self._heads(features)
 
     def save(self, folder: Path, **card: Any) -> Path:

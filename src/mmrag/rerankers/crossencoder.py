@@ -9,8 +9,11 @@ Why each choice:
   3-way NLI model's logits are not one.
 * Scores are the model's own activation (a sigmoid for single-output models), monotone in the logit:
   reranking only needs the order.
-* ``precision="auto"`` runs bf16 where the CPU has AVX-512 BF16 (about 2x faster for MiniLM-L6 on
-  30 pairs, issue 25's measurement) and fp16 on a GPU; ``fp32`` is always available.
+* ``precision="auto"`` times fp32 and the candidates (bf16 and int8 on a CPU, fp16 on a GPU) on
+  fixed pairs at load and keeps the fastest whose features agree with fp32 (:mod:`mmrag.numerics`,
+  remembered per machine): a CPU flag says bf16 exists, not that it is fast (with oneDNN capped at
+  AVX2 it is slower than fp32). ``fp32`` is always available; an explicit ``bf16``/``fp16``/``int8``
+  is still checked against fp32.
 * One lock around ``predict``: the server shares one model across request threads, and a fast
   tokenizer used by two threads at once fails ("Already borrowed").
 """
@@ -24,7 +27,9 @@ from typing import Any, Sequence
 from mmrag.errors import ConfigError, MissingDependencyError, ModelUnavailableError
 from mmrag.tracing import span
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "int8")
+#: (query, passage) pairs the numerics are measured on: about a rerank batch, at chunk length.
+_PROBE_PAIRS = 20
 
 
 def is_local_ref(model: str) -> bool:
@@ -40,12 +45,13 @@ class CrossEncoderReranker:
         device: ``cpu``, ``cuda`` or ``auto``.
         max_length: tokens read per (query, passage) pair; None: the model's own limit.
         batch_size: pairs per forward pass.
-        precision: ``auto``, ``bf16``, ``fp16`` or ``fp32`` (see the module docstring).
+        precision: ``auto``, ``bf16``, ``fp16``, ``int8`` or ``fp32`` (see the module docstring).
 
     Raises:
         MissingDependencyError: sentence-transformers is not installed.
         ModelUnavailableError: the folder does not exist or the model cannot be loaded.
-        ConfigError: the model gives more than one score per pair, or the precision is unknown.
+        ConfigError: the model gives more than one score per pair, the precision is unknown, or an
+            explicit precision disagrees with fp32 on this machine.
 
     Example:
         >>> reranker = CrossEncoderReranker("/models/ms-marco-MiniLM-L6-v2")  # doctest: +SKIP
@@ -69,16 +75,19 @@ class CrossEncoderReranker:
                                         "wrote (or a hub snapshot), or a hub name such as "
                                         "cross-encoder/ms-marco-MiniLM-L6-v2")
         _quiet_transformers()
-        try:
-            from mmrag.embedders.openclip import resolve_device
+        from mmrag.embedders.openclip import resolve_device
 
-            self._model: Any = CrossEncoder(ref, device=resolve_device(device), max_length=max_length,
-                                            local_files_only=local)
-        except Exception as exc:  # noqa: BLE001 - hub, network and file errors come in many types
-            hint = ("check that the folder holds a cross-encoder" if local else
-                    "if this machine is offline, download it elsewhere and pass its local folder")
-            raise ModelUnavailableError(f"Could not load cross-encoder {model!r} ({type(exc).__name__}: {exc}); "
-                                        f"{hint}.") from exc
+        def load() -> Any:
+            try:
+                return CrossEncoder(ref, device=resolve_device(device), max_length=max_length, local_files_only=local)
+            except Exception as exc:  # noqa: BLE001 - hub, network and file errors come in many types
+                hint = ("check that the folder holds a cross-encoder" if local else
+                        "if this machine is offline, download it elsewhere and pass its local folder")
+                raise ModelUnavailableError(f"Could not load cross-encoder {model!r} ({type(exc).__name__}: "
+                                            f"{exc}); {hint}.") from exc
+
+        self._load = load
+        self._model: Any = load()
         labels = int(self._model.num_labels)
         if labels != 1:
             raise ConfigError(f"Cross-encoder {model!r} gives {labels} scores per pair; a reranker needs a model "
@@ -88,17 +97,55 @@ class CrossEncoderReranker:
         self.batch_size = int(batch_size)
         self.max_length = int(self._model.max_length)
         self._lock = threading.Lock()
+        self.numerics: Any = None  # the measurement behind ``auto`` (a :class:`mmrag.numerics.Choice`)
         self.precision = self._set_precision(precision)
 
     def _set_precision(self, wanted: str) -> str:
+        from mmrag import numerics
+
+        candidates = numerics.candidates_for(wanted, self._model.device.type)
+        if not candidates:
+            return "fp32"
+        self.numerics = numerics.choose(
+            candidates, probe=self._probe, convert=self._convert, restore=self._reload,
+            what=f"cross-encoder {self.model_ref}", keep=None if wanted == "auto" else wanted,
+            key={"model": self.model_ref, "device": str(self._model.device), "batch": self.batch_size,
+                 "max_length": self.max_length})
+        if wanted != "auto" and self.numerics.name != wanted:
+            raise ConfigError(f"Cross-encoder {self.model_ref!r} in {wanted} disagrees with fp32 on this machine "
+                              f"({self.numerics.describe()}); use fp32 or auto")
+        return str(self.numerics.name)
+
+    def _probe(self) -> Any:
+        """The last layer's first-token vectors of fixed pairs: what the classification head reads."""
         import torch
 
-        on_cpu = self._model.device.type == "cpu"
-        if wanted == "auto":
-            wanted = "fp16" if not on_cpu else ("bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32")
-        if wanted != "fp32":
-            self._model.to(torch.bfloat16 if wanted == "bf16" else torch.float16)
-        return wanted
+        words = "the museum opens at eight and closes at six on weekdays while the cafe stays open later".split()
+        pairs = [(" ".join(words[i % 5:i % 5 + 6]) + "?", " ".join(words[(i + j) % len(words)] for j in range(200)))
+                 for i in range(_PROBE_PAIRS)]
+        tokenizer, net = self._model.tokenizer, self._model.model
+        batch = tokenizer(*zip(*pairs), padding=True, truncation="only_second", max_length=self.max_length,
+                          return_tensors="pt").to(self._model.device)
+        with torch.inference_mode():
+            hidden = net(**batch, output_hidden_states=True).hidden_states[-1][:, 0]
+        return hidden.float().cpu().numpy()
+
+    def _convert(self, name: str) -> None:
+        import torch
+
+        if name == "int8":
+            if self._model.device.type != "cpu":
+                raise ValueError("int8 dynamic quantisation runs on the CPU only")
+            from mmrag.numerics import quantize_linear_int8
+
+            quantize_linear_int8(self._model.model)
+        else:
+            self._model.to(torch.bfloat16 if name == "bf16" else torch.float16)
+
+    def _reload(self) -> None:
+        # A cast rounds the weights in place and quantisation swaps the layers: fp32 comes back from disk.
+        self._model = None
+        self._model = self._load()
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """One relevance score per passage, in order (higher is more relevant)."""
