@@ -32,6 +32,8 @@ FOLDERS = {
     "sources": "backends",
     # Access labels: parsing, the where clauses the stores run, the rules of a run.
     "security": "backends",
+    # Ingestion: the driver, its engines (local, Ray) and its writer compose the knowledge base.
+    "indexing": "services",
 }
 #: Each top-level module of src/mmrag.
 MODULES = {
@@ -48,8 +50,8 @@ MODULES = {
     "rerank": "analysis",
     # Name -> factory for backends and the answer components (kb builds its stores through it).
     "registry": "wiring",
-    "kb": "knowledge base", "pipeline": "knowledge base", "repair": "knowledge base",
-    "indexing": "services", "retrieval": "services", "answering": "services", "rayingest": "services",
+    "kb": "knowledge base",
+    "retrieval": "services", "answering": "services",
     "faithfulness": "evaluation",
     "mcp_server": "applications", "__main__": "applications",
     # The package root is the public API: it re-exports every layer.
@@ -57,6 +59,9 @@ MODULES = {
 }
 #: Modules that sit apart from their folder's layer, each with its reason.
 OVERRIDES = {
+    # The per-file steps (load, chunk, embed) and the one repair work on a knowledge base's parts,
+    # below the services: kb rebuilds its keyword index through the repair.
+    "indexing.steps": "knowledge base", "indexing.repair": "knowledge base",
     # The drift math and the query log: ingest (services) writes a version's reference with them.
     "lifecycle.drift": "analysis",
     # The drift references' table owner: a store beside the manifest, which drift reads and writes.

@@ -263,7 +263,7 @@ class KnowledgeBase:
             self.__dict__["keyword"] = index
             with self.write_lock():
                 if self.legacy_keyword_dir.exists():  # another process may have migrated it meanwhile
-                    from mmrag.repair import rebuild_keyword
+                    from mmrag.indexing.repair import rebuild_keyword
 
                     n = rebuild_keyword(self, index)
                     shutil.rmtree(self.legacy_keyword_dir, ignore_errors=True)
@@ -275,7 +275,7 @@ class KnowledgeBase:
     def replace_damaged_keyword_index(self, problem: str) -> KeywordIndex:
         """Move a keyword index that cannot be read aside and start an empty one (the caller holds the lock).
 
-        The caller then rewrites its rows from the text collection (:func:`mmrag.repair.rebuild_keyword`,
+        The caller then rewrites its rows from the text collection (:func:`mmrag.indexing.repair.rebuild_keyword`,
         no embedding); the damaged folder is kept beside it for inspection.
         """
         self.__dict__.pop("keyword", None)

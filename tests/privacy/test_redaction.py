@@ -340,8 +340,8 @@ def test_ray_load_stage_scrubs_with_the_pickled_redactor(tmp_path: Path) -> None
 
     from mmrag.chunking import ChunkSpec
     from mmrag.loaders import FileRef, JsonlFields, LoaderLimits
-    from mmrag.pipeline import FileTask, LoadedDoc
-    from mmrag.rayingest import _load_rows
+    from mmrag.indexing.steps import FileTask, LoadedDoc
+    from mmrag.indexing.ray import _load_rows
 
     (tmp_path / "a.txt").write_text("Write to ann@example.com about the lift.")
     redactor = pickle.loads(pickle.dumps(Redactor(["email"])))

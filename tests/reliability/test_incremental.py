@@ -13,7 +13,7 @@ import pytest
 
 from mmrag.config import Settings
 from mmrag.embedders.hashing import HashingEmbedder
-from mmrag import pipeline
+from mmrag.indexing import steps as pipeline
 from mmrag.indexing import Indexer
 from mmrag.kb import KnowledgeBase
 from mmrag.registry import resolve_models
@@ -92,7 +92,7 @@ def test_adding_or_deleting_one_document_touches_only_it(hashing_kb, tmp_path: P
 
 
 def test_unchanged_files_are_not_hashed_again(hashing_kb, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from mmrag import pipeline
+    from mmrag.indexing import steps as pipeline
 
     root = tmp_path / "corpus"
     shutil.copytree(SAMPLE_CORPUS, root)

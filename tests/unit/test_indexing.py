@@ -115,7 +115,7 @@ def test_jsonl_records_are_documents(hashing_kb, tmp_path: Path) -> None:
 
 def test_a_file_that_cannot_be_read_fails_alone(hashing_kb, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A file that vanishes or turns unreadable between discovery and hashing is one failure, not a crash."""
-    import mmrag.pipeline as pipeline
+    import mmrag.indexing.steps as pipeline
     from mmrag.loaders import file_sha256
 
     root = _corpus(tmp_path / "corpus")

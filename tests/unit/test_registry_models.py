@@ -28,7 +28,7 @@ def _constructions(path: Path) -> list[str]:
 
 
 def test_only_the_registry_builds_the_embedders() -> None:
-    """kb.py, http/services.py and rayingest.py each built them by hand before; now none may."""
+    """kb.py, http/services.py and the Ray engine each built them by hand before; now none may."""
     allowed = {SRC / "registry.py", *(SRC / "embedders").glob("*.py")}
     stray = [c for path in sorted(SRC.rglob("*.py")) if path not in allowed for c in _constructions(path)]
     assert stray == []
@@ -47,7 +47,7 @@ def test_the_text_model_runs_on_the_clip_models_device_everywhere() -> None:
         pytest.skip("needs a GPU: on a CPU-only machine every model is on the CPU whatever the wiring")
     from mmrag.http.services import Services
     from mmrag.kb import KnowledgeBase
-    from mmrag.rayingest import _EmbedActor
+    from mmrag.indexing.ray import _EmbedActor
 
     settings = Settings(profile="offline", clip={"device": "cuda"})
     models = resolve_models(settings)

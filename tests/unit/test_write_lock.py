@@ -100,7 +100,7 @@ def test_finding7_small_ingests_are_not_held_behind_a_long_one(tmp_path) -> None
 def test_finding7_a_file_replaced_while_it_was_read_is_not_written_over_the_newer_version(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two runs of one file, the first reading the old bytes: its write must not land after the second's."""
     from mmrag.indexing import Indexer
-    from mmrag.pipeline import embed_documents
+    from mmrag.indexing.steps import embed_documents
 
     kb = _paced_kb(tmp_path / "kb", per_text=0.0)
     note = tmp_path / "docs" / "note.txt"
@@ -114,9 +114,9 @@ def test_finding7_a_file_replaced_while_it_was_read_is_not_written_over_the_newe
             gate.wait(10)  # the first run has read the old bytes; hold it until the second has written
         return real(loaded, models)
 
-    import mmrag.indexing as indexing
+    import mmrag.indexing.engines as engines
 
-    indexing.embed_documents = slow_embed  # type: ignore[assignment]
+    engines.embed_documents = slow_embed  # type: ignore[assignment]
     try:
         first: dict[str, object] = {}
         worker = threading.Thread(target=lambda: first.update(summary=Indexer(kb).ingest([note])))
@@ -127,7 +127,7 @@ def test_finding7_a_file_replaced_while_it_was_read_is_not_written_over_the_newe
         gate.set()
         worker.join(timeout=60)
     finally:
-        indexing.embed_documents = real  # type: ignore[assignment]
+        engines.embed_documents = real  # type: ignore[assignment]
     assert second.indexed == 1
     assert any("changed while it was being indexed" in w for w in first["summary"].warnings)  # type: ignore[attr-defined]
     hits = kb.raw_store("text").records_of(["note.txt"], ("metadatas", "documents"))

@@ -97,7 +97,7 @@ def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str,
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
     engine: Any = LocalEngine()
     if engine_name == "ray":
-        from mmrag.rayingest import RayEngine, RayOptions, import_ray
+        from mmrag.indexing.ray import RayEngine, RayOptions, import_ray
 
         import_ray()  # before any work: say how to install it
         engine = RayEngine(kb.models, RayOptions(address=ray_address, embed_workers=embed_workers, device=device,

@@ -1,7 +1,7 @@
 """The work of ingestion that needs no store: read a file, chunk it, embed it.
 
 These steps run wherever the work runs: in the ingesting process (engine ``local``) or in Ray
-workers (engine ``ray``, :mod:`mmrag.rayingest`). They read files and run models; they never open
+workers (engine ``ray``, :mod:`mmrag.indexing.ray`). They read files and run models; they never open
 the manifest or a store, and everything they take and return pickles. The driver,
 :class:`mmrag.indexing.Indexer`, plans the work from the manifest (:class:`FileTask`), and applies
 what comes back (:class:`FileResult`, :class:`Prepared`) through the one write protocol, so both

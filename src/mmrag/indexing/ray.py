@@ -4,10 +4,10 @@ The pipeline has two stages, both plain Ray Data operators, so Ray does the sche
 back-pressure, the retries and the scale-out (no scheduler of mmrag's own):
 
 1. **load** (CPU tasks, ``flat_map``): each planned file is hashed when needed, skipped when the
-   manifest already has its version, else parsed and chunked (:func:`mmrag.pipeline.load_file`).
+   manifest already has its version, else parsed and chunked (:func:`mmrag.indexing.steps.load_file`).
 2. **embed** (an actor pool, ``map_batches``): each actor loads the models once, on a CPU or one
    GPU (fp16 there, checked against fp32), and embeds batches of documents
-   (:func:`mmrag.pipeline.embed_documents`).
+   (:func:`mmrag.indexing.steps.embed_documents`).
 
 The driver (:class:`mmrag.indexing.Indexer`) plans the files from the manifest, and consumes the
 stream in order: it alone writes the manifest, Chroma and the keyword index, with the same
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from mmrag.chunking import ChunkSpec, SentenceChunker
 from mmrag.errors import ConfigError, MissingDependencyError, MmragError
 from mmrag.loaders import JsonlFields, LoaderLimits
-from mmrag.pipeline import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
+from mmrag.indexing.steps import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
 from mmrag.registry import ModelChoice
 
 if TYPE_CHECKING:
