@@ -34,6 +34,8 @@ FOLDERS = {
     "security": "backends",
     # Ingestion: the driver, its engines (local, Ray) and its writer compose the knowledge base.
     "indexing": "services",
+    # Answering: the answerer composes a searcher and a chat model; its parts sit lower (OVERRIDES).
+    "answering": "services",
 }
 #: Each top-level module of src/mmrag.
 MODULES = {
@@ -46,12 +48,11 @@ MODULES = {
     "keyword": "backends", "manifest": "backends", "chunking": "backends", "images": "backends",
     "apikeys": "backends", "redaction": "backends",
     # Judgements over text and context blocks: no store, no settings.
-    "context": "analysis", "sentences": "analysis", "verification": "analysis", "extractive": "analysis",
     "rerank": "analysis",
     # Name -> factory for backends and the answer components (kb builds its stores through it).
     "registry": "wiring",
     "kb": "knowledge base",
-    "retrieval": "services", "answering": "services",
+    "retrieval": "services",
     "faithfulness": "evaluation",
     "mcp_server": "applications", "__main__": "applications",
     # The package root is the public API: it re-exports every layer.
@@ -62,6 +63,9 @@ OVERRIDES = {
     # The per-file steps (load, chunk, embed) and the one repair work on a knowledge base's parts,
     # below the services: kb rebuilds its keyword index through the repair.
     "indexing.steps": "knowledge base", "indexing.repair": "knowledge base",
+    # The answer's parts are judgements over text and context blocks: no store, no settings.
+    "answering.context": "analysis", "answering.sentences": "analysis", "answering.verification": "analysis",
+    "answering.extractive": "analysis", "answering.guard": "analysis",
     # The drift math and the query log: ingest (services) writes a version's reference with them.
     "lifecycle.drift": "analysis",
     # The drift references' table owner: a store beside the manifest, which drift reads and writes.

@@ -214,7 +214,7 @@ VERIFY_REPLY = "The Eiffel Tower in Paris is 330 metres tall and was completed i
 
 @pytest.mark.parametrize("mode", ["mark", "drop"])
 def test_verifier_marks_or_drops_unsupported_sentences(mode: str) -> None:
-    from mmrag.verification import HallucinationDetector
+    from mmrag.answering.verification import HallucinationDetector
 
     model = EchoChatModel()
     model.enqueue(VERIFY_REPLY)
@@ -230,7 +230,7 @@ def test_verifier_marks_or_drops_unsupported_sentences(mode: str) -> None:
 
 
 def test_verifier_leaves_a_supported_answer_alone_and_checks_its_mode() -> None:
-    from mmrag.verification import HallucinationDetector
+    from mmrag.answering.verification import HallucinationDetector
 
     model = EchoChatModel()
     model.enqueue("It is 330 metres tall [1].")

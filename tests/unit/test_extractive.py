@@ -14,8 +14,9 @@ import pytest
 from mmrag.answering import ABSTAIN_TEXT, Answerer
 from mmrag.config import Settings
 from mmrag.errors import InvalidInputError
-from mmrag.extractive import DEFAULT_CALIBRATION, FEATURES, AbstentionGate, Extractor
-from mmrag.sentences import answer_sentences, clauses, is_heading, is_question, split_passage
+from mmrag.answering.extractive import Extractor
+from mmrag.answering.guard import DEFAULT_CALIBRATION, FEATURES, AbstentionGate
+from mmrag.answering.sentences import answer_sentences, clauses, is_heading, is_question, split_passage
 from mmrag.llms.echo import EchoChatModel
 from mmrag.registry import answer_mode, answer_options
 from mmrag.types import Hit

@@ -7,7 +7,7 @@ from mmrag.keyword import analyze
 from mmrag.llms.echo import EchoChatModel
 from mmrag.textanalysis import content_tokens, content_words, stem
 from mmrag.types import Hit
-from mmrag.verification import HallucinationDetector
+from mmrag.answering.verification import HallucinationDetector
 
 CONTEXT = "Curie isolating radium required refining and crushing tonnes of pitchblende."
 QUESTION = "What did Curie isolate?"

@@ -306,7 +306,7 @@ class Services:
         opts: dict[str, Any] = {"k": k, "retriever": retriever, "stop": answer_stop(chat.name) if chat else None,
                                 **answer_options(self.settings, self._text, mode)}
         if verify != "off":
-            from mmrag.verification import HallucinationDetector
+            from mmrag.answering.verification import HallucinationDetector
 
             opts["verifier"], opts["verify_mode"] = HallucinationDetector(self._text), verify
         if max_tokens:

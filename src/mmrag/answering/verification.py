@@ -133,7 +133,7 @@ class HallucinationDetector:
             :class:`~mmrag.embedders.sentence.SentenceTransformerEmbedder`). None: lexical-only mode.
         threshold: decision threshold on the score, in (0, 1); the default is explained in the
             module docstring.
-        reader: mmrag's offline reader (:func:`mmrag.extractive.load_reader`): each sentence's
+        reader: mmrag's offline reader (:func:`mmrag.answering.extractive.load_reader`): each sentence's
             support is multiplied by the reader's probability that the context supports it. None:
             the lexical and semantic signals alone.
 

@@ -1,6 +1,6 @@
 """Which sentences of a retrieved block can be an answer, and the clauses of a long one.
 
-The extractive answerer (:mod:`mmrag.extractive`) quotes the context; a quote must state something.
+The extractive answerer (:mod:`mmrag.answering.extractive`) quotes the context; a quote must state something.
 Headings and questions state nothing: the demo's FAQ page once answered "Visitor FAQ When is the
 building open?" (issue 25), because a block's text reaches the answerer with its line breaks
 folded. So these helpers read the hit's own lines, where a heading is still a line of its own.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from mmrag.context import ContextBlock
+from mmrag.answering.context import ContextBlock
 
 # Two passages glued without a space ("...19th century.First for Women is ...") are common in
 # scraped corpora: a lower-case word, a full stop and a capitalised word start a new sentence.
@@ -27,7 +27,7 @@ _CLAUSE = re.compile(r"(?<=[;:])\s+|\s+[\u2014\u2013-]\s+|,\s+(?=(?:and|but|whil
 
 def split_passage(text: str) -> list[str]:
     """The sentences of a passage (the detector's splitter, plus glued passages split apart)."""
-    from mmrag.verification import split_sentences
+    from mmrag.answering.verification import split_sentences
 
     out = []
     for part in _GLUED.split(text):

@@ -22,15 +22,15 @@ own. How an answer is built:
    cites blocks that do not support it, the best-supporting block is cited instead, and
    :attr:`Answer.guard` says so.
 5. **Verification** (optional, ``verifier=``): the offline hallucination detector
-   (:mod:`mmrag.verification`) judges each sentence of a supported answer against the context;
+   (:mod:`mmrag.answering.verification`) judges each sentence of a supported answer against the context;
    unsupported sentences are marked (``verify_mode="mark"``) or dropped (``"drop"``; an answer
    with nothing left abstains). The verdict is on :attr:`Answer.verification`.
 
 **Answer modes** (``mode=``, :data:`ANSWER_MODES`). ``generate`` is the above. ``extractive`` asks no
-model: the context sentence closest to the question (:class:`~mmrag.extractive.Extractor`) is the
+model: the context sentence closest to the question (:class:`~mmrag.answering.extractive.Extractor`) is the
 answer, cited to its block. ``auto`` generates, then answers extractively when the generated reply
 fails the guard or the detector (a model that says it does not know is believed). With a
-:class:`~mmrag.extractive.AbstentionGate` (``gate=``), every mode first asks the calibrated gate
+:class:`~mmrag.answering.guard.AbstentionGate` (``gate=``), every mode first asks the calibrated gate
 whether the context holds an answer at all; a refusal is ``abstained:calibrated`` and
 :attr:`Answer.abstention` says why (probability, threshold, inputs).
 """
@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from mmrag.context import ContextBlock, defang, from_ocr, image_uri, pack, render_block
+from mmrag.answering.context import ContextBlock, defang, from_ocr, image_uri, pack, render_block
 from mmrag.errors import InvalidInputError
 from mmrag.llms import ChatModel, CompletionStream, Message, Usage
 from mmrag.textanalysis import content_words
@@ -49,10 +49,11 @@ from mmrag.tracing import span, start_span
 from mmrag.types import Hit, Query
 
 if TYPE_CHECKING:  # retrieval pulls in the knowledge base and its stores; only the type is needed
-    from mmrag.extractive import AbstentionGate, Extraction, Extractor, GateDecision
+    from mmrag.answering.extractive import Extraction, Extractor
+    from mmrag.answering.guard import AbstentionGate, GateDecision
     from mmrag.images import ImageCache
     from mmrag.retrieval import Searcher
-    from mmrag.verification import HallucinationDetector
+    from mmrag.answering.verification import HallucinationDetector
 
 #: How an answer is made (see the module docstring).
 ANSWER_MODES = ("generate", "extractive", "auto")
@@ -142,13 +143,13 @@ class Answerer:
         max_tokens: cap on the reply's length.
         stop: stop strings passed to the model. ``["\n"]`` suits SmolLM2-135M, whose first line is
             its answer and whose later lines ramble (the guard would reject the whole reply for them).
-        verifier: a :class:`~mmrag.verification.HallucinationDetector` run on every supported answer.
+        verifier: a :class:`~mmrag.answering.verification.HallucinationDetector` run on every supported answer.
         verify_mode: ``mark`` unsupported sentences, or ``drop`` them.
         mode: ``generate``, ``extractive`` or ``auto`` (module docstring). ``extractive`` needs no
             ``model``; ``extractive`` and ``auto`` need an ``extractor``, and ``auto`` a verifier
             (the detector over the extractor's embedder when none is given).
-        extractor: an :class:`~mmrag.extractive.Extractor` (the knowledge base's text model).
-        gate: an :class:`~mmrag.extractive.AbstentionGate`; needs an ``extractor``.
+        extractor: an :class:`~mmrag.answering.extractive.Extractor` (the knowledge base's text model).
+        gate: an :class:`~mmrag.answering.guard.AbstentionGate`; needs an ``extractor``.
         images: the owner's :class:`~mmrag.images.ImageCache` for image parts sent to a vision model
             (None: each answer re-reads the documents it shows).
 
@@ -177,7 +178,7 @@ class Answerer:
         if gate is not None and extractor is None:
             raise InvalidInputError("the abstention gate needs an extractor (its inputs come from the text model)")
         if mode == "auto" and verifier is None:
-            from mmrag.verification import HallucinationDetector
+            from mmrag.answering.verification import HallucinationDetector
 
             verifier = HallucinationDetector(extractor.embedder)  # type: ignore[union-attr]
         self.verifier, self.verify_mode = verifier, verify_mode
@@ -281,7 +282,7 @@ class Answerer:
         return deltas(), holder
 
     def pack(self, hits: Sequence[Hit]) -> list[ContextBlock]:
-        """Number hits into context blocks within the character budget (see :func:`mmrag.context.pack`)."""
+        """Number hits into context blocks within the character budget (see :func:`mmrag.answering.context.pack`)."""
         return pack(hits, self.budget_chars, self.max_block_chars)
 
     def messages(self, question: str, blocks: Sequence[ContextBlock], image: Any = None) -> list[Message]:
@@ -322,7 +323,7 @@ class Answerer:
     def _verify(self, answer: Answer, blocks: Sequence[ContextBlock]) -> Answer:
         from dataclasses import replace as _replace
 
-        from mmrag.verification import mark_unsupported
+        from mmrag.answering.verification import mark_unsupported
 
         plain = without_markers(answer.text)
         verdict = self.verifier.verify([b.content for b in blocks], plain, answer.question)  # type: ignore[union-attr]
