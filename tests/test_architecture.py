@@ -46,7 +46,7 @@ MODULES = {
     "config": "config",
     # One backend or one stored thing each, built from plain arguments.
     "keyword": "backends", "manifest": "backends", "chunking": "backends", "images": "backends",
-    "apikeys": "backends", "redaction": "backends",
+    "redaction": "backends",
     # Judgements over text and context blocks: no store, no settings.
     "rerank": "analysis",
     # Name -> factory for backends and the answer components (kb builds its stores through it).
@@ -54,7 +54,7 @@ MODULES = {
     "kb": "knowledge base",
     "retrieval": "services",
     "faithfulness": "evaluation",
-    "mcp_server": "applications", "__main__": "applications",
+    "__main__": "applications",
     # The package root is the public API: it re-exports every layer.
     "": "applications",
 }
@@ -66,6 +66,9 @@ OVERRIDES = {
     # The answer's parts are judgements over text and context blocks: no store, no settings.
     "answering.context": "analysis", "answering.sentences": "analysis", "answering.verification": "analysis",
     "answering.extractive": "analysis", "answering.guard": "analysis",
+    # The API key store: a stored thing the HTTP API and the MCP server read, the CLI's `mmrag keys`
+    # writes and the token verifier maps a JWT onto; it imports nothing of the app.
+    "http.apikeys": "backends",
     # The drift math and the query log: ingest (services) writes a version's reference with them.
     "lifecycle.drift": "analysis",
     # The drift references' table owner: a store beside the manifest, which drift reads and writes.

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 from mmrag.config import Settings
 from mmrag.embedders.hashing import HashingEmbedder
 from mmrag.http import create_app

@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 from mmrag.config import Settings
 from mmrag.embedders.hashing import HashingEmbedder
 from mmrag.http import create_app

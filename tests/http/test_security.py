@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrag.apikeys import KeyStore, hash_token
+from mmrag.http.apikeys import KeyStore, hash_token
 from mmrag.http.routes.documents import safe_name
 from tests.http.conftest import Api, make_api
 

@@ -45,7 +45,7 @@ def sample_server(tmp_path_factory: pytest.TempPathFactory, offline_models: Any)
     import uvicorn
 
     from mmrag import Indexer, KnowledgeBase
-    from mmrag.apikeys import KeyStore
+    from mmrag.http.apikeys import KeyStore
     from mmrag.config import Settings
     from mmrag.http import create_app
     from mmrag.http.services import Services

@@ -343,7 +343,7 @@ def test_mcp_search_tool_takes_rerank(api: Any, cohere: CohereRerankServer) -> N
     import anyio
     from mcp import Client
 
-    from mmrag.mcp_server import build_server
+    from mmrag.http.mcp import build_server
 
     _, services = api
     server = build_server(services, use_keys=False)

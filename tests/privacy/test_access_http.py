@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 from tests.http.conftest import Api, make_api
 
 

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 from mmrag.indexing import Indexer
 from mmrag.keyword import analyze
 from mmrag.retrieval import Searcher

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 _CHILD = """
 import json, sys, time
 from pathlib import Path
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 
 path, start, action, arg, n = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 store = KeyStore(Path(path))

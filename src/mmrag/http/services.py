@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, Iterator, TypeVar
 
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 from mmrag.answering import Answerer
 from mmrag.chunking import ChunkSpec
 from mmrag.config import Settings

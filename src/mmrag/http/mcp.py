@@ -31,7 +31,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent
 from pydantic import ValidationError
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, MmragError, NotFoundError
 from mmrag.http import access
 from mmrag.http.auth import allow_collection, bearer_token, caller_of, check_key
