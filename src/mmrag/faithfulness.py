@@ -25,7 +25,7 @@ from mmrag.answering.verification import HallucinationDetector, Verdict
 
 # No RAGAS_DO_NOT_TRACK here: importing a module must not change the process's environment, and
 # this metric sends nothing (ragas tracks in ``evaluate()`` and its old-style metrics, not in a
-# collections metric's ``score``; tests/unit/test_verification.py checks it). mmrag's own ragas runs
+# collections metric's ``score``; tests/answering/test_verification.py checks it). mmrag's own ragas runs
 # switch analytics off where they import ragas (``mmrag.evaluation.ragas_metrics.import_ragas``).
 try:
     from ragas.metrics.collections.base import BaseMetric

@@ -32,7 +32,7 @@ from mmrag.lifecycle.reindex import reindex
 from mmrag.lifecycle.versions import Versions
 from mmrag.manifest import Manifest
 from mmrag.registry import resolve_models
-from tests.http.conftest import Api, make_api
+from tests.helpers.api import Api, make_api
 
 KB = "kb"
 DOCS = 3
