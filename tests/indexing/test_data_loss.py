@@ -15,7 +15,7 @@ from tests.conftest import SAMPLE_CORPUS
 def _records(kb, doc_prefix: str = "") -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
     out: dict[str, list[str]] = {}
     for which in ("clip", "text"):
-        out[which] = sorted(rid for rid, m, _ in kb.raw_store(which).iter_all() if m["doc_id"].startswith(doc_prefix))
+        out[which] = sorted(rid for rid, m, _ in kb.bare_store(which).iter_all() if m["doc_id"].startswith(doc_prefix))
     out["keyword"] = sorted(rid for rid, m, _ in kb.keyword.rows() if m["doc_id"].startswith(doc_prefix))
     return out
 
@@ -71,7 +71,7 @@ def test_finding2_duplicate_ids_across_files_are_reported_not_written(hashing_kb
     # notes.md keeps its id although b.jsonl comes first; records are claimed in discovery order.
     assert hashing_kb.manifest.get("test", "dup").source.endswith("a.jsonl")
     assert hashing_kb.manifest.get("test", "notes.md").source.endswith("notes.md")
-    hits = {h.id: h for h in hashing_kb.raw_store("text").get(["dup#t0", "notes.md#t0"])}
+    hits = {h.id: h for h in hashing_kb.bare_store("text").get(["dup#t0", "notes.md#t0"])}
     assert hits["dup#t0"].text == "First copy of dup."
     assert "The notes file." in (hits["notes.md#t0"].text or "") and hits["notes.md#t0"].source.endswith("notes.md")
     before = _records(hashing_kb)
@@ -106,11 +106,11 @@ def test_finding4_same_doc_id_from_another_folder_does_not_replace(hashing_kb, t
     summary = Indexer(hashing_kb).ingest([tmp_path / "docs2"])
     assert summary.indexed == 0 and "already used by" in summary.failed[0].reason
     assert str(tmp_path / "docs1" / "index.md") in summary.failed[0].reason
-    assert hashing_kb.raw_store("text").get(["index.md#t0"])[0].text == "The first index page."
+    assert hashing_kb.bare_store("text").get(["index.md#t0"])[0].text == "The first index page."
     # A moved folder (the old source is gone) is an update, not a collision.
     shutil.rmtree(tmp_path / "docs1")
     assert Indexer(hashing_kb).ingest([tmp_path / "docs2"]).indexed == 1
-    assert hashing_kb.raw_store("text").get(["index.md#t0"])[0].text == "The second index page."
+    assert hashing_kb.bare_store("text").get(["index.md#t0"])[0].text == "The second index page."
 
 
 def test_bm25_sees_each_batch_during_a_long_ingest(hashing_kb, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -24,8 +24,8 @@ def _corpus(root: Path) -> Path:
 
 
 def _state(kb) -> dict:  # type: ignore[no-untyped-def]
-    clip = sorted((rid, m["doc_id"]) for rid, m, _ in kb.raw_store("clip").iter_all())
-    text = sorted(rid for rid, _, _ in kb.raw_store("text").iter_all())
+    clip = sorted((rid, m["doc_id"]) for rid, m, _ in kb.bare_store("clip").iter_all())
+    text = sorted(rid for rid, _, _ in kb.bare_store("text").iter_all())
     return {"clip": clip, "text": text, "docs": sorted((s.doc_id, s.status) for s in kb.manifest.all(kb.collection))}
 
 
@@ -95,7 +95,7 @@ def test_repair_redoes_documents_whose_records_went_missing(hashing_kb, tmp_path
     root = _corpus(tmp_path / "corpus")
     Indexer(hashing_kb).ingest([root])
     expected = _state(hashing_kb)
-    hashing_kb.raw_store("clip").delete(["b.md#t0"])  # simulate a lost write
+    hashing_kb.bare_store("clip").delete(["b.md#t0"])  # simulate a lost write
     summary = Indexer(hashing_kb).ingest([root])
     assert summary.repaired == 1 and summary.indexed == 1
     assert _state(hashing_kb) == expected

@@ -78,7 +78,7 @@ def child(argv: list[str]) -> None:
             ids = [r.doc_id for r in rows]
             per_doc: dict[str, list[int]] = {d: [0, 0, 0] for d in ids}
             for slot, which in enumerate(("clip", "text")):
-                for _, meta, _ in kb.raw_store(which).records_of(ids):
+                for _, meta, _ in kb.bare_store(which).records_of(ids):
                     per_doc.setdefault(str(meta["doc_id"]), [0, 0, 0])[slot] += 1
             for doc_id, n in kb.keyword.doc_counts().items():
                 per_doc.setdefault(doc_id, [0, 0, 0])[2] = n
@@ -88,7 +88,7 @@ def child(argv: list[str]) -> None:
                 # BM25 finds the token's document; the vector indexes are asked with that document's
                 # first chunk, the one query a hashing embedding answers (it hashes the whole text).
                 found = [h.doc_id for h in searcher.search(Query(text=token), 1, retriever="bm25")]
-                chunk = next((d for _, _, d in kb.raw_store("text").records_of(found, ("metadatas", "documents"))), None)
+                chunk = next((d for _, _, d in kb.bare_store("text").records_of(found, ("metadatas", "documents"))), None)
                 top[token] = found[:1] + [
                     next((h.doc_id for h in searcher.search(Query(text=chunk), 1, retriever=r)), None) if chunk else None
                     for r in ("text", "clip")]
@@ -248,7 +248,7 @@ def test_chroma_server_killed_mid_ingest_then_restarted_and_rerun_ends_as_an_uni
     done = {row[0]: (row[4], row[5]) for row in rows if row[2] == "done"}
     for which, slot in (("clip", 0), ("text", 1)):
         have: dict[str, int] = {}
-        for _, meta, _ in kb.raw_store(which).records_of(sorted(done)):
+        for _, meta, _ in kb.bare_store(which).records_of(sorted(done)):
             have[str(meta["doc_id"])] = have.get(str(meta["doc_id"]), 0) + 1
         assert {d: have.get(d, 0) for d in done} == {d: n[slot] for d, n in done.items()}, which
     rows_of = kb.keyword.doc_counts()

@@ -127,7 +127,7 @@ def test_a_data_dir_of_release_f25dd5a_is_migrated_on_first_open(tmp_path: Path,
     assert len(migrated) == 1 and "'legacy'" in migrated[0], caplog.records
     assert hits and hits[0].doc_id == "maintenance-log.txt"  # "a new first-aid kit was installed"
     assert not (data / "bm25" / "legacy").exists()
-    assert kb.keyword.count() == kb.raw_store("text").count() == 5
+    assert kb.keyword.count() == kb.bare_store("text").count() == 5
     assert kb.health().problems == []
     # The migrated data dir keeps working: a rerun over the same files computes nothing again.
     again = Indexer(kb).ingest([corpus])

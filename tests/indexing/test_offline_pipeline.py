@@ -59,7 +59,7 @@ def test_another_model_is_refused_with_how_to_reindex(sample_kb: KnowledgeBase) 
 
 
 def test_html_noise_is_dropped(sample_kb: KnowledgeBase) -> None:
-    rows = sample_kb.raw_store("text").iter_all(include=("metadatas", "documents"))
+    rows = sample_kb.bare_store("text").iter_all(include=("metadatas", "documents"))
     faq = " ".join(t or "" for _, meta, t in rows if meta["doc_id"] == "visitor-faq.html")
     assert "parking" in faq.lower() and "Visitor FAQ" in faq
     assert "console.log" not in faq and "Home | Visitors" not in faq

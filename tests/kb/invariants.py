@@ -57,7 +57,7 @@ def stores_match_manifest(kb: Any) -> None:
     rows = {s.doc_id: s for s in kb.manifest.all(kb.collection)}
     assert not [d for d, s in rows.items() if s.status == "pending"], "a document was left pending"
     for which, attr in (("clip", "n_clip"), ("text", "n_text")):
-        store = kb.raw_store(which)
+        store = kb.bare_store(which)
         counts = Counter(str(meta.get("doc_id")) for _, meta, _ in store.iter_all())
         orphans = sorted(set(counts) - set(rows))
         assert not orphans, f"{which} store holds records of documents the manifest does not know: {orphans}"
@@ -72,7 +72,7 @@ def keyword_matches_manifest(kb: Any) -> None:
     want = {d: s.n_text for d, s in rows.items() if s.n_text}
     assert kb.keyword.doc_counts() == want
     assert kb.keyword.count() == sum(want.values())
-    chroma = sorted((rid, doc) for rid, _, doc in kb.raw_store("text").iter_all(include=("documents",)))
+    chroma = sorted((rid, doc) for rid, _, doc in kb.bare_store("text").iter_all(include=("documents",)))
     assert sorted((rid, text) for rid, _, text in kb.keyword.rows()) == chroma
 
 
@@ -83,7 +83,7 @@ def records_hold_the_indexed_text(kb: Any, docs: Mapping[str, Expected]) -> None
     """
     live = {d: e for d, e in docs.items() if e.text is not None}
     for which in ("clip", "text"):
-        store = kb.raw_store(which)
+        store = kb.bare_store(which)
         by_doc: dict[str, list[tuple[int, dict[str, Any], str]]] = {}
         for rid, meta, text in store.records_of(sorted(live), include=("metadatas", "documents")):
             by_doc.setdefault(str(meta["doc_id"]), []).append((int(meta["chunk"]), meta, text or ""))
@@ -105,7 +105,7 @@ def records_find_themselves(kb: Any, docs: Mapping[str, Expected]) -> None:
     """
     live = sorted(d for d, e in docs.items() if e.text is not None)
     for which, embedder in (("clip", kb.clip), ("text", kb.text)):
-        store = kb.raw_store(which)
+        store = kb.bare_store(which)
         for doc_id in live:
             hit = store.get([f"{doc_id}#t0"])[0]
             # the text model embeds a chunk after its section path (CLIP, whose 77 tokens are dear, does not)

@@ -94,7 +94,7 @@ def test_finding7_small_ingests_are_not_held_behind_a_long_one(tmp_path) -> None
     assert done["summary"].indexed == 40 and not done["summary"].failed  # type: ignore[attr-defined]
     assert kb.manifest.counts(kb.collection).get("done") == 45
     want_clip, want_text = kb.manifest.totals(kb.collection)
-    assert (kb.raw_store("clip").count(), kb.raw_store("text").count(), kb.keyword.count()) == (want_clip, want_text, want_text)
+    assert (kb.bare_store("clip").count(), kb.bare_store("text").count(), kb.keyword.count()) == (want_clip, want_text, want_text)
 
 
 def test_finding7_a_file_replaced_while_it_was_read_is_not_written_over_the_newer_version(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -130,5 +130,5 @@ def test_finding7_a_file_replaced_while_it_was_read_is_not_written_over_the_newe
         engines.embed_documents = real  # type: ignore[assignment]
     assert second.indexed == 1
     assert any("changed while it was being indexed" in w for w in first["summary"].warnings)  # type: ignore[attr-defined]
-    hits = kb.raw_store("text").records_of(["note.txt"], ("metadatas", "documents"))
+    hits = kb.bare_store("text").records_of(["note.txt"], ("metadatas", "documents"))
     assert [doc for _, _, doc in hits] == ["The new version of the note, written while the first run was embedding."]

@@ -86,7 +86,7 @@ def check_alias(data_dir: Path, open_kb: Callable[..., KnowledgeBase] | None = N
         assert kb.collection == version.physical
         assert kb.manifest.counts(kb.collection) == {"done": DOCS}, (version.label, kb.manifest.counts(kb.collection))
         n_clip, n_text = kb.manifest.totals(kb.collection)
-        assert (kb.raw_store("clip").count(), kb.raw_store("text").count()) == (n_clip, n_text) != (0, 0)
+        assert (kb.bare_store("clip").count(), kb.bare_store("text").count()) == (n_clip, n_text) != (0, 0)
         assert kb.health().problems == []
     finally:
         if open_kb is None:

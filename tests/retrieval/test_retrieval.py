@@ -47,7 +47,7 @@ def kb(hashing_kb, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _all_meta(kb) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [m for _, m, _ in kb.raw_store("clip").iter_all()]
+    return [m for _, m, _ in kb.bare_store("clip").iter_all()]
 
 
 def _expected_docs(kb, keep, retriever: str) -> set[str]:  # type: ignore[no-untyped-def]
@@ -136,7 +136,7 @@ def test_dedupe_with_filters_still_fills_k(kb) -> None:  # type: ignore[no-untyp
 
 def test_bm25_filter_matches_chroma_on_the_same_where(kb) -> None:  # type: ignore[no-untyped-def]
     """tantivy evaluates a where translated from Chroma's; it must select exactly what Chroma selects."""
-    text_store = kb.raw_store("text")
+    text_store = kb.bare_store("text")
     assert len(kb.keyword.query(Q.text, 1000)) == text_store.count()  # Q matches every text record
     wheres = [{"page": 1}, {"page": 1.0}, {"fresh": True}, {"year": {"$gt": 2020}}, {"lang": {"$ne": "en"}},
               {"lang": {"$nin": ["en", "de"]}}, {"doc_type": {"$in": ["markdown", "jsonl"]}},

@@ -61,10 +61,10 @@ def test_labels_from_every_ingest_route_and_relabel_is_a_metadata_write(hashing_
     # Relabel through a knowledge base whose models fail if touched: no re-embed.
     bare = KnowledgeBase(hashing_kb.data_dir, hashing_kb.collection, hashing_kb.models, clip=NoEmbedding(),
                          text=NoEmbedding())
-    vectors = hashing_kb.raw_store("text").embeddings_of(["open.txt"], 10)
+    vectors = hashing_kb.bare_store("text").embeddings_of(["open.txt"], 10)
     done = set_labels(bare, "open.txt", [])
     assert done["labels"] == [] and done["records"] >= 2
-    assert np.array_equal(hashing_kb.raw_store("text").embeddings_of(["open.txt"], 10), vectors)
+    assert np.array_equal(hashing_kb.bare_store("text").embeddings_of(["open.txt"], 10), vectors)
     for retriever in ("bm25", "text", "clip"):  # the keyword index changed with the stores
         assert _seen(hashing_kb, Caller.of([]), retriever) == {"open.txt"}
     assert _seen(hashing_kb, Caller.of([]), "hybrid") == {"open.txt"}

@@ -27,7 +27,7 @@ def test_ingest_and_search_through_a_chroma_server(chroma_server: str, tmp_path:
     kb = KnowledgeBase(tmp_path / "kb", "srv", resolve_models(Settings()), store_url=chroma_server,
                        clip=HashingEmbedder(16), text=HashingEmbedder(8))
     assert Indexer(kb).ingest([corpus]).indexed == 2
-    assert kb.raw_store("clip").count() == 2 and kb.raw_store("text").count() == 2
+    assert kb.bare_store("clip").count() == 2 and kb.bare_store("text").count() == 2
     assert Searcher(kb).search(Query(text="bananas yellow"), 1, retriever="bm25")[0].doc_id == "b.txt"
     assert not (tmp_path / "kb" / "chroma").exists(), "nothing went to the embedded store"
 
@@ -36,4 +36,4 @@ def test_unreachable_server_is_a_store_error(tmp_path: Path) -> None:
     kb = KnowledgeBase(tmp_path / "kb", "srv", resolve_models(Settings()), store_url=f"http://127.0.0.1:{free_port()}",
                        clip=HashingEmbedder(16), text=HashingEmbedder(8))
     with pytest.raises(StoreError, match="Chroma failed"):
-        kb.raw_store("clip").count()
+        kb.bare_store("clip").count()

@@ -30,7 +30,7 @@ def test_a_second_data_dir_cannot_write_or_repair_away_the_owners_records(tmp_pa
     shutil.copytree(SAMPLE_CORPUS, corpus)
     owner = _kb(tmp_path / "host-a", name, shared_chroma_server)
     Indexer(owner).ingest([corpus])
-    before = owner.raw_store("clip").count(), owner.raw_store("text").count()
+    before = owner.bare_store("clip").count(), owner.bare_store("text").count()
     assert before[0] > 0
 
     other = _kb(tmp_path / "host-b", name, shared_chroma_server)  # its manifest knows nothing
@@ -38,9 +38,9 @@ def test_a_second_data_dir_cannot_write_or_repair_away_the_owners_records(tmp_pa
         Indexer(other).ingest([corpus])  # its repair would have deleted every record as an orphan
     with pytest.raises(ForeignCollectionError):
         other.drop()
-    assert (owner.raw_store("clip").count(), owner.raw_store("text").count()) == before
+    assert (owner.bare_store("clip").count(), owner.bare_store("text").count()) == before
     assert Indexer(owner).ingest([corpus]).unchanged == 8  # the owner carries on as before
-    assert owner.raw_store("clip").owner == owner.owner_id != other.owner_id
+    assert owner.bare_store("clip").owner == owner.owner_id != other.owner_id
 
 
 def test_finding10_a_delete_by_another_process_is_seen_by_a_running_searcher(tmp_path: Path,

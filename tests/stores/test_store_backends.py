@@ -31,7 +31,7 @@ def test_the_services_run_unchanged_on_every_vector_store(tmp_path: Path) -> Non
         assert summary.indexed == 8 and kb.health().problems == []
         assert isinstance(kb.clip_store, VectorStore) and isinstance(kb.keyword, KeywordIndex)
         Indexer(kb).delete(["visitor-faq.html"])
-        results[backend] = (kb.manifest.totals("kb"), kb.raw_store("clip").count(), kb.keyword.count(),
+        results[backend] = (kb.manifest.totals("kb"), kb.bare_store("clip").count(), kb.keyword.count(),
                             [h.doc_id for h in Searcher(kb).search(Query(text="first-aid kit"), 3, retriever="bm25")])
     assert results["memory"] == results["chroma"]
 

@@ -155,11 +155,11 @@ def test_a_hung_chroma_server_fails_the_request_instead_of_blocking(tmp_path: Pa
     try:
         kb = KnowledgeBase(tmp_path / "data", "hang", resolve_models(Settings()), store_url=url,
                            clip=HashingEmbedder(16), text=HashingEmbedder(8), store_timeout=2.0)
-        assert kb.raw_store("clip").count() == 0
+        assert kb.bare_store("clip").count() == 0
         proc.send_signal(signal.SIGSTOP)
         started = time.monotonic()
         with pytest.raises(StoreError, match="Timeout"):
-            kb.raw_store("text").count()
+            kb.bare_store("text").count()
         assert time.monotonic() - started < 30
     finally:
         proc.send_signal(signal.SIGCONT)

@@ -205,8 +205,8 @@ class Services:
         """
         kb = self._bare(self.physical(name))
         counts = kb.manifest.counts(kb.collection)
-        sizes = {"documents": counts.get("done", 0), "clip_records": kb.raw_store("clip").count(),
-                 "text_records": kb.raw_store("text").count()}
+        sizes = {"documents": counts.get("done", 0), "clip_records": kb.bare_store("clip").count(),
+                 "text_records": kb.bare_store("text").count()}
         if caller is not None and not caller.unrestricted:
             from mmrag.security.counts import visible_sizes
 
@@ -326,7 +326,7 @@ class Services:
             kbs = dict(self._kbs.items())
         for name, kb in kbs.items():
             try:
-                sizes = {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count(),
+                sizes = {"clip": kb.bare_store("clip").count(), "text": kb.bare_store("text").count(),
                          "bm25": kb.keyword.count()}
             except MmragError:  # a scrape must not fail because one store is down
                 log.warning("index sizes of collection %r unavailable", name, exc_info=True)

@@ -128,7 +128,7 @@ def delete_orphans(kb: "KnowledgeBase", plan: RepairPlan) -> int:
     Returns:
         The number of documents whose records were deleted.
     """
-    parts = {p.name: p for which in ("clip", "text") for p in kb.raw_store(which).parts()}
+    parts = {p.name: p for which in ("clip", "text") for p in kb.bare_store(which).parts()}
     done: set[str] = set()
     for name in sorted(set(plan.orphans) | set(plan.loose)):
         part = parts.get(name)
@@ -155,7 +155,7 @@ def rewrite_keyword(kb: "KnowledgeBase", doc_ids: Sequence[str], index: KeywordI
         The number of documents rewritten.
     """
     index = index or kb.keyword
-    text = kb.raw_store("text")
+    text = kb.bare_store("text")
     docs = list(doc_ids)
     for lo in range(0, len(docs), REWRITE_BATCH):
         part = docs[lo : lo + REWRITE_BATCH]
@@ -180,7 +180,7 @@ def rebuild_keyword(kb: "KnowledgeBase", index: KeywordIndex | None = None) -> i
     index.clear()
     batch: list[Record] = []
     total = 0
-    for rid, meta, text in kb.raw_store("text").iter_all(include=("metadatas", "documents")):
+    for rid, meta, text in kb.bare_store("text").iter_all(include=("metadatas", "documents")):
         batch.append(Record(rid, (), meta, text or ""))
         if len(batch) >= REBUILD_BATCH:
             index.write(records=batch)
@@ -219,7 +219,7 @@ def plan_before_ingest(kb: "KnowledgeBase") -> tuple[RepairPlan, int]:
     """
     col, manifest, plan = kb.collection, kb.manifest, RepairPlan()
     want_clip, want_text = manifest.totals(col)
-    clip, text = kb.raw_store("clip"), kb.raw_store("text")
+    clip, text = kb.bare_store("clip"), kb.bare_store("text")
     try:
         have_keyword: int | None = kb.keyword.count()
     except StoreError as exc:  # unreadable (a crash mid-copy, a full disk): rebuilt from the text store

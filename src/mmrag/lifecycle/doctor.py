@@ -121,7 +121,7 @@ def examine(kb: KnowledgeBase, *, probes: Sequence[Probe] | None = None, example
 
     # Each physical collection on its own (the CLIP space is a text and an image collection).
     halves = [(part.name, part, space) for space, which in enumerate(("clip", "text"))
-              for part in kb.raw_store(which).parts()]
+              for part in kb.bare_store(which).parts()]
     have: list[dict[str, int]] = [{}, {}]  # per space (clip, text): doc id -> records
     store_counts: dict[str, int] = {}
     for name, store, space in halves:
