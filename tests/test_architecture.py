@@ -78,6 +78,10 @@ OVERRIDES = {
 }
 #: Imports from a lower layer that are allowed anyway: the package version, a constant.
 ALLOWED = {("mmrag", "__version__")}
+#: Test folders named for a concern, not for a package of src/mmrag: the tests of a top-level module
+#: (kb/: kb, manifest, the write lock; retrieval/: retrieval, rerank, textanalysis), of an
+#: application (bench/, demo/, docs/, ui/), and what tests share (helpers/, fixtures/).
+TEST_CONCERNS = {"kb", "retrieval", "bench", "demo", "docs", "ui", "helpers", "fixtures"}
 
 
 def _modules(src: Path) -> dict[str, Path]:
@@ -171,6 +175,15 @@ def test_the_checks_catch_a_new_module_and_an_import_that_runs_up(tmp_path: Path
     (package / "http" / "__init__.py").write_text("")
     (package / "http" / "app.py").write_text("")
     assert "mmrag.errors (foundation) imports mmrag.http.app (applications)" in upward_imports(tmp_path)
+
+
+def test_test_folders_mirror_the_source() -> None:
+    """The tests of mmrag/X/Y.py are in tests/X/; a tier is a marker (slow, long), never a folder."""
+    packages = {p.name for p in (SRC / "mmrag").iterdir() if (p / "__init__.py").exists()}
+    folders = {p.name for p in (REPO / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert not folders - packages - TEST_CONCERNS, (
+        f"test folders that name no package of src/mmrag: {sorted(folders - packages - TEST_CONCERNS)}; put the "
+        "tests under their subject's folder, or add a concern to TEST_CONCERNS")
 
 
 @pytest.mark.parametrize("folder", ["ingest", "eval", "tests"])
