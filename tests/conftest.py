@@ -18,6 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_CORPUS = REPO / "ingest" / "sample_corpus"
 
+#: Fixtures that tests of several subjects share (a real API, Chroma servers to kill, the sample
+#: server, the evaluation corpus, every store): one module each under tests/helpers/.
+pytest_plugins = ["tests.helpers.api", "tests.helpers.eval_corpus", "tests.helpers.faults",
+                  "tests.helpers.sample_server", "tests.helpers.stores"]
+
 # Set before any library import reads them (chroma telemetry, HF hub, litellm, ragas).
 for key, value in {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False",

@@ -32,6 +32,10 @@ FOLDERS = {
     "sources": "backends",
     # Access labels: parsing, the where clauses the stores run, the rules of a run.
     "security": "backends",
+    # Ingestion: the driver, its engines (local, Ray) and its writer compose the knowledge base.
+    "indexing": "services",
+    # Answering: the answerer composes a searcher and a chat model; its parts sit lower (OVERRIDES).
+    "answering": "services",
 }
 #: Each top-level module of src/mmrag.
 MODULES = {
@@ -42,21 +46,29 @@ MODULES = {
     "config": "config",
     # One backend or one stored thing each, built from plain arguments.
     "keyword": "backends", "manifest": "backends", "chunking": "backends", "images": "backends",
-    "apikeys": "backends", "redaction": "backends",
+    "redaction": "backends",
     # Judgements over text and context blocks: no store, no settings.
-    "context": "analysis", "sentences": "analysis", "verification": "analysis", "extractive": "analysis",
     "rerank": "analysis",
     # Name -> factory for backends and the answer components (kb builds its stores through it).
     "registry": "wiring",
-    "kb": "knowledge base", "pipeline": "knowledge base", "repair": "knowledge base",
-    "indexing": "services", "retrieval": "services", "answering": "services", "rayingest": "services",
+    "kb": "knowledge base",
+    "retrieval": "services",
     "faithfulness": "evaluation",
-    "mcp_server": "applications", "__main__": "applications",
+    "__main__": "applications",
     # The package root is the public API: it re-exports every layer.
     "": "applications",
 }
 #: Modules that sit apart from their folder's layer, each with its reason.
 OVERRIDES = {
+    # The per-file steps (load, chunk, embed) and the one repair work on a knowledge base's parts,
+    # below the services: kb rebuilds its keyword index through the repair.
+    "indexing.steps": "knowledge base", "indexing.repair": "knowledge base",
+    # The answer's parts are judgements over text and context blocks: no store, no settings.
+    "answering.context": "analysis", "answering.sentences": "analysis", "answering.verification": "analysis",
+    "answering.extractive": "analysis", "answering.guard": "analysis",
+    # The API key store: a stored thing the HTTP API and the MCP server read, the CLI's `mmrag keys`
+    # writes and the token verifier maps a JWT onto; it imports nothing of the app.
+    "http.apikeys": "backends",
     # The drift math and the query log: ingest (services) writes a version's reference with them.
     "lifecycle.drift": "analysis",
     # The drift references' table owner: a store beside the manifest, which drift reads and writes.
@@ -66,6 +78,10 @@ OVERRIDES = {
 }
 #: Imports from a lower layer that are allowed anyway: the package version, a constant.
 ALLOWED = {("mmrag", "__version__")}
+#: Test folders named for a concern, not for a package of src/mmrag: the tests of a top-level module
+#: (kb/: kb, manifest, the write lock; retrieval/: retrieval, rerank, textanalysis), of an
+#: application (bench/, demo/, docs/, ui/), and what tests share (helpers/, fixtures/).
+TEST_CONCERNS = {"kb", "retrieval", "bench", "demo", "docs", "ui", "helpers", "fixtures"}
 
 
 def _modules(src: Path) -> dict[str, Path]:
@@ -159,6 +175,15 @@ def test_the_checks_catch_a_new_module_and_an_import_that_runs_up(tmp_path: Path
     (package / "http" / "__init__.py").write_text("")
     (package / "http" / "app.py").write_text("")
     assert "mmrag.errors (foundation) imports mmrag.http.app (applications)" in upward_imports(tmp_path)
+
+
+def test_test_folders_mirror_the_source() -> None:
+    """The tests of mmrag/X/Y.py are in tests/X/; a tier is a marker (slow, long), never a folder."""
+    packages = {p.name for p in (SRC / "mmrag").iterdir() if (p / "__init__.py").exists()}
+    folders = {p.name for p in (REPO / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert not folders - packages - TEST_CONCERNS, (
+        f"test folders that name no package of src/mmrag: {sorted(folders - packages - TEST_CONCERNS)}; put the "
+        "tests under their subject's folder, or add a concern to TEST_CONCERNS")
 
 
 @pytest.mark.parametrize("folder", ["ingest", "eval", "tests"])

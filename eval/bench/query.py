@@ -181,8 +181,8 @@ def build_index(settings: Settings, chunks: int) -> dict[str, Any]:
     started = time.perf_counter()
     summary = Indexer(kb).ingest([corpus])
     out = {"source": source, "ingest_seconds": round(time.perf_counter() - started, 1),
-           "indexed": summary.indexed, "text_records": kb.raw_store("text").count(),
-           "clip_records": kb.raw_store("clip").count()}
+           "indexed": summary.indexed, "text_records": kb.bare_store("text").count(),
+           "clip_records": kb.bare_store("clip").count()}
     kb.close()
     return out
 
@@ -415,7 +415,7 @@ def access_latency(settings: Settings, queries: Sequence[str]) -> dict[str, Any]
     started = time.perf_counter()
     Indexer(access_kb).ingest([labelled])
     out: dict[str, Any] = {"ingest_seconds": round(time.perf_counter() - started, 1),
-                           "labelled_records": access_kb.raw_store("text").count()}
+                           "labelled_records": access_kb.bare_store("text").count()}
     out["unlabelled_hybrid"] = time_queries(Searcher(kb), queries, "hybrid")
     out["caller_hybrid"] = time_queries(Searcher(access_kb).as_caller(Caller.of(["bench-a"])), queries, "hybrid")
     out["ratio_p50"] = round(out["caller_hybrid"]["p50_ms"] / out["unlabelled_hybrid"]["p50_ms"], 3)

@@ -231,12 +231,12 @@ def phase_build(home: Path, n: int) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         if time.monotonic() - last[0] >= PROGRESS_EVERY_S or done == total:
             last[0] = time.monotonic()
-            say(f"  build {n}: {done}/{total} files, {kb.raw_store('clip').count()} records in the CLIP collection")
+            say(f"  build {n}: {done}/{total} files, {kb.bare_store('clip').count()} records in the CLIP collection")
 
     started = time.perf_counter()
     summary = Indexer(kb).ingest([home / "corpus"], progress=progress)
     seconds = time.perf_counter() - started
-    counts = {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count(), "keyword": kb.keyword.count()}
+    counts = {"clip": kb.bare_store("clip").count(), "text": kb.bare_store("text").count(), "keyword": kb.keyword.count()}
     expected = {"clip": n + n // 10, "text": n, "keyword": n}
     if counts != expected or summary.failed:
         say(f"WARNING: the stores hold {counts}, expected {expected}; failures: {summary.failed[:3]}")
@@ -348,7 +348,7 @@ def phase_writes(home: Path, n: int, reps: int) -> dict[str, Any]:
 
 def phase_baseline(home: Path) -> dict[str, Any]:
     """Read every text record back from Chroma: the floor of what each write cost before fe9a38e."""
-    store = open_kb(home / "data").raw_store("text")
+    store = open_kb(home / "data").bare_store("text")
     seconds, n = _timed(lambda: sum(1 for _ in store.iter_all(include=("metadatas", "documents"))))
     return {"read_all_text_s": round(seconds, 2), "records": n}
 

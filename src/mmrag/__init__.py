@@ -41,7 +41,8 @@ from mmrag.evaluation import (
     write_reports,
 )
 from mmrag.answering import ABSTAIN_TEXT, ANSWER_MODES, Answer, Answerer, Citation
-from mmrag.extractive import AbstentionGate, Extractor
+from mmrag.answering.extractive import Extractor
+from mmrag.answering.guard import AbstentionGate
 from mmrag.indexing import Indexer, IngestSummary
 from mmrag.llms import Message
 from mmrag.llms.litellm import LiteLLMChatModel

@@ -67,7 +67,7 @@ class AnswerSettings(BaseModel):
     """
 
     mode: Literal["generate", "extractive", "auto"] | None = None
-    #: The calibrated abstention gate (:class:`~mmrag.extractive.AbstentionGate`), which reads the
+    #: The calibrated abstention gate (:class:`~mmrag.answering.guard.AbstentionGate`), which reads the
     #: offline reader's answerability. None: on for the extractive and auto modes, off for generate
     #: (a capable model's own refusal is believed). ``MMRAG_ANSWER__GATE=true`` with ``generate``
     #: runs it before the call: when no passage answers, "I don't know" and no LLM call.

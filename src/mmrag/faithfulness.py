@@ -1,6 +1,6 @@
 """``OfflineFaithfulness``: the offline hallucination detector as a ragas (0.4.3) metric.
 
-ragas' own ``Faithfulness`` needs an LLM judge; this one runs :class:`~mmrag.verification.HallucinationDetector`
+ragas' own ``Faithfulness`` needs an LLM judge; this one runs :class:`~mmrag.answering.verification.HallucinationDetector`
 (lexical checks plus an optional local text model), so a faithfulness number can be had on an
 air-gapped machine. It is a collections metric (``ragas.metrics.collections.base.BaseMetric``, like
 ragas' ``ExactMatch``): score it with ``await metric.ascore(...)``, ``metric.score(...)`` or
@@ -21,11 +21,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mmrag.errors import InvalidInputError, MissingDependencyError
-from mmrag.verification import HallucinationDetector, Verdict
+from mmrag.answering.verification import HallucinationDetector, Verdict
 
 # No RAGAS_DO_NOT_TRACK here: importing a module must not change the process's environment, and
 # this metric sends nothing (ragas tracks in ``evaluate()`` and its old-style metrics, not in a
-# collections metric's ``score``; tests/unit/test_verification.py checks it). mmrag's own ragas runs
+# collections metric's ``score``; tests/answering/test_verification.py checks it). mmrag's own ragas runs
 # switch analytics off where they import ragas (``mmrag.evaluation.ragas_metrics.import_ragas``).
 try:
     from ragas.metrics.collections.base import BaseMetric

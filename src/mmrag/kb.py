@@ -215,13 +215,16 @@ class KnowledgeBase:
         """Text-model collection, identity-checked against the text model."""
         return self._store(self.text_name, self._identity("text"))
 
-    def raw_store(self, which: str) -> VectorStore:
-        """A collection opened without loading its model (for status, delete and rebuilds)."""
+    def bare_store(self, which: str) -> VectorStore:
+        """A collection opened bare, without loading its model (for status, delete and rebuilds).
+
+        "Bare" is the one word for "opened without models" (``open_bare``, ``Services._bare``).
+        """
         if which == "clip" and "clip_store" in self.__dict__:
             return self.clip_store
         if which == "text" and "text_store" in self.__dict__:
             return self.text_store
-        cache = self.__dict__.setdefault("_raw_stores", {})
+        cache = self.__dict__.setdefault("_bare_stores", {})
         if which not in cache:
             cache[which] = self._clip_space(None) if which == "clip" else self._store(self.text_name, None)
         return cache[which]  # type: ignore[no-any-return]
@@ -233,8 +236,8 @@ class KnowledgeBase:
         mismatched collection opens ``clip_store``/``text_store`` first), else opens them plainly.
         """
         if doc_ids:
-            self.raw_store("clip").delete_docs(doc_ids)
-            self.raw_store("text").delete_docs(doc_ids)
+            self.bare_store("clip").delete_docs(doc_ids)
+            self.bare_store("text").delete_docs(doc_ids)
 
     @cached_property
     def manifest(self) -> Manifest:
@@ -263,7 +266,7 @@ class KnowledgeBase:
             self.__dict__["keyword"] = index
             with self.write_lock():
                 if self.legacy_keyword_dir.exists():  # another process may have migrated it meanwhile
-                    from mmrag.repair import rebuild_keyword
+                    from mmrag.indexing.repair import rebuild_keyword
 
                     n = rebuild_keyword(self, index)
                     shutil.rmtree(self.legacy_keyword_dir, ignore_errors=True)
@@ -275,7 +278,7 @@ class KnowledgeBase:
     def replace_damaged_keyword_index(self, problem: str) -> KeywordIndex:
         """Move a keyword index that cannot be read aside and start an empty one (the caller holds the lock).
 
-        The caller then rewrites its rows from the text collection (:func:`mmrag.repair.rebuild_keyword`,
+        The caller then rewrites its rows from the text collection (:func:`mmrag.indexing.repair.rebuild_keyword`,
         no embedding); the damaged folder is kept beside it for inspection.
         """
         self.__dict__.pop("keyword", None)
@@ -325,7 +328,7 @@ class KnowledgeBase:
         a script that builds a knowledge base and then starts ``mmrag serve`` on it closes it first.
         """
         client = self.__dict__.pop("client", None)
-        for name in ("clip_store", "text_store", "_raw_stores", "keyword"):
+        for name in ("clip_store", "text_store", "_bare_stores", "keyword"):
             self.__dict__.pop(name, None)
         if "manifest" in self.__dict__:
             manifest = self.__dict__.pop("manifest")
@@ -337,7 +340,7 @@ class KnowledgeBase:
     def check_writable(self) -> None:
         """Raise :class:`~mmrag.errors.ForeignCollectionError` unless this data dir may write both stores."""
         for which in ("clip", "text"):
-            self.raw_store(which).check_writable()
+            self.bare_store(which).check_writable()
 
     def health(self) -> "Health":
         """Counts against the manifest, and the problems found (see :func:`check_health`)."""
@@ -353,7 +356,7 @@ class KnowledgeBase:
         for folder in (self.keyword_dir, self.legacy_keyword_dir):
             shutil.rmtree(folder, ignore_errors=True)
         self.manifest.remove_collection(self.collection)
-        for name in ("clip_store", "text_store", "_raw_stores", "keyword"):
+        for name in ("clip_store", "text_store", "_bare_stores", "keyword"):
             self.__dict__.pop(name, None)
 
 
@@ -370,7 +373,7 @@ def check_health(kb: KnowledgeBase) -> Health:
     """Compare the manifest's totals with each store's count (no scan) and say what to run."""
     col = kb.collection
     want = kb.manifest.totals(col)
-    have = (kb.raw_store("clip").count(), kb.raw_store("text").count(), kb.keyword.count())
+    have = (kb.bare_store("clip").count(), kb.bare_store("text").count(), kb.keyword.count())
     problems = []
     pending = kb.manifest.counts(col).get("pending", 0)
     if pending:

@@ -141,8 +141,8 @@ _held = threading.local()
 
 
 @contextlib.contextmanager
-def lifecycle(data_dir: Path, kb: str, *, timeout: float) -> Iterator[None]:
-    """Hold ``kb``'s lifecycle lock: promote, rollback, prune, reindex's finish and drop take it, one at a time.
+def lifecycle(data_dir: Path, kb_name: str, *, timeout: float) -> Iterator[None]:
+    """Hold ``kb_name``'s lifecycle lock: promote, rollback, prune, reindex's finish and drop take it, one at a time.
 
     Each of these reads the alias and then acts on what it read (prune picks the versions that are
     not live, then drops them); without one lock across processes a rollback can land between the
@@ -151,9 +151,9 @@ def lifecycle(data_dir: Path, kb: str, *, timeout: float) -> Iterator[None]:
     meets a writer lock), re-entrant for the thread that holds it.
 
     Raises:
-        StoreBusyError: another step of ``kb``'s lifecycle held it for longer than ``timeout``.
+        StoreBusyError: another step of ``kb_name``'s lifecycle held it for longer than ``timeout``.
     """
-    path = Path(data_dir) / "locks" / "lifecycle" / f"{kb}.lock"
+    path = Path(data_dir) / "locks" / "lifecycle" / f"{kb_name}.lock"
     key = os.path.realpath(path)
     depth: dict[str, int] = _held.__dict__.setdefault("depth", {})
     if depth.get(key):
@@ -163,7 +163,7 @@ def lifecycle(data_dir: Path, kb: str, *, timeout: float) -> Iterator[None]:
         finally:
             depth[key] -= 1
         return
-    with exclusive(path, timeout=timeout, what=f"The lifecycle lock of knowledge base {kb!r}"):
+    with exclusive(path, timeout=timeout, what=f"The lifecycle lock of knowledge base {kb_name!r}"):
         depth[key] = 1
         try:
             yield

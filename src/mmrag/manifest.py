@@ -487,18 +487,18 @@ class Manifest:
         db.executemany(f"{verb} INTO {table} VALUES ({','.join('?' * width)})", ((collection, *row) for row in rows))
 
     @staticmethod
-    def replace_roots(db: sqlite3.Connection, kb: str, roots: Iterable[str]) -> None:
-        """Set knowledge base ``kb``'s roots to exactly ``roots``, in the caller's transaction (a restore)."""
+    def replace_roots(db: sqlite3.Connection, kb_name: str, roots: Iterable[str]) -> None:
+        """Set knowledge base ``kb_name``'s roots to exactly ``roots``, in the caller's transaction (a restore)."""
         now = time.time()
-        db.execute("DELETE FROM roots WHERE kb=?", (kb,))
-        db.executemany("INSERT INTO roots VALUES (?,?,?)", [(kb, r, now) for r in roots])
+        db.execute("DELETE FROM roots WHERE kb=?", (kb_name,))
+        db.executemany("INSERT INTO roots VALUES (?,?,?)", [(kb_name, r, now) for r in roots])
 
-    def remove_roots(self, kb: str, db: sqlite3.Connection | None = None) -> None:
-        """Forget knowledge base ``kb``'s roots (kept per knowledge base, so a collection's drop leaves them).
+    def remove_roots(self, kb_name: str, db: sqlite3.Connection | None = None) -> None:
+        """Forget knowledge base ``kb_name``'s roots (kept per knowledge base, so a collection's drop leaves them).
 
         ``db``: the caller's open transaction, to forget them atomically with other owners' rows.
         """
         if db is None:
-            self._write("DELETE FROM roots WHERE kb=?", [(kb,)])
+            self._write("DELETE FROM roots WHERE kb=?", [(kb_name,)])
         else:
-            db.execute("DELETE FROM roots WHERE kb=?", (kb,))
+            db.execute("DELETE FROM roots WHERE kb=?", (kb_name,))

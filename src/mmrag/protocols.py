@@ -51,7 +51,7 @@ class VectorStore(Protocol):
     Implementations: :class:`~mmrag.stores.chroma.ChromaStore` (the product),
     :class:`~mmrag.stores.split.ModalitySplitStore` (the CLIP space over a text and an image
     collection) and :class:`~mmrag.stores.memory.InMemoryStore` (a test fake);
-    ``tests/contracts/test_vector_store.py`` holds them all to the same behaviour. ``where`` has
+    ``tests/stores/test_vector_store_contract.py`` holds them all to the same behaviour. ``where`` has
     Chroma's filter semantics in every implementation.
 
     Example:
@@ -134,7 +134,7 @@ class KeywordIndex(Protocol):
     """BM25 rows of one collection's text records, kept beside the text store.
 
     Implementation: :class:`~mmrag.stores.tantivy.TantivyKeywordIndex` (checked by
-    ``tests/contracts/test_keyword_index.py``). Writers hold the collection's writer lock; a write
+    ``tests/stores/test_keyword_index_contract.py``). Writers hold the collection's writer lock; a write
     is visible to readers in every process once it returns.
 
     Example:

@@ -162,7 +162,8 @@ def answer_options(settings: Settings, text_embedder: Any, mode: str, *, reader:
         InvalidInputError: the configured calibration file is not one.
         ModelUnavailableError: the calibration reads the reader and it cannot be loaded.
     """
-    from mmrag.extractive import AbstentionGate, Extractor, load_reader
+    from mmrag.answering.extractive import Extractor, load_reader
+    from mmrag.answering.guard import AbstentionGate
 
     gate_on = settings.answer.gate if settings.answer.gate is not None else mode != "generate"
     gate = AbstentionGate.load(settings.answer.calibration, threshold=settings.answer.abstain_threshold) \

@@ -6,9 +6,9 @@ answer guard and the hallucination detector could disagree about the same senten
 * the keyword index (:mod:`mmrag.keyword`) stems its BM25 tokens with :func:`stem_words`;
 * the answer guard (:mod:`mmrag.answering`) asks whether an answer's :func:`content_words` occur in
   the block it cites;
-* the extractor's gate (:mod:`mmrag.extractive`) measures how many of the question's content words a
+* the extractor's gate (:mod:`mmrag.answering.extractive`) measures how many of the question's content words a
   block holds;
-* the detector (:mod:`mmrag.verification`) counts an answer sentence's novel :func:`content_tokens`.
+* the detector (:mod:`mmrag.answering.verification`) counts an answer sentence's novel :func:`content_tokens`.
 
 Content words are the Snowball stems (PyStemmer, a core dependency) of the words that state a fact:
 stop words never, and *discourse* words (connectives, hedges, words about the text itself, which an

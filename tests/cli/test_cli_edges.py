@@ -220,7 +220,7 @@ class _Gate:
         return {}
 
     def run(self, tasks, indexer):  # type: ignore[no-untyped-def]
-        from mmrag.pipeline import FileResult
+        from mmrag.indexing.steps import FileResult
 
         for task in tasks:
             self.go.acquire()
@@ -242,7 +242,7 @@ def _drive(stream, every: float) -> Iterator[str]:  # type: ignore[no-untyped-de
     """Run a Progress over three files; yields after each file ends, while the next one is in work."""
     from mmrag.cli.progress import FileWatch, Progress
     from mmrag.loaders import FileRef
-    from mmrag.pipeline import FileTask
+    from mmrag.indexing.steps import FileTask
 
     refs = [FileRef(Path(f"/c/{n}"), Path("/c"), n, ".txt") for n in ("a.txt", "b.txt", "c.txt")]
     gate = _Gate()

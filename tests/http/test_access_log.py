@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmrag.cli import main
-from tests.http.conftest import Api, make_api
+from tests.helpers.api import Api, make_api
 
 LIGHTHOUSE = b"The lighthouse on the north cape was built in 1858. Its keeper lit the lamp at dusk every night."
 BAKERY = b"# Bakery\n\nThe bakery on Mill Street sells rye bread and cinnamon rolls from seven in the morning."

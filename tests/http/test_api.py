@@ -13,7 +13,7 @@ from mmrag.answering import ABSTAIN_TEXT
 from mmrag.config import Settings
 from mmrag.errors import ConfigError
 from tests.conftest import SAMPLE_CORPUS
-from tests.http.conftest import Api
+from tests.helpers.api import Api
 
 LIGHTHOUSE = b"The Skerry lighthouse was built in 1858. Its keeper lit the lamp every evening at dusk."
 BAKERY = b"The corner bakery opens at six and sells rye bread, cinnamon rolls and sourdough."

@@ -20,13 +20,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 from mmrag.config import Settings
 from mmrag.embedders.hashing import HashingEmbedder
 from mmrag.http import create_app
 from mmrag.http.services import Services
-from tests.http.conftest import Api, make_api
-from tests.unit.test_loaders import build_pdf
+from tests.helpers.api import Api, make_api
+from tests.loaders.test_loaders import build_pdf
 
 
 @pytest.fixture
@@ -355,7 +355,7 @@ def test_finding7_a_small_upload_completes_while_a_long_document_ingests(tmp_pat
     import threading
 
     from mmrag.llms.echo import EchoChatModel
-    from tests.unit.test_write_lock import _PacedHashing
+    from tests.kb.test_write_lock import _PacedHashing
 
     embedding_long = threading.Event()
 

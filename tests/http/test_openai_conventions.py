@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import SAMPLE_CORPUS, free_port, wait_http
-from tests.http.conftest import Api
+from tests.helpers.api import Api
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, offline_models: Any) -> Ite
     import uvicorn
 
     from mmrag import Indexer, KnowledgeBase
-    from mmrag.apikeys import KeyStore
+    from mmrag.http.apikeys import KeyStore
     from mmrag.config import Settings
     from mmrag.http import create_app
     from mmrag.http.services import Services
@@ -216,8 +216,8 @@ def test_swagger_ui_renders_the_openapi_version_the_server_emits(api: Api) -> No
 
 def test_docs_render_in_chromium_without_network(server: tuple[str, str], tmp_path: Path) -> None:
     """Swagger UI draws the API's operations in a browser that has only the server to talk to."""
-    from tests.eval.chromium import chromium
-    from tests.integrations.cdp import Browser
+    from tests.helpers.chromium import chromium
+    from tests.helpers.cdp import Browser
 
     chromium()  # skips when no browser is installed
 

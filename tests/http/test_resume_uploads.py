@@ -28,7 +28,7 @@ from mmrag import locks
 from mmrag.indexing import Indexer
 from mmrag.manifest import DocState
 from tests.conftest import free_port, wait_http
-from tests.http.conftest import make_api
+from tests.helpers.api import make_api
 
 COLLECTION = "kb"
 #: Files in the upload that is killed; enough that indexing them outlasts the kill by far.

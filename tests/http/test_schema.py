@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from tests.http.conftest import Api, make_api
+from tests.helpers.api import Api, make_api
 
 pytestmark = pytest.mark.slow
 

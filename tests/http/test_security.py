@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mmrag.apikeys import KeyStore, hash_token
+from mmrag.http.apikeys import KeyStore, hash_token
 from mmrag.http.routes.documents import safe_name
-from tests.http.conftest import Api, make_api
+from tests.helpers.api import Api, make_api
 
 
 def test_no_key_is_401_with_a_bearer_challenge(api: Api) -> None:

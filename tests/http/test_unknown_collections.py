@@ -24,7 +24,7 @@ import pytest
 
 from mmrag.http import services as services_module
 from mmrag.manifest import Manifest
-from tests.http.conftest import Api, make_api
+from tests.helpers.api import Api, make_api
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from mmrag.errors import ForbiddenError, UnauthorizedError
 from tests.conftest import SAMPLE_CORPUS
-from tests.integrations.conftest import COLLECTION, SampleServer
+from tests.helpers.sample_server import COLLECTION, SampleServer
 
 pytestmark = pytest.mark.slow
 RED = SAMPLE_CORPUS / "images" / "red-circle.png"

@@ -50,8 +50,8 @@ def _collection(kb: KnowledgeBase, name: str) -> Any:
 
 
 def _state(kb: KnowledgeBase) -> dict[str, Any]:
-    return {"clip": sorted(r for r, _, _ in kb.raw_store("clip").iter_all()),
-            "text": sorted(r for r, _, _ in kb.raw_store("text").iter_all()),
+    return {"clip": sorted(r for r, _, _ in kb.bare_store("clip").iter_all()),
+            "text": sorted(r for r, _, _ in kb.bare_store("text").iter_all()),
             "keyword": kb.keyword.doc_counts()}
 
 

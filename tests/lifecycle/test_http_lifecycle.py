@@ -13,7 +13,7 @@ from mmrag.kb import KnowledgeBase
 from mmrag.lifecycle.probes import Probe, ProbeStore
 from mmrag.lifecycle.reindex import reindex
 from mmrag.lifecycle.versions import Versions
-from tests.http.conftest import Api, make_api
+from tests.helpers.api import Api, make_api
 
 DOCS = [(f"note{i}.txt", f"Note {i}. The {w} opens at {8 + i} o'clock on weekdays.".encode())
         for i, w in enumerate(["museum", "library", "harbor", "garden"])]

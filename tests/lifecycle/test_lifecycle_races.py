@@ -32,7 +32,7 @@ from mmrag.lifecycle.reindex import reindex
 from mmrag.lifecycle.versions import Versions
 from mmrag.manifest import Manifest
 from mmrag.registry import resolve_models
-from tests.http.conftest import Api, make_api
+from tests.helpers.api import Api, make_api
 
 KB = "kb"
 DOCS = 3
@@ -86,7 +86,7 @@ def check_alias(data_dir: Path, open_kb: Callable[..., KnowledgeBase] | None = N
         assert kb.collection == version.physical
         assert kb.manifest.counts(kb.collection) == {"done": DOCS}, (version.label, kb.manifest.counts(kb.collection))
         n_clip, n_text = kb.manifest.totals(kb.collection)
-        assert (kb.raw_store("clip").count(), kb.raw_store("text").count()) == (n_clip, n_text) != (0, 0)
+        assert (kb.bare_store("clip").count(), kb.bare_store("text").count()) == (n_clip, n_text) != (0, 0)
         assert kb.health().problems == []
     finally:
         if open_kb is None:

@@ -56,7 +56,7 @@ def _ingest(data_dir: Path, corpus: Path, name: str = "kb") -> None:
 
 
 def _text_ids(kb: KnowledgeBase) -> list[str]:
-    return [rid for rid, _, _ in kb.raw_store("text").iter_all()]
+    return [rid for rid, _, _ in kb.bare_store("text").iter_all()]
 
 
 def test_names_and_labels() -> None:
@@ -156,12 +156,12 @@ def test_prune_keeps_the_live_version_and_the_rollback_target(tmp_path: Path) ->
     assert prune("kb", versions=versions, open_bare=open_kb, keep=1) == ["kb@2", "kb@3"]
     assert [v.label for v in versions.list("kb")] == ["kb@1", "kb@4"] and versions.previous("kb") == 1
     assert not open_kb("kb").manifest.has_collection("kb--v2")  # its rows went with it
-    assert open_kb("kb--v2").raw_store("text").count() == 0
+    assert open_kb("kb--v2").bare_store("text").count() == 0
     assert prune("kb", versions=versions, open_bare=open_kb, keep=0) == ["kb@1"]
     assert versions.resolve("kb") == "kb--v4" and versions.history("kb") == [4]
     # Version 1's collection is named like the knowledge base: pruning it must not touch the live one.
     assert not versions.manifest.has_collection("kb")
-    assert open_kb("kb@4").raw_store("text").count() > 0 and open_kb("kb@4").health().problems == []
+    assert open_kb("kb@4").bare_store("text").count() > 0 and open_kb("kb@4").health().problems == []
     # A pruned number is never given again (a server may hold its collections open).
     reindex("kb", open_kb=open_kb, chunk=ChunkSpec(40, 8), models=resolve_models(Settings()))
     assert [v.label for v in versions.list("kb")] == ["kb@4", "kb@5"]
@@ -349,7 +349,7 @@ def test_reset_deletes_every_version_and_the_alias(tmp_path: Path) -> None:
     # Before, reset dropped only the live version and left the alias pointing at nothing.
     assert versions.list("kb") == [] and versions.resolve("kb") == "kb"
     assert versions.manifest.collections() == []
-    assert open_kb("kb--v2").raw_store("text").count() == 0 and open_kb("kb").raw_store("text").count() == 0
+    assert open_kb("kb--v2").bare_store("text").count() == 0 and open_kb("kb").bare_store("text").count() == 0
 
 
 def test_promoting_back_to_version_one_canaries_version_one(tmp_path: Path) -> None:

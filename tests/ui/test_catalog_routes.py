@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.http.conftest import Api, make_api
+from tests.helpers.api import Api, make_api
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_the_ui_page_and_its_assets_carry_the_csp_and_the_playground_redirects(a
 @pytest.mark.slow
 def test_ocr_pages_are_counted_from_a_real_scan(api: Api, tmp_path: Path) -> None:
     pytest.importorskip("rapidocr_onnxruntime")
-    from tests.unit.test_loader_faults import _scanned_pdf
+    from tests.loaders.test_loader_faults import _scanned_pdf
 
     col = api.col("a")
     scan = _scanned_pdf(tmp_path / "scan.pdf", 1).read_bytes()

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from tests.conftest import SAMPLE_CORPUS, free_port, wait_http
 
 if TYPE_CHECKING:
-    from tests.integrations.cdp import Browser
+    from tests.helpers.cdp import Browser
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
 
 
 def test_kb_ui_upload_documents_chunks_search_ask_versions(server: tuple[str, str, Path], tmp_path: Path) -> None:
-    from tests.integrations.cdp import Browser
+    from tests.helpers.cdp import Browser
 
     url, token, _ = server
     shots_dir = Path(os.environ.get("KB_UI_SHOTS") or tmp_path / "screenshots")

@@ -17,7 +17,7 @@ EXIT_PROBLEMS = 4
 
 
 @main.command()
-@click.argument("kb", required=False)
+@click.argument("kb_name", metavar="[KB]", required=False)
 @click.option("--repair", "fix", is_flag=True,
               help="Fix what the manifest and the sources can: re-ingest documents whose records are missing, "
                    "delete orphan records, rewrite stale keyword rows. Then check again.")
@@ -28,7 +28,7 @@ EXIT_PROBLEMS = 4
               help="Example ids listed per problem (the counts are always complete).")
 @common_options
 @errors_to_click
-def doctor(kb: str | None, fix: bool, allow_outside: bool, examples: int, as_json: bool, **opts: Any) -> None:
+def doctor(kb_name: str | None, fix: bool, allow_outside: bool, examples: int, as_json: bool, **opts: Any) -> None:
     """Check KB's manifest, Chroma collections and keyword index against each other.
 
     Compares counts, record ids per document, keyword rows, the embedding identity, pending
@@ -42,9 +42,9 @@ def doctor(kb: str | None, fix: bool, allow_outside: bool, examples: int, as_jso
     from mmrag.lifecycle.doctor import examine, repair
     from mmrag.sources import storage_options
 
-    if kb and opts.get("collection") and kb != opts["collection"]:
-        raise click.UsageError(f"KB {kb!r} and --collection {opts['collection']!r} disagree; give one")
-    base = open_kb(opts, kb)
+    if kb_name and opts.get("collection") and kb_name != opts["collection"]:
+        raise click.UsageError(f"KB {kb_name!r} and --collection {opts['collection']!r} disagree; give one")
+    base = open_kb(opts, kb_name)
     if not fix:
         report = examine(base, examples=examples)
         emit(report.to_dict()) if as_json else _print_report(report)

@@ -13,7 +13,7 @@ EXIT_DRIFTED = 4
 
 
 @main.command()
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @click.option("--version", "number", type=click.IntRange(1), default=None,
               help="Score version N of KB (default: its live version).")
 @click.option("--recent", type=click.IntRange(1), default=None,
@@ -26,7 +26,7 @@ EXIT_DRIFTED = 4
 @click.option("--fail", is_flag=True, help="Exit 4 when a document score is above the threshold (CI and cron gates).")
 @common_options
 @errors_to_click
-def drift(kb: str, number: int | None, recent: int | None, threshold: float | None, rebuild: bool, fail: bool,
+def drift(kb_name: str, number: int | None, recent: int | None, threshold: float | None, rebuild: bool, fail: bool,
           as_json: bool, **opts: Any) -> None:
     """Score KB's drift: its recent documents (and the queries a server saw) against its reference.
 
@@ -37,7 +37,7 @@ def drift(kb: str, number: int | None, recent: int | None, threshold: float | No
     from mmrag.lifecycle.versions import Versions
 
     s = settings_from(opts)
-    name = f"{kb}@{number}" if number is not None else kb
+    name = f"{kb_name}@{number}" if number is not None else kb_name
     knowledge = open_kb(opts, name)
     if rebuild:
         with knowledge.write_lock():

@@ -262,7 +262,7 @@ def eval_compare(base: Path, new: Path, tolerance: float, fail_on_regression: bo
 @eval_group.command(name="hallucination")
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="Score at or above which an answer is hallucinated. [default: 0.5, see mmrag.verification]")
+              help="Score at or above which an answer is hallucinated. [default: 0.5, see mmrag.answering.verification]")
 @click.option("--folds", type=click.IntRange(2, 100), default=5, show_default=True,
               help="Cross-validation folds for the threshold (files with labels only).")
 @click.option("--lexical", is_flag=True, help="Lexical checks only: no text model (fast, a little less accurate).")
@@ -287,12 +287,12 @@ def eval_hallucination(file: Path, threshold: float | None, folds: int, lexical:
     import time
 
     from mmrag.evaluation.hallucination import evaluate_detector, load_answers
-    from mmrag.verification import DEFAULT_THRESHOLD, HallucinationDetector
+    from mmrag.answering.verification import DEFAULT_THRESHOLD, HallucinationDetector
 
     answers = load_answers(file)
     embedder, model, reader = None, "none (lexical only)", None
     if not lexical:
-        from mmrag.extractive import load_reader
+        from mmrag.answering.extractive import load_reader
         from mmrag.registry import build_embedder, resolve_models
 
         models = resolve_models(settings_from(opts))

@@ -97,7 +97,7 @@ def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str,
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
     engine: Any = LocalEngine()
     if engine_name == "ray":
-        from mmrag.rayingest import RayEngine, RayOptions, import_ray
+        from mmrag.indexing.ray import RayEngine, RayOptions, import_ray
 
         import_ray()  # before any work: say how to install it
         engine = RayEngine(kb.models, RayOptions(address=ray_address, embed_workers=embed_workers, device=device,
@@ -180,7 +180,7 @@ def status(as_json: bool, **opts: Any) -> None:
         "keyword_index": health.have[2],
         "expected": {"clip": health.want[0], "text": health.want[1], "keyword_index": health.want[1]},
         "problems": health.problems,
-        "identity": {"clip": kb.raw_store("clip").identity, "text": kb.raw_store("text").identity},
+        "identity": {"clip": kb.bare_store("clip").identity, "text": kb.bare_store("text").identity},
         "failed": [{"doc_id": s.doc_id, "reason": s.reason} for s in kb.manifest.all(col, "failed")],
         "redact": policy_text(stored_policy(kb.manifest, col) or ()),
     }

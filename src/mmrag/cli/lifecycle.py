@@ -31,7 +31,7 @@ def _versions(opts: dict[str, Any]) -> Any:
 
 
 @main.command()
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @click.option("--chunk-size", type=click.IntRange(16), default=None,
               help="The new version's chunk size in tokens. [default: the configured one]")
 @click.option("--chunk-overlap", type=click.IntRange(0), default=None, help="The new version's chunk overlap.")
@@ -42,7 +42,7 @@ def _versions(opts: dict[str, Any]) -> Any:
                    "[default: the live version's]")
 @common_options
 @errors_to_click
-def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_outside: bool, redact: str | None,
+def reindex(kb_name: str, chunk_size: int | None, chunk_overlap: int | None, allow_outside: bool, redact: str | None,
             as_json: bool, **opts: Any) -> None:
     """Build a new version of KB from its live version's sources, while KB keeps serving.
 
@@ -64,7 +64,7 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_ou
         if not as_json and total and (done == total or done % 50 == 0):
             click.echo(f"  {done}/{total} files", err=True)
 
-    result = run(kb, open_kb=lambda name, spec: open_kb(opts, name, chunk=spec), chunk=chunk,
+    result = run(kb_name, open_kb=lambda name, spec: open_kb(opts, name, chunk=spec), chunk=chunk,
                  models=resolve_models(s), progress=progress, allow_outside_roots=allow_outside, redact=policy,
                  storage_options=storage_options(s.source))
     if as_json:
@@ -79,18 +79,18 @@ def reindex(kb: str, chunk_size: int | None, chunk_overlap: int | None, allow_ou
         click.echo(f"MISSING {path} (no longer exists; left out)")
     for f in result.failed:
         click.echo(f"FAILED  {f['path']}: {f['reason']}")
-    click.echo(f"serve it with: mmrag promote {kb} {v.number}")
+    click.echo(f"serve it with: mmrag promote {kb_name} {v.number}")
 
 
 @main.command()
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @click.argument("version", type=click.IntRange(1))
 @click.option("--force", is_flag=True, help="Switch even if the canary refuses (the override is logged).")
 @click.option("--budget", type=click.FloatRange(0, 1), default=None,
               help="The most a canary metric may drop. [env MMRAG_LIFECYCLE__CANARY_BUDGET; default 0]")
 @common_options
 @errors_to_click
-def promote(kb: str, version: int, force: bool, budget: float | None, as_json: bool, **opts: Any) -> None:
+def promote(kb_name: str, version: int, force: bool, budget: float | None, as_json: bool, **opts: Any) -> None:
     """Make KB@VERSION the live version, if the canary passes.
 
     The canary runs KB's probes (`mmrag probes`), and the evaluation dataset when
@@ -101,7 +101,7 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
     from mmrag.lifecycle.promotion import promote as run
 
     s = settings_from(opts)
-    require_collection(s, kb)
+    require_collection(s, kb_name)
     if budget is not None:
         s.lifecycle.canary_budget = budget
     opened: list[Any] = []
@@ -112,7 +112,7 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
         return opened[-1]
 
     try:
-        result = run(kb, version, versions=_versions(opts), open_kb=open_version, settings=s, force=force)
+        result = run(kb_name, version, versions=_versions(opts), open_kb=open_version, settings=s, force=force)
     except CanaryRefusedError as exc:
         click.echo(f"REFUSED {exc}", err=True)
         sys.exit(EXIT_CANARY_REFUSED)
@@ -122,26 +122,26 @@ def promote(kb: str, version: int, force: bool, budget: float | None, as_json: b
     if result.canary is not None:
         click.echo(result.canary.render())
     note = " (FORCED past the canary; logged)" if result.forced else ""
-    click.echo(f"{kb} -> {result.live.label}{note} (was {result.previous.label if result.previous else 'none'})")
+    click.echo(f"{kb_name} -> {result.live.label}{note} (was {result.previous.label if result.previous else 'none'})")
 
 
 @main.command()
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @common_options
 @errors_to_click
-def rollback(kb: str, as_json: bool, **opts: Any) -> None:
+def rollback(kb_name: str, as_json: bool, **opts: Any) -> None:
     """Return KB to the version that was live before the current one.
 
     Uploads and deletes made since that version was live are carried back into it first.
     """
     from mmrag.lifecycle.promotion import rollback as run
 
-    require_collection(settings_from(opts), kb)
-    previous, live = run(kb, versions=_versions(opts), open_kb=lambda label: open_kb(opts, label))
+    require_collection(settings_from(opts), kb_name)
+    previous, live = run(kb_name, versions=_versions(opts), open_kb=lambda label: open_kb(opts, label))
     if as_json:
-        emit({"kb": kb, "from": previous, "live": live.label})
+        emit({"kb": kb_name, "from": previous, "live": live.label})
     else:
-        click.echo(f"{kb} -> {live.label} (was {previous})")
+        click.echo(f"{kb_name} -> {live.label} (was {previous})")
 
 
 class _ListByDefault(click.Group):
@@ -159,31 +159,31 @@ def versions() -> None:
 
 
 @versions.command("list")
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @common_options
 @errors_to_click
-def list_versions(kb: str, as_json: bool, **opts: Any) -> None:
+def list_versions(kb_name: str, as_json: bool, **opts: Any) -> None:
     """KB's versions: live marker, state, embedding identity, record counts, last figures."""
     from mmrag.kb import KnowledgeBase
 
-    require_collection(settings_from(opts), kb)  # before _versions, which would create the manifest
+    require_collection(settings_from(opts), kb_name)  # before _versions, which would create the manifest
     vs = _versions(opts)
     rows = []
-    for v in vs.list(kb):
+    for v in vs.list(kb_name):
         data = v.to_dict()
         bare: KnowledgeBase = open_kb(opts, v.label)
         try:
-            data["records"] = {"clip": bare.raw_store("clip").count(), "text": bare.raw_store("text").count(),
+            data["records"] = {"clip": bare.bare_store("clip").count(), "text": bare.bare_store("text").count(),
                                "documents": bare.manifest.counts(v.physical).get("done", 0)}
-            data["identity"] = {"clip": bare.raw_store("clip").identity, "text": bare.raw_store("text").identity}
+            data["identity"] = {"clip": bare.bare_store("clip").identity, "text": bare.bare_store("text").identity}
         finally:
             bare.close()
         rows.append(data)
     if as_json:
-        emit({"kb": kb, "versions": rows, "events": vs.events(kb, 10)})
+        emit({"kb": kb_name, "versions": rows, "events": vs.events(kb_name, 10)})
         return
     if not rows:
-        click.echo(f"no knowledge base {kb!r}")
+        click.echo(f"no knowledge base {kb_name!r}")
         return
     for r in rows:
         when = dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M") if r["created_at"] else "-"
@@ -209,12 +209,12 @@ def _figures(figures: dict[str, Any]) -> str:
 
 
 @versions.command("prune")
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @click.option("--keep", type=click.IntRange(0), default=1, show_default=True,
               help="Older versions to keep besides the live one (rollback needs one).")
 @common_options
 @errors_to_click
-def prune_versions(kb: str, keep: int, as_json: bool, **opts: Any) -> None:
+def prune_versions(kb_name: str, keep: int, as_json: bool, **opts: Any) -> None:
     """Drop KB's old versions: all but the live one and KEEP others (builds in progress stay).
 
     The kept ones are where a rollback goes first, then the newest. Prune waits for a promote,
@@ -222,9 +222,9 @@ def prune_versions(kb: str, keep: int, as_json: bool, **opts: Any) -> None:
     """
     from mmrag.lifecycle.promotion import prune
 
-    require_collection(settings_from(opts), kb)
-    dropped = prune(kb, versions=_versions(opts), open_bare=lambda name: open_kb(opts, name), keep=keep)
+    require_collection(settings_from(opts), kb_name)
+    dropped = prune(kb_name, versions=_versions(opts), open_bare=lambda name: open_kb(opts, name), keep=keep)
     if as_json:
-        emit({"kb": kb, "dropped": dropped})
+        emit({"kb": kb_name, "dropped": dropped})
     else:
         click.echo(f"dropped {', '.join(dropped)}" if dropped else "nothing to prune")

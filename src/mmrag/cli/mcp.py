@@ -22,7 +22,7 @@ def mcp_command(as_json: bool, **opts: Any) -> None:
 
     from mmrag import tracing
     from mmrag.http.services import Services
-    from mmrag.mcp_server import build_server
+    from mmrag.http.mcp import build_server
 
     # stdout is the protocol channel: nothing else may write there.
     logging.basicConfig(stream=sys.stderr, force=True, level=logging.WARNING,

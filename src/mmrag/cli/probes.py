@@ -22,21 +22,21 @@ def probes() -> None:
     """Manage and run the probes of a knowledge base (shared by all its versions)."""
 
 
-def _manifest(kb: str, opts: dict[str, Any]) -> Any:
+def _manifest(kb_name: str, opts: dict[str, Any]) -> Any:
     # Only the manifest is needed: no model is loaded and no store opened.
-    return open_kb({**opts, "collection": kb}).manifest
+    return open_kb({**opts, "collection": kb_name}).manifest
 
 
-def _require_kb(manifest: Any, kb: str) -> None:
+def _require_kb(manifest: Any, kb_name: str) -> None:
     from mmrag.errors import NotFoundError
     from mmrag.lifecycle.versions import Versions
 
-    if not Versions(manifest).list(kb):
-        raise NotFoundError(f"no knowledge base {kb!r}; ingest into it first (`mmrag ingest PATH --collection {kb}`)")
+    if not Versions(manifest).list(kb_name):
+        raise NotFoundError(f"no knowledge base {kb_name!r}; ingest into it first (`mmrag ingest PATH --collection {kb_name}`)")
 
 
 @probes.command(name="add")
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @click.option("--query", "query", required=True, help="The probe's query text.")
 @click.option("--expect", "expect", multiple=True, required=True, metavar="DOC_ID",
               help="A doc id the query must find in its top k; repeatable (all must be found).")
@@ -45,41 +45,41 @@ def _require_kb(manifest: Any, kb: str) -> None:
 @click.option("--replace", is_flag=True, help="Overwrite a probe of the same name.")
 @common_options
 @errors_to_click
-def probes_add(kb: str, query: str, expect: tuple[str, ...], k: int, name: str | None, replace: bool, as_json: bool,
+def probes_add(kb_name: str, query: str, expect: tuple[str, ...], k: int, name: str | None, replace: bool, as_json: bool,
                **opts: Any) -> None:
     """Add a probe to knowledge base KB: --query must find every --expect document in its top --k."""
-    from mmrag.lifecycle.probes import Probe, ProbeStore, kb_name, default_name
+    from mmrag.lifecycle.probes import Probe, ProbeStore, kb_name_of, default_name
 
-    kb = kb_name(kb)
-    manifest = _manifest(kb, opts)
-    _require_kb(manifest, kb)
+    kb_name = kb_name_of(kb_name)
+    manifest = _manifest(kb_name, opts)
+    _require_kb(manifest, kb_name)
     store = ProbeStore(manifest)
-    name = name or default_name(query, [p.name for p in store.list(kb)])
-    probe = store.add(kb, Probe(name, query, tuple(expect), k), replace=replace)
+    name = name or default_name(query, [p.name for p in store.list(kb_name)])
+    probe = store.add(kb_name, Probe(name, query, tuple(expect), k), replace=replace)
     if as_json:
         emit(probe.to_dict())
         return
-    click.echo(f"added probe {probe.name} to {kb}: top {probe.k} must hold {', '.join(probe.expect)}")
+    click.echo(f"added probe {probe.name} to {kb_name}: top {probe.k} must hold {', '.join(probe.expect)}")
 
 
 @probes.command(name="list")
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @common_options
 @errors_to_click
-def probes_list(kb: str, as_json: bool, **opts: Any) -> None:
+def probes_list(kb_name: str, as_json: bool, **opts: Any) -> None:
     """List the probes of knowledge base KB, with each version's last recorded probe figures."""
-    from mmrag.lifecycle.probes import ProbeStore, kb_name
+    from mmrag.lifecycle.probes import ProbeStore, kb_name_of
     from mmrag.lifecycle.versions import Versions
 
-    kb = kb_name(kb)
-    manifest = _manifest(kb, opts)
-    items = ProbeStore(manifest).list(kb)
-    figures = {v.label: v.figures["probes"] for v in Versions(manifest).list(kb) if "probes" in v.figures}
+    kb_name = kb_name_of(kb_name)
+    manifest = _manifest(kb_name, opts)
+    items = ProbeStore(manifest).list(kb_name)
+    figures = {v.label: v.figures["probes"] for v in Versions(manifest).list(kb_name) if "probes" in v.figures}
     if as_json:
-        emit({"kb": kb, "probes": [p.to_dict() for p in items], "figures": figures})
+        emit({"kb": kb_name, "probes": [p.to_dict() for p in items], "figures": figures})
         return
     if not items:
-        click.echo(f"{kb} has no probes; add one with `mmrag probes add {kb} --query TEXT --expect DOC_ID`")
+        click.echo(f"{kb_name} has no probes; add one with `mmrag probes add {kb_name} --query TEXT --expect DOC_ID`")
     for p in items:
         click.echo(f"{p.name}: top {p.k} of {p.query!r} must hold {', '.join(p.expect)}")
     for label, f in figures.items():
@@ -87,56 +87,56 @@ def probes_list(kb: str, as_json: bool, **opts: Any) -> None:
 
 
 @probes.command(name="remove")
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @click.argument("name")
 @common_options
 @errors_to_click
-def probes_remove(kb: str, name: str, as_json: bool, **opts: Any) -> None:
+def probes_remove(kb_name: str, name: str, as_json: bool, **opts: Any) -> None:
     """Remove probe NAME from knowledge base KB."""
-    from mmrag.lifecycle.probes import ProbeStore, kb_name
+    from mmrag.lifecycle.probes import ProbeStore, kb_name_of
 
-    kb = kb_name(kb)
-    ProbeStore(_manifest(kb, opts)).remove(kb, name)
+    kb_name = kb_name_of(kb_name)
+    ProbeStore(_manifest(kb_name, opts)).remove(kb_name, name)
     if as_json:
-        emit({"kb": kb, "removed": name})
+        emit({"kb": kb_name, "removed": name})
         return
-    click.echo(f"removed probe {name} from {kb}")
+    click.echo(f"removed probe {name} from {kb_name}")
 
 
 @probes.command(name="run")
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @click.option("--version", "number", type=click.IntRange(1), default=None,
               help="Run on version N (kb@N) instead of the live one.")
 @click.option("--retriever", type=click.Choice(["clip", "text", "bm25", "hybrid"]), default="hybrid",
               show_default=True)
 @common_options
 @errors_to_click
-def probes_run(kb: str, number: int | None, retriever: str, as_json: bool, **opts: Any) -> None:
+def probes_run(kb_name: str, number: int | None, retriever: str, as_json: bool, **opts: Any) -> None:
     """Run the probes of KB on its live version (or --version N) and record the figures on that version.
 
     Exit status: 0 every probe passed; 1 error; 4 some probe failed.
     """
     from mmrag.errors import InvalidInputError
-    from mmrag.lifecycle.probes import ProbeStore, kb_name, record_probe_run, run_probes
+    from mmrag.lifecycle.probes import ProbeStore, kb_name_of, record_probe_run, run_probes
     from mmrag.lifecycle.versions import Versions, split_label
     from mmrag.retrieval import Searcher
 
-    number = number or split_label(kb)[1]
-    kb = kb_name(kb)
-    manifest = _manifest(kb, opts)
-    items = ProbeStore(manifest).list(kb)
+    number = number or split_label(kb_name)[1]
+    kb_name = kb_name_of(kb_name)
+    manifest = _manifest(kb_name, opts)
+    items = ProbeStore(manifest).list(kb_name)
     if not items:
-        raise InvalidInputError(f"{kb!r} has no probes; add one with "
-                                f"`mmrag probes add {kb} --query TEXT --expect DOC_ID`")
+        raise InvalidInputError(f"{kb_name!r} has no probes; add one with "
+                                f"`mmrag probes add {kb_name} --query TEXT --expect DOC_ID`")
     versions = Versions(manifest)
-    physical = versions.resolve(kb if number is None else f"{kb}@{number}")
-    _require_kb(manifest, kb)
+    physical = versions.resolve(kb_name if number is None else f"{kb_name}@{number}")
+    _require_kb(manifest, kb_name)
     label = versions.label_of(physical)
     version_kb = open_kb(opts, label)  # by label: version 1's physical name would open the live version
     report = run_probes(Searcher.from_settings(version_kb, settings_from(opts).retrieval), items, retriever=retriever)
     record_probe_run(manifest, physical, report)
     if as_json:
-        emit({"kb": kb, "version": label, **report.to_dict()})
+        emit({"kb": kb_name, "version": label, **report.to_dict()})
     else:
         for r in report.results:
             status = "pass" if r.passed else "FAIL"

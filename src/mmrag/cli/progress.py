@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
 from mmrag.loaders import DiscoveryProblem, FileRef
 from mmrag.sources import ObjectRef
-from mmrag.pipeline import FileResult, FileTask, Prepared
+from mmrag.indexing.steps import FileResult, FileTask, Prepared
 
 if TYPE_CHECKING:
     from mmrag.indexing import IngestSummary

@@ -143,7 +143,7 @@ def ask(question: str, image: Path | None, model: str | None, k: int, stream: bo
     kb = open_kb(opts)
     verifier = None
     if verify or drop_unsupported:
-        from mmrag.verification import HallucinationDetector
+        from mmrag.answering.verification import HallucinationDetector
 
         verifier = HallucinationDetector(kb.text)
     searcher = Searcher.from_settings(kb, s.retrieval, reranker=reranker, rerank_depth=depth)

@@ -163,7 +163,7 @@ def _environment(s: Any) -> dict[str, str]:
 
 
 def _keys(s: Any) -> Any:
-    from mmrag.apikeys import KeyStore
+    from mmrag.http.apikeys import KeyStore
 
     return KeyStore(s.api.keys_file or Path(s.data_dir) / "api_keys.json")
 

@@ -16,11 +16,11 @@ def snapshot_group() -> None:
 
 
 @snapshot_group.command(name="create")
-@click.argument("kb")
+@click.argument("kb_name", metavar="KB")
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @common_options
 @errors_to_click
-def snapshot_create(kb: str, out: Path, as_json: bool, **opts: Any) -> None:
+def snapshot_create(kb_name: str, out: Path, as_json: bool, **opts: Any) -> None:
     """Snapshot KB (its live version, or KB@N) into the new folder OUT, under its writer lock.
 
     Writers of KB wait while the copy runs; searches go on. Nothing is left at OUT if it fails.
@@ -28,8 +28,8 @@ def snapshot_create(kb: str, out: Path, as_json: bool, **opts: Any) -> None:
     from mmrag.lifecycle import snapshots
 
     s = settings_from(opts)
-    require_collection(s, kb)
-    info = snapshots.create(kb, out, data_dir=s.data_dir, store_url=s.store.url, lock_timeout=s.store.lock_timeout,
+    require_collection(s, kb_name)
+    info = snapshots.create(kb_name, out, data_dir=s.data_dir, store_url=s.store.url, lock_timeout=s.store.lock_timeout,
                             store_timeout=s.store.timeout)
     if as_json:
         emit(info.to_dict())

@@ -1,6 +1,6 @@
 """How well the hallucination detector does on labelled answers (``mmrag eval hallucination``).
 
-The application side of :mod:`mmrag.verification`: the detector judges one answer; this module reads
+The application side of :mod:`mmrag.answering.verification`: the detector judges one answer; this module reads
 a file of answers (:func:`load_answers`), runs the detector over them and scores it against their
 labels, at its own threshold and with a threshold chosen by stratified k-fold cross-validation
 (:func:`cross_validate_threshold`). Folds, the ROC sweep and the metrics are scikit-learn's
@@ -18,7 +18,7 @@ from mmrag.errors import InvalidInputError
 from mmrag.jsonlines import read_objects
 
 if TYPE_CHECKING:
-    from mmrag.verification import HallucinationDetector
+    from mmrag.answering.verification import HallucinationDetector
 
 __all__ = ["CVResult", "LabelledAnswer", "best_threshold", "confusion", "cross_validate_threshold",
            "evaluate_detector", "load_answers"]

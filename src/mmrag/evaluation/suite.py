@@ -83,6 +83,6 @@ def evaluate_dataset(kb: Any, dataset: Path, config: EvalConfig = EvalConfig(), 
 
 def offline_detector(kb: Any) -> Any:
     """mmrag's offline hallucination detector on the collection's text model (MiniLM offline)."""
-    from mmrag.verification import HallucinationDetector
+    from mmrag.answering.verification import HallucinationDetector
 
     return HallucinationDetector(embedder=kb.text)

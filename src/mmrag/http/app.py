@@ -102,11 +102,11 @@ class _KeyedMcp:
 
     A missing, unknown or read-less key is refused in the API's error shape before MCP sees the
     request; each tool also checks that the key sees the collection it names (see
-    :mod:`mmrag.mcp_server`).
+    :mod:`mmrag.http.mcp`).
     """
 
     def __init__(self, services: Services, settings: Settings) -> None:
-        from mmrag.mcp_server import build_server
+        from mmrag.http.mcp import build_server
 
         self.services = services
         self.server = build_server(services, use_keys=settings.api.auth)

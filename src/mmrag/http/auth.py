@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.routing import BaseRoute, Match
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.errors import ForbiddenError, MmragError, UnauthorizedError
 from mmrag.http.services import Services
 from mmrag.security.labels import Caller

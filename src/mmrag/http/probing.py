@@ -105,9 +105,9 @@ class ProbeMonitor:
                 runs.append(run)
         return runs
 
-    def _probe(self, kb: str) -> ProbeRun | None:
-        probes = self.store.list(kb)
-        physical = self.versions.resolve(kb)
+    def _probe(self, kb_name: str) -> ProbeRun | None:
+        probes = self.store.list(kb_name)
+        physical = self.versions.resolve(kb_name)
         if not probes or not self.versions.manifest.has_collection(physical):
             return None  # probes of a knowledge base not built (or dropped): nothing to measure
         label = self.versions.label_of(physical)
@@ -116,16 +116,16 @@ class ProbeMonitor:
         searcher = Searcher.from_settings(self.services.kb(label), self.services.settings.retrieval)
         report = run_probes(searcher, probes)
         record_probe_run(self.versions.manifest, physical, report)
-        run = ProbeRun(kb, label, physical, report)
+        run = ProbeRun(kb_name, label, physical, report)
         with self._lock:
             # A version that is no longer live is never probed again: drop its figures rather than
             # export them, frozen, next to the live version's.
-            for key in [key for key in self._last if key[0] == kb and key[1] != label]:
+            for key in [key for key in self._last if key[0] == kb_name and key[1] != label]:
                 del self._last[key]
-            self._last[(kb, label)] = run
+            self._last[(kb_name, label)] = run
             for result in report.results:
-                was = self._passing.get((kb, result.name))
-                self._passing[(kb, result.name)] = result.passed
+                was = self._passing.get((kb_name, result.name))
+                self._passing[(kb_name, result.name)] = result.passed
                 why = result.error or f"missing {', '.join(result.missing)}"
                 if was and not result.passed:
                     log.warning("probe %s of %s started failing: %s (recall %.2f)", result.name, label, why,
@@ -136,8 +136,8 @@ class ProbeMonitor:
                     log.warning("probe %s of %s fails: %s (recall %.2f)", result.name, label, why, result.recall)
         return run
 
-    def last(self, kb: str | None = None) -> list[ProbeRun]:
+    def last(self, kb_name: str | None = None) -> list[ProbeRun]:
         """The last round of each (knowledge base, version), optionally of one knowledge base only."""
         with self._lock:
             runs = list(self._last.values())
-        return [r for r in runs if kb is None or r.collection == kb]
+        return [r for r in runs if kb_name is None or r.collection == kb_name]

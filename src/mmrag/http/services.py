@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, Iterator, TypeVar
 
-from mmrag.apikeys import KeyStore
+from mmrag.http.apikeys import KeyStore
 from mmrag.answering import Answerer
 from mmrag.chunking import ChunkSpec
 from mmrag.config import Settings
@@ -205,8 +205,8 @@ class Services:
         """
         kb = self._bare(self.physical(name))
         counts = kb.manifest.counts(kb.collection)
-        sizes = {"documents": counts.get("done", 0), "clip_records": kb.raw_store("clip").count(),
-                 "text_records": kb.raw_store("text").count()}
+        sizes = {"documents": counts.get("done", 0), "clip_records": kb.bare_store("clip").count(),
+                 "text_records": kb.bare_store("text").count()}
         if caller is not None and not caller.unrestricted:
             from mmrag.security.counts import visible_sizes
 
@@ -306,7 +306,7 @@ class Services:
         opts: dict[str, Any] = {"k": k, "retriever": retriever, "stop": answer_stop(chat.name) if chat else None,
                                 **answer_options(self.settings, self._text, mode)}
         if verify != "off":
-            from mmrag.verification import HallucinationDetector
+            from mmrag.answering.verification import HallucinationDetector
 
             opts["verifier"], opts["verify_mode"] = HallucinationDetector(self._text), verify
         if max_tokens:
@@ -326,7 +326,7 @@ class Services:
             kbs = dict(self._kbs.items())
         for name, kb in kbs.items():
             try:
-                sizes = {"clip": kb.raw_store("clip").count(), "text": kb.raw_store("text").count(),
+                sizes = {"clip": kb.bare_store("clip").count(), "text": kb.bare_store("text").count(),
                          "bm25": kb.keyword.count()}
             except MmragError:  # a scrape must not fail because one store is down
                 log.warning("index sizes of collection %r unavailable", name, exc_info=True)

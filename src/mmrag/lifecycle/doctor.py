@@ -13,7 +13,7 @@
 
 The scans stream: Chroma records are read a page of ids and metadata at a time (never a text or a
 vector), and what is kept is one count per document. The doctor only examines and reports;
-:func:`repair` hands its plan to :func:`mmrag.repair.apply`, the repair ingest runs too, which
+:func:`repair` hands its plan to :func:`mmrag.indexing.repair.apply`, the repair ingest runs too, which
 fixes what the manifest and the sources can: orphans are deleted, stale keyword rows are
 rewritten from the text collection (no embedding), and documents with missing records are set
 ``pending`` and ingested again from their sources, under the collection's writer lock.
@@ -33,7 +33,7 @@ from mmrag.lifecycle.probes import Probe, ProbeStore, run_probes
 from mmrag.lifecycle.roots import outside_roots
 from mmrag.lifecycle.roots import reason as roots_reason
 from mmrag.lifecycle.versions import Versions, split_label
-from mmrag.repair import RepairPlan, RepairReport, apply
+from mmrag.indexing.repair import RepairPlan, RepairReport, apply
 from mmrag.stores.chroma import ENFORCED_IDENTITY
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def examine(kb: KnowledgeBase, *, probes: Sequence[Probe] | None = None, example
 
     # Each physical collection on its own (the CLIP space is a text and an image collection).
     halves = [(part.name, part, space) for space, which in enumerate(("clip", "text"))
-              for part in kb.raw_store(which).parts()]
+              for part in kb.bare_store(which).parts()]
     have: list[dict[str, int]] = [{}, {}]  # per space (clip, text): doc id -> records
     store_counts: dict[str, int] = {}
     for name, store, space in halves:
@@ -306,7 +306,7 @@ def repair(kb: KnowledgeBase, report: DoctorReport, *, indexer: Indexer | None =
     outside the roots the collection was ingested from (a row restored from a snapshot can name
     any file) is not read: it is listed as unrepairable (see :mod:`mmrag.lifecycle.roots`).
 
-    The work itself is :func:`mmrag.repair.apply`, the repair every ingest runs too; this function
+    The work itself is :func:`mmrag.indexing.repair.apply`, the repair every ingest runs too; this function
     only adds the examination's plan, the roots check and the re-ingest of the affected files.
 
     Args:

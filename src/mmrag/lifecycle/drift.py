@@ -212,8 +212,8 @@ def compare(ref: Reference, vectors: np.ndarray) -> ModalityScore:
 # -- references of a collection ----------------------------------------------------------------
 def _halves(kb: Any) -> dict[str, Any]:
     """The stores behind each stored modality: ``text``, ``clip-text`` and ``clip-image``."""
-    texts, images = kb.raw_store("clip").parts()  # the CLIP space's text and image collections
-    return {"text": kb.raw_store("text"), "clip-text": texts, "clip-image": images}
+    texts, images = kb.bare_store("clip").parts()  # the CLIP space's text and image collections
+    return {"text": kb.bare_store("text"), "clip-text": texts, "clip-image": images}
 
 
 def _sample(store: Any, rng: np.random.Generator) -> tuple[np.ndarray, int]:

@@ -112,11 +112,11 @@ class ProbeStore:
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
 
-    def add(self, kb: str, probe: Probe, *, replace: bool = False) -> Probe:
-        """Validate and store a probe of knowledge base ``kb``.
+    def add(self, kb_name: str, probe: Probe, *, replace: bool = False) -> Probe:
+        """Validate and store a probe of knowledge base ``kb_name``.
 
         Args:
-            kb: the knowledge base name (the alias; a ``kb@N`` label is folded to ``kb``).
+            kb_name: the knowledge base name (the alias; a label ``kb@N`` is folded to its name ``kb``).
             probe: the probe.
             replace: overwrite a probe of the same name instead of refusing.
 
@@ -126,68 +126,68 @@ class ProbeStore:
         Raises:
             InvalidInputError: the probe is invalid, or one of that name exists and ``replace`` is False.
         """
-        kb = kb_name(kb)
+        kb_name = kb_name_of(kb_name)
         probe = check_probe(probe)
         stored = Probe(probe.name, probe.query, probe.expect, probe.k, time.time())
-        row = (kb, stored.name, stored.query, json.dumps(list(stored.expect)), stored.k, stored.created_at)
+        row = (kb_name, stored.name, stored.query, json.dumps(list(stored.expect)), stored.k, stored.created_at)
         with self.manifest.transaction() as db:
-            if not replace and db.execute("SELECT 1 FROM probes WHERE kb=? AND name=?", (kb, probe.name)).fetchone():
-                raise InvalidInputError(f"{kb!r} already has a probe named {probe.name!r}; pick another --name, "
+            if not replace and db.execute("SELECT 1 FROM probes WHERE kb=? AND name=?", (kb_name, probe.name)).fetchone():
+                raise InvalidInputError(f"{kb_name!r} already has a probe named {probe.name!r}; pick another --name, "
                                         "or replace it (--replace)")
             db.execute("INSERT OR REPLACE INTO probes VALUES (?,?,?,?,?,?)", row)
         return stored
 
-    def remove(self, kb: str, name: str) -> None:
-        """Delete probe ``name`` of ``kb``.
+    def remove(self, kb_name: str, name: str) -> None:
+        """Delete probe ``name`` of ``kb_name``.
 
         Raises:
             NotFoundError: there is no such probe.
         """
-        kb = kb_name(kb)
+        kb_name = kb_name_of(kb_name)
         with self.manifest.transaction() as db:
-            gone = db.execute("DELETE FROM probes WHERE kb=? AND name=?", (kb, name)).rowcount
+            gone = db.execute("DELETE FROM probes WHERE kb=? AND name=?", (kb_name, name)).rowcount
         if not gone:
-            raise NotFoundError(f"{kb!r} has no probe named {name!r}; `mmrag probes list {kb}` lists them")
+            raise NotFoundError(f"{kb_name!r} has no probe named {name!r}; `mmrag probes list {kb_name}` lists them")
 
-    def list(self, kb: str) -> list[Probe]:
-        """The probes of ``kb``, by name."""
+    def list(self, kb_name: str) -> list[Probe]:
+        """The probes of ``kb_name``, by name."""
         rows = self.manifest.read("SELECT name, query, expect, k, created_at FROM probes WHERE kb=? ORDER BY name",
-                                  (kb_name(kb),))
+                                  (kb_name_of(kb_name),))
         return [Probe(str(n), str(q), tuple(json.loads(str(e))), int(k), float(t))  # type: ignore[call-overload]
                 for n, q, e, k, t in rows]
 
-    def rows(self, kb: str) -> list[dict[str, Any]]:
-        """``kb``'s probe rows as stored (``expect`` as its JSON text), by name: what a snapshot copies."""
-        rows = self.manifest.read(f"SELECT {', '.join(COLUMNS)} FROM probes WHERE kb=? ORDER BY name", (kb_name(kb),))
+    def rows(self, kb_name: str) -> list[dict[str, Any]]:
+        """``kb_name``'s probe rows as stored (``expect`` as its JSON text), by name: what a snapshot copies."""
+        rows = self.manifest.read(f"SELECT {', '.join(COLUMNS)} FROM probes WHERE kb=? ORDER BY name", (kb_name_of(kb_name),))
         return [dict(zip(COLUMNS, r)) for r in rows]
 
-    def exists(self, kb: str) -> bool:
-        """Whether ``kb`` has any probe."""
-        return bool(self.manifest.read("SELECT 1 FROM probes WHERE kb=? LIMIT 1", (kb_name(kb),)))
+    def exists(self, kb_name: str) -> bool:
+        """Whether ``kb_name`` has any probe."""
+        return bool(self.manifest.read("SELECT 1 FROM probes WHERE kb=? LIMIT 1", (kb_name_of(kb_name),)))
 
-    def remove_all(self, kb: str, db: sqlite3.Connection | None = None) -> None:
-        """Delete every probe of ``kb`` (a dropped knowledge base; a failed restore's undo).
+    def remove_all(self, kb_name: str, db: sqlite3.Connection | None = None) -> None:
+        """Delete every probe of ``kb_name`` (a dropped knowledge base; a failed restore's undo).
 
         Args:
-            kb: the knowledge base.
+            kb_name: the knowledge base's name.
             db: the caller's open transaction, to delete atomically with other owners' rows.
         """
         if db is None:
-            self.manifest.write("DELETE FROM probes WHERE kb=?", [(kb_name(kb),)])
+            self.manifest.write("DELETE FROM probes WHERE kb=?", [(kb_name_of(kb_name),)])
         else:
-            db.execute("DELETE FROM probes WHERE kb=?", (kb_name(kb),))
+            db.execute("DELETE FROM probes WHERE kb=?", (kb_name_of(kb_name),))
 
     @staticmethod
-    def insert(db: sqlite3.Connection, kb: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Add rows of :data:`COLUMNS` to ``kb`` inside the caller's transaction (a restore)."""
-        db.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)", ((kb, *row) for row in rows))
+    def insert(db: sqlite3.Connection, kb_name: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Add rows of :data:`COLUMNS` to ``kb_name`` inside the caller's transaction (a restore)."""
+        db.executemany("INSERT INTO probes VALUES (?,?,?,?,?,?)", ((kb_name, *row) for row in rows))
 
     def knowledge_bases(self) -> list[str]:
         """Knowledge bases that have at least one probe."""
         return [str(r[0]) for r in self.manifest.read("SELECT DISTINCT kb FROM probes ORDER BY 1", ())]
 
 
-def kb_name(name: str) -> str:
+def kb_name_of(name: str) -> str:
     from mmrag.lifecycle.versions import split_label
 
     return check_collection_name(split_label(name)[0])

@@ -46,12 +46,12 @@ class PromoteResult:
                 "forced": self.forced, "canary": self.canary.to_dict() if self.canary is not None else None}
 
 
-def promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase],
+def promote(kb_name: str, number: int, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase],
             settings: Settings, force: bool = False) -> PromoteResult:
-    """Switch ``kb`` to version ``number`` if the canary passes (or ``force``).
+    """Switch ``kb_name`` to version ``number`` if the canary passes (or ``force``).
 
     Args:
-        kb: the knowledge base.
+        kb_name: the knowledge base's name.
         number: the candidate version.
         versions: the data dir's versions.
         open_kb: opens a version by its label ``kb@N``, models attached (the canary searches it).
@@ -66,22 +66,22 @@ def promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str]
         NotFoundError: no such version.
     """
     # The canary runs under the lock too: what it compared must still be what the switch replaces.
-    with versions.lock(kb):
-        return _promote(kb, number, versions=versions, open_kb=open_kb, settings=settings, force=force)
+    with versions.lock(kb_name):
+        return _promote(kb_name, number, versions=versions, open_kb=open_kb, settings=settings, force=force)
 
 
-def _promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase],
+def _promote(kb_name: str, number: int, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase],
              settings: Settings, force: bool) -> PromoteResult:
     from mmrag.lifecycle.canary import gate
     from mmrag.lifecycle.probes import ProbeStore
 
-    versions.adopt_if_unversioned(kb)
-    candidate = versions.ready(kb, number)
-    live_number = versions.live_number(kb)
+    versions.adopt_if_unversioned(kb_name)
+    candidate = versions.ready(kb_name, number)
+    live_number = versions.live_number(kb_name)
     if live_number == number:
         raise InvalidInputError(f"{candidate.label} is already live")
-    previous = versions.get(kb, live_number) if live_number is not None else None
-    probes = ProbeStore(versions.manifest).list(kb)
+    previous = versions.get(kb_name, live_number) if live_number is not None else None
+    probes = ProbeStore(versions.manifest).list(kb_name)
     target = open_kb(candidate.label)
     result = None
     if previous is not None and (probes or settings.lifecycle.eval_dataset):
@@ -91,7 +91,7 @@ def _promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str
         versions.record_figures(candidate.physical, "canary", result.to_dict())
         if not result.passed:
             if not force:
-                versions.log(kb, "promote-refused", {"to": number, "canary": result.to_dict()})
+                versions.log(kb_name, "promote-refused", {"to": number, "canary": result.to_dict()})
                 raise CanaryRefusedError(
                     f"the canary refused {candidate.label} against {previous.label}:\n{result.render()}\n"
                     f"Fix the candidate (or the probes), raise lifecycle.canary_budget, or pass --force "
@@ -100,16 +100,16 @@ def _promote(kb: str, number: int, *, versions: Versions, open_kb: Callable[[str
                         result.render())
     elif previous is not None:
         log.warning("promote %s: %s has no probes and no evaluation dataset, so there is no canary; add probes "
-                    "with `mmrag probes add %s`", candidate.label, kb, kb)
+                    "with `mmrag probes add %s`", candidate.label, kb_name, kb_name)
     _check_servable(target, candidate)
     forced = bool(force and result is not None and not result.passed)
     detail = {"canary": result.to_dict() if result is not None else None}
     switched: list[Version] = []
-    catch_up(kb, number, versions=versions, open_kb=open_kb, then=lambda: switched.append(
-        versions.switch(kb, number, reason="promote-forced" if forced else "promote", detail=detail)))
+    catch_up(kb_name, number, versions=versions, open_kb=open_kb, then=lambda: switched.append(
+        versions.switch(kb_name, number, reason="promote-forced" if forced else "promote", detail=detail)))
     live = switched[0]
-    log.warning("%s now serves %s (was %s)", kb, live.label, previous.label if previous else "none")
-    return PromoteResult(kb, previous, live, result, forced)
+    log.warning("%s now serves %s (was %s)", kb_name, live.label, previous.label if previous else "none")
+    return PromoteResult(kb_name, previous, live, result, forced)
 
 
 def _check_servable(target: KnowledgeBase, candidate: Version) -> None:
@@ -153,16 +153,16 @@ def on_live_version(name: str, kb: KnowledgeBase, write: Callable[[KnowledgeBase
     return ingest_on_live_version(name, kb, whole, resolve=resolve, open_kb=open_kb)
 
 
-def rollback(kb: str, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase] | None,
+def rollback(kb_name: str, *, versions: Versions, open_kb: Callable[[str], KnowledgeBase] | None,
              detail: dict[str, Any] | None = None) -> tuple[str, Version]:
-    """Return ``kb`` to the version that was live before the current one, under its lifecycle lock.
+    """Return ``kb_name`` to the version that was live before the current one, under its lifecycle lock.
 
     The version rolled back to is first caught up with the live one's documents
     (:func:`~mmrag.lifecycle.reindex.catch_up`): a rollback undoes a build, not the uploads and
     deletes made since.
 
     Args:
-        kb: the knowledge base.
+        kb_name: the knowledge base's name.
         versions: the data dir's versions.
         open_kb: opens a version by its label, models attached (for the catch-up; None skips it,
             for a caller that has no models: uploads since the promote are then not carried back).
@@ -172,23 +172,23 @@ def rollback(kb: str, *, versions: Versions, open_kb: Callable[[str], KnowledgeB
         The label that was live, and the version now live.
 
     Raises:
-        InvalidInputError: ``kb`` has no earlier live version.
+        InvalidInputError: ``kb_name`` has no earlier live version.
     """
-    with versions.lock(kb):
-        back = versions.previous(kb)
+    with versions.lock(kb_name):
+        back = versions.previous(kb_name)
         result: list[tuple[int, Version]] = []
         if open_kb is None:
-            result.append(versions.rollback(kb, detail=detail))
+            result.append(versions.rollback(kb_name, detail=detail))
         else:
-            catch_up(kb, back, versions=versions, open_kb=open_kb,
-                     then=lambda: result.append(versions.rollback(kb, detail=detail)))
+            catch_up(kb_name, back, versions=versions, open_kb=open_kb,
+                     then=lambda: result.append(versions.rollback(kb_name, detail=detail)))
     current, live = result[0]
-    log.warning("%s now serves %s (rolled back from %s@%d)", kb, live.label, kb, current)
-    return f"{kb}@{current}", live
+    log.warning("%s now serves %s (rolled back from %s@%d)", kb_name, live.label, kb_name, current)
+    return f"{kb_name}@{current}", live
 
 
-def prune(kb: str, *, versions: Versions, open_bare: Callable[[str], KnowledgeBase], keep: int = 1) -> list[str]:
-    """Drop the versions of ``kb`` that are neither live, nor among the ``keep`` kept, nor building.
+def prune(kb_name: str, *, versions: Versions, open_bare: Callable[[str], KnowledgeBase], keep: int = 1) -> list[str]:
+    """Drop the versions of ``kb_name`` that are neither live, nor among the ``keep`` kept, nor building.
 
     The kept ones are those a rollback returns to first (the alias history, newest first), then the
     newest others. Victims are chosen and dropped under the lifecycle lock, from the alias as it is
@@ -197,11 +197,11 @@ def prune(kb: str, *, versions: Versions, open_bare: Callable[[str], KnowledgeBa
     Returns:
         The labels of the versions dropped.
     """
-    with versions.lock(kb):
-        live = versions.live_number(kb) or 1
-        others = {v.number: v for v in versions.list(kb) if v.number != live and v.state != "building"}
+    with versions.lock(kb_name):
+        live = versions.live_number(kb_name) or 1
+        others = {v.number: v for v in versions.list(kb_name) if v.number != live and v.state != "building"}
         order: list[int] = []  # the history names a version once per promote: each counts once
-        for n in [*reversed(versions.history(kb)), *sorted(others, reverse=True)]:
+        for n in [*reversed(versions.history(kb_name)), *sorted(others, reverse=True)]:
             if n in others and n not in order:
                 order.append(n)
         victims = sorted(order[keep:])
@@ -214,7 +214,7 @@ def prune(kb: str, *, versions: Versions, open_bare: Callable[[str], KnowledgeBa
                     target.drop()
             finally:
                 target.close()
-            versions.forget(kb, v.number)
+            versions.forget(kb_name, v.number)
             dropped.append(v.label)
         return dropped
 

@@ -207,7 +207,7 @@ def catch_up(kb_name: str, number: int, *, versions: Versions, open_kb: Callable
     writes the old version: closing that needs the writer to check the alias under its lock.
 
     Args:
-        kb_name: the knowledge base.
+        kb_name: the knowledge base's name.
         number: the version about to go live.
         versions: the data dir's versions.
         open_kb: opens a version by its label, models attached; what it opens stays open (a
@@ -246,17 +246,17 @@ def _holdings(manifest: Any, physical: str) -> set[tuple[str, str, str]]:
     return {(s.doc_id, s.content_hash, s.status) for s in manifest.all(physical)}
 
 
-def _resume_or_begin(versions: Versions, kb: str, wanted: dict[str, Any]) -> tuple[Version, bool]:
+def _resume_or_begin(versions: Versions, kb_name: str, wanted: dict[str, Any]) -> tuple[Version, bool]:
     same = {k: v for k, v in wanted.items() if k != "from"}  # what must match to resume a build
-    for v in reversed(versions.list(kb)):
+    for v in reversed(versions.list(kb_name)):
         if v.state == "building" and {k: v.settings.get(k) for k in same} == same:
             log.warning("resuming the interrupted build of %s", v.label)
             return v, True
-    return versions.begin(kb, wanted), False
+    return versions.begin(kb_name, wanted), False
 
 
 def _identity(kb: KnowledgeBase, which: str) -> dict[str, Any]:
-    return dict(getattr(kb.raw_store(which), "identity", None) or {})
+    return dict(getattr(kb.bare_store(which), "identity", None) or {})
 
 
 def drop_knowledge_base(manifest_kb: KnowledgeBase, name: str, open_bare: Callable[[str], KnowledgeBase]) -> list[str]:

@@ -218,12 +218,12 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
                         key_id=signing.key_id(key))
 
 
-def _write_manifest(files: "_Files", manifest: Manifest, physical: str, kb: str) -> dict[str, int]:
+def _write_manifest(files: "_Files", manifest: Manifest, physical: str, kb_name: str) -> dict[str, int]:
     # Each table through its owner: the manifest's own, the drift references, the probes, the roots.
     counts = {table: files.write_jsonl(f"manifest/{table}.jsonl", manifest.export_rows(table, physical, BATCH))
               for table in COLLECTION_TABLES}
     counts["drift_refs"] = files.write_jsonl("manifest/drift_refs.jsonl", DriftRefs(manifest).rows(physical))
-    counts["probes"] = files.write_jsonl("manifest/probes.jsonl", ProbeStore(manifest).rows(kb))
+    counts["probes"] = files.write_jsonl("manifest/probes.jsonl", ProbeStore(manifest).rows(kb_name))
     # Its knowledge base's roots (every version reads the sources the first one was ingested from).
     counts["roots"] = files.write_jsonl("manifest/roots.jsonl",
                                         ({"root": r} for r in sorted(allowed_roots(manifest, physical))))

@@ -43,9 +43,9 @@ _LABEL = re.compile(r"^(?P<kb>[A-Za-z0-9][A-Za-z0-9._-]*)@(?P<n>[0-9]+)$")
 _PHYSICAL = re.compile(r"^(?P<kb>.+)--v(?P<n>[0-9]+)$")
 
 
-def physical_name(kb: str, number: int) -> str:
+def physical_name(kb_name: str, number: int) -> str:
     """The physical collection of ``kb@number`` (version 1 is the knowledge base's own name)."""
-    return kb if number == 1 else f"{kb}--v{number}"
+    return kb_name if number == 1 else f"{kb_name}--v{number}"
 
 
 def split_label(name: str) -> tuple[str, int | None]:
@@ -89,22 +89,22 @@ class Versions:
         self.lock_timeout = lock_timeout
 
     @contextlib.contextmanager
-    def lock(self, kb: str) -> Iterator[None]:
-        """Hold ``kb``'s lifecycle lock for the block (re-entrant in one thread; see :func:`mmrag.locks.lifecycle`).
+    def lock(self, kb_name: str) -> Iterator[None]:
+        """Hold ``kb_name``'s lifecycle lock for the block (re-entrant in one thread; see :func:`mmrag.locks.lifecycle`).
 
         Take it around a read of the alias and the act that depends on it, and before any writer
         lock of a version, so that the two kinds of lock are always taken in the same order.
 
         Raises:
-            StoreBusyError: another lifecycle step of ``kb`` held it past ``lock_timeout``.
+            StoreBusyError: another lifecycle step of ``kb_name`` held it past ``lock_timeout``.
         """
-        with locks.lifecycle(self.manifest.path.parent, kb, timeout=self.lock_timeout):
+        with locks.lifecycle(self.manifest.path.parent, kb_name, timeout=self.lock_timeout):
             yield
 
     # -- reading --------------------------------------------------------------------------------
-    def live_number(self, kb: str) -> int | None:
-        """The live version of ``kb``, or None when it has no alias yet (unversioned: version 1)."""
-        rows = self.manifest.read("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 1", (kb,))
+    def live_number(self, kb_name: str) -> int | None:
+        """The live version of ``kb_name``, or None when it has no alias yet (unversioned: version 1)."""
+        rows = self.manifest.read("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 1", (kb_name,))
         return int(rows[0][0]) if rows else None  # type: ignore[call-overload]
 
     def resolve(self, name: str) -> str:
@@ -135,31 +135,31 @@ class Versions:
         built = json.loads(str(rows[0][0])) if rows else {}
         return ChunkSpec(int(built.get("chunk_size") or default.size), int(built.get("chunk_overlap") or default.overlap))
 
-    def get(self, kb: str, number: int) -> Version:
+    def get(self, kb_name: str, number: int) -> Version:
         """One version.
 
         Raises:
             NotFoundError: there is no such version.
         """
         if not 1 <= number <= MAX_VERSION:
-            raise NotFoundError(f"{kb}@{number} does not exist: versions are numbered 1 to {MAX_VERSION}; "
-                                f"`mmrag versions {kb}` lists them")
+            raise NotFoundError(f"{kb_name}@{number} does not exist: versions are numbered 1 to {MAX_VERSION}; "
+                                f"`mmrag versions {kb_name}` lists them")
         rows = self.manifest.read("SELECT kb, version, physical, state, created_at, settings, figures FROM versions "
-                                  "WHERE kb=? AND version=?", (kb, number))
+                                  "WHERE kb=? AND version=?", (kb_name, number))
         if not rows:
-            if number == 1 and self.manifest.has_collection(kb):
-                return Version(kb, 1, kb, "ready", 0.0, live=self.live_number(kb) in (None, 1))
-            raise NotFoundError(f"{kb}@{number} does not exist; `mmrag versions {kb}` lists its versions")
-        return self._version(rows[0], self.live_number(kb))
+            if number == 1 and self.manifest.has_collection(kb_name):
+                return Version(kb_name, 1, kb_name, "ready", 0.0, live=self.live_number(kb_name) in (None, 1))
+            raise NotFoundError(f"{kb_name}@{number} does not exist; `mmrag versions {kb_name}` lists its versions")
+        return self._version(rows[0], self.live_number(kb_name))
 
-    def list(self, kb: str) -> list[Version]:
-        """Every version of ``kb``, oldest first (an unversioned knowledge base shows as version 1)."""
-        live = self.live_number(kb)
+    def list(self, kb_name: str) -> list[Version]:
+        """Every version of ``kb_name``, oldest first (an unversioned knowledge base shows as version 1)."""
+        live = self.live_number(kb_name)
         rows = self.manifest.read("SELECT kb, version, physical, state, created_at, settings, figures FROM versions "
-                                  "WHERE kb=? ORDER BY version", (kb,))
+                                  "WHERE kb=? ORDER BY version", (kb_name,))
         versions = [self._version(r, live) for r in rows]
-        if not versions and self.manifest.has_collection(kb):
-            versions = [Version(kb, 1, kb, "ready", 0.0, live=True)]
+        if not versions and self.manifest.has_collection(kb_name):
+            versions = [Version(kb_name, 1, kb_name, "ready", 0.0, live=True)]
         return versions
 
     def owner(self, physical: str) -> tuple[str, int] | None:
@@ -181,51 +181,51 @@ class Versions:
         physical = {str(r[0]): str(r[1]) for r in self.manifest.read("SELECT physical, kb FROM versions", ())}
         return sorted({physical.get(c, c) for c in collections})
 
-    def events(self, kb: str, limit: int = 50) -> list[dict[str, Any]]:
-        """The audit log of ``kb``'s promotes, rollbacks, forced overrides and prunes, newest first."""
-        rows = self.manifest.read("SELECT at, kind, detail FROM events WHERE kb=? ORDER BY at DESC LIMIT ?", (kb, limit))
+    def events(self, kb_name: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The audit log of ``kb_name``'s promotes, rollbacks, forced overrides and prunes, newest first."""
+        rows = self.manifest.read("SELECT at, kind, detail FROM events WHERE kb=? ORDER BY at DESC LIMIT ?", (kb_name, limit))
         return [{"at": r[0], "kind": r[1], **json.loads(str(r[2]))} for r in rows]
 
     # -- writing --------------------------------------------------------------------------------
-    def adopt(self, kb: str) -> Version:
+    def adopt(self, kb_name: str) -> Version:
         """Give an unversioned knowledge base its version-1 row and alias (nothing is copied); idempotent."""
-        check_collection_name(kb)
+        check_collection_name(kb_name)
         now = time.time()
         with self.manifest.transaction() as db:
-            if not db.execute("SELECT 1 FROM versions WHERE kb=? AND version=1", (kb,)).fetchone():
-                db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)", (kb, 1, kb, "ready", now, "{}", "{}"))
-            if not db.execute("SELECT 1 FROM alias_history WHERE kb=?", (kb,)).fetchone():
-                db.execute("INSERT INTO alias_history VALUES (?,?,?,?,?)", (kb, 1, 1, now, "adopted"))
-        return self.get(kb, 1)
+            if not db.execute("SELECT 1 FROM versions WHERE kb=? AND version=1", (kb_name,)).fetchone():
+                db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)", (kb_name, 1, kb_name, "ready", now, "{}", "{}"))
+            if not db.execute("SELECT 1 FROM alias_history WHERE kb=?", (kb_name,)).fetchone():
+                db.execute("INSERT INTO alias_history VALUES (?,?,?,?,?)", (kb_name, 1, 1, now, "adopted"))
+        return self.get(kb_name, 1)
 
-    def begin(self, kb: str, settings: dict[str, Any]) -> Version:
-        """Reserve the next version number of ``kb`` for a build (state ``building``)."""
-        check_collection_name(kb)
-        if _PHYSICAL.match(kb):
-            raise InvalidInputError(f"{kb!r} looks like a version's own collection; reindex its knowledge base instead")
+    def begin(self, kb_name: str, settings: dict[str, Any]) -> Version:
+        """Reserve the next version number of ``kb_name`` for a build (state ``building``)."""
+        check_collection_name(kb_name)
+        if _PHYSICAL.match(kb_name):
+            raise InvalidInputError(f"{kb_name!r} looks like a version's own collection; reindex its knowledge base instead")
         now = time.time()
         with self.manifest.transaction() as db:
-            top = db.execute("SELECT MAX(version) FROM versions WHERE kb=?", (kb,)).fetchone()[0] or 1
+            top = db.execute("SELECT MAX(version) FROM versions WHERE kb=?", (kb_name,)).fetchone()[0] or 1
             # A pruned number stays spent: a server may hold the pruned version's collections open
             # under its physical name, and would answer from them if the name came back.
-            for (detail,) in db.execute("SELECT detail FROM events WHERE kb=? AND kind='prune'", (kb,)):
+            for (detail,) in db.execute("SELECT detail FROM events WHERE kb=? AND kind='prune'", (kb_name,)):
                 top = max(int(top), int(json.loads(detail).get("version") or 0))
             number = int(top) + 1
-            physical = physical_name(kb, number)
+            physical = physical_name(kb_name, number)
             if self.manifest.has_collection(physical):  # this thread's connection: inside the transaction
                 raise InvalidInputError(f"a collection named {physical!r} already exists and is not a version of "
-                                        f"{kb!r}; rename or drop it before reindexing {kb!r}")
+                                        f"{kb_name!r}; rename or drop it before reindexing {kb_name!r}")
             db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
-                       (kb, number, physical, "building", now, json.dumps(settings, default=str), "{}"))
-        return self.get(kb, number)
+                       (kb_name, number, physical, "building", now, json.dumps(settings, default=str), "{}"))
+        return self.get(kb_name, number)
 
-    def set_state(self, kb: str, number: int, state: str, settings: dict[str, Any] | None = None) -> None:
+    def set_state(self, kb_name: str, number: int, state: str, settings: dict[str, Any] | None = None) -> None:
         """Mark a build ``ready`` or ``failed`` (and record what it ended with)."""
         if settings is None:
-            self.manifest.write("UPDATE versions SET state=? WHERE kb=? AND version=?", [(state, kb, number)])
+            self.manifest.write("UPDATE versions SET state=? WHERE kb=? AND version=?", [(state, kb_name, number)])
         else:
             self.manifest.write("UPDATE versions SET state=?, settings=? WHERE kb=? AND version=?",
-                                [(state, json.dumps(settings, default=str), kb, number)])
+                                [(state, json.dumps(settings, default=str), kb_name, number)])
 
     def record_figures(self, physical: str, what: str, figures: dict[str, Any]) -> None:
         """Store a version's last ``probes`` or ``eval`` figures (shown by ``mmrag versions``)."""
@@ -239,66 +239,66 @@ class Versions:
         self.manifest.write("UPDATE versions SET figures=? WHERE kb=? AND version=?",
                             [(json.dumps(current, default=str), kb, number)])
 
-    def switch(self, kb: str, number: int, *, reason: str, detail: dict[str, Any] | None = None) -> Version:
+    def switch(self, kb_name: str, number: int, *, reason: str, detail: dict[str, Any] | None = None) -> Version:
         """Make ``kb@number`` live: one transaction appends the alias row and its audit event.
 
         Raises:
             NotFoundError: no such version.
             InvalidInputError: the version is not ``ready`` (still building, or its build failed).
         """
-        with self.lock(kb):
-            self.ready(kb, number)
-            self.adopt_if_unversioned(kb)
-            return self._switch(kb, number, reason, detail)
+        with self.lock(kb_name):
+            self.ready(kb_name, number)
+            self.adopt_if_unversioned(kb_name)
+            return self._switch(kb_name, number, reason, detail)
 
-    def _switch(self, kb: str, number: int, reason: str, detail: dict[str, Any] | None) -> Version:
+    def _switch(self, kb_name: str, number: int, reason: str, detail: dict[str, Any] | None) -> Version:
         now = time.time()
         with self.manifest.transaction() as db:
-            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM alias_history WHERE kb=?", (kb,)).fetchone()[0]
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM alias_history WHERE kb=?", (kb_name,)).fetchone()[0]
             live = db.execute("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 1",
-                              (kb,)).fetchone()
-            db.execute("INSERT INTO alias_history VALUES (?,?,?,?,?)", (kb, int(seq) + 1, number, now, reason))
+                              (kb_name,)).fetchone()
+            db.execute("INSERT INTO alias_history VALUES (?,?,?,?,?)", (kb_name, int(seq) + 1, number, now, reason))
             db.execute("INSERT INTO events VALUES (?,?,?,?)",
-                       (kb, now, reason, json.dumps({"from": live[0] if live else None, "to": number, **(detail or {})},
+                       (kb_name, now, reason, json.dumps({"from": live[0] if live else None, "to": number, **(detail or {})},
                                                     default=str)))
-        return self.get(kb, number)
+        return self.get(kb_name, number)
 
-    def ready(self, kb: str, number: int) -> Version:
+    def ready(self, kb_name: str, number: int) -> Version:
         """``kb@number``, which must be ``ready`` to be served.
 
         Raises:
             NotFoundError: no such version.
             InvalidInputError: it is still building, or its build failed.
         """
-        version = self.get(kb, number)
+        version = self.get(kb_name, number)
         if version.state != "ready":
             raise InvalidInputError(f"{version.label} is {version.state}, not ready; finish its build with "
-                                    f"`mmrag reindex {kb}` (it resumes) or pick another version")
+                                    f"`mmrag reindex {kb_name}` (it resumes) or pick another version")
         return version
 
-    def adopt_if_unversioned(self, kb: str) -> None:
-        if self.live_number(kb) is None and self.manifest.has_collection(kb):
-            self.adopt(kb)
+    def adopt_if_unversioned(self, kb_name: str) -> None:
+        if self.live_number(kb_name) is None and self.manifest.has_collection(kb_name):
+            self.adopt(kb_name)
 
-    def history(self, kb: str) -> list[int]:
-        """The alias history of ``kb``, oldest first: the last is live, the one before it is where a rollback goes."""
+    def history(self, kb_name: str) -> list[int]:
+        """The alias history of ``kb_name``, oldest first: the last is live, the one before it is where a rollback goes."""
         return [int(r[0]) for r in self.manifest.read(  # type: ignore[call-overload]
-            "SELECT version FROM alias_history WHERE kb=? ORDER BY seq", (kb,))]
+            "SELECT version FROM alias_history WHERE kb=? ORDER BY seq", (kb_name,))]
 
-    def previous(self, kb: str) -> int:
-        """The version a rollback of ``kb`` returns to.
+    def previous(self, kb_name: str) -> int:
+        """The version a rollback of ``kb_name`` returns to.
 
         Raises:
-            InvalidInputError: ``kb`` has never been promoted, so there is nothing to return to.
+            InvalidInputError: ``kb_name`` has never been promoted, so there is nothing to return to.
         """
-        rows = self.manifest.read("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 2", (kb,))
+        rows = self.manifest.read("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 2", (kb_name,))
         if len(rows) < 2:
-            raise InvalidInputError(f"{kb!r} has no earlier live version to roll back to; `mmrag versions {kb}` "
+            raise InvalidInputError(f"{kb_name!r} has no earlier live version to roll back to; `mmrag versions {kb_name}` "
                                     "lists its versions")
         return int(rows[1][0])  # type: ignore[call-overload]
 
-    def rollback(self, kb: str, *, detail: dict[str, Any] | None = None) -> tuple[int, Version]:
-        """Return ``kb`` to the version that was live before the current one (one transaction, under the lock).
+    def rollback(self, kb_name: str, *, detail: dict[str, Any] | None = None) -> tuple[int, Version]:
+        """Return ``kb_name`` to the version that was live before the current one (one transaction, under the lock).
 
         Returns:
             The version that was live, and the one that is live now.
@@ -306,20 +306,20 @@ class Versions:
         Raises:
             InvalidInputError: there is no earlier live version.
         """
-        with self.lock(kb), self.manifest.transaction() as db:
+        with self.lock(kb_name), self.manifest.transaction() as db:
             now = time.time()
             rows = db.execute("SELECT seq, version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 2",
-                              (kb,)).fetchall()
+                              (kb_name,)).fetchall()
             if len(rows) < 2:
-                raise InvalidInputError(f"{kb!r} has no earlier live version to roll back to; `mmrag versions {kb}` "
+                raise InvalidInputError(f"{kb_name!r} has no earlier live version to roll back to; `mmrag versions {kb_name}` "
                                         "lists its versions")
             (seq, current), (_, back) = rows
-            db.execute("DELETE FROM alias_history WHERE kb=? AND seq=?", (kb, seq))
+            db.execute("DELETE FROM alias_history WHERE kb=? AND seq=?", (kb_name, seq))
             db.execute("INSERT INTO events VALUES (?,?,?,?)",
-                       (kb, now, "rollback", json.dumps({"from": current, "to": back, **(detail or {})}, default=str)))
-        return int(current), self.get(kb, int(back))
+                       (kb_name, now, "rollback", json.dumps({"from": current, "to": back, **(detail or {})}, default=str)))
+        return int(current), self.get(kb_name, int(back))
 
-    def forget(self, kb: str, number: int) -> None:
+    def forget(self, kb_name: str, number: int) -> None:
         """Remove a version's rows (its collections are dropped by the caller first, under :meth:`lock`).
 
         Its rows leave the alias history too; where that leaves one version twice in a row, the
@@ -328,32 +328,32 @@ class Versions:
         Raises:
             InvalidInputError: the version is live (the caller read the alias outside the lock).
         """
-        with self.lock(kb), self.manifest.transaction() as db:
+        with self.lock(kb_name), self.manifest.transaction() as db:
             live = db.execute("SELECT version FROM alias_history WHERE kb=? ORDER BY seq DESC LIMIT 1",
-                              (kb,)).fetchone()
+                              (kb_name,)).fetchone()
             if live is not None and int(live[0]) == number:
-                raise InvalidInputError(f"{kb}@{number} is live and cannot be pruned; promote or roll back first")
-            db.execute("DELETE FROM versions WHERE kb=? AND version=?", (kb, number))
-            db.execute("DELETE FROM alias_history WHERE kb=? AND version=?", (kb, number))
+                raise InvalidInputError(f"{kb_name}@{number} is live and cannot be pruned; promote or roll back first")
+            db.execute("DELETE FROM versions WHERE kb=? AND version=?", (kb_name, number))
+            db.execute("DELETE FROM alias_history WHERE kb=? AND version=?", (kb_name, number))
             last = None
             for seq, version in db.execute("SELECT seq, version FROM alias_history WHERE kb=? ORDER BY seq",
-                                           (kb,)).fetchall():
+                                           (kb_name,)).fetchall():
                 if version == last:
-                    db.execute("DELETE FROM alias_history WHERE kb=? AND seq=?", (kb, seq))
+                    db.execute("DELETE FROM alias_history WHERE kb=? AND seq=?", (kb_name, seq))
                 last = version
-            db.execute("INSERT INTO events VALUES (?,?,?,?)", (kb, time.time(), "prune",
+            db.execute("INSERT INTO events VALUES (?,?,?,?)", (kb_name, time.time(), "prune",
                                                               json.dumps({"version": number})))
 
     @staticmethod
-    def remove_kb(db: sqlite3.Connection, kb: str) -> None:
-        """Forget every version, alias switch and event of ``kb``, in the caller's transaction (a drop)."""
+    def remove_kb(db: sqlite3.Connection, kb_name: str) -> None:
+        """Forget every version, alias switch and event of ``kb_name``, in the caller's transaction (a drop)."""
         for table in ("versions", "alias_history", "events"):
-            db.execute(f"DELETE FROM {table} WHERE kb=?", (kb,))
+            db.execute(f"DELETE FROM {table} WHERE kb=?", (kb_name,))
 
-    def log(self, kb: str, kind: str, detail: dict[str, Any]) -> None:
+    def log(self, kb_name: str, kind: str, detail: dict[str, Any]) -> None:
         """Append an audit event (a forced promote, a refused canary)."""
         self.manifest.write("INSERT INTO events VALUES (?,?,?,?)",
-                            [(kb, time.time(), kind, json.dumps(detail, default=str))])
+                            [(kb_name, time.time(), kind, json.dumps(detail, default=str))])
 
     @staticmethod
     def _version(row: tuple[object, ...], live: int | None) -> Version:

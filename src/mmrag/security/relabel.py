@@ -42,12 +42,12 @@ def set_labels(kb: "KnowledgeBase", doc_id: str, labels: Iterable[str]) -> dict[
             raise NotFoundError(f"no document {doc_id!r} in collection {kb.collection!r}")
         changed = 0
         for which in ("clip", "text"):
-            store = kb.raw_store(which)
+            store = kb.bare_store(which)
             rows = list(store.records_of([doc_id]))
             if rows:
                 store.update_metadata([rid for rid, _, _ in rows], [label_changes(meta, wanted) for _, meta, _ in rows])
                 changed += len(rows)
-        text_rows = list(kb.raw_store("text").records_of([doc_id], include=("metadatas", "documents")))
+        text_rows = list(kb.bare_store("text").records_of([doc_id], include=("metadatas", "documents")))
         # The keyword index's rows are the text collection's records; rewrite them from it.
         kb.keyword.write(delete_docs=[doc_id],
                          records=[Record(rid, (), relabelled(meta, wanted), text or "") for rid, meta, text in text_rows])

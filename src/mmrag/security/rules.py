@@ -138,7 +138,7 @@ class LabelTable:
 def apply_labels(rules: AccessRules, table: LabelTable, collection: str, docs: Sequence[Any]) -> None:
     """Give each prepared document's records their labels (in place) and record them.
 
-    ``docs`` are :class:`mmrag.pipeline.Prepared` (``doc_id``, ``source``, ``clip_metas``,
+    ``docs`` are :class:`mmrag.indexing.steps.Prepared` (``doc_id``, ``source``, ``clip_metas``,
     ``text_metas``); a document the run gives no label keeps the labels recorded for it.
     """
     if not docs:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.errors import ConfigError, UnauthorizedError
 from mmrag.security.labels import check_groups
 
@@ -27,7 +27,7 @@ def looks_like_jwt(token: str) -> bool:
 
 
 class JwtVerifier:
-    """Turns a bearer JWT into the :class:`~mmrag.apikeys.ApiKey` it stands for.
+    """Turns a bearer JWT into the :class:`~mmrag.http.apikeys.ApiKey` it stands for.
 
     Args:
         key_file: a PEM public key (RSA, EC or Ed25519).

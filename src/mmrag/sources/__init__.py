@@ -1,7 +1,7 @@
 """Sources other than local files: objects in object storage (``s3://``, ``gs://``, ``https://``).
 
 :func:`discover_sources` is :func:`mmrag.loaders.discover` for a mix of local paths and object
-URLs; :func:`download` copies one object for :func:`mmrag.pipeline.load_file`. See
+URLs; :func:`download` copies one object for :func:`mmrag.indexing.steps.load_file`. See
 :mod:`mmrag.sources.objects` for how objects stand in for files.
 
 Example:

@@ -2,7 +2,7 @@
 
 The loaders read files; an object is copied to a private temporary file a block at a time (the
 memory it takes is one block, whatever its size), hashed on the way, and refused once it passes
-the size limit. :func:`mmrag.pipeline.load_file` then loads that file as any other and gives its
+the size limit. :func:`mmrag.indexing.steps.load_file` then loads that file as any other and gives its
 documents the object's URL; nothing of a bucket is kept on disk.
 """
 

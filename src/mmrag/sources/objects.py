@@ -105,7 +105,7 @@ def storage_options(settings: Any, extra: Mapping[str, str] = {}) -> dict[str, A
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """An object found by :func:`list_objects`, ready for :func:`mmrag.pipeline.load_file`.
+    """An object found by :func:`list_objects`, ready for :func:`mmrag.indexing.steps.load_file`.
 
     It stands where a :class:`~mmrag.loaders.FileRef` does: ``str(ref.path)`` is the source.
 

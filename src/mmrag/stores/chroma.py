@@ -93,7 +93,7 @@ def open_client(data_dir: Path, url: str | None = None, *, timeout: float = SERV
 
 def _set_timeout(client: Any, timeout: float) -> None:
     # chromadb 1.5.9 builds its httpx session with timeout=None and offers no setting for it; the
-    # session is private, so this is checked by tests/reliability/test_store_safety.py.
+    # session is private, so this is checked by tests/stores/test_store_safety.py.
     import httpx
 
     session = getattr(getattr(client, "_server", None), "_session", None)

@@ -2,7 +2,7 @@
 
 It is never a default, never a fallback on a product path, and never what a benchmark or an
 evaluation measures (STYLE.md): it exists so that tests of the services can run without Chroma,
-and so that ``tests/contracts/test_vector_store.py`` can hold it to the behaviour of
+and so that ``tests/stores/test_vector_store_contract.py`` can hold it to the behaviour of
 :class:`~mmrag.stores.chroma.ChromaStore`.
 
 It mirrors Chroma 1.5.9 where the services can tell the difference:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.errors import ForbiddenError, NotFoundError
 from mmrag.http import access
 from mmrag.http.auth import allow_collection, require, services_of

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, LoadError, NotFoundError, PayloadTooLargeError, UnsupportedMediaTypeError
 from mmrag.http import access as access_log
 from mmrag.http.auth import allow_collection, caller_of, require, services_of

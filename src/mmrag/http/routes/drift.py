@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.http.auth import allow_collection, require, services_of
 from mmrag.http.routes.query import ERRORS
 from mmrag.lifecycle.versions import split_label

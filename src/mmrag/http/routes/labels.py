@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.errors import NotFoundError
 from mmrag.http.auth import allow_collection, caller_of, require, services_of
 from mmrag.http.routes.query import ERRORS

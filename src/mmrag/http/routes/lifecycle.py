@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.http.auth import allow_collection, require, services_of
 from mmrag.http.routes.query import ERRORS
 from mmrag.lifecycle.versions import MAX_VERSION

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.errors import NotFoundError
 from mmrag.http.auth import allow_collection, require, services_of
 from mmrag.http.schemas import ErrorBody

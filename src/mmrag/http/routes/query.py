@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse, format_sse_event
 
 from mmrag.answering import Answer, Citation
-from mmrag.apikeys import ApiKey
+from mmrag.http.apikeys import ApiKey
 from mmrag.errors import InvalidInputError, NotFoundError
 from mmrag.http import access, chat
 from mmrag.http.auth import allow_collection, caller_of, require, services_of

@@ -1,0 +1,69 @@
+"""Where an ingest run loads, chunks and embeds: the :class:`Engine` protocol and the in-process engine.
+
+An engine runs the planned files' work (:mod:`mmrag.indexing.steps`) and yields what the driver
+(:class:`~mmrag.indexing.driver.Indexer`) writes; :class:`mmrag.indexing.ray.RayEngine` is the other one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+
+from mmrag.indexing.steps import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
+from mmrag.tracing import span
+
+if TYPE_CHECKING:
+    from mmrag.indexing.driver import Indexer
+
+#: Items (chunks + images) embedded together, and written together (:mod:`mmrag.indexing.writer`).
+FLUSH_ITEMS = 256
+
+
+class Engine(Protocol):
+    """Runs the planned files' work and yields, in any order, their documents and their ends.
+
+    An engine never touches the manifest or a store; the :class:`Indexer` applies what it yields.
+    """
+
+    name: str
+
+    def run(self, tasks: Sequence[FileTask], indexer: "Indexer") -> Iterator[FileResult | Prepared]: ...
+
+    def describe(self) -> dict[str, float]:
+        """Worker counts for the summary."""
+        ...
+
+    @property
+    def startup_seconds(self) -> float: ...
+
+
+class LocalEngine:
+    """Loads, chunks and embeds in this process, one file after another (the default)."""
+
+    name = "local"
+    startup_seconds = 0.0
+
+    def describe(self) -> dict[str, float]:
+        return {"embed": 1, "cpus": float(os.cpu_count() or 1)}
+
+    def run(self, tasks: Sequence[FileTask], indexer: "Indexer") -> Iterator[FileResult | Prepared]:
+        buffer: list[LoadedDoc] = []
+        items = 0
+        for task in tasks:
+            for item in load_file(task, indexer.chunker, jsonl=indexer.jsonl, limits=indexer.limits,
+                                  redactor=indexer.redactor):
+                if isinstance(item, LoadedDoc):
+                    buffer.append(item)
+                    items += item.items
+                    if items >= FLUSH_ITEMS:
+                        yield from _embed(buffer, indexer)
+                        buffer, items = [], 0
+                else:
+                    yield item
+        yield from _embed(buffer, indexer)
+
+
+def _embed(buffer: list[LoadedDoc], indexer: "Indexer") -> list[Prepared]:
+    with span("ingest.embed", collection=indexer.kb.collection, documents=len(buffer),
+              items=sum(d.items for d in buffer)):
+        return embed_documents(buffer, indexer.kb)
