@@ -22,10 +22,11 @@ embedded store is opened by one process at a time and so that each measurement s
   hybrid; p50/p95/p99 (the query vectors cost microseconds, so this is the stores' latency).
 * rss: a fresh serving process opens the knowledge base and a Searcher and runs 100 hybrid
   queries, then reports its peak RSS (``ru_maxrss``).
-* raw (sizes <= ``--raw-max``): the same corpus written straight into two fresh Chroma collections
-  with ``collection.add`` in batches of :data:`RAW_BATCH`, reading the files and computing the same
-  seeded vectors on the way (what a user's own loop over chromadb would do, with no manifest, no
-  keyword index, no chunking and no crash safety): the rate the build is judged against.
+* raw (sizes <= ``--raw-max``): the same records written straight into three fresh Chroma
+  collections (as mmrag's: CLIP texts, CLIP images, MiniLM texts) with ``collection.add`` in batches
+  of :data:`RAW_BATCH`, with the same texts and metadata, reading the files and computing the same
+  seeded vectors on the way: what a user's own loop over chromadb does, with no manifest, no keyword
+  index, no chunking and no crash safety. The rate the build is judged against.
 * baseline (sizes <= ``--baseline-max``): the time to read every text record back from Chroma,
   a lower bound on what every write cost before the keyword index was updated in place (it was
   rebuilt from the whole text collection).
@@ -355,7 +356,12 @@ def phase_writes(home: Path, n: int, reps: int) -> dict[str, Any]:
 
 
 def phase_raw(home: Path) -> dict[str, Any]:
-    """The corpus written straight into Chroma, no mmrag: the build's floor (see the module docstring)."""
+    """The corpus written straight into Chroma, no mmrag: the build's floor (see the module docstring).
+
+    The same records as the build's, with the same payload: the three collections mmrag writes
+    (CLIP texts, CLIP images, MiniLM texts), each text record with its text and the metadata the
+    loaders give it, each image record with its size and format. Only the mmrag parts are missing.
+    """
     import chromadb
 
     from PIL import Image
@@ -366,43 +372,47 @@ def phase_raw(home: Path) -> dict[str, Any]:
     started = time.perf_counter()
     client = chromadb.PersistentClient(path=str(raw_dir), settings=chromadb.Settings(anonymized_telemetry=False))
     cosine = {"hnsw": {"space": "cosine"}}
-    clip = client.create_collection("raw-clip", configuration=cosine, embedding_function=None)  # type: ignore[arg-type]
-    text = client.create_collection("raw-text", configuration=cosine, embedding_function=None)  # type: ignore[arg-type]
+    clip_text, clip_image, text = (client.create_collection(name, configuration=cosine, embedding_function=None)  # type: ignore[arg-type]
+                                   for name in ("raw-clip", "raw-image", "raw-text"))
     written = {"clip": 0, "text": 0}
 
-    def add_texts(batch: list[tuple[str, str]]) -> None:
-        ids, docs = [i for i, _ in batch], [t for _, t in batch]
-        metas = [{"doc_id": i} for i in ids]
-        clip.add(ids=ids, embeddings=clip_vecs.embed_texts(docs), metadatas=metas)  # type: ignore[arg-type]
+    def add_texts(source: Path, batch: list[tuple[int, str, str]]) -> None:
+        ids, docs = [i for _, i, _ in batch], [t for _, _, t in batch]
+        metas = [{"doc_id": i, "source": str(source), "doc_type": "jsonl", "modality": "text", "chunk": 0,
+                  "start": 0, "end": len(t), "line": line} for line, i, t in batch]
+        clip_text.add(ids=ids, embeddings=clip_vecs.embed_texts(docs), metadatas=metas, documents=docs)  # type: ignore[arg-type]
         text.add(ids=ids, embeddings=text_vecs.embed_texts(docs), metadatas=metas, documents=docs)  # type: ignore[arg-type]
         written["clip"] += len(ids)
         written["text"] += len(ids)
 
     for shard in sorted(p for p in (home / "corpus").iterdir() if p.is_dir()):
-        batch: list[tuple[str, str]] = []
         for jsonl in sorted(shard.glob("*.jsonl")):
+            batch: list[tuple[int, str, str]] = []
             with open(jsonl, encoding="utf-8") as fh:
-                for line in fh:
-                    record = json.loads(line)
-                    batch.append((f"{shard.name}/{record['_id']}", record["text"]))
+                for line, raw in enumerate(fh, 1):
+                    record = json.loads(raw)
+                    batch.append((line, f"{shard.name}/{record['_id']}", record["text"]))
                     if len(batch) == RAW_BATCH:
-                        add_texts(batch)
+                        add_texts(jsonl, batch)
                         batch = []
-        if batch:
-            add_texts(batch)
+            if batch:
+                add_texts(jsonl, batch)
         images = sorted(shard.glob("*.png"))
         for lo in range(0, len(images), RAW_BATCH):
             part = images[lo:lo + RAW_BATCH]
-            blobs = []
+            blobs, metas = [], []
             for path in part:
                 with Image.open(path) as im:  # decoded, as any image loop must
                     im.load()
+                    metas.append({"doc_id": f"{shard.name}/{path.name}", "source": str(path), "doc_type": "image",
+                                  "modality": "image", "image_index": 0, "width": im.width, "height": im.height,
+                                  "format": im.format or ""})
                 blobs.append(path.read_bytes())
-            ids = [f"{shard.name}/{path.name}" for path in part]
-            clip.add(ids=ids, embeddings=clip_vecs._vectors(blobs), metadatas=[{"doc_id": i} for i in ids])  # type: ignore[arg-type]
+            ids = [m["doc_id"] for m in metas]
+            clip_image.add(ids=ids, embeddings=clip_vecs._vectors(blobs), metadatas=metas)  # type: ignore[arg-type]
             written["clip"] += len(ids)
     seconds = time.perf_counter() - started
-    counts = {"clip": clip.count(), "text": text.count()}
+    counts = {"clip": clip_text.count() + clip_image.count(), "text": text.count()}
     shutil.rmtree(raw_dir, ignore_errors=True)
     return {"seconds": round(seconds, 1), "records": written["clip"], "counts": counts, "batch": RAW_BATCH,
             "records_per_s": round(written["clip"] / seconds, 1)}
