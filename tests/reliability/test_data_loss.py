@@ -118,6 +118,7 @@ def test_bm25_sees_each_batch_during_a_long_ingest(hashing_kb, tmp_path: Path, m
     from mmrag import indexing
 
     monkeypatch.setattr(indexing, "FLUSH_ITEMS", 4)
+    monkeypatch.setattr(indexing, "WRITE_ITEMS", 4)
     root = tmp_path / "corpus"
     root.mkdir()
     for i in range(12):
