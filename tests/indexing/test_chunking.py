@@ -50,3 +50,23 @@ def test_pages_are_never_mixed() -> None:
 def test_bad_chunk_spec_is_refused(size: int, overlap: int) -> None:
     with pytest.raises(InvalidInputError):
         ChunkSpec(size=size, overlap=overlap)
+
+
+texts = st.lists(st.sampled_from(list("ab c.\n!?,;:'\"-") + ["\n\n", "\n\n\n", "  ", "Dr.", "e.g.", "3.5", "word"]),
+                 min_size=1, max_size=60).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts)
+def test_a_block_that_fits_is_chunked_as_the_splitter_would(text: str) -> None:
+    # The fast path for blocks that fit must be exactly what SentenceSplitter returns for them.
+    chunker = SentenceChunker(ChunkSpec(size=32, overlap=8))
+    if not text.strip():
+        return
+    from mmrag.chunking import count_tokens
+
+    expected = [p.strip() for p in chunker._splitter.split_text(text) if p.strip()]
+    got = [c.text for c in chunker.chunk("d", [TextBlock(text)])]
+    if len(count_tokens(text)) <= 32:
+        assert got == expected == [text.strip()]
+    assert got == expected

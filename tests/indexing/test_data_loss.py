@@ -115,9 +115,10 @@ def test_finding4_same_doc_id_from_another_folder_does_not_replace(hashing_kb, t
 
 def test_bm25_sees_each_batch_during_a_long_ingest(hashing_kb, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Documents marked done are keyword-searchable before the run ends (no end-of-run rebuild)."""
-    from mmrag.indexing import engines
+    from mmrag.indexing import engines, writer
 
-    monkeypatch.setattr(engines, "FLUSH_ITEMS", 4)  # the engine batches and the writer flushes by it
+    monkeypatch.setattr(engines, "FLUSH_ITEMS", 4)  # the engine's embedding batches
+    monkeypatch.setattr(writer, "WRITE_ITEMS", 4)  # and the writer's write batches
     root = tmp_path / "corpus"
     root.mkdir()
     for i in range(12):

@@ -64,6 +64,13 @@ def test_a_picture_without_text_has_no_text_and_never_means_never(tmp_path: Path
     assert doc.texts == () and doc.stats == {}
 
 
+def test_an_icon_is_not_looked_at_for_text_unless_asked(tmp_path: Path) -> None:
+    Image.new("RGB", (24, 16), "navy").save(tmp_path / "icon.png")
+    doc = _load(tmp_path / "icon.png")
+    assert doc.texts == () and "ocr_previews" not in doc.stats  # no detector pass on 24 x 16 pixels
+    assert _load(tmp_path / "icon.png", ocr="always").stats.get("ocr_images") == 1  # asked for: read
+
+
 def test_a_scanned_pdf_is_read_and_rendered_as_a_page_image(tmp_path: Path) -> None:
     pages = [text_page(LINES), text_page(["Second page says 9040 kilograms"])]
     pages[0].save(tmp_path / "scan.pdf", save_all=True, append_images=pages[1:], resolution=150)

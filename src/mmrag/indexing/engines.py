@@ -15,7 +15,7 @@ from mmrag.tracing import span
 if TYPE_CHECKING:
     from mmrag.indexing.driver import Indexer
 
-#: Items (chunks + images) embedded together, and written together (:mod:`mmrag.indexing.writer`).
+#: Items (chunks + images) embedded together (the writer writes several such batches at once).
 FLUSH_ITEMS = 256
 
 
