@@ -44,7 +44,7 @@ MODULES = {
     "keyword": "backends", "manifest": "backends", "chunking": "backends", "images": "backends",
     "apikeys": "backends", "redaction": "backends",
     # Judgements over text and context blocks: no store, no settings.
-    "context": "analysis", "sentences": "analysis", "verification": "analysis", "extractive": "analysis",
+    "context": "analysis", "grounding": "analysis", "sentences": "analysis", "verification": "analysis", "extractive": "analysis",
     "rerank": "analysis",
     # Name -> factory for backends and the answer components (kb builds its stores through it).
     "registry": "wiring",

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from mmrag.context import ContextBlock, defang, from_ocr, image_uri, pack, render_block
 from mmrag.errors import InvalidInputError
+from mmrag.grounding import refuse_ungrounded
 from mmrag.llms import ChatModel, CompletionStream, Message, Usage
 from mmrag.textanalysis import content_words
 from mmrag.tracing import span, start_span
@@ -393,10 +394,17 @@ class Answerer:
             # No text block (an image-only context): the gate has no inputs; the answer cites the image.
             return None, extraction, None
         decision = self.gate.decide(extraction)
-        if decision.answer:
+        # A question naming what its context never mentions is a near miss, however close the cosines.
+        stands_on = [s.block for s in extraction.chosen or extraction.sentences[:1]]
+        ungrounded = (refuse_ungrounded(self.gate.grounding, question, blocks, stands_on)
+                      if decision.answer and self.gate.grounding else None)
+        if decision.answer and ungrounded is None:
             return None, extraction, decision
-        return (Answer(question, ABSTAIN_TEXT, (), True, "abstained:calibrated", self.model_name, blocks=tuple(blocks),
-                       abstention=decision.to_dict(), mode="extractive" if self.mode == "extractive" else "generate",
+        guard, abstention = "abstained:calibrated", decision.to_dict()
+        if ungrounded is not None:
+            guard, abstention = "abstained:ungrounded", {**abstention, "answer": False, **ungrounded}
+        return (Answer(question, ABSTAIN_TEXT, (), True, guard, self.model_name, blocks=tuple(blocks),
+                       abstention=abstention, mode="extractive" if self.mode == "extractive" else "generate",
                        signals=_signals(extraction)),
                 extraction, decision)
 

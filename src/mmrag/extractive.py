@@ -258,11 +258,19 @@ class AbstentionGate:
             (None: the probability alone decides).
         calibration: a line saying what the weights were fitted on (shown with each decision).
         text_model: the text model whose cosines the weights were fitted to.
+        grounding: also refuse a question naming something its context never mentions, looked for in
+            ``context`` (every text block) or ``cited`` (the answer's blocks); None: no such check
+            (:mod:`mmrag.grounding`; the answerer runs it once the probability says "answer").
     """
 
     def __init__(self, coef: Sequence[float], intercept: float, mean: Sequence[float], scale: Sequence[float], *,
                  features: Sequence[str] = FEATURES, threshold: float = 0.5, min_answerability: float | None = None,
-                 calibration: str = "", text_model: str = "") -> None:
+                 calibration: str = "", text_model: str = "", grounding: str | None = None) -> None:
+        from mmrag.grounding import SCOPES
+
+        if grounding is not None and grounding not in SCOPES:
+            raise InvalidInputError(f"grounding must be one of {', '.join(SCOPES)} or null, got {grounding!r}")
+        self.grounding = grounding
         unknown = [f for f in features if f not in FEATURES]
         if unknown or not features:
             raise InvalidInputError(f"unknown abstention features {unknown}; known: {', '.join(FEATURES)}")
@@ -292,7 +300,8 @@ class AbstentionGate:
             return cls(data["coef"], data["intercept"], data["mean"], data["scale"], features=list(data["features"]),
                        threshold=float(data["threshold"] if threshold is None else threshold),
                        min_answerability=None if floor is None else float(floor),
-                       calibration=str(data.get("fitted_on", "")), text_model=str(data.get("text_model", "")))
+                       calibration=str(data.get("fitted_on", "")), text_model=str(data.get("text_model", "")),
+                       grounding=data.get("grounding"))
         except InvalidInputError as exc:
             raise InvalidInputError(f"{where}: {exc}; write one with eval/calibrate_abstention.py") from exc
         except (KeyError, TypeError, ValueError) as exc:
