@@ -55,7 +55,7 @@ COLLECTION = "halueval"
 THRESHOLD = 0.5
 #: Where the grounding check looks (``mmrag.grounding``): chosen on the SciFact near-miss set
 #: (``eval/gate_nearmiss.py``), never on HaluEval; the calibration file records it.
-GROUNDING = "context"
+GROUNDING = "cited"
 SCOPES = ("context", "cited")
 
 
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"{sum(r['answerable'] for r in rows)} answerable, "
                             f"{sum(not r['answerable'] for r in rows)} unanswerable questions (passage not "
                             f"ingested); hybrid retrieval, 5 context documents; {reader}; never the near-miss set "
-                            f"(eval/datasets/nearmiss.py)",
+                            f"(eval/datasets/nearmiss.py); the grounding check's scope ({grounding}) chosen on the "
+                            f"SciFact near-miss set (eval/datasets/nearmiss_scifact.py, eval/gate_nearmiss.py)",
                "cv_figures": {k: round(v, 4) for k, v in cv.items()},
                "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
