@@ -145,9 +145,12 @@ class ContextIndex:
             return True
         if not term.acronym:
             return False
-        # Two letters spell too many word pairs by chance; three or more name one phrase.
-        return term.acronym in self.acronyms or term.acronym in self.words or (
-            len(term.acronym) > 2 and term.acronym in self.initials)
+        if term.acronym in self.acronyms or term.acronym in self.words:
+            return True
+        # An acronym the question writes ("ROS") may be spelled out in the context. Two letters spell
+        # too many word pairs by chance, and a name of several words is not read as initials at all.
+        spelled = not term.keys or term.keys == (term.acronym,)
+        return spelled and len(term.acronym) > 2 and term.acronym in self.initials
 
 
 @dataclass(frozen=True)

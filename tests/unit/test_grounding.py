@@ -83,6 +83,9 @@ def test_acronyms_match_their_long_form_both_ways() -> None:
     assert check_grounding("What did the U.S. lend?", ["The United States lent three paintings."]).grounded
     assert check_grounding("What did the US lend?", ["The United States lent three paintings."]).grounded
     assert not check_grounding("What did the U.K. lend?", ["The United States lent three paintings."]).grounded
+    # an acronym of three letters or more may be spelled out in lower case; a name is never read as initials
+    assert check_grounding("Does ROS kill neurons?", ["Reactive oxygen species kill neurons."]).grounded
+    assert not check_grounding("When did the Sydney Harbour Bridge open?", ["She has been there."]).grounded
 
 
 def test_a_multi_word_name_is_found_by_its_words_and_honorifics_are_not_needed() -> None:
