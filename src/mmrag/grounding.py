@@ -48,7 +48,8 @@ _SENTENCE_END = re.compile(r"[.!?;:]\s+")
 _QUOTED = re.compile(r"\"([^\"]{2,80})\"|“([^”]{2,80})”|‘([^’]{2,80})’|(?<![\w])'([^']{2,80})'(?![\w])")
 _DOTTED = re.compile(r"^(?:[A-Za-z]\.){2,}$")
 #: Words that join the capitalised words of one name ("Bank of America", "Leonardo da Vinci").
-_JOINERS = frozenset("of the de da di del della der den van von la le du and & y".split())
+#: Not "and": "Chris Carter and Theo van Gogh" are two names, and a refusal should name the missing one.
+_JOINERS = frozenset("of the de da di del della der den van von la le du &".split())
 #: Words a name may carry that its passage need not repeat.
 _HONORIFICS = frozenset("mr mrs ms dr prof sir dame lord lady saint st president king queen prince princess "
                         "general captain senator governor mayor pope".split())

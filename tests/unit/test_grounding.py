@@ -94,6 +94,8 @@ def test_a_multi_word_name_is_found_by_its_words_and_honorifics_are_not_needed()
                                                                  "renamed Bank of America."]).grounded
     verdict = check_grounding("Who founded the Bank of Italy?", ["Bank of America was founded in 1904."])
     assert [t.text for t in verdict.missing] == ["Bank of Italy"]
+    verdict = check_grounding("Are Chris Carter and Theo van Gogh both Dutch?", ["Theo van Gogh was Dutch."])
+    assert verdict.reason == "the context never mentions 'Chris Carter'"  # two names, the missing one named
 
 
 def _hit(doc_id: str, text: str) -> Hit:
