@@ -98,10 +98,14 @@ def rules(gate: AbstentionGate) -> dict[str, Callable[[dict[str, Any]], bool]]:
     def reader(r: dict[str, Any]) -> bool:
         return r["signals"].get("answerability", 1.0) >= READER_FLOOR
 
-    def grounded(scope: str) -> Callable[[dict[str, Any]], bool]:
+    def grounded(scope: str, kinds: tuple[str, ...] = ("entity", "number", "quoted")
+                 ) -> Callable[[dict[str, Any]], bool]:
         # "cited": every block of the documents the answer cites (what the answerer checks)
-        return lambda r: check_grounding(r["query"], [text for doc, text in r["contexts"]
-                                                      if scope == "context" or doc in r["cited"]]).grounded
+        def rule(r: dict[str, Any]) -> bool:
+            verdict = check_grounding(r["query"], [text for doc, text in r["contexts"]
+                                                   if scope == "context" or doc in r["cited"]])
+            return not any(t.kind in kinds for t in verdict.missing)
+        return rule
 
     out: dict[str, Callable[[dict[str, Any]], bool]] = {"none": lambda r: True, "calibrated": calibrated,
                                                         "reader": reader}
@@ -111,6 +115,12 @@ def rules(gate: AbstentionGate) -> dict[str, Callable[[dict[str, Any]], bool]]:
         out[f"calibrated+reader+grounded[{scope}]"] = (lambda g: lambda r: calibrated(r) and reader(r) and g(r))(
             grounded(scope))
     out["calibrated+reader"] = lambda r: calibrated(r) and reader(r)
+    # the reader as the arbiter of an ungrounded question: refused only when it also finds no answer
+    cited = grounded("cited")
+    out["calibrated+(grounded[cited]|reader)"] = lambda r: calibrated(r) and (cited(r) or reader(r))
+    # only numbers and quoted strings (a false premise): names left to the gate
+    numbers = grounded("cited", ("number", "quoted"))
+    out["calibrated+grounded[cited,numbers]"] = lambda r: calibrated(r) and numbers(r)
     return out
 
 
