@@ -32,7 +32,10 @@ answer, cited to its block. ``auto`` generates, then answers extractively when t
 fails the guard or the detector (a model that says it does not know is believed). With a
 :class:`~mmrag.extractive.AbstentionGate` (``gate=``), every mode first asks the calibrated gate
 whether the context holds an answer at all; a refusal is ``abstained:calibrated`` and
-:attr:`Answer.abstention` says why (probability, threshold, inputs).
+:attr:`Answer.abstention` says why (probability, threshold, inputs). When the gate's calibration
+names a grounding scope, a question that names an entity, number or quoted string the context never
+mentions is refused too (``abstained:ungrounded``; :mod:`mmrag.grounding`), and the abstention's
+``reason`` names it.
 """
 
 from __future__ import annotations
