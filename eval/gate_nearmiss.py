@@ -3,6 +3,7 @@
     .venv/bin/python -m eval.gate_nearmiss collect eval/reports/nearmiss-sf --collection nearmiss_sf \
         --rows eval/reports/nearmiss-sf/rows.json
     .venv/bin/python -m eval.gate_nearmiss report eval/reports/nearmiss-sf/rows.json
+    .venv/bin/python -m eval.gate_nearmiss terms eval/reports/halueval     # the check on gold passages alone
 
 ``collect`` ingests ``DIR/corpus`` with the offline profile (a rerun reuses the ingest), answers every
 question of ``DIR/dev.jsonl`` extractively with the gate *off* and the offline reader on (hybrid
@@ -124,6 +125,34 @@ def rules(gate: AbstentionGate) -> dict[str, Callable[[dict[str, Any]], bool]]:
     return out
 
 
+def gold_terms(folder: Path, show: int = 0) -> tuple[int, int]:
+    """Answerable questions of ``folder`` that name a term their own gold passage never mentions.
+
+    No retrieval, no model: how often the grounding check would refuse an answerable question even
+    when the answer stands on the right passage (HaluEval's passages are the supporting sentences of a
+    multi-hop question, so the bridging entity is often not in them).
+    """
+    from mmrag import check_grounding
+
+    corpus = {}
+    for line in (folder / "corpus" / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            doc = json.loads(line)
+            corpus[str(doc["_id"])] = f"{doc.get('title', '')} {doc['text']}"
+    missing = total = 0
+    for line in (folder / "dev.jsonl").read_text(encoding="utf-8").splitlines():
+        q = json.loads(line) if line.strip() else {}
+        if not q.get("relevant") or q.get("answerable") is False:
+            continue
+        total += 1
+        verdict = check_grounding(q["query"], [corpus[d] for d in q["relevant"] if d in corpus])
+        if not verdict.grounded:
+            missing += 1
+            if missing <= show:
+                print(f"{[t.text for t in verdict.missing]} | {q['query']}")
+    return missing, total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--collection", required=True)
     c.add_argument("--workdir", type=Path, help="where the index lives (default: the set's folder)")
     c.add_argument("--rows", type=Path, required=True)
+    t = sub.add_parser("terms", help="answerable questions naming a term their gold passage never mentions")
+    t.add_argument("folder", type=Path)
+    t.add_argument("--show", type=int, default=10, help="examples to print")
     r = sub.add_parser("report", help="the figures of every rule on collected rows")
     r.add_argument("rows", type=Path)
     r.add_argument("--json", type=Path, help="also write the figures here")
@@ -140,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = collect(args.folder, args.collection, args.workdir or args.folder)
         args.rows.write_text(json.dumps(rows), encoding="utf-8")
         print(f"wrote {len(rows)} rows to {args.rows}", file=sys.stderr)
+        return 0
+    if args.command == "terms":
+        missing, total = gold_terms(args.folder, args.show)
+        print(f"{missing} of {total} answerable questions name a term their gold passage never mentions "
+              f"({missing / max(total, 1):.3f})")
         return 0
     rows = json.loads(args.rows.read_text(encoding="utf-8"))
     gate = AbstentionGate.load()
