@@ -4,9 +4,12 @@ Most near-miss questions change one entity, number or date of a question that th
 could answer, or assume a false premise ("what does parking cost on Sundays?" when the FAQ gives
 weekday prices). The passage that nearly answers is retrieved, on topic, with high cosines, so the
 calibrated gate (:mod:`mmrag.extractive`) lets it through; but the changed thing is absent from it.
-Extractive and open-domain QA systems check exactly this before answering (answer-type and entity
-overlap checks, the "unanswerable" heuristics of SQuAD 2.0 baselines): a question naming something
-its context never mentions is refused, and the refusal names it ("the context never mentions 'X'").
+So, as lexical checks for unanswerable questions do, a question naming something its context never
+mentions is refused, and the refusal names it ("the context never mentions 'X'").
+
+Measured (``eval/gate_nearmiss.py``): with the gate, it raises the near misses refused from 0.24 to
+0.86 on the HaluEval near-miss set, and costs answerable questions that name a bridging entity their
+passage leaves out (about a third of HaluEval's: ``gate_nearmiss terms``).
 
 The question's *specific terms* (:func:`question_terms`):
 
