@@ -17,7 +17,12 @@ never fitted on it, so its figures there say how the gate carries over to questi
    the threshold 0.5, both from 5-fold cross-validation (each question judged by a model that never
    saw it) and in-sample;
 4. writes ``src/mmrag/assets/abstention.json``: the weights, the threshold, the text model they fit,
-   what they were fitted on, and the cross-validated figures.
+   what they were fitted on, the grounding check's scope (``--grounding``), and the cross-validated
+   figures, which count the grounding check's refusals (``cv_without_grounding``: the gate alone).
+
+The grounding check (``mmrag.answering.grounding``: a question naming something its context never mentions is
+refused) is deterministic and fits nothing; its scope was chosen on the SciFact near-miss set
+(``eval/gate_nearmiss.py``), so these HaluEval figures hold it out.
 
 Why 0.5: the gate estimates P(answerable | signals) on a set with equal classes, so 0.5 is the
 decision that minimises errors when refusing wrongly and answering wrongly cost the same. The
@@ -38,15 +43,20 @@ from typing import Any
 
 import numpy as np
 
-from mmrag import (Answerer, EvalConfig, Indexer, KnowledgeBase, Searcher, Settings, answer_options,
-                   load_dataset, resolve_models, run_evaluation)
+from mmrag import (Answerer, EvalConfig, Indexer, KnowledgeBase, OfflineReader, Searcher, Settings,
+                   answer_options, check_grounding, load_dataset, resolve_models, run_evaluation)
 from eval.datasets.halueval import convert
+from eval.gate_nearmiss import Recorder
 
 REPO = Path(__file__).resolve().parent.parent
 FEATURES = ("block_cos", "coverage", "sentence_cos", "answerability")
 MIN_ANSWERABILITY = 0.5
 COLLECTION = "halueval"
 THRESHOLD = 0.5
+#: Where the grounding check looks (``mmrag.answering.grounding``): chosen on the SciFact near-miss set
+#: (``eval/gate_nearmiss.py``), never on HaluEval; the calibration file records it.
+GROUNDING = "cited"
+SCOPES = ("context", "cited")
 
 
 def collect(data: Path, workdir: Path) -> list[dict[str, Any]]:
@@ -57,29 +67,40 @@ def collect(data: Path, workdir: Path) -> list[dict[str, Any]]:
     summary = Indexer(kb).ingest([workdir / "corpus"])
     print(f"ingest: {summary.indexed} indexed, {summary.skipped} unchanged", file=sys.stderr)
     searcher = Searcher(kb)
-    opts = answer_options(settings, kb.text, "extractive")  # the extractor with the offline reader
+    # the extractor with the offline reader, whether or not the shipped gate reads it (the fit may)
+    opts = answer_options(settings, kb.text, "extractive", reader=OfflineReader.load())
     opts.pop("gate", None)  # every question is answered: the gate is what this fits
-    answerer = Answerer(None, searcher, **opts)
+    recorder = Recorder(Answerer(None, searcher, **opts))
     queries = load_dataset(workdir / "dev.jsonl")
-    run = run_evaluation(searcher, queries, EvalConfig(retriever="hybrid", answer_k=5), answerer=answerer)
+    run = run_evaluation(searcher, queries, EvalConfig(retriever="hybrid", answer_k=5), answerer=recorder)
     rows = []
     text_model = kb.text.name
     for q, row in zip(queries, run.rows):
         answer = row["answer"]
         if answer is None or answer["signals"] is None:
             raise SystemExit(f"{q.id}: no extractive answer ({row['errors']})")
+        full = recorder.answers[(q.text or "").strip()]
+        cited = {c.doc_id for c in full.citations}  # the cited documents' blocks, as the answerer checks
+        texts = {"context": [b.content for b in full.blocks],
+                 "cited": [b.content for b in full.blocks if b.hit.doc_id in cited]}
         rows.append({"text_model": text_model, "id": q.id, "answerable": q.answerable, "signals": answer["signals"],
                      "contains": row["scores"].get("contains_reference", 0.0),
-                     "cites_gold": row["scores"].get("cites_gold", 0.0), "latency_s": answer["latency_s"]})
+                     "cites_gold": row["scores"].get("cites_gold", 0.0), "latency_s": answer["latency_s"],
+                     "grounded": {scope: check_grounding(q.text or "", texts[scope]).grounded for scope in SCOPES}})
     return rows
 
 
 def figures(rows: list[dict[str, Any]], p: np.ndarray, threshold: float = THRESHOLD,
-            floor: float | None = None) -> dict[str, float]:
-    """The issue's three figures when the gate answers where ``p >= threshold`` (and the reader's floor)."""
+            floor: float | None = None, grounding: str | None = None) -> dict[str, float]:
+    """The issue's three figures when the gate answers where ``p >= threshold`` (and the reader's floor,
+    and the grounding check over ``grounding``'s scope)."""
     answered = p >= threshold
     if floor is not None:
         answered &= np.array([r["signals"]["answerability"] for r in rows]) >= floor
+    if grounding is not None:
+        if any("grounded" not in r for r in rows):
+            raise SystemExit("these rows predate the grounding check: collect them again (drop --from-rows)")
+        answered &= np.array([r["grounded"][grounding] for r in rows])
     yes = np.array([r["answerable"] for r in rows])
     contains = np.array([r["contains"] for r in rows])
     cites = np.array([r["cites_gold"] for r in rows])
@@ -126,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=Path, help="also write the collected rows (signals, labels) here as JSON")
     parser.add_argument("--from-rows", type=Path,
                         help="fit on rows written by --rows instead of collecting them again (minutes on 2 cores)")
+    parser.add_argument("--grounding", default=GROUNDING, choices=[*SCOPES, "none"],
+                        help="where the grounding check looks (mmrag.answering.grounding), or none (default %(default)s)")
     parser.add_argument("--features", default=",".join(FEATURES),
                         help="the signals the gate reads, comma-separated (a subset of: %(default)s); "
                              "the report gives the figures with and without the reader either way")
@@ -134,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not features or set(features) - set(FEATURES):
         parser.error(f"--features: choose from {', '.join(FEATURES)}")
     floor = args.min_answerability if args.min_answerability >= 0 else None
+    grounding = None if args.grounding == "none" else args.grounding
     if args.from_rows:
         rows = json.loads(args.from_rows.read_text(encoding="utf-8"))
     else:
@@ -141,26 +165,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows:
         args.rows.write_text(json.dumps(rows), encoding="utf-8")
     params, held_out, in_sample = fit(rows, args.folds, features)
-    cv, fitted = figures(rows, held_out, floor=floor), figures(rows, in_sample, floor=floor)
+    cv = figures(rows, held_out, floor=floor, grounding=grounding)
+    fitted = figures(rows, in_sample, floor=floor, grounding=grounding)
     ungated = figures(rows, np.ones(len(rows)))
     old_params, old_held_out, _ = fit(rows, args.folds, FEATURES[:3])
     latency = sorted(r["latency_s"] for r in rows if r.get("latency_s") is not None) or [None]
     print(json.dumps({"features": features, **params, "min_answerability": floor, "cv": cv, "in_sample": fitted,
                       "no_gate": ungated, "cv_without_reader": figures(rows, old_held_out),
-                      "cv_without_floor": figures(rows, held_out),
+                      "cv_without_floor": figures(rows, held_out, grounding=grounding),
+                      "cv_without_grounding": figures(rows, held_out, floor=floor),
                       "answer_p50_s": latency[len(latency) // 2]}, indent=2))
     if not args.check:
         reader = ("answerability from mmrag's offline reader" if "answerability" in features else
                   "the offline reader's answerability measured and left out (cv_without_reader equalled the fit "
                   "with it, and reading it costs ~100 ms an answer)")
         out = {"features": list(features), **params, "threshold": THRESHOLD, "min_answerability": floor,
+               "grounding": grounding,
                "text_model": rows[0]["text_model"],
                "fitted_on": f"HaluEval QA development set (eval/datasets/halueval.py, seed 0): "
                             f"{sum(r['answerable'] for r in rows)} answerable, "
                             f"{sum(not r['answerable'] for r in rows)} unanswerable questions (passage not "
                             f"ingested); hybrid retrieval, 5 context documents; {reader}; never the near-miss set "
-                            f"(eval/datasets/nearmiss.py)",
+                            f"(eval/datasets/nearmiss.py); the grounding check's scope ({grounding}) chosen on the "
+                            f"SciFact near-miss set (eval/datasets/nearmiss_scifact.py, eval/gate_nearmiss.py)",
                "cv_figures": {k: round(v, 4) for k, v in cv.items()},
+               "cv_figures_without_grounding": {k: round(v, 4) for k, v in figures(rows, held_out, floor=floor).items()},
                "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)

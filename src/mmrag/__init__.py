@@ -43,6 +43,7 @@ from mmrag.evaluation import (
 from mmrag.answering import ABSTAIN_TEXT, ANSWER_MODES, Answer, Answerer, Citation
 from mmrag.answering.extractive import Extractor
 from mmrag.answering.guard import AbstentionGate
+from mmrag.answering.grounding import check_grounding
 from mmrag.indexing import Indexer, IngestSummary
 from mmrag.llms import Message
 from mmrag.llms.litellm import LiteLLMChatModel
@@ -69,9 +70,9 @@ __all__ = [
     "NotFoundError", "OfflineReader", "OpenClipEmbedder", "Query", "ReaderSettings", "Record",
     "RedactionPolicyError", "Redactor", "Reranker", "SearchFilter", "Searcher", "SentenceChunker",
     "SentenceTransformerEmbedder", "Settings", "StoreError", "TextBlock", "UpstreamError", "answer_mode",
-    "answer_options", "answer_stop", "build_chat_model", "build_reranker", "check_gates", "compare_runs",
-    "configure_logging", "evaluate_dataset", "evaluate_retrieval", "load_dataset", "load_report", "ndcg_at",
-    "offline_minilm_dir", "open_client", "parse_gates", "precision_at", "resolve_models", "rrf",
+    "answer_options", "answer_stop", "build_chat_model", "build_reranker", "check_gates", "check_grounding",
+    "compare_runs", "configure_logging", "evaluate_dataset", "evaluate_retrieval", "load_dataset", "load_report",
+    "ndcg_at", "offline_minilm_dir", "open_client", "parse_gates", "precision_at", "resolve_models", "rrf",
     "run_evaluation", "set_labels", "write_reports",
 ]
 __version__ = "0.1.0"

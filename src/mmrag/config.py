@@ -77,6 +77,11 @@ class AnswerSettings(BaseModel):
     abstain_threshold: float | None = Field(None, gt=0, lt=1)
     #: A calibration file written by ``eval/calibrate_abstention.py``; None: the one mmrag ships.
     calibration: Path | None = None
+    #: The grounding check (:mod:`mmrag.answering.grounding`): refuse a question that names an entity,
+    #: number or quoted string the ``cited`` documents (or the whole ``context``) never mention. None:
+    #: the calibration's own choice (the shipped one: off, because on HaluEval it refused a third of the
+    #: answerable questions, whose bridging entity their passage leaves out; see docs/reranking.md).
+    grounding: Literal["off", "cited", "context"] | None = None
 
 
 class ChunkSettings(BaseModel):

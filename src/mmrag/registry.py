@@ -166,8 +166,8 @@ def answer_options(settings: Settings, text_embedder: Any, mode: str, *, reader:
     from mmrag.answering.guard import AbstentionGate
 
     gate_on = settings.answer.gate if settings.answer.gate is not None else mode != "generate"
-    gate = AbstentionGate.load(settings.answer.calibration, threshold=settings.answer.abstain_threshold) \
-        if gate_on else None
+    gate = AbstentionGate.load(settings.answer.calibration, threshold=settings.answer.abstain_threshold,
+                               grounding=settings.answer.grounding) if gate_on else None
     if gate is not None and gate.needs_reader and reader is None:
         reader = load_reader()
     opts: dict[str, Any] = {"mode": mode, "extractor": Extractor(text_embedder, reader=reader)}

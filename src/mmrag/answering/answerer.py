@@ -32,7 +32,10 @@ answer, cited to its block. ``auto`` generates, then answers extractively when t
 fails the guard or the detector (a model that says it does not know is believed). With a
 :class:`~mmrag.answering.guard.AbstentionGate` (``gate=``), every mode first asks the calibrated gate
 whether the context holds an answer at all; a refusal is ``abstained:calibrated`` and
-:attr:`Answer.abstention` says why (probability, threshold, inputs).
+:attr:`Answer.abstention` says why (probability, threshold, inputs). When the gate's calibration
+names a grounding scope, a question that names an entity, number or quoted string the context never
+mentions is refused too (``abstained:ungrounded``; :mod:`mmrag.answering.grounding`), and the abstention's
+``reason`` names it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from mmrag.answering.context import ContextBlock, defang, from_ocr, image_uri, pack, render_block
 from mmrag.errors import InvalidInputError
+from mmrag.answering.grounding import refuse_ungrounded
 from mmrag.llms import ChatModel, CompletionStream, Message, Usage
 from mmrag.textanalysis import content_words
 from mmrag.tracing import span, start_span
@@ -394,10 +398,17 @@ class Answerer:
             # No text block (an image-only context): the gate has no inputs; the answer cites the image.
             return None, extraction, None
         decision = self.gate.decide(extraction)
-        if decision.answer:
+        # A question naming what its context never mentions is a near miss, however close the cosines.
+        stands_on = [s.block for s in extraction.chosen or extraction.sentences[:1]]
+        ungrounded = (refuse_ungrounded(self.gate.grounding, question, blocks, stands_on)
+                      if decision.answer and self.gate.grounding else None)
+        if decision.answer and ungrounded is None:
             return None, extraction, decision
-        return (Answer(question, ABSTAIN_TEXT, (), True, "abstained:calibrated", self.model_name, blocks=tuple(blocks),
-                       abstention=decision.to_dict(), mode="extractive" if self.mode == "extractive" else "generate",
+        guard, abstention = "abstained:calibrated", decision.to_dict()
+        if ungrounded is not None:
+            guard, abstention = "abstained:ungrounded", {**abstention, "answer": False, **ungrounded}
+        return (Answer(question, ABSTAIN_TEXT, (), True, guard, self.model_name, blocks=tuple(blocks),
+                       abstention=abstention, mode="extractive" if self.mode == "extractive" else "generate",
                        signals=_signals(extraction)),
                 extraction, decision)
 

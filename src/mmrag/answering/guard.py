@@ -78,11 +78,19 @@ class AbstentionGate:
             (None: the probability alone decides).
         calibration: a line saying what the weights were fitted on (shown with each decision).
         text_model: the text model whose cosines the weights were fitted to.
+        grounding: also refuse a question naming something its context never mentions, looked for in
+            ``context`` (every text block) or ``cited`` (the answer's blocks); None: no such check
+            (:mod:`mmrag.answering.grounding`; the answerer runs it once the probability says "answer").
     """
 
     def __init__(self, coef: Sequence[float], intercept: float, mean: Sequence[float], scale: Sequence[float], *,
                  features: Sequence[str] = FEATURES, threshold: float = 0.5, min_answerability: float | None = None,
-                 calibration: str = "", text_model: str = "") -> None:
+                 calibration: str = "", text_model: str = "", grounding: str | None = None) -> None:
+        from mmrag.answering.grounding import SCOPES
+
+        if grounding is not None and grounding not in SCOPES:
+            raise InvalidInputError(f"grounding must be one of {', '.join(SCOPES)} or null, got {grounding!r}")
+        self.grounding = grounding
         unknown = [f for f in features if f not in FEATURES]
         if unknown or not features:
             raise InvalidInputError(f"unknown abstention features {unknown}; known: {', '.join(FEATURES)}")
@@ -104,15 +112,20 @@ class AbstentionGate:
         return "answerability" in self.features or self.min_answerability is not None
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str = "calibration",
-                  threshold: float | None = None) -> "AbstentionGate":
-        """Build a gate from a calibration file's contents (see ``eval/calibrate_abstention.py``)."""
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "calibration", threshold: float | None = None,
+                  grounding: str | None = None) -> "AbstentionGate":
+        """Build a gate from a calibration file's contents (see ``eval/calibrate_abstention.py``).
+
+        ``threshold`` and ``grounding`` (``off``, ``cited``, ``context``) override the file's own.
+        """
+        scope = data.get("grounding") if grounding is None else (None if grounding == "off" else grounding)
         try:
             floor = data.get("min_answerability")
             return cls(data["coef"], data["intercept"], data["mean"], data["scale"], features=list(data["features"]),
                        threshold=float(data["threshold"] if threshold is None else threshold),
                        min_answerability=None if floor is None else float(floor),
-                       calibration=str(data.get("fitted_on", "")), text_model=str(data.get("text_model", "")))
+                       calibration=str(data.get("fitted_on", "")), text_model=str(data.get("text_model", "")),
+                       grounding=scope)
         except InvalidInputError as exc:
             raise InvalidInputError(f"{where}: {exc}; write one with eval/calibrate_abstention.py") from exc
         except (KeyError, TypeError, ValueError) as exc:
@@ -120,16 +133,17 @@ class AbstentionGate:
                                     "write one with eval/calibrate_abstention.py") from exc
 
     @classmethod
-    def load(cls, path: str | Path | None = None, *, threshold: float | None = None) -> "AbstentionGate":
-        """The calibration at ``path``, or the one shipped with mmrag."""
+    def load(cls, path: str | Path | None = None, *, threshold: float | None = None,
+             grounding: str | None = None) -> "AbstentionGate":
+        """The calibration at ``path``, or the one shipped with mmrag (see :meth:`from_dict` for the overrides)."""
         if path is None:
-            return _shipped(threshold)
+            return _shipped(threshold, grounding)
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InvalidInputError(f"{path}: cannot read the abstention calibration ({exc})") from exc
-        return cls.from_dict(data, where=str(path), threshold=threshold)
+        return cls.from_dict(data, where=str(path), threshold=threshold, grounding=grounding)
 
     def check_model(self, text_model: str) -> None:
         """Log (once per gate) when the knowledge base's text model is not the calibrated one."""
@@ -162,9 +176,9 @@ class AbstentionGate:
 
 
 @functools.lru_cache(maxsize=4)
-def _shipped(threshold: float | None) -> AbstentionGate:
+def _shipped(threshold: float | None, grounding: str | None) -> AbstentionGate:
     data = json.loads(DEFAULT_CALIBRATION.read_text(encoding="utf-8"))
-    return AbstentionGate.from_dict(data, where=str(DEFAULT_CALIBRATION), threshold=threshold)
+    return AbstentionGate.from_dict(data, where=str(DEFAULT_CALIBRATION), threshold=threshold, grounding=grounding)
 
 
 def _require_signals(names: Sequence[str], features: Mapping[str, float]) -> None:

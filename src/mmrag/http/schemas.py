@@ -165,7 +165,8 @@ class AnswerResponse(BaseModel):
     verification: dict[str, Any] | None = Field(None, description="The detector's verdict when `verify` was on.")
     mode: str = Field("generate", description="How the text was made: generate or extractive.")
     abstention: dict[str, Any] | None = Field(
-        None, description="The calibrated gate's decision: p_answerable, threshold, features, calibration.")
+        None, description="The calibrated gate's decision: p_answerable, threshold, features, calibration; "
+                          "a grounding refusal (guard abstained:ungrounded) adds reason, missing, terms and scope.")
     model: str
     usage: UsageOut
     collection: str

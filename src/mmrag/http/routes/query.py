@@ -315,7 +315,8 @@ def _verdict(result: Answer, collection: str) -> dict[str, Any]:
 
 def _record(services: Services, result: Answer, llm_started: float) -> None:
     # Prechecks, the gate and extraction make no LLM call (an auto-mode fallback did make one).
-    no_call = (result.guard.startswith(("abstained:no_context", "abstained:low_score", "abstained:calibrated"))
+    no_call = (result.guard.startswith(("abstained:no_context", "abstained:low_score", "abstained:calibrated",
+                                      "abstained:ungrounded"))
                or result.guard == "extractive")
     if not no_call:
         services.metrics.record_usage(result.model, result.usage, time.perf_counter() - llm_started)
