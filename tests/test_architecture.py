@@ -74,7 +74,7 @@ OVERRIDES = {
     # The drift references' table owner: a store beside the manifest, which drift reads and writes.
     "lifecycle.driftrefs": "backends",
     # Relabelling and counting as a caller write and read a knowledge base's stores and manifest.
-    "security.relabel": "knowledge base", "security.counts": "knowledge base",
+    "security.relabel": "knowledge base", "security.counts": "knowledge base", "security.plan": "knowledge base",
 }
 #: Imports from a lower layer that are allowed anyway: the package version, a constant.
 ALLOWED = {("mmrag", "__version__")}

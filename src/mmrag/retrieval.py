@@ -48,6 +48,7 @@ from mmrag.loaders._common import DOC_TYPES
 from mmrag.protocols import Reranker
 from mmrag.rerank import DEFAULT_DEPTH, rerank_hits
 from mmrag.security.labels import Caller, NoAccess, access_where
+from mmrag.security.plan import query_readable, reads_nothing
 from mmrag.tracing import span
 from mmrag.types import Hit, MetaValue, Query
 
@@ -155,6 +156,9 @@ class _Plan:
 
     where: dict[str, Any] | None
     prefix: str | None  # checked on the hits when it was too broad to become a native filter
+    #: ``where`` is the caller's access filter alone: the vector stores may answer it by the
+    #: cheaper exact plan of :mod:`mmrag.security.plan`.
+    access_only: bool = False
 
     def keep(self, hit: Hit) -> bool:
         return self.prefix is None or hit.source.startswith(self.prefix)
@@ -295,13 +299,15 @@ class Searcher:
             allowed = access_where(self.caller, self.unlabelled)
         except NoAccess:
             raise _NoMatch from None
+        if allowed is not None and reads_nothing(self.kb, self.caller, self.unlabelled):  # type: ignore[arg-type]
+            raise _NoMatch  # a caller of labels no document carries: no index is asked
         mine = and_where(dict(where) if where else None, filters.where() if filters else None)
         if mine:
             check_where_bounds(mine)  # the caller's own filter; the indexes take the access clause on top
         base = and_where(mine, allowed)
         prefix = filters.source_prefix if filters else None
         if prefix is None:
-            return _Plan(base, None)
+            return _Plan(base, None, access_only=allowed is not None and not mine)
         # An index range scan on the manifest's sources, bounded by what a native filter can take.
         ids = self.kb.manifest.doc_ids_under(self.kb.collection, prefix, MAX_IN_IDS + 1)
         if not ids:
@@ -331,6 +337,8 @@ class Searcher:
             raw = self.kb.text.embed_texts([query.text or ""])[0]
             self._observe("text", raw)
             vec = raw.tolist()
+            if plan.access_only:
+                return lambda n: self._readable("text", self.kb.text_store, vec, n, where, None)
             return lambda n: self.kb.text_store.query(vec, n, where)
         clip = self.kb.clip
         vecs = []
@@ -342,7 +350,15 @@ class Searcher:
             self._observe("clip-image", vecs[-1])
         mean = (sum(vecs) / len(vecs)).tolist()
         filt = and_where(dict(where) if where else None, {"modality": modality} if modality != "all" else None)
+        if plan.access_only:
+            return lambda n: self._readable("clip", self.kb.clip_store, mean, n, filt, None if modality == "all" else modality)
         return lambda n: self.kb.clip_store.query(mean, n, filt)
+
+    def _readable(self, which: str, store: Any, vec: list[float], n: int, where: dict[str, Any] | None,
+                  modality: str | None) -> list[Hit]:
+        """A restricted caller's top ``n`` of a vector store, by the plan its share of the store makes cheaper."""
+        return query_readable(self.kb, which, store, vec, n, self.caller, self.unlabelled,  # type: ignore[arg-type]
+                              lambda: store.query(vec, n, where), modality)
 
     def _observe(self, space: str, vector: Any) -> None:
         if self.query_log is not None:

@@ -19,6 +19,7 @@ reindex into a new version carries the labels over.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -34,6 +35,14 @@ CREATE TABLE IF NOT EXISTS doc_access (
     doc_id TEXT NOT NULL,
     labels TEXT NOT NULL,
     PRIMARY KEY (kb, doc_id)
+)
+"""
+#: One row per knowledge base, rewritten with every ``doc_access`` write: searchers cache the labels
+#: (:mod:`mmrag.security.plan`) and reload them when it changes, in this process or another.
+STAMP_TABLE = """
+CREATE TABLE IF NOT EXISTS doc_access_stamp (
+    kb    TEXT PRIMARY KEY,
+    stamp TEXT NOT NULL
 )
 """
 
@@ -108,8 +117,11 @@ class LabelTable:
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
         # A read first: every ingest batch opens the table, and a write would cost an fsync.
-        if not manifest.read("SELECT 1 FROM sqlite_master WHERE type='table' AND name='doc_access'"):
+        found = manifest.read("SELECT COUNT(*) FROM sqlite_master WHERE type='table' "
+                              "AND name IN ('doc_access', 'doc_access_stamp')")
+        if found[0][0] != 2:
             manifest.write(TABLE, [()])
+            manifest.write(STAMP_TABLE, [()])
 
     def get(self, collection: str, doc_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
         """The recorded labels of these documents (those with a row)."""
@@ -126,7 +138,27 @@ class LabelTable:
         """Record each document's labels (an empty list records "public on purpose")."""
         rows = [(collection, collection, doc_id, ",".join(sorted(set(ls)))) for doc_id, ls in labels.items()]
         if rows:
-            self.manifest.write(f"INSERT OR REPLACE INTO doc_access VALUES ({KB_OF},?,?)", rows)
+            with self.manifest.transaction() as db:
+                db.executemany(f"INSERT OR REPLACE INTO doc_access VALUES ({KB_OF},?,?)", rows)
+                db.execute(f"INSERT OR REPLACE INTO doc_access_stamp VALUES ({KB_OF},?)",
+                           (collection, collection, uuid.uuid4().hex))
+
+    def stamp(self, collection: str) -> str | None:
+        """The knowledge base's access stamp: a new value after every change of its labels (None: never set)."""
+        rows = self.manifest.read(f"SELECT stamp FROM doc_access_stamp WHERE kb={KB_OF}", (collection, collection))
+        return str(rows[0][0]) if rows else None
+
+    def label_groups(self, collection: str) -> list[tuple[str, int, int, int]]:
+        """``(labels, documents, clip records, text records)`` per distinct label set ('' for none).
+
+        Counts the documents whose records the stores hold (every status but ``pending``, as
+        :meth:`~mmrag.manifest.Manifest.totals` does).
+        """
+        rows = self.manifest.read(
+            "SELECT COALESCE(a.labels, ''), COUNT(*), COALESCE(SUM(d.n_clip), 0), COALESCE(SUM(d.n_text), 0) "
+            f"FROM documents d LEFT JOIN doc_access a ON a.kb={KB_OF} AND a.doc_id=d.doc_id "
+            "WHERE d.collection=? AND d.status!='pending' GROUP BY 1", (collection, collection, collection))
+        return [(str(ls), int(n), int(c), int(t)) for ls, n, c, t in rows]  # type: ignore[call-overload]
 
     def labelled(self, collection: str) -> dict[str, tuple[str, ...]]:
         """Every document of the knowledge base that has labels."""

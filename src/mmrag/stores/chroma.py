@@ -229,6 +229,23 @@ class ChromaStore:
             hits.append(hit_from(rid, meta or {}, doc, 1.0 - float(dist)))
         return hits
 
+    def nearest(self, vector: Sequence[float], n: int, modality: str | None = None) -> list[tuple[str, float]] | None:
+        """Ids and cosine scores of the ``n`` nearest records, unfiltered; None when asked for one ``modality``
+        (one collection cannot pick a modality without a filter).
+
+        Ids and distances only: Chroma reads each result's metadata and text at about 0.1 ms a
+        record, so a deep candidate list costs a fraction of a full query (see
+        :mod:`mmrag.security.plan`, the one caller, which reads the records it keeps with :meth:`get`).
+        """
+        if modality is not None:
+            return None
+        if n <= 0:
+            return []
+        with _translate(f"query {self.name!r}"):
+            res = self._col.query(query_embeddings=np.asarray([vector], dtype=np.float32), n_results=n,
+                                  include=["distances"])
+        return [(rid, 1.0 - float(dist)) for rid, dist in zip(res["ids"][0], res["distances"][0])]
+
     def update_metadata(self, ids: Sequence[str], changes: Sequence[Mapping[str, Any]]) -> None:
         """Merge metadata changes into records (Chroma's ``update``: a ``None`` value deletes the key)."""
         self.check_writable()

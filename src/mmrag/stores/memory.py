@@ -128,6 +128,11 @@ class InMemoryStore:
         scored.sort(key=lambda s: -s[0])
         return [hit_from(rid, meta, doc, score) for score, rid, meta, doc in scored[:k]]
 
+    def nearest(self, vector: Sequence[float], n: int, modality: str | None = None) -> list[tuple[str, float]] | None:
+        """Ids and scores of the ``n`` nearest records (of ``modality``, when given), as ``ChromaStore.nearest``."""
+        hits = self.query(vector, n, {"modality": modality} if modality else None)
+        return [(h.id, h.score) for h in hits]
+
     def get(self, ids: Sequence[str]) -> list[Hit]:
         """The records with these ids (missing ids are left out), with ``score`` 0."""
         return [hit_from(rid, self._rows[rid][1], self._rows[rid][2], 0.0) for rid in ids if rid in self._rows]

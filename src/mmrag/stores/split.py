@@ -86,6 +86,17 @@ class ModalitySplitStore:
             return lists[0]
         return heapq.nlargest(k, (h for hits in lists for h in hits), key=lambda h: h.score)
 
+    def nearest(self, vector: Sequence[float], n: int, modality: str | None = None) -> list[tuple[str, float]] | None:
+        """Ids and scores of the ``n`` nearest records, unfiltered but for the half ``modality`` picks."""
+        if modality is not None and modality not in MODALITIES:
+            return []
+        lists = [store.nearest(vector, n) for store in self._part(modality)]  # type: ignore[attr-defined]
+        if any(pairs is None for pairs in lists):
+            return None
+        if len(lists) == 1:
+            return lists[0]  # type: ignore[no-any-return]
+        return heapq.nlargest(n, (p for pairs in lists for p in pairs), key=lambda p: p[1])
+
     def get(self, ids: Sequence[str]) -> list[Hit]:
         """Records by id (an image record's id has ``#i``)."""
         images = [i for i in ids if "#i" in i]
