@@ -235,7 +235,7 @@ def test_clip_measurement_lets_every_model_go_before_the_next_loads(monkeypatch:
     """Each candidate starts from a reload; the model before it must be gone, the first one included.
 
     __init__ once kept the first fp32 model in a local name while its frame ran the measurement:
-    every reload then held two models (ingest bench peak RSS 2070 MiB; 1514 MiB without it).
+    every reload then held two models (peak RSS of the measurement 2070 MiB, 1557 MiB without the local).
     """
     monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
     seen = _track_models(monkeypatch, OpenClipEmbedder, "_load_model")
@@ -265,7 +265,7 @@ def rss_mib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 # Freeing one 16 MB block raises glibc's mmap threshold, so later 4 MB blocks come from the heap
-# (as a model's weights do after its first one is freed); small live blocks between them pin it.
+# (as a model's weights do after its first one is freed); 256 KB live blocks between them pin it.
 libc.free(libc.malloc(16 << 20))
 blocks, pins = [], []
 for _ in range(64):
