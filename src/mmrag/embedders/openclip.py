@@ -14,7 +14,6 @@ Speed choices, each measured in ``eval/bench/ingest.py``:
 
 from __future__ import annotations
 
-import gc
 import io
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -150,12 +149,14 @@ class OpenClipEmbedder:
         self._pretrained = pretrained
         # Random weights (benchmarks): every reload draws them from the generator state of the first.
         self._rng_state = torch.random.get_rng_state() if pretrained is None else None
-        self._model = model = self._load_model()
+        # No local name for the model: __init__'s frame lives through the numerics measurement,
+        # and a local would keep the first fp32 model alive beside every reload (+600 MB peak).
+        self._model = self._load_model()
         self._dtypes: dict[str, Any] = {"image": torch.float32, "text": torch.float32}
         self.numerics: dict[str, Any] = {}  # part -> mmrag.numerics.Choice, once measured
         preprocess = self._preprocess
         self._tokenizer = open_clip.get_tokenizer(spec.model)
-        self._plain_causal_text = _is_plain_causal_text(model, torch)
+        self._plain_causal_text = _is_plain_causal_text(self._model, torch)
         self.image_size = _image_size(preprocess)
         self.weights_id = file_sha256(Path(pretrained))[:16] if local else (pretrained or "random")
         with torch.inference_mode():
@@ -241,10 +242,13 @@ class OpenClipEmbedder:
     def _restore(self, part: str) -> None:
         """Back to fp32 weights for ``part``: reload the model, then re-apply the other tower's choice.
 
-        The converted model is let go before the fp32 one loads, so two never coexist (peak RSS).
+        The converted model is let go, and its pages handed back to the OS, before the fp32 one
+        loads, so two never coexist (peak RSS).
         """
+        from mmrag.numerics import release_freed_memory
+
         self._model = None
-        gc.collect()
+        release_freed_memory()
         self._model = self._load_model()
         self._dtypes = {"image": self._torch.float32, "text": self._torch.float32}
         other = "text" if part == "image" else "image"

@@ -117,13 +117,13 @@ class SentenceTransformerEmbedder:
     def _reload(self) -> None:
         # A cast rounds the weights in place and quantisation replaces the layers: neither can be
         # undone, so fp32 comes back from the weights on disk.
-        import gc
-
         from sentence_transformers import SentenceTransformer
+
+        from mmrag.numerics import release_freed_memory
 
         device = str(self._model.device)
         self._model = None  # let the converted model go before fp32 loads: two never coexist
-        gc.collect()
+        release_freed_memory()
         self._model = SentenceTransformer(self.model_ref, device=device)
 
     def identity(self) -> dict[str, str | int]:
