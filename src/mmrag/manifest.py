@@ -385,6 +385,20 @@ class Manifest:
         )[0]
         return int(row[0]), int(row[1])  # type: ignore[call-overload]
 
+    def totals_by_labels(self, collection: str, labels_of: str, args: tuple[object, ...] = ()
+                         ) -> list[tuple[str, int, int, int]]:
+        """``(labels, documents, clip records, text records)`` per distinct label set ('' for none).
+
+        Counts what :meth:`totals` counts (every status but ``pending``), grouped by the labels that
+        ``labels_of``, a SQL expression over the document ``d`` with ``args`` for its placeholders, gives it
+        (the access layer's table,
+        :class:`mmrag.security.rules.LabelTable`, owns that expression; the documents stay this module's).
+        """
+        rows = self._read(
+            f"SELECT COALESCE(({labels_of}), ''), COUNT(*), COALESCE(SUM(d.n_clip), 0), COALESCE(SUM(d.n_text), 0) "
+            "FROM documents d WHERE d.collection=? AND d.status!='pending' GROUP BY 1", (*args, collection))
+        return [(str(ls), int(n), int(c), int(t)) for ls, n, c, t in rows]  # type: ignore[call-overload]
+
     def set_states(self, collection: str, states: Iterable[DocState]) -> None:
         """Insert or replace document states in one transaction."""
         now = time.time()

@@ -154,11 +154,10 @@ class LabelTable:
         Counts the documents whose records the stores hold (every status but ``pending``, as
         :meth:`~mmrag.manifest.Manifest.totals` does).
         """
-        rows = self.manifest.read(
-            "SELECT COALESCE(a.labels, ''), COUNT(*), COALESCE(SUM(d.n_clip), 0), COALESCE(SUM(d.n_text), 0) "
-            f"FROM documents d LEFT JOIN doc_access a ON a.kb={KB_OF} AND a.doc_id=d.doc_id "
-            "WHERE d.collection=? AND d.status!='pending' GROUP BY 1", (collection, collection, collection))
-        return [(str(ls), int(n), int(c), int(t)) for ls, n, c, t in rows]  # type: ignore[call-overload]
+        # The documents' counts are the manifest's; the labels are this table's, looked up per document.
+        return self.manifest.totals_by_labels(
+            collection, f"SELECT a.labels FROM doc_access a WHERE a.kb={KB_OF} AND a.doc_id=d.doc_id",
+            (collection, collection))
 
     def labelled(self, collection: str) -> dict[str, tuple[str, ...]]:
         """Every document of the knowledge base that has labels."""
