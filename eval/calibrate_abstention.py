@@ -43,10 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from mmrag import (Answerer, EvalConfig, Indexer, KnowledgeBase, OfflineReader, Searcher, Settings,
-                   answer_options, check_grounding, load_dataset, resolve_models, run_evaluation)
+from mmrag import check_grounding
 from eval.datasets.halueval import convert
-from eval.gate_nearmiss import Recorder
+from eval.gate_nearmiss import answer_ungated
 
 REPO = Path(__file__).resolve().parent.parent
 FEATURES = ("block_cos", "coverage", "sentence_cos", "answerability")
@@ -62,17 +61,7 @@ SCOPES = ("context", "cited")
 def collect(data: Path, workdir: Path) -> list[dict[str, Any]]:
     """Ingest the development set and return one row per question: signals, label, answer scores."""
     convert(data, workdir)
-    settings = Settings(profile="offline", data_dir=workdir / "data")
-    kb = KnowledgeBase(settings.data_dir, COLLECTION, resolve_models(settings))
-    summary = Indexer(kb).ingest([workdir / "corpus"])
-    print(f"ingest: {summary.indexed} indexed, {summary.skipped} unchanged", file=sys.stderr)
-    searcher = Searcher(kb)
-    # the extractor with the offline reader, whether or not the shipped gate reads it (the fit may)
-    opts = answer_options(settings, kb.text, "extractive", reader=OfflineReader.load())
-    opts.pop("gate", None)  # every question is answered: the gate is what this fits
-    recorder = Recorder(Answerer(None, searcher, **opts))
-    queries = load_dataset(workdir / "dev.jsonl")
-    run = run_evaluation(searcher, queries, EvalConfig(retriever="hybrid", answer_k=5), answerer=recorder)
+    kb, queries, run, recorder = answer_ungated(workdir / "corpus", workdir / "dev.jsonl", COLLECTION, workdir)
     rows = []
     text_model = kb.text.name
     for q, row in zip(queries, run.rows):

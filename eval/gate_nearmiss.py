@@ -46,20 +46,29 @@ class Recorder:
         return result
 
 
-def collect(folder: Path, collection: str, workdir: Path) -> list[dict[str, Any]]:
-    """Ingest ``folder/corpus`` and answer ``folder/dev.jsonl`` with the gate off; one row per question."""
+def answer_ungated(corpus: Path, dev: Path, collection: str, workdir: Path) -> tuple[Any, list[Any], Any, Recorder]:
+    """Ingest ``corpus`` (offline profile; a rerun reuses it) and answer every question of ``dev`` extractively
+    with the gate off, through ``run_evaluation`` (hybrid, the top 5 documents as context: what ``mmrag eval
+    run`` does). Returns the knowledge base, the questions, the run and the recorded answers."""
     settings = Settings(profile="offline", data_dir=workdir / "data")
     kb = KnowledgeBase(settings.data_dir, collection, resolve_models(settings))
-    summary = Indexer(kb).ingest([folder / "corpus"])
+    summary = Indexer(kb).ingest([corpus])
     print(f"ingest: {summary.indexed} indexed, {summary.skipped} unchanged", file=sys.stderr)
     searcher = Searcher(kb)
+    # the extractor with the offline reader, so every signal a rule or a fit may read is there
     opts = answer_options(settings, kb.text, "extractive", reader=OfflineReader.load())
-    opts.pop("gate", None)  # every question is answered: the rules are applied in `report`
+    opts.pop("gate", None)  # every question is answered: the gate (or the rule) is applied afterwards
     recorder = Recorder(Answerer(None, searcher, **opts))
-    queries = load_dataset(folder / "dev.jsonl")
+    queries = load_dataset(dev)
+    run = run_evaluation(searcher, queries, EvalConfig(retriever="hybrid", answer_k=5), answerer=recorder)
+    return kb, queries, run, recorder
+
+
+def collect(folder: Path, collection: str, workdir: Path) -> list[dict[str, Any]]:
+    """Ingest ``folder/corpus`` and answer ``folder/dev.jsonl`` with the gate off; one row per question."""
+    _, queries, run, recorder = answer_ungated(folder / "corpus", folder / "dev.jsonl", collection, workdir)
     kinds = {json.loads(line)["id"]: json.loads(line).get("kind", "answerable")
              for line in (folder / "dev.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}
-    run = run_evaluation(searcher, queries, EvalConfig(retriever="hybrid", answer_k=5), answerer=recorder)
     rows = []
     for q, row in zip(queries, run.rows):
         answer = recorder.answers.get((q.text or "").strip())

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
-import zlib
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pytest
 
 from mmrag.answering import ABSTAIN_TEXT, Answerer
@@ -20,19 +17,7 @@ from mmrag.answering.sentences import answer_sentences, clauses, is_heading, is_
 from mmrag.llms.echo import EchoChatModel
 from mmrag.registry import answer_mode, answer_options
 from mmrag.types import Hit
-
-
-class BagOfWords:
-    """A fake text model whose cosine grows with shared words (so the extractor has something to rank)."""
-
-    name = "bag-of-words"
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), 256), dtype=np.float32)
-        for i, text in enumerate(texts):
-            for word in re.findall(r"[a-z0-9]+", text.lower()):
-                out[i, zlib.crc32(word.encode()) % 256] += 1.0  # not hash(): salted per process
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+from tests.helpers.text_models import BagOfWords
 
 
 class PhraseReader:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
-import zlib
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import pytest
 
 from mmrag.answering import ABSTAIN_TEXT, Answerer
@@ -17,19 +13,7 @@ from mmrag.answering.extractive import Extractor
 from mmrag.answering.guard import DEFAULT_CALIBRATION, FEATURES, AbstentionGate
 from mmrag.answering.grounding import check_grounding, question_terms
 from mmrag.types import Hit
-
-
-class BagOfWords:
-    """A fake text model whose cosine grows with shared words (as in the extractor's tests)."""
-
-    name = "bag-of-words"
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), 256), dtype=np.float32)
-        for i, text in enumerate(texts):
-            for word in re.findall(r"[a-z0-9]+", text.lower()):
-                out[i, zlib.crc32(word.encode()) % 256] += 1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+from tests.helpers.text_models import BagOfWords
 
 
 #: A gate that answers whatever the cosines say (every signal here is positive): only the check refuses.
