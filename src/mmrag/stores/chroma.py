@@ -8,8 +8,9 @@ collection metadata so a different model is refused instead of silently mixing s
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
@@ -18,6 +19,8 @@ from mmrag.errors import EmbedderMismatchError, ForeignCollectionError, InvalidI
 from mmrag.keyword import MAX_INDEX_CONDITIONS, check_where_bounds
 from mmrag.protocols import VectorStore
 from mmrag.types import Hit, Record, RecordBatch
+
+log = logging.getLogger(__name__)
 
 IDENTITY_PREFIX = "mmrag:"
 #: Keys of the identity that must match; precision is recorded but not enforced, because bf16
@@ -60,6 +63,30 @@ def _is_transient(exc: BaseException) -> bool:
     except Exception:  # noqa: BLE001 - a foreign exception's code() is not ours to trust
         status = None
     return status in _TRANSIENT_STATUS
+
+
+#: What Chroma says when a record it just found in its vector index is gone from its record store:
+#: a read racing a delete (seen as a 503 by a search during the soak's concurrent deletes).
+_DELETED_MID_READ = "Error finding id"
+#: Extra attempts a read gets after such a race; each sees the index after the delete.
+READ_RACE_RETRIES = 2
+
+
+def _read(action: str, call: Callable[[], Any]) -> Any:
+    """``call()`` translated as :func:`_translate` does, sent again when it raced a concurrent delete.
+
+    Reads are idempotent, and the race is Chroma's own (its index and its records are updated one
+    after the other), so a retry answers from the state after the delete instead of failing a search.
+    """
+    for attempt in range(READ_RACE_RETRIES + 1):
+        try:
+            with _translate(action):
+                return call()
+        except StoreError as exc:
+            if _DELETED_MID_READ not in str(exc) or attempt == READ_RACE_RETRIES:
+                raise
+            log.info("%s raced a delete (%s); reading again", action, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 #: Seconds a Chroma server request may take before it fails (chromadb itself waits forever).
@@ -219,11 +246,9 @@ class ChromaStore:
         if where:
             # Past these limits Chroma fails with an internal error (a 503): they are the caller's (400).
             check_where_bounds(where, MAX_INDEX_CONDITIONS)
-        with _translate(f"query {self.name!r}"):
-            res = self._col.query(
-                query_embeddings=np.asarray([vector], dtype=np.float32), n_results=k,
-                where=dict(where) if where else None, include=["metadatas", "documents", "distances"],
-            )
+        res = _read(f"query {self.name!r}", lambda: self._col.query(
+            query_embeddings=np.asarray([vector], dtype=np.float32), n_results=k,
+            where=dict(where) if where else None, include=["metadatas", "documents", "distances"]))
         hits = []
         for rid, meta, doc, dist in zip(res["ids"][0], res["metadatas"][0], res["documents"][0], res["distances"][0]):
             hits.append(hit_from(rid, meta or {}, doc, 1.0 - float(dist)))
@@ -241,9 +266,8 @@ class ChromaStore:
             return None
         if n <= 0:
             return []
-        with _translate(f"query {self.name!r}"):
-            res = self._col.query(query_embeddings=np.asarray([vector], dtype=np.float32), n_results=n,
-                                  include=["distances"])
+        res = _read(f"query {self.name!r}", lambda: self._col.query(
+            query_embeddings=np.asarray([vector], dtype=np.float32), n_results=n, include=["distances"]))
         return [(rid, 1.0 - float(dist)) for rid, dist in zip(res["ids"][0], res["distances"][0])]
 
     def update_metadata(self, ids: Sequence[str], changes: Sequence[Mapping[str, Any]]) -> None:
@@ -258,8 +282,7 @@ class ChromaStore:
         """The records with these ids (missing ids are left out), with ``score`` 0."""
         if not ids:
             return []
-        with _translate(f"read {self.name!r}"):
-            res = self._col.get(ids=list(ids), include=["metadatas", "documents"])
+        res = _read(f"read {self.name!r}", lambda: self._col.get(ids=list(ids), include=["metadatas", "documents"]))
         docs = res.get("documents") or [None] * len(res["ids"])
         return [hit_from(rid, meta or {}, doc, 0.0) for rid, meta, doc in zip(res["ids"], res["metadatas"], docs)]
 
