@@ -217,6 +217,7 @@ def test_score_rises_when_shapes_are_ingested_into_a_text_kb(offline_kb, tmp_pat
 
 # -- /metrics from a running server --------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.long  # 24 s: a real server started to export one gauge; the drift computation is tested in-process above
 def test_running_server_exports_drift_scores(tmp_path: Path) -> None:
     from mmrag.cli import main
     from mmrag.kb import release_embedded_store

@@ -239,6 +239,7 @@ def test_cli_search_reranks_with_the_named_reranker(sample_dir: Path, cohere: Co
     assert bad.exit_code == 1 and "Unknown reranker 'bm42'" in bad.output
 
 
+@pytest.mark.long  # 31 s: two CLI processes with models; test_cli_search_reranks_with_the_named_reranker keeps the CLI path in make test
 def test_cli_eval_retrieval_and_ask_take_rerank(sample_dir: Path, cohere: CohereRerankServer, tmp_path: Path) -> None:
     env = {"MMRAG_RERANK__API_BASE": cohere.url, "MMRAG_RERANK__API_KEY": "k"}
     dataset = tmp_path / "dataset.jsonl"
