@@ -41,6 +41,7 @@ def test_generated_text_fallback_chunks(bench, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 19 s: both ingest pipelines with models, as the other bench smokes
 def test_both_pipelines_ingest_the_same_items_and_agree(bench, tmp_path):
     import torch
 

@@ -289,6 +289,7 @@ def test_progress_bar_on_a_terminal_names_the_file_in_work() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+@pytest.mark.long  # 18 s: an ingest under a pseudo-terminal
 def test_ingest_on_a_terminal_draws_a_bar(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path / "corpus")
     master, slave = _terminal()

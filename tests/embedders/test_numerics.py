@@ -95,6 +95,7 @@ def test_a_candidate_that_cannot_run_is_recorded_and_skipped(fake_clock: list[Sc
     assert "int8 (unavailable: RuntimeError: no int8 kernels here)" in choice.describe()
 
 
+@pytest.mark.long  # 14 s: two CLIP measurements
 def test_a_choice_is_remembered_per_machine_and_measured_again_when_the_machine_changes(
         fake_clock: list[Scripted], monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
@@ -168,6 +169,7 @@ def test_clip_int8_quantises_the_text_towers_attention_too() -> None:
     assert "quantized.dynamic" in type(block.mmrag_qkv).__module__ and "quantized.dynamic" in type(block.mlp.c_fc).__module__
 
 
+@pytest.mark.long  # 12 s: a CLIP measurement of its own
 def test_an_explicit_precision_that_disagrees_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(numerics, "MIN_COSINE", 1.01)  # nothing agrees that well
     with pytest.raises(ModelUnavailableError, match="fp16 disagrees with fp32"):

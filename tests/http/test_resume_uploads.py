@@ -161,6 +161,7 @@ def _upload_then_kill(data_dir: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 25 s: real models; test_uploads_left_by_a_killed_server_are_indexed_on_restart keeps the path in make test
 def test_finding2_restart_after_upload_killed_mid_upload_serve_real_models(tmp_path: Path) -> None:
     """Finding 2 and acceptance 4 on `mmrag serve --profile offline`: ready, a search within 5 s, then everything indexed."""
     data_dir = tmp_path / "data"

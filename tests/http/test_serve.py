@@ -119,6 +119,7 @@ def test_openai_client_without_key_is_refused(server: tuple[str, str]) -> None:
         client.chat.completions.create(model="mmrag", messages=[{"role": "user", "content": "hi"}])
 
 
+@pytest.mark.long  # 14 s: two server workers and a Chroma server; tests/stores/test_shared_server.py keeps the shared server in make test
 def test_two_workers_on_a_chroma_server(shared_chroma_server: str, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     writer = _key(data_dir, "--scope", "write")

@@ -125,6 +125,7 @@ def test_finding3_manifest_closes_connections_of_ended_threads(tmp_path: Path) -
     assert manifest.open_connections() == 0
 
 
+@pytest.mark.long  # 37 s: ten thousand requests; issue 23's acceptance figure, checked in the long tier
 def test_finding3_acceptance5_10000_unknown_collections_keep_fds_and_rss_flat(embedded: Api) -> None:
     """Acceptance 5: 10,000 requests for unknown collections leave descriptors and RSS within 5% of the start.
 

@@ -222,6 +222,7 @@ def test_cli_exit_codes(kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 26 s: models loaded for a doctor run; the in-process doctor tests above cover its checks
 def test_cli_with_the_offline_models(corpus: Path, tmp_path: Path) -> None:
     def run(*args: str) -> tuple[int, str]:
         result = CliRunner().invoke(main, [*args, "--profile", "offline"], catch_exceptions=False)

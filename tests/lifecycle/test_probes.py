@@ -217,6 +217,7 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 20 s: a real server for one gauge; the probes are run in-process above
 def test_serve_exports_probe_recall_and_logs_a_failing_probe(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
