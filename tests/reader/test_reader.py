@@ -159,6 +159,13 @@ def test_auto_numerics_are_measured_and_agree_with_fp32(reader: OfflineReader) -
         assert pairs[ours.index(max(ours))] == pairs[ref.index(max(ref))] == good
 
 
+def test_an_int8_reader_stays_quantised_and_stays_on_the_cpu() -> None:
+    int8 = OfflineReader.load(precision="int8")
+    assert int8.precision == "int8" and int8.to("cpu").precision == "int8"  # not relabelled fp32 while quantised
+    with pytest.raises(ModelUnavailableError, match="int8"):
+        int8.to("cuda")
+
+
 def test_missing_weights_name_the_folder_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailableError, match=str(tmp_path)) as info:
         OfflineReader.load(folder=tmp_path)

@@ -207,10 +207,15 @@ class OfflineReader:
         fastest that agrees with fp32 is kept (remembered per machine, see :mod:`mmrag.numerics`).
 
         Raises:
-            ModelUnavailableError: an explicit ``bf16`` or ``int8`` disagrees with fp32 on this machine.
+            ModelUnavailableError: an explicit ``bf16`` or ``int8`` disagrees with fp32 on this machine,
+                or an int8 reader is asked to leave the CPU.
         """
-        if self._fp32_bert is not None or self.precision == "int8":
-            self._restore_fp32()  # quantised layers do not move between devices
+        if self.precision == "int8":
+            # Quantised layers run on the CPU only, and the fp32 copy was let go after the measurement.
+            if _torch().device(device).type != "cpu":
+                raise ModelUnavailableError("The reader was quantised to int8 on the CPU; load it again with "
+                                            f"OfflineReader.load(device={device!r}) to run it there")
+            return self
         self._bert.to(device)
         self._heads.to(device)
         self.precision = self._resolve_precision(self.settings.precision)
