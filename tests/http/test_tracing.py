@@ -12,11 +12,11 @@ from typing import Iterator
 import httpx
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mmrag import tracing
+from tests.helpers.tracing import memory_exporter
 from tests.helpers.sample_server import COLLECTION, DEMO_QUESTION, SampleServer
 
 
@@ -51,12 +51,7 @@ def test_span_without_a_provider_is_a_no_op() -> None:
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[InMemorySpanExporter]:
     """An in-memory exporter on the process's tracer provider (installed once: OpenTelemetry allows one)."""
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter = memory_exporter()
     yield exporter
     exporter.shutdown()  # later spans in this process are dropped, not kept
 

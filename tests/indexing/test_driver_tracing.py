@@ -4,21 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
 from mmrag.indexing import Indexer
+from tests.helpers.tracing import memory_exporter
 
 
 def test_an_ingest_yields_its_stage_spans_under_one_root(hashing_kb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter = memory_exporter()
     try:
         root = tmp_path / "corpus"
         root.mkdir()
