@@ -279,6 +279,15 @@ def _min_cosine(ref: np.ndarray, out: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
+def probe_pairs(n: int, words: int) -> tuple[list[str], list[str]]:
+    """``n`` fixed (question, passage) pairs, passages of ``words`` words: the probe of a model that
+    reads two texts together (the offline reader, a cross-encoder)."""
+    vocab = "the museum opens at eight and closes at six on weekdays while the cafe stays open later".split()
+    questions = [" ".join(vocab[i % 5:i % 5 + 6]) + "?" for i in range(n)]
+    passages = [" ".join(vocab[(i + j) % len(vocab)] for j in range(words)) for i in range(n)]
+    return questions, passages
+
+
 def release_freed_memory() -> None:
     """Collect garbage and hand the C heap's free pages back to the OS (glibc; elsewhere only the collect).
 

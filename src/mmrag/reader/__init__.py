@@ -248,11 +248,9 @@ class OfflineReader:
     def _probe(self) -> Any:
         """The pooled features of fixed pairs in the current numerics: what the heads read."""
         torch = _torch()
-        words = "the museum opens at eight and closes at six on weekdays while the cafe stays open later".split()
-        firsts = [" ".join(words[i % 5:i % 5 + 6]) + "?" for i in range(_PROBE_PAIRS)]
-        seconds = [" ".join(words[(i + j) % len(words)] for j in range(self.settings.max_length))
-                   for i in range(_PROBE_PAIRS)]
-        batch = self.encode(firsts, seconds)
+        from mmrag.numerics import probe_pairs
+
+        batch = self.encode(*probe_pairs(_PROBE_PAIRS, self.settings.max_length))
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return self.features(batch).cpu().numpy()
 

@@ -120,11 +120,10 @@ class CrossEncoderReranker:
         """The last layer's first-token vectors of fixed pairs: what the classification head reads."""
         import torch
 
-        words = "the museum opens at eight and closes at six on weekdays while the cafe stays open later".split()
-        pairs = [(" ".join(words[i % 5:i % 5 + 6]) + "?", " ".join(words[(i + j) % len(words)] for j in range(200)))
-                 for i in range(_PROBE_PAIRS)]
+        from mmrag.numerics import probe_pairs
+
         tokenizer, net = self._model.tokenizer, self._model.model
-        batch = tokenizer(*zip(*pairs), padding=True, truncation="only_second", max_length=self.max_length,
+        batch = tokenizer(*probe_pairs(_PROBE_PAIRS, 200), padding=True, truncation="only_second", max_length=self.max_length,
                           return_tensors="pt").to(self._model.device)
         with torch.inference_mode():
             hidden = net(**batch, output_hidden_states=True).hidden_states[-1][:, 0]
@@ -144,7 +143,10 @@ class CrossEncoderReranker:
 
     def _reload(self) -> None:
         # A cast rounds the weights in place and quantisation swaps the layers: fp32 comes back from disk.
+        from mmrag.numerics import release_freed_memory
+
         self._model = None
+        release_freed_memory()  # the converted model's pages, before the fp32 one loads (as the embedders do)
         self._model = self._load()
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
