@@ -35,14 +35,14 @@ SWITCHES_MET = 20
 class PromoteResult:
     """What a promote did."""
 
-    kb: str
+    kb_name: str
     previous: Version | None
     live: Version
     canary: Any  # CanaryResult, or None when there was nothing to compare
     forced: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kb": self.kb, "previous": self.previous.label if self.previous else None, "live": self.live.label,
+        return {"kb": self.kb_name, "previous": self.previous.label if self.previous else None, "live": self.live.label,
                 "forced": self.forced, "canary": self.canary.to_dict() if self.canary is not None else None}
 
 

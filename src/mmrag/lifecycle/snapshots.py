@@ -83,7 +83,7 @@ class SnapshotInfo:
     """What :func:`create` wrote."""
 
     path: Path
-    kb: str
+    kb_name: str
     label: str  # kb@N
     physical: str
     counts: dict[str, int]
@@ -93,8 +93,9 @@ class SnapshotInfo:
     key_id: str = ""  # the data dir key that signed it (see mmrag.lifecycle.signing)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {**asdict(self), "path": str(self.path)}
+        """JSON-ready form (``kb`` is the knowledge base's name, as in every other lifecycle reply)."""
+        fields = asdict(self)
+        return {"kb": fields.pop("kb_name"), **fields, "path": str(self.path)}
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
         versions = Versions(manifest)
         physical = versions.resolve(kb_name)
         owner = versions.owner(physical)
-        kb = owner[0] if owner else physical
+        base_name = owner[0] if owner else physical
         label = versions.label_of(physical)
         version = versions.get(*owner).to_dict() if owner else None
     finally:
@@ -183,7 +184,7 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
             if not source.manifest.has_collection(physical) and not source.existing_collections():
                 raise NotFoundError(f"knowledge base {kb_name!r} does not exist in {data_dir}")
             files = _Files(tmp)
-            counts = _write_manifest(files, source.manifest, physical, kb)
+            counts = _write_manifest(files, source.manifest, physical, base_name)
             collections = {}
             for role, name in _roles(source):
                 collections[role], counts[role] = _write_collection(files, source, role, name, batch)
@@ -193,7 +194,7 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
         body = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "mmrag_version": __version__,
             "created_at": time.time(),
-            "source": {"kb": kb, "label": label, "physical": physical, "data_dir": str(data_dir.resolve()),
+            "source": {"kb": base_name, "label": label, "physical": physical, "data_dir": str(data_dir.resolve()),
                        "store": store_url or "embedded", "version": version},
             "counts": counts, "manifest_totals": {"n_clip": n_clip, "n_text": n_text},
             "collections": collections, "files": files.listing,
@@ -213,7 +214,7 @@ def create(kb_name: str, out: Path, *, data_dir: Path, models: ModelChoice | Non
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         source.close()
-    return SnapshotInfo(path=out, kb=kb, label=label, physical=physical, counts=counts, files=len(files.listing) + 1,
+    return SnapshotInfo(path=out, kb_name=base_name, label=label, physical=physical, counts=counts, files=len(files.listing) + 1,
                         size_bytes=sum(f["size"] for f in files.listing.values()), seconds=time.monotonic() - started,
                         key_id=signing.key_id(key))
 

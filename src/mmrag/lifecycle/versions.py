@@ -60,7 +60,7 @@ def split_label(name: str) -> tuple[str, int | None]:
 class Version:
     """One version of a knowledge base."""
 
-    kb: str
+    kb_name: str
     number: int
     physical: str
     state: str  # building | ready | failed
@@ -73,10 +73,10 @@ class Version:
 
     @property
     def label(self) -> str:
-        return f"{self.kb}@{self.number}"
+        return f"{self.kb_name}@{self.number}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kb": self.kb, "version": self.number, "label": self.label, "physical": self.physical,
+        return {"kb": self.kb_name, "version": self.number, "label": self.label, "physical": self.physical,
                 "state": self.state, "live": self.live, "created_at": self.created_at, "settings": self.settings,
                 "figures": self.figures}
 
