@@ -66,6 +66,7 @@ OVERRIDES = {
     # The answer's parts are judgements over text and context blocks: no store, no settings.
     "answering.context": "analysis", "answering.sentences": "analysis", "answering.verification": "analysis",
     "answering.extractive": "analysis", "answering.guard": "analysis", "answering.grounding": "analysis",
+    "answering.answers": "analysis", "answering.reply": "analysis",
     # The API key store: a stored thing the HTTP API and the MCP server read, the CLI's `mmrag keys`
     # writes and the token verifier maps a JWT onto; it imports nothing of the app.
     "http.apikeys": "backends",
