@@ -145,7 +145,13 @@ def test_clip_auto_measures_each_tower_and_its_vectors_agree_with_fp32(monkeypat
                                                                       tmp_path: Any) -> None:
     monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
     ref = OpenClipEmbedder(_spec("fp32"))
+    # Each candidate starts from a reload; the model before it must be gone, the first one included.
+    # __init__ once kept the first fp32 model in a local name while its frame ran the measurement:
+    # every reload then held two models (peak RSS of the measurement 2070 MiB, 1557 MiB without the local).
+    seen = _track_models(monkeypatch, OpenClipEmbedder, "_load_model")
     emb = OpenClipEmbedder(_spec("auto"))
+    assert len(seen) >= 3, seen  # the first load, then a reload per candidate after the first
+    assert seen == [f"load {i + 1} with 0 earlier alive" for i in range(len(seen))]
     for part in ("image", "text"):
         names = [t.name for t in emb.numerics[part].trials]
         assert names == ["fp32", "bf16", "int8"], names
@@ -193,9 +199,14 @@ def test_fp16_is_kept_when_it_agrees_and_recorded_in_the_identity() -> None:
 
 
 def test_the_text_model_measures_the_same_way(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import sentence_transformers
+
     monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
     folder = str(offline_minilm_dir())
+    seen = _track_models(monkeypatch, sentence_transformers, "SentenceTransformer")
     emb = SentenceTransformerEmbedder(folder)
+    # One model at a time, as for CLIP above.
+    assert len(seen) >= 3 and seen == [f"load {i + 1} with 0 earlier alive" for i in range(len(seen))], seen
     assert [t.name for t in emb.numerics.trials] == ["fp32", "bf16", "int8"]
     assert emb.precision == emb.numerics.name and emb.agreement >= numerics.MIN_COSINE
     ref = SentenceTransformerEmbedder(folder, precision="fp32")
@@ -230,31 +241,6 @@ def _track_models(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str) -> lis
 
     monkeypatch.setattr(owner, attr, tracked)
     return seen
-
-
-def test_clip_measurement_lets_every_model_go_before_the_next_loads(monkeypatch: pytest.MonkeyPatch,
-                                                                   tmp_path: Any) -> None:
-    """Each candidate starts from a reload; the model before it must be gone, the first one included.
-
-    __init__ once kept the first fp32 model in a local name while its frame ran the measurement:
-    every reload then held two models (peak RSS of the measurement 2070 MiB, 1557 MiB without the local).
-    """
-    monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
-    seen = _track_models(monkeypatch, OpenClipEmbedder, "_load_model")
-    emb = OpenClipEmbedder(_spec("auto"))
-    assert len(seen) >= 3, seen  # the first load, then a reload per candidate after the first
-    assert seen == [f"load {i + 1} with 0 earlier alive" for i in range(len(seen))]
-    assert np.isfinite(emb.embed_texts(["a red circle"])).all()
-
-
-def test_text_model_measurement_lets_every_model_go_before_the_next_loads(monkeypatch: pytest.MonkeyPatch,
-                                                                         tmp_path: Any) -> None:
-    import sentence_transformers
-
-    monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path))
-    seen = _track_models(monkeypatch, sentence_transformers, "SentenceTransformer")
-    SentenceTransformerEmbedder(str(offline_minilm_dir()))
-    assert len(seen) >= 3 and seen == [f"load {i + 1} with 0 earlier alive" for i in range(len(seen))], seen
 
 
 _HEAP_SCRIPT = """
