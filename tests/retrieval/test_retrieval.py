@@ -204,8 +204,8 @@ def test_hybrid_text_query_takes_only_images_from_clip(kb, monkeypatch) -> None:
 
     def spy(searcher: Searcher) -> None:
         real = searcher._fetcher
-        monkeypatch.setattr(searcher, "_fetcher", lambda name, q, modality, where: asked.append((name, modality))
-                            or real(name, q, modality, where))
+        monkeypatch.setattr(searcher, "_fetcher", lambda name, q, modality, where, *rest: asked.append((name, modality))
+                            or real(name, q, modality, where, *rest))
 
     searcher = Searcher(kb)
     spy(searcher)

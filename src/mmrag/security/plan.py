@@ -20,6 +20,11 @@ So, as Qdrant, Weaviate and Vespa choose their filter plan by selectivity:
   cache (a relabel in flight), the filtered query answers instead.
 * **filtered** otherwise: the store's ``where``, as before.
 
+In a hybrid search the over-fetch's records are not read per index: the allowed ids and scores
+(:func:`readable_candidates`) go into the fusion, and only the fused top k are read and checked
+(:func:`read_checked`, from :meth:`mmrag.retrieval.Searcher._hybrid`); a refusal there runs the
+search again with every index read in full.
+
 The cache is reloaded when the manifest's access stamp changes (every ``doc_access`` write sets
 a new one, :meth:`mmrag.security.rules.LabelTable.set`), so a relabel by another process is seen
 by the next query. Nothing read about a forbidden record (its id, its rank, that it exists) leaves
@@ -146,6 +151,65 @@ def overfetch_depth(n: int, readable: int, total: int) -> int | None:
     return depth if depth <= MAX_OVERFETCH else None
 
 
+def readable_candidates(kb: "KnowledgeBase", which: str, store: Any, vector: Sequence[float], n: int,
+                        caller: Caller, unlabelled: str, modality: str | None = None) -> list[tuple[str, float]] | None:
+    """The ids and scores of the nearest ``n`` records ``caller`` may read, by the manifest's labels.
+
+    None when the filtered store query is the cheaper plan, or the exact one: the caller's share is
+    too small to over-fetch, the store cannot give unfiltered ids, an id is not an mmrag record's,
+    or the allowed top ``n`` may lie deeper than the over-fetch reached. The labels come from a
+    cache, so whoever reads the records must check their *stored* labels (:func:`read_checked`).
+    """
+    nearest = getattr(store, "nearest", None)
+    if nearest is None or n <= 0:
+        return None
+    snap = view_of(kb).snapshot(kb)
+    _, clip, text = snap.counts(caller, unlabelled)
+    total_clip, total_text = snap.totals()
+    readable, total = (clip, total_clip) if which == "clip" else (text, total_text)
+    depth = overfetch_depth(n, readable, total)
+    if depth is None:
+        return None
+    candidates = nearest(vector, depth, modality)
+    if candidates is None:
+        return None  # the store cannot pick the modality without a filter
+    held = set(caller.labels)
+    chosen: list[tuple[str, float]] = []
+    for rid, score in candidates:
+        doc_id, sep, _ = rid.rpartition("#")
+        if not sep:
+            return None  # not an mmrag record id: its document is unknown here
+        if snap.may_read(doc_id, held, unlabelled):
+            chosen.append((rid, score))
+            if len(chosen) == n:
+                break
+    if len(chosen) < n and len(candidates) >= depth:
+        # The allowed top n may lie deeper. Fewer candidates than asked for: the store had no
+        # more, so the allowed ones among them are all there are.
+        return None
+    return chosen
+
+
+def read_checked(kb: "KnowledgeBase", store: Any, chosen: Sequence[tuple[str, float]], caller: Caller,
+                 unlabelled: str) -> list[Hit] | None:
+    """The records of ``chosen`` (ids and scores), each checked against its stored labels.
+
+    None when one was deleted since, or its stored labels refuse ``caller`` (a relabel in flight:
+    the label cache is dropped): the filtered query must answer instead.
+    """
+    found = {h.id: h for h in store.get([rid for rid, _ in chosen])}
+    hits = []
+    for rid, score in chosen:
+        hit = found.get(rid)
+        if hit is None:
+            return None  # deleted since: the filtered query sees the store as it is now
+        if hit.doc_id != rid.rpartition("#")[0] or not can_read(caller, hit.metadata, unlabelled):
+            view_of(kb).forget()  # stored labels differ from the cache: a relabel is in flight
+            return None
+        hits.append(replace(hit, score=score))
+    return hits
+
+
 def query_readable(kb: "KnowledgeBase", which: str, store: Any, vector: Sequence[float], n: int, caller: Caller,
                    unlabelled: str, filtered: Callable[[], list[Hit]], modality: str | None = None) -> list[Hit]:
     """The top ``n`` records of ``store`` that ``caller`` may read, by the cheaper exact plan.
@@ -163,43 +227,6 @@ def query_readable(kb: "KnowledgeBase", which: str, store: Any, vector: Sequence
             and the fallback.
         modality: only records of this modality (the CLIP store's image or text half).
     """
-    nearest = getattr(store, "nearest", None)
-    if nearest is None or n <= 0:
-        return filtered()
-    view = view_of(kb)
-    snap = view.snapshot(kb)
-    _, clip, text = snap.counts(caller, unlabelled)
-    total_clip, total_text = snap.totals()
-    readable, total = (clip, total_clip) if which == "clip" else (text, total_text)
-    depth = overfetch_depth(n, readable, total)
-    if depth is None:
-        return filtered()
-    candidates = nearest(vector, depth, modality)
-    if candidates is None:
-        return filtered()  # the store cannot pick the modality without a filter
-    held = set(caller.labels)
-    chosen: list[tuple[str, str, float]] = []
-    for rid, score in candidates:
-        doc_id, sep, _ = rid.rpartition("#")
-        if not sep:
-            return filtered()  # not an mmrag record id: its document is unknown here
-        if snap.may_read(doc_id, held, unlabelled):
-            chosen.append((rid, doc_id, score))
-            if len(chosen) == n:
-                break
-    if len(chosen) < n and len(candidates) >= depth:
-        # The allowed top n may lie deeper. Fewer candidates than asked for: the store had no
-        # more, so the allowed ones among them are all there are.
-        return filtered()
-    found = {h.id: h for h in store.get([rid for rid, _, _ in chosen])}
-    hits = []
-    for rid, doc_id, score in chosen:
-        hit = found.get(rid)
-        if hit is None:
-            return filtered()  # deleted since: the filtered query sees the store as it is now
-        if hit.doc_id != doc_id or not can_read(caller, hit.metadata, unlabelled):
-            view.forget()  # stored labels differ from the cache: a relabel is in flight
-            return filtered()
-        hits.append(replace(hit, score=score))
-    return hits
-
+    chosen = readable_candidates(kb, which, store, vector, n, caller, unlabelled, modality)
+    hits = read_checked(kb, store, chosen, caller, unlabelled) if chosen is not None else None
+    return filtered() if hits is None else hits
