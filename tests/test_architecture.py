@@ -49,6 +49,10 @@ MODULES = {
     "redaction": "backends",
     # Judgements over text and context blocks: no store, no settings.
     "rerank": "analysis",
+    # Reciprocal rank fusion of ranked hits.
+    "fusion": "analysis",
+    # The search filter a caller writes, and the where it becomes (document types come from the loaders).
+    "filters": "backends",
     # Name -> factory for backends and the answer components (kb builds its stores through it).
     "registry": "wiring",
     "kb": "knowledge base",

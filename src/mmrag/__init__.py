@@ -9,6 +9,8 @@ from mmrag.chunking import ChunkSpec, SentenceChunker
 from mmrag.config import Settings
 from mmrag.embedders.openclip import ClipSpec, OpenClipEmbedder
 from mmrag.embedders.sentence import SentenceTransformerEmbedder, offline_minilm_dir
+from mmrag.filters import SearchFilter
+from mmrag.fusion import rrf
 from mmrag.stores.chroma import ChromaStore, open_client
 from mmrag.errors import (
     ConfigError,
@@ -54,7 +56,7 @@ from mmrag.reader import OfflineReader, ReaderSettings
 from mmrag.redaction import Redactor
 from mmrag.registry import (ModelChoice, answer_mode, answer_options, answer_stop, build_chat_model, build_reranker,
                             resolve_models)
-from mmrag.retrieval import SearchFilter, Searcher, rrf
+from mmrag.retrieval import Searcher
 from mmrag.security import Caller
 from mmrag.security.relabel import set_labels
 from mmrag.security.rules import AccessRules

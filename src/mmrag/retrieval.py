@@ -1,33 +1,7 @@
 """Search over a knowledge base: the joint CLIP space, the text model, BM25, or their fusion.
 
-Hybrid search (``retriever="hybrid"``) fuses the indexes by weighted reciprocal rank (Cormack et
-al. 2009). Each choice below was measured on SciFact train (809 queries, offline profile,
-document-level nDCG@10; the table is in the README), and decided by an argument first:
-
-* **Each index votes on what it is for.** The text model and BM25 read whole chunks; CLIP reads a
-  chunk's first 77 tokens with a text tower trained on image captions. So for a text query CLIP
-  contributes *images* only (no other index finds them) and its opinion on text records is left
-  out: the offline CLIP scores 0.007 alone on SciFact, and every weight we gave it on text records
-  lowered the fusion (0.1 cost about 0.005). When the query has an image, or no text index takes part,
-  CLIP ranks every modality, since only it can compare an image with text.
-* **Document-level fusion when documents are wanted** (``dedupe=True``, which ``search_documents``
-  and the evaluation use): each list votes once per document, at its best chunk's rank among
-  distinct documents, so the fusion compares document ranks (a list whose top chunks come from a
-  few long documents would otherwise push its next document down). On SciFact, where most
-  abstracts are one or two chunks, it scores the same as fusing chunks (within 0.001).
-* **k = 5, not the textbook 60.** k sets the exchange rate between being first in one list and
-  being found by all: a document first in one of two lists ties with one both rank k + 2nd. At
-  k = 60 a document both indexes put 60th beats one that BM25 or the text model puts first, a
-  consensus prior made for fusing many deep TREC runs, not two or three strong retrievers. Chosen
-  by 2-fold cross-validation on SciFact train over {1, 2, 5, 10, 20, 30, 60, 100}: every one of 20
-  random splits picked 1, 2 or 5, with a held-out gain over 60 of +0.015 on average (never below
-  +0.007); 5 is the largest value picked, the smallest step away from the textbook value.
-* **Equal weights** (plain RRF): nothing here argues for favouring an index, and weights tuned
-  on the benchmark moved it by less than its noise.
-* **Ties go to BM25, then the text model.** Equal fused scores are common (rank r in one list vs
-  rank r in another), so the tie-break matters; the record-id order used before was arbitrary.
-  BM25 is the most robust retriever across domains in BEIR (Thakur et al. 2021), and an exact
-  term match is evidence a reader can check.
+Hybrid search (``retriever="hybrid"``) fuses the indexes by weighted reciprocal rank; why each
+index votes on what it votes on, and the fusion's constants, are in :mod:`mmrag.fusion`.
 
 **Only the kept records are read.** Fusion needs ids and ranks, and reading a record's metadata and
 text is most of a vector query's cost (about 5 ms of a 100-deep query at 10k chunks, against
@@ -43,30 +17,29 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from mmrag.config import RetrievalSettings
 from mmrag.errors import InvalidInputError
+from mmrag.filters import FILTER_FIELDS, SearchFilter, and_where
+from mmrag.fusion import RRF_K, TIE_ORDER, dedupe_documents, rrf, rrf_documents
 from mmrag.kb import KnowledgeBase
 from mmrag.keyword import check_where, check_where_bounds
-from mmrag.loaders._common import DOC_TYPES
 from mmrag.protocols import Reranker
 from mmrag.rerank import DEFAULT_DEPTH, rerank_hits
 from mmrag.security.labels import Caller, NoAccess, access_where
 from mmrag.security.plan import query_readable, read_checked, readable_candidates, reads_nothing
 from mmrag.tracing import span
-from mmrag.types import Hit, MetaValue, Query
+from mmrag.types import Hit, Query
+
+__all__ = ["FILTER_FIELDS", "MODALITIES", "RETRIEVERS", "RRF_K", "SINGLE_RETRIEVERS", "TIE_ORDER", "SearchFilter",
+           "Searcher", "and_where", "check_weights", "dedupe_documents", "rrf", "rrf_documents"]
 
 RetrieverName = Literal["clip", "text", "bm25", "hybrid"]
 RETRIEVERS: tuple[str, ...] = ("clip", "text", "bm25", "hybrid")
 SINGLE_RETRIEVERS: tuple[str, ...] = ("clip", "text", "bm25")
 MODALITIES = ("text", "image", "all")
-#: Reciprocal rank fusion constant; 5 rather than Cormack et al.'s 60 (module docstring).
-RRF_K = 5
-#: Which list wins a tie in the fused score (see the module docstring).
-TIE_ORDER: tuple[str, ...] = ("bm25", "text", "clip")
 #: A ``source_prefix`` naming at most this many documents becomes a native ``doc_id $in`` filter
 #: (Chroma answers a 5,000-id ``$in`` in ~50 ms); a broader one is checked on over-fetched hits.
 MAX_IN_IDS = 2000
@@ -74,83 +47,6 @@ MAX_IN_IDS = 2000
 #: cost stays bounded whatever the collection's size (a filter that keeps fewer than 1 in ~100 of
 #: the nearest records may then return fewer than ``k``; a narrower ``source_prefix`` avoids it).
 MAX_FETCH = 4000
-FILTER_FIELDS = ("source_prefix", "doc_type", "page", "metadata")
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    """Metadata filters; a hit must match every field that is set.
-
-    Args:
-        source_prefix: the hit's source path (absolute, as ingested) starts with this.
-        doc_type: the document type (``txt``, ``markdown``, ``html``, ``pdf``, ``docx``, ``pptx``,
-            ``image``, ``jsonl``); a file suffix such as ``md`` or ``jpg`` is accepted for its type.
-        page: the 1-based page or slide number.
-        metadata: equality on any ingested metadata key (e.g. ``{"title": "..."}`` or a JSONL field).
-
-    Raises:
-        InvalidInputError: a field has the wrong type or value; the message names the field.
-
-    Example:
-        >>> SearchFilter(doc_type="md", metadata={"lang": "en"}).doc_type
-        'markdown'
-    """
-
-    source_prefix: str | None = None
-    doc_type: str | None = None
-    page: int | None = None
-    metadata: Mapping[str, MetaValue] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.source_prefix is not None and (not isinstance(self.source_prefix, str) or not self.source_prefix):
-            raise InvalidInputError(f"filters.source_prefix must be a non-empty string, got {self.source_prefix!r}")
-        if self.doc_type is not None:
-            object.__setattr__(self, "doc_type", _doc_type(self.doc_type))
-        if self.page is not None and (isinstance(self.page, bool) or not isinstance(self.page, int) or self.page < 1):
-            raise InvalidInputError(f"filters.page must be a whole number >= 1, got {self.page!r}")
-        if not isinstance(self.metadata, Mapping):
-            raise InvalidInputError("filters.metadata must be a mapping of metadata key to a string, number or boolean")
-        meta: dict[str, MetaValue] = {}
-        for key, value in self.metadata.items():
-            if not isinstance(key, str) or not key or key.startswith("$"):
-                raise InvalidInputError(f"filters.metadata: invalid key {key!r} (a non-empty name not starting with '$')")
-            if not isinstance(value, (str, int, float, bool)) or (isinstance(value, float) and not math.isfinite(value)):
-                raise InvalidInputError(f"filters.metadata.{key} must be a string, number or boolean, got {value!r}")
-            meta[key] = value
-        object.__setattr__(self, "metadata", MappingProxyType(meta))
-
-    def __hash__(self) -> int:
-        return hash((self.source_prefix, self.doc_type, self.page, tuple(sorted(self.metadata.items(), key=lambda kv: kv[0]))))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> "SearchFilter":
-        """Build from a plain mapping (JSON), refusing unknown keys.
-
-        Raises:
-            InvalidInputError: an unknown key, or a field of the wrong type.
-        """
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise InvalidInputError(f"filters must be an object with keys {', '.join(FILTER_FIELDS)}")
-        unknown = sorted(str(k) for k in data if k not in FILTER_FIELDS)
-        if unknown:
-            raise InvalidInputError(f"Unknown filter field {unknown[0]!r}. Known: {', '.join(FILTER_FIELDS)}")
-        return cls(**{str(k): v for k, v in data.items() if v is not None})
-
-    @property
-    def is_empty(self) -> bool:
-        """True when no field is set."""
-        return self.source_prefix is None and self.doc_type is None and self.page is None and not self.metadata
-
-    def where(self) -> dict[str, Any] | None:
-        """The Chroma ``where`` of every field but ``source_prefix`` (Chroma has no prefix operator)."""
-        clauses: list[dict[str, Any]] = [{key: value} for key, value in self.metadata.items()]
-        if self.doc_type is not None:
-            clauses.append({"doc_type": self.doc_type})
-        if self.page is not None:
-            clauses.append({"page": self.page})
-        return and_where(*clauses)
 
 
 class _NoMatch(Exception):
@@ -517,80 +413,3 @@ def check_weights(weights: Mapping[str, Any]) -> dict[str, float]:
     if not any(out.values()):
         raise InvalidInputError("At least one fusion weight must be above 0")
     return out
-
-
-def _tie_rank(name: str) -> int:
-    return TIE_ORDER.index(name) if name in TIE_ORDER else len(TIE_ORDER)
-
-
-def _fuse(ranked: Mapping[str, Sequence[Hit]], weights: Mapping[str, float], key: Callable[[Hit], str],
-          k: int) -> list[Hit]:
-    scores: dict[str, float] = {}
-    best: dict[str, tuple[float, Hit]] = {}  # each item's hit with the largest single vote
-    # Visiting lists in tie order makes dict insertion order the tie-break of the stable sort.
-    for name in sorted(ranked, key=lambda n: (-weights.get(n, 1.0), _tie_rank(n))):
-        w = weights.get(name, 1.0)
-        for rank, hit in enumerate(ranked[name]):
-            item = key(hit)
-            vote = w / (k + rank + 1)
-            scores[item] = scores.get(item, 0.0) + vote
-            if item not in best or vote > best[item][0]:
-                best[item] = (vote, hit)
-    order = sorted(scores, key=lambda i: -scores[i])
-    return [replace(best[i][1], score=scores[i]) for i in order]
-
-
-def rrf(ranked: Mapping[str, Sequence[Hit]], weights: Mapping[str, float], k: int = RRF_K) -> list[Hit]:
-    """Fuse ranked lists of records by weighted reciprocal rank; ``score`` becomes the fused score.
-
-    Ties follow the weights, then :data:`TIE_ORDER`.
-    """
-    return _fuse(ranked, weights, lambda h: h.id, k)
-
-
-def rrf_documents(ranked: Mapping[str, Sequence[Hit]], weights: Mapping[str, float], k: int = RRF_K) -> list[Hit]:
-    """Fuse at document level: each list votes once per document, at its best hit's rank among
-    distinct documents; each document is returned as the hit with the largest single vote."""
-    return _fuse({name: dedupe_documents(hits) for name, hits in ranked.items()}, weights, lambda h: h.doc_id, k)
-
-
-def dedupe_documents(hits: Sequence[Hit]) -> list[Hit]:
-    """Keep each document's first (best) hit."""
-    seen: set[str] = set()
-    out = []
-    for hit in hits:
-        if hit.doc_id not in seen:
-            seen.add(hit.doc_id)
-            out.append(hit)
-    return out
-
-
-def and_where(*filters: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """AND Chroma ``where`` filters (Chroma accepts exactly one top-level key, hence ``$and``)."""
-    parts: list[dict[str, Any]] = []
-    for f in filters:
-        if not f:
-            continue
-        if len(f) == 1 and "$and" in f:
-            parts.extend(dict(p) for p in f["$and"])
-        elif len(f) == 1:
-            parts.append(dict(f))
-        else:
-            parts.extend({key: value} for key, value in f.items())
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else {"$and": parts}
-
-
-def _doc_type(value: Any) -> str:
-    known = sorted(set(DOC_TYPES.values()))
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError(f"filters.doc_type must be a non-empty string, got {value!r}")
-    name = value.strip().lower().lstrip(".")
-    if name in known:
-        return name
-    alias = DOC_TYPES.get("." + name)
-    if alias is None:
-        raise InvalidInputError(f"filters.doc_type: unknown document type {value!r}. Known: {', '.join(known)} "
-                                "(or a file suffix such as md or jpg)")
-    return alias

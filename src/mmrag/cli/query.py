@@ -51,7 +51,8 @@ def search(text: str | None, image: Path | None, k: int | None, modality: str, r
            doc_type: str | None, page: int | None, meta: tuple[str, ...], dedupe: bool, rerank: str | None,
            rerank_depth: int | None, as_json: bool, **opts: Any) -> None:
     """Search by TEXT, by --image, or both; filters apply to every retriever before the top k."""
-    from mmrag.retrieval import Searcher, SearchFilter
+    from mmrag.filters import SearchFilter
+    from mmrag.retrieval import Searcher
     from mmrag.types import ImageAsset, Query
 
     if not text and image is None:

@@ -128,7 +128,8 @@ class HitSource:
     # -- internals ----------------------------------------------------------------------------
     def _local(self, text: str | None, image: bytes | None, k: int, retriever: str, modality: str,
                filters: Mapping[str, Any] | None) -> list[FoundHit]:
-        from mmrag.retrieval import Searcher, SearchFilter
+        from mmrag.filters import SearchFilter
+        from mmrag.retrieval import Searcher
 
         if self._searcher is None:
             self._searcher = Searcher(self.kb)

@@ -227,7 +227,7 @@ def search_hits(services: Services, collection: str, fields: QueryFields, text: 
     query = Query(text=text if text and text.strip() else None, image=image)
     kwargs: dict[str, Any] = {"modality": fields.modality, "retriever": fields.retriever}
     if fields.filters is not None:
-        from mmrag.retrieval import SearchFilter
+        from mmrag.filters import SearchFilter
 
         kwargs["filters"] = SearchFilter.from_dict(fields.filters.model_dump())
     if fields.dedupe:
