@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,22 +30,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
-
-def cpu_flags() -> str:
-    """The CPU's model and the flags that decide the numerics (printed beside every figure)."""
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return f"{model}; {os.cpu_count()} CPUs; " + " ".join(f for f in wanted if f in flags)
+from eval.bench.machine import cpu_line  # noqa: E402  (the repo root is put on the path first)
 
 
 def leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
@@ -124,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("name a bench script of eval/bench after --, e.g. -- query.py --chunks 10000")
     if args.reps < 1:
         parser.error("--reps must be >= 1")
-    print(f"cpu: {cpu_flags()}", flush=True)
+    print(f"cpu: {cpu_line()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="mmrag-against-") as tmp:
         base_tree = worktree(args.base, Path(tmp))
         try:
@@ -145,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['spread']:7.1%}{flag}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"base": args.base, "bench": bench, "reps": args.reps, "cpu": cpu_flags(),
+        args.json.write_text(json.dumps({"base": args.base, "bench": bench, "reps": args.reps, "cpu": cpu_line(),
                                          "runs": runs, "figures": rows}, indent=1))
     return 0
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -38,26 +37,14 @@ from mmrag import (Answerer, Indexer, KnowledgeBase, Searcher, Settings, answer_
                    build_chat_model, configure_logging, load_dataset, resolve_models)
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from eval.bench.machine import cpu  # noqa: E402  (the repo root is put on the path first)
+
 HALUEVAL = REPO.parent / "shared" / "data" / "halueval_qa"
 SAMPLE = REPO / "ingest" / "sample_corpus"
 COLLECTION = "bench-answer"
 TARGET_P50_S = 5.0
 DEMO_QUESTIONS = ["When does the building close on weekdays?", "Who won the 1998 football world cup?"]
-
-
-def cpu() -> dict[str, Any]:
-    """The CPU model and the flags that decide the numerics (as `make bench` prints them)."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
-    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
 
 
 def build(workdir: Path) -> tuple[KnowledgeBase, list[str], str]:

@@ -1,0 +1,36 @@
+"""The machine a figure was measured on: CPU model, cores and the flags that decide the numerics.
+
+Every speed figure is printed beside this (CPUs differ between sessions: some have AVX-512 BF16
+and AMX, some only AVX2).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+#: The flags that decide which kernels (and so which numerics) are fast.
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu() -> dict[str, Any]:
+    """``{"model", "cores", "flags"}`` of this machine (flags: those of :data:`FLAGS` it has)."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags]}
+
+
+def cpu_line() -> str:
+    """:func:`cpu` on one line, for a report's header."""
+    info = cpu()
+    return f"{info['model']}; {info['cores']} CPUs; {' '.join(info['flags']) or 'no AVX2'}"
