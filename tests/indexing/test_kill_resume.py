@@ -40,9 +40,26 @@ def _corpus(root: Path) -> Path:
 
 
 def _ingest(corpus: Path, data_dir: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+    """Start an ingest whose output goes to files beside ``data_dir`` (read them with :func:`_output`).
+
+    Not pipes: while the test polls the manifest it reads neither, and the child's progress lines
+    filled a pipe and blocked it mid-run (each kill phase then waited out its 600 s deadline).
+    """
     env = {**os.environ, "MMRAG_DATA_DIR": str(data_dir), "MMRAG_PROFILE": "offline"}
-    return subprocess.Popen([sys.executable, "-m", "mmrag", "ingest", str(corpus), "--json"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(_log(data_dir, "out"), "wb") as out, open(_log(data_dir, "err"), "wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "mmrag", "ingest", str(corpus), "--json"], env=env,
+                                stdout=out, stderr=err)
+
+
+def _log(data_dir: Path, stream: str) -> Path:
+    return data_dir.parent / f"{data_dir.name}.{stream}"
+
+
+def _finish(proc: subprocess.Popen, data_dir: Path) -> tuple[int, str, str]:  # type: ignore[type-arg]
+    """Wait for the ingest to end: (exit code, stdout, stderr)."""
+    rc = proc.wait(timeout=900)
+    return rc, _log(data_dir, "out").read_text(), _log(data_dir, "err").read_text()
 
 
 def _done_count(data_dir: Path) -> int:
@@ -144,9 +161,8 @@ def _assert_same(a: dict, b: dict, context: str) -> None:  # type: ignore[type-a
 def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path / "corpus")
     reference = tmp_path / "reference"
-    proc = _ingest(corpus, reference)
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    rc, out, err = _finish(_ingest(corpus, reference), reference)
+    assert rc == 0, err[-2000:]
     summary = json.loads(out)
     assert summary["indexed"] == N_IMAGES + N_RECORDS
     expected = _snapshot(reference)
@@ -187,18 +203,15 @@ def test_sigkill_at_random_moments_then_rerun_matches_uninterrupted(tmp_path: Pa
                 proc.wait()
                 kills += 1
                 mid_run += phase != "startup" and 0 < _done_count(killed) < total
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
     print(f"kill seed {seed}: {kills} kills, {mid_run} while writing, {in_keyword} inside a keyword-index write")
     assert kills >= 2, f"too few runs were killed (seed {seed})"
     assert mid_run >= 1, f"no kill landed while documents were being written (seed {seed})"
     assert in_keyword >= 1, f"no kill landed inside a keyword-index write (seed {seed})"
-    proc = _ingest(corpus, killed)
-    out, err = proc.communicate(timeout=900)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    rc, out, err = _finish(_ingest(corpus, killed), killed)
+    assert rc == 0, err[-2000:]
     _assert_same(_snapshot(killed), expected, f"kill seed {seed}")
     # And a further rerun computes nothing.
-    proc = _ingest(corpus, killed)
-    out, _ = proc.communicate(timeout=900)
+    rc, out, err = _finish(_ingest(corpus, killed), killed)
+    assert rc == 0, err[-2000:]
     again = json.loads(out)
     assert again["embeddings"] == {"clip": 0, "text": 0}
