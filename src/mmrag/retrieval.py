@@ -290,7 +290,7 @@ class Searcher:
             nearest = getattr(store, "nearest", None)
             chosen = nearest(vec, n, modality) if nearest is not None else None
         if chosen is None or any("#" not in rid for rid, _ in chosen):
-            return self._readable(which, store, vec, n, where, modality) if plan.access_only else store.query(vec, n, where)
+            return store.query(vec, n, where)  # with the caller's access where, when it has one
         for rid, _ in chosen:
             pending.setdefault(rid, store)
         return [_unread(rid, score) for rid, score in chosen]
