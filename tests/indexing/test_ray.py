@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.long]
 ray = pytest.importorskip("ray", reason="the Ray engine's tests need mmrag[ray]")
 
 N_IMAGES = 300
-N_RECORDS = 250
+# Enough records for several writes: a write holds 1,024 records (indexing.writer.WRITE_ITEMS), and
+# with fewer the whole run became durable in its last write, so no kill by progress landed mid-run.
+N_RECORDS = 1500
 N_PDFS = 6
 
 
@@ -55,8 +57,11 @@ def _corpus(root: Path) -> tuple[Path, int]:
 
 def _env(data_dir: Path) -> dict[str, str]:
     # One torch thread per process: the driver, the load tasks and the actor share these 2 cores.
+    # CLIP in fp32: the comparison is of engines, to float noise. Under auto, each process times the
+    # numerics for its own thread count (the Ray actor's differs from the driver's), and on a busy
+    # machine the local run kept bf16 text while the actor kept int8 (cosines down to 0.97).
     return {**os.environ, "MMRAG_DATA_DIR": str(data_dir), "MMRAG_PROFILE": "offline", "OMP_NUM_THREADS": "1",
-            "MMRAG_TORCH_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+            "MMRAG_TORCH_THREADS": "1", "RAY_DEDUP_LOGS": "0", "MMRAG_CLIP__PRECISION": "fp32"}
 
 
 def _ingest(corpus: Path, data_dir: Path, *extra: str) -> subprocess.Popen:  # type: ignore[type-arg]
@@ -168,12 +173,15 @@ def test_a_killed_embedding_actor_is_restarted_and_the_run_completes(reference: 
     proc = _ingest(corpus, data_dir, "--engine", "ray")
     deadline = time.monotonic() + 600
     victim = None
+    seen_at = None
     while proc.poll() is None and time.monotonic() < deadline:
-        if _done_count(data_dir) >= total // 4:
-            actors = [pid for pid, cmd in _ray_processes(since).items() if "MapWorker" in cmd]
-            if actors:
-                victim = actors[0]
-                break
+        # Killed a second after it appears, while it embeds: the writes trail the embedding (a write
+        # holds 1,024 records), so waiting for written documents let it finish its work first.
+        actors = [pid for pid, cmd in _ray_processes(since).items() if "MapWorker" in cmd]
+        seen_at = seen_at or (time.monotonic() if actors else None)
+        if actors and time.monotonic() - seen_at >= 1.0:
+            victim = actors[0]
+            break
         time.sleep(0.05)
     assert victim is not None and proc.poll() is None, "no embedding actor was found while the run was going"
     done_at_kill = _done_count(data_dir)
