@@ -16,12 +16,12 @@ from mmrag.kb import KnowledgeBase
 from mmrag.retrieval import Searcher, SearchFilter
 from mmrag.security.labels import Caller, label_changes
 from mmrag.types import Query
-from tests.security.test_access_plan import CALLERS, VOCAB, _ingest, _table
+from tests.helpers.access import CALLERS, VOCAB, ingest_labelled, label_table
 
 
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
-    return _ingest(tmp_path_factory.mktemp("late"), 300, 11)
+    return ingest_labelled(tmp_path_factory.mktemp("late"), 300, 11)
 
 
 def _eager(searcher: Searcher, query: Query, k: int, **kw: Any) -> list[Any]:
@@ -77,16 +77,16 @@ def test_a_relabel_in_flight_between_the_two_reads_falls_back_to_full_reads(tmp_
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The vector stores already refuse the caller, the manifest (and so the label cache) not yet:
     the late read sees the stored labels, and the search is answered by full reads instead."""
-    kb = _ingest(tmp_path, 60, 5)
+    kb = ingest_labelled(tmp_path, 60, 5)
     caller = Caller.of(["a"])
     searcher = Searcher(kb, depth=20).as_caller(caller)
     query = Query(text=" ".join(VOCAB))
     first = searcher.search(query, 5, retriever="hybrid")
-    revoked = next(h.doc_id for h in first if _table(kb).get(h.doc_id) == ("group:a",))
+    revoked = next(h.doc_id for h in first if label_table(kb).get(h.doc_id) == ("group:a",))
     for store in (kb.text_store, kb.clip_store):
         rows = list(store.records_of([revoked]))
         store.update_metadata([r for r, _, _ in rows], [label_changes(m, ["group:b"]) for _, m, _ in rows])
-    assert _table(kb)[revoked] == ("group:a",)  # the manifest has not caught up
+    assert label_table(kb)[revoked] == ("group:a",)  # the manifest has not caught up
     full_reads: list[bool] = []
     hybrid = Searcher._hybrid
 
@@ -104,7 +104,7 @@ def test_a_record_deleted_between_the_two_reads_is_not_half_returned(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from mmrag.stores.chroma import ChromaStore
 
-    kb = _ingest(tmp_path, 60, 6)
+    kb = ingest_labelled(tmp_path, 60, 6)
     searcher = Searcher(kb, depth=20)
     query = Query(text=" ".join(VOCAB[:3]))
     gone = searcher.search(query, 3, retriever="hybrid")[0].id

@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 
 from mmrag.config import Settings
-from mmrag.embedders.hashing import HashingEmbedder
-from mmrag.indexing import Indexer
 from mmrag.kb import KnowledgeBase
 from mmrag.registry import resolve_models
 from mmrag.retrieval import Searcher
@@ -27,43 +25,14 @@ from mmrag.security import plan
 from mmrag.security.labels import Caller, access_where, label_changes
 from mmrag.security.relabel import set_labels
 from mmrag.types import Query
+from tests.helpers.access import CALLERS, VOCAB, ingest_labelled, label_table
 
-VOCAB = ["harbour", "ledger", "orchid", "granite", "violin", "meadow", "copper", "lantern", "quarry", "sable"]
 DOCS = 400
-
-
-def _labels(rng: random.Random) -> list[str]:
-    roll = rng.random()
-    if roll < 0.02:
-        return ["group:c"]  # about 1% of the records: the small share
-    if roll < 0.10:
-        return []  # unlabelled
-    labels = ["group:a"] if roll < 0.70 else ["group:b"]
-    if rng.random() < 0.1:
-        labels.append("user:ann")
-    return labels
-
-
-def _ingest(root: Path, n: int, seed: int) -> KnowledgeBase:
-    rng = random.Random(seed)
-    rows = [{"_id": f"d{i:03d}", "text": " ".join(rng.choices(VOCAB, k=6)), "access": ",".join(_labels(rng))}
-            for i in range(n)]
-    (root / "corpus").mkdir(parents=True)
-    (root / "corpus" / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    kb = KnowledgeBase(root / "kb", "plan", resolve_models(Settings()), clip=HashingEmbedder(16),
-                       text=HashingEmbedder(8))
-    summary = Indexer(kb).ingest([root / "corpus"])
-    assert summary.indexed == n and not summary.failed
-    return kb
 
 
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
-    return _ingest(tmp_path_factory.mktemp("plan"), DOCS, 28)
-
-
-CALLERS = [Caller.of(["a"]), Caller.of(["b"]), Caller.of(["c"]), Caller.of([], "ann"), Caller.of(["a", "b"]),
-           Caller.of(["c"], "ann"), Caller.of(["b", "c"])]
+    return ingest_labelled(tmp_path_factory.mktemp("plan"), DOCS, 28)
 
 
 def _run(kb: KnowledgeBase, which: str, caller: Caller, unlabelled: str, query: str, n: int,
@@ -160,9 +129,9 @@ def test_a_label_no_document_carries_answers_empty_without_an_index(kb: Knowledg
 def test_a_relabel_is_seen_by_the_next_query(tmp_path: Path) -> None:
     """Labels changed between two queries (by another KnowledgeBase object, as another process would):
     the next query follows them in both directions."""
-    kb = _ingest(tmp_path, 60, 3)
+    kb = ingest_labelled(tmp_path, 60, 3)
     other = KnowledgeBase(kb.data_dir, kb.collection, resolve_models(Settings()), clip=kb.clip, text=kb.text)
-    moved = sorted(d for d, ls in _table(kb).items() if ls == ("group:a",))[0]
+    moved = sorted(d for d, ls in label_table(kb).items() if ls == ("group:a",))[0]
     # Its own text as the query: the document ranks first for whoever may read it.
     query = Query(text=next(t for _, m, t in kb.text_store.records_of([moved], ("metadatas", "documents"))))
 
@@ -186,26 +155,20 @@ def test_a_relabel_is_seen_by_the_next_query(tmp_path: Path) -> None:
 def test_stored_labels_have_the_last_word(tmp_path: Path) -> None:
     """A relabel in flight (the stores already changed, the manifest not yet): the cache still says the
     caller may read the document; the over-fetch must not return it, and the answer stays exact."""
-    kb = _ingest(tmp_path, 60, 5)
+    kb = ingest_labelled(tmp_path, 60, 5)
     caller = Caller.of(["a"])
     vec = kb.text.embed_texts([" ".join(VOCAB)])[0].tolist()
     first = plan.query_readable(kb, "text", kb.text_store, vec, 5, caller, "public",
                                 lambda: kb.text_store.query(vec, 5, access_where(caller)))
-    revoked = next(h.doc_id for h in first if _table(kb).get(h.doc_id) == ("group:a",))
+    revoked = next(h.doc_id for h in first if label_table(kb).get(h.doc_id) == ("group:a",))
     rows = list(kb.text_store.records_of([revoked]))
     kb.text_store.update_metadata([r for r, _, _ in rows], [label_changes(m, ["group:b"]) for _, m, _ in rows])
     # No LabelTable write: the manifest (and so the cache) still gives the document group:a.
-    assert _table(kb)[revoked] == ("group:a",)
+    assert label_table(kb)[revoked] == ("group:a",)
     again = plan.query_readable(kb, "text", kb.text_store, vec, 5, caller, "public",
                                 lambda: kb.text_store.query(vec, 5, access_where(caller)))
     assert revoked not in {h.doc_id for h in again}
     assert [h.id for h in again] == [h.id for h in kb.text_store.query(vec, 5, access_where(caller))]
-
-
-def _table(kb: KnowledgeBase) -> dict[str, tuple[str, ...]]:
-    from mmrag.security.rules import LabelTable
-
-    return LabelTable(kb.manifest).labelled(kb.collection)
 
 
 def test_overfetch_depth() -> None:
