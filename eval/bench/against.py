@@ -51,7 +51,7 @@ def leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
 
 def worktree(rev: str, parent: Path) -> Path:
     """A detached checkout of ``rev`` under ``parent`` (removed by :func:`drop_worktree`)."""
-    path = parent / f"base-{rev[:12]}"
+    path = parent / rev.replace("/", "_")[:40]
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), rev], check=True)
     return path
 
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Everything after -- is the bench: a script in eval/bench and its arguments "
                                             "(--json is added).")
     parser.add_argument("--base", required=True, help="the commit to compare with (any git revision)")
+    parser.add_argument("--head", help="the commit compared (default: this checkout, as it is on disk)")
     parser.add_argument("--reps", type=int, default=2, help="runs per side, interleaved (>= 2 shows the noise)")
     parser.add_argument("--keys", default="", help="comma-separated substrings: only figures whose path holds one")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one bench run may take")
@@ -112,16 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps must be >= 1")
     print(f"cpu: {cpu_line()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="mmrag-against-") as tmp:
-        base_tree = worktree(args.base, Path(tmp))
+        trees = {"base": worktree(args.base, Path(tmp) / "base")}
         try:
+            trees["head"] = worktree(args.head, Path(tmp) / "head") if args.head else ROOT
             runs: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
             for rep in range(args.reps):
                 order = ("base", "head") if rep % 2 == 0 else ("head", "base")
                 for side in order:
-                    tree = base_tree if side == "base" else ROOT
-                    runs[side].append(run_side(tree, bench, Path(tmp) / f"{side}-{rep}.json", args.timeout))
+                    runs[side].append(run_side(trees[side], bench, Path(tmp) / f"{side}-{rep}.json", args.timeout))
         finally:
-            drop_worktree(base_tree)
+            for tree in trees.values():
+                if tree != ROOT:
+                    drop_worktree(tree)
     keys = [k for k in args.keys.split(",") if k]
     rows = compare(runs["base"], runs["head"], keys)
     print(f"\n{'figure':60s} {'base':>12s} {'head':>12s} {'head/base':>9s} {'spread':>7s}")
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['spread']:7.1%}{flag}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"base": args.base, "bench": bench, "reps": args.reps, "cpu": cpu_line(),
+        args.json.write_text(json.dumps({"base": args.base, "head": args.head or "this checkout", "bench": bench, "reps": args.reps, "cpu": cpu_line(),
                                          "runs": runs, "figures": rows}, indent=1))
     return 0
 
