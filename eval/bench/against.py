@@ -50,8 +50,16 @@ def leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
 
 
 def worktree(rev: str, parent: Path) -> Path:
-    """A detached checkout of ``rev`` under ``parent`` (removed by :func:`drop_worktree`)."""
+    """A detached checkout of ``rev`` under ``parent`` (removed by :func:`drop_worktree`).
+
+    Benches that read real data find it at ``../shared`` beside the checkout, as in this one's, so
+    ``parent/shared`` links to this checkout's ``../shared`` when there is one.
+    """
     path = parent / rev.replace("/", "_")[:40]
+    parent.mkdir(parents=True, exist_ok=True)
+    shared = ROOT.parent / "shared"
+    if shared.is_dir() and not (parent / "shared").exists():
+        (parent / "shared").symlink_to(shared.resolve(), target_is_directory=True)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), rev], check=True)
     return path
 
