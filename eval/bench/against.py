@@ -7,7 +7,8 @@ side runs its own copy of the bench script with its own ``src`` first on the pat
 virtual environment.
 
 Noise is shown, not assumed: each figure's spread over the reps of one side is printed beside the
-ratio, and a ratio is flagged only when it lies outside both sides' spreads.
+ratio, and a ratio is flagged only when the two sides' runs do not overlap and their medians differ
+by more than 2%.
 
 Example::
 
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
+#: A difference of medians below this share is never flagged, however steady the runs.
+MIN_CHANGE = 0.02
 sys.path.insert(0, str(ROOT))
 
 from eval.bench.machine import cpu_line  # noqa: E402  (the repo root is put on the path first)
@@ -95,7 +98,9 @@ def compare(base: list[dict[str, float]], head: list[dict[str, float]], keys: li
             continue
         lo, hi = min(b + h), max(b + h)  # the figure's range over every run
         spread = max((max(b) - min(b)) / abs(mb), (max(h) - min(h)) / abs(mh) if mh else 0.0)
-        apart = max(b) < min(h) or max(h) < min(b)  # the two sides' runs do not overlap
+        # Outside the noise: the two sides' runs do not overlap, and the medians differ by more than
+        # MIN_CHANGE (a 1 MiB RSS difference between runs that never vary is not a regression).
+        apart = (max(b) < min(h) or max(h) < min(b)) and abs(mh / mb - 1) > MIN_CHANGE
         rows.append({"figure": key, "base": mb, "head": mh, "ratio": mh / mb, "spread": spread,
                      "range": [lo, hi], "separated": apart})
     return rows

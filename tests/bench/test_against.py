@@ -32,6 +32,9 @@ def test_compare_flags_only_ratios_outside_both_sides_runs() -> None:
     assert rows["rate"]["ratio"] == pytest.approx(81.0 / 102.0) and rows["rate"]["separated"]
     assert rows["rate"]["spread"] == pytest.approx(4.0 / 102.0)
     assert [r["figure"] for r in against.compare(base, head, ["rat"])] == ["rate"]
+    # Steady runs 0.1% apart do not overlap, but are not a change worth a flag.
+    steady = against.compare([{"rss": 1000.0}, {"rss": 1000.0}], [{"rss": 1001.0}, {"rss": 1001.0}], [])
+    assert not steady[0]["separated"]
 
 
 def test_a_bench_that_is_not_in_eval_bench_is_refused() -> None:
