@@ -31,7 +31,7 @@ from mmrag.rerank import DEFAULT_DEPTH, rerank_hits
 from mmrag.security.labels import Caller, NoAccess, access_where
 from mmrag.security.plan import query_readable, read_checked, readable_candidates, reads_nothing
 from mmrag.tracing import span
-from mmrag.types import Hit, Query
+from mmrag.types import Hit, Query, doc_id_of, is_image_id
 
 __all__ = ["FILTER_FIELDS", "MODALITIES", "RETRIEVERS", "RRF_K", "SINGLE_RETRIEVERS", "TIE_ORDER", "SearchFilter",
            "Searcher", "and_where", "check_weights", "dedupe_documents", "rrf", "rrf_documents"]
@@ -289,7 +289,7 @@ class Searcher:
         else:
             nearest = getattr(store, "nearest", None)
             chosen = nearest(vec, n, modality) if nearest is not None else None
-        if chosen is None or any("#" not in rid for rid, _ in chosen):
+        if chosen is None or any(doc_id_of(rid) is None for rid, _ in chosen):
             return store.query(vec, n, where)  # with the caller's access where, when it has one
         for rid, _ in chosen:
             pending.setdefault(rid, store)
@@ -361,9 +361,8 @@ class Searcher:
 
 def _unread(rid: str, score: float) -> Hit:
     """A vector index's hit before its record is read: id, score, and what the id tells (document, modality)."""
-    doc_id = rid.rpartition("#")[0]
-    return Hit(id=rid, doc_id=doc_id, source="", modality="image" if "#i" in rid else "text", score=score,
-               metadata=_UNREAD)
+    return Hit(id=rid, doc_id=doc_id_of(rid) or "", source="", modality="image" if is_image_id(rid) else "text",
+               score=score, metadata=_UNREAD)
 
 
 def _is_unread(hit: Hit) -> bool:

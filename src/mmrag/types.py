@@ -105,6 +105,22 @@ def embedding_text(text: str, metadata: Mapping[str, Any]) -> str:
     return f"{section}\n{text}"
 
 
+def record_id(doc_id: str, kind: str, index: int) -> str:
+    """The id of a document's record: ``doc#t3`` for its 4th text chunk, ``doc#i0`` for its 1st image."""
+    return f"{doc_id}#{kind}{index}"
+
+
+def doc_id_of(rid: str) -> str | None:
+    """The document of a record id made by :func:`record_id` (None for an id mmrag did not make)."""
+    doc_id, sep, _ = rid.rpartition("#")
+    return doc_id if sep else None
+
+
+def is_image_id(rid: str) -> bool:
+    """Whether a record id names an image record (``#i``), which the split store keeps in its image half."""
+    return "#i" in rid
+
+
 @dataclass(frozen=True)
 class Record:
     """What a vector store holds: an id, a vector, the text (if any) and flat metadata."""

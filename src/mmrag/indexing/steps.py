@@ -29,7 +29,7 @@ from mmrag.loaders import FileRef, JsonlFields, LoaderLimits, RecordProblem, fil
 from mmrag.redaction import Redactor
 from mmrag.sources import ObjectRef, SourceAccessError, SourceNotFoundError, download, object_stamp
 from mmrag.tracing import start_span
-from mmrag.types import Chunk, Document, ImageAsset, Record
+from mmrag.types import Chunk, Document, ImageAsset, Record, record_id
 
 
 #: Texts per embedder call. A server runs one forward pass at a time per model, shared by every
@@ -251,7 +251,7 @@ def embed_documents(loaded: Sequence[LoadedDoc], models: Embedders) -> list[Prep
         d = item.doc
         k = len(item.chunks)
         metas = [_chunk_meta(d, c) for c in item.chunks]
-        ids = [f"{d.doc_id}#t{c.index}" for c in item.chunks]
+        ids = [record_id(d.doc_id, "t", c.index) for c in item.chunks]
         bodies = [c.text for c in item.chunks]
         clip_rows = [clip_text[pos:pos + k]] if k else []  # type: ignore[index]
         clip_ids, clip_metas = list(ids), list(metas)
@@ -265,7 +265,7 @@ def embed_documents(loaded: Sequence[LoadedDoc], models: Embedders) -> list[Prep
             computed_images += 1
             if n in failures:
                 continue
-            clip_ids.append(f"{d.doc_id}#i{a.index}")
+            clip_ids.append(record_id(d.doc_id, "i", a.index))
             clip_metas.append(_image_meta(d, a))
             clip_texts.append(None)
             clip_rows.append(vec[None, :])

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mmrag.security.labels import Caller, can_read
 from mmrag.security.rules import LabelTable
-from mmrag.types import Hit
+from mmrag.types import Hit, doc_id_of
 
 if TYPE_CHECKING:
     from mmrag.kb import KnowledgeBase
@@ -176,8 +176,8 @@ def readable_candidates(kb: "KnowledgeBase", which: str, store: Any, vector: Seq
     held = set(caller.labels)
     chosen: list[tuple[str, float]] = []
     for rid, score in candidates:
-        doc_id, sep, _ = rid.rpartition("#")
-        if not sep:
+        doc_id = doc_id_of(rid)
+        if doc_id is None:
             return None  # not an mmrag record id: its document is unknown here
         if snap.may_read(doc_id, held, unlabelled):
             chosen.append((rid, score))
@@ -203,7 +203,7 @@ def read_checked(kb: "KnowledgeBase", store: Any, chosen: Sequence[tuple[str, fl
         hit = found.get(rid)
         if hit is None:
             return None  # deleted since: the filtered query sees the store as it is now
-        if hit.doc_id != rid.rpartition("#")[0] or not can_read(caller, hit.metadata, unlabelled):
+        if hit.doc_id != doc_id_of(rid) or not can_read(caller, hit.metadata, unlabelled):
             view_of(kb).forget()  # stored labels differ from the cache: a relabel is in flight
             return None
         hits.append(replace(hit, score=score))

@@ -259,8 +259,9 @@ class ChromaStore:
         (one collection cannot pick a modality without a filter).
 
         Ids and distances only: Chroma reads each result's metadata and text at about 0.1 ms a
-        record, so a deep candidate list costs a fraction of a full query (see
-        :mod:`mmrag.security.plan`, the one caller, which reads the records it keeps with :meth:`get`).
+        record, so a deep candidate list costs a fraction of a full query. Hybrid search fuses these
+        and reads the records it keeps with :meth:`get` (:class:`mmrag.retrieval.Searcher`, and the
+        access plan of :mod:`mmrag.security.plan`).
         """
         if modality is not None:
             return None

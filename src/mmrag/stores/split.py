@@ -17,7 +17,7 @@ import heapq
 from typing import Any, Iterator, Mapping, Sequence
 
 from mmrag.protocols import VectorStore
-from mmrag.types import Hit, Record, RecordBatch
+from mmrag.types import Hit, Record, RecordBatch, is_image_id
 
 IMAGE = "image"
 MODALITIES = ("text", IMAGE)
@@ -99,8 +99,8 @@ class ModalitySplitStore:
 
     def get(self, ids: Sequence[str]) -> list[Hit]:
         """Records by id (an image record's id has ``#i``)."""
-        images = [i for i in ids if "#i" in i]
-        texts = [i for i in ids if "#i" not in i]
+        images = [i for i in ids if is_image_id(i)]
+        texts = [i for i in ids if not is_image_id(i)]
         found = {h.id: h for h in [*self.texts.get(texts), *self.images.get(images)]}
         return [found[i] for i in ids if i in found]
 
@@ -119,8 +119,8 @@ class ModalitySplitStore:
 
     def delete(self, ids: Sequence[str]) -> None:
         """Delete records by id."""
-        self.texts.delete([i for i in ids if "#i" not in i])
-        self.images.delete([i for i in ids if "#i" in i])
+        self.texts.delete([i for i in ids if not is_image_id(i)])
+        self.images.delete([i for i in ids if is_image_id(i)])
 
     def count(self) -> int:
         """Records in both halves."""
