@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 from mmrag.config import RetrievalSettings
@@ -299,25 +299,17 @@ class Searcher:
         """``hits`` with every unread one read from its store (fused score kept); None when one
         is gone, or its stored labels refuse a restricted caller: the search is then run again
         with every index read in full."""
-        wanted: dict[int, list[tuple[str, float]]] = {}
-        stores: dict[int, Any] = {}
+        wanted: dict[int, tuple[Any, list[tuple[str, float]]]] = {}  # per store: the store, its (id, score)s
         for hit in hits:
             if _is_unread(hit):
                 store = pending[hit.id]
-                wanted.setdefault(id(store), []).append((hit.id, hit.score))
-                stores[id(store)] = store
+                wanted.setdefault(id(store), (store, []))[1].append((hit.id, hit.score))
+        caller = self.caller if plan.access_only else None
         found: dict[str, Hit] = {}
-        for key, chosen in wanted.items():
-            store = stores[key]
-            if plan.access_only:
-                read = read_checked(self.kb, store, chosen, self.caller, self.unlabelled)  # type: ignore[arg-type]
-                if read is None:
-                    return None
-            else:
-                scores = dict(chosen)
-                read = [replace(h, score=scores[h.id]) for h in store.get([rid for rid, _ in chosen])]
-                if len(read) < len(chosen):
-                    return None
+        for store, chosen in wanted.values():
+            read = read_checked(self.kb, store, chosen, caller, self.unlabelled)
+            if read is None:
+                return None
             found.update((h.id, h) for h in read)
         return [found[h.id] if _is_unread(h) else h for h in hits]
 

@@ -190,12 +190,13 @@ def readable_candidates(kb: "KnowledgeBase", which: str, store: Any, vector: Seq
     return chosen
 
 
-def read_checked(kb: "KnowledgeBase", store: Any, chosen: Sequence[tuple[str, float]], caller: Caller,
+def read_checked(kb: "KnowledgeBase", store: Any, chosen: Sequence[tuple[str, float]], caller: Caller | None,
                  unlabelled: str) -> list[Hit] | None:
     """The records of ``chosen`` (ids and scores), each checked against its stored labels.
 
     None when one was deleted since, or its stored labels refuse ``caller`` (a relabel in flight:
-    the label cache is dropped): the filtered query must answer instead.
+    the label cache is dropped): the filtered query must answer instead. With no ``caller`` (an
+    unrestricted search) there is nothing to check but that every record is still there.
     """
     found = {h.id: h for h in store.get([rid for rid, _ in chosen])}
     hits = []
@@ -203,7 +204,7 @@ def read_checked(kb: "KnowledgeBase", store: Any, chosen: Sequence[tuple[str, fl
         hit = found.get(rid)
         if hit is None:
             return None  # deleted since: the filtered query sees the store as it is now
-        if hit.doc_id != doc_id_of(rid) or not can_read(caller, hit.metadata, unlabelled):
+        if caller is not None and (hit.doc_id != doc_id_of(rid) or not can_read(caller, hit.metadata, unlabelled)):
             view_of(kb).forget()  # stored labels differ from the cache: a relabel is in flight
             return None
         hits.append(replace(hit, score=score))
