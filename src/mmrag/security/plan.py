@@ -97,10 +97,12 @@ class AccessView:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snap: _Snapshot | None = None
+        self._table: LabelTable | None = None
 
     def snapshot(self, kb: "KnowledgeBase") -> _Snapshot:
         """The current labels (one indexed read of the stamp; a full read only after a change)."""
-        table = LabelTable(kb.manifest)
+        # Made once: a LabelTable checks that its tables exist, a read every search need not pay.
+        table = self._table = self._table or LabelTable(kb.manifest)
         # The record totals too: documents ingested unlabelled (or deleted) change the shares.
         stamp = (table.stamp(kb.collection), kb.manifest.totals(kb.collection))
         snap = self._snap
