@@ -203,14 +203,7 @@ def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
 
 def time_queries(searcher: Searcher, queries: Sequence[str], retriever: str, warmup: int = 20) -> dict[str, float]:
     """Warm up, then time each query once."""
-    for q in queries[:warmup]:
-        searcher.search(Query(text=q), 10, retriever=retriever)
-    times = []
-    for q in queries:
-        started = time.perf_counter()
-        searcher.search(Query(text=q), 10, retriever=retriever)
-        times.append((time.perf_counter() - started) * 1000)
-    return percentiles(times)
+    return time_interleaved({"one": searcher}, queries, retriever, warmup)["one"]
 
 
 def time_interleaved(searchers: Mapping[str, Searcher], queries: Sequence[str], retriever: str,
