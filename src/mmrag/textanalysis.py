@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import re
-__all__ = ["DISCOURSE", "STOPWORDS", "content_tokens", "content_words", "stem", "stem_words", "tokens"]
+__all__ = ["DISCOURSE", "STOPWORDS", "content_tokens", "content_words", "split_sentences", "stem", "stem_words",
+           "tokens"]
 
 #: A word, or a number with its decimal point and thousands separators.
 _TOKEN = re.compile(r"[A-Za-z]+|\d+(?:[.,]\d+)*")
@@ -110,3 +111,31 @@ def content_tokens(text: str, *, drop_discourse: bool = True) -> list[str]:
 def content_words(text: str, *, drop_discourse: bool = True) -> set[str]:
     """The set of :func:`content_tokens` of ``text``: what the guard, the gate and the detector compare."""
     return set(content_tokens(text, drop_discourse=drop_discourse))
+
+
+#: A sentence ends at . ! or ? (and any closing quote or bracket) before a capital, a digit or an
+#: opening mark, or at a line break.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"(\[*\-])|\n+")
+_BARE_MARKER = re.compile(r"(?:\d{1,2}|[a-z])[.)]")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` offsets of the sentences (and list items, lines) of ``text``.
+
+    A bare list marker ("1.") split off by the sentence rule is joined back to its item.
+    """
+    pieces: list[tuple[int, int]] = []
+    pos = 0
+    for match in [*_SENTENCE_END.finditer(text), None]:
+        stop = match.start() if match else len(text)
+        chunk = text[pos:stop]
+        left = len(chunk) - len(chunk.lstrip())
+        start, end = pos + left, pos + len(chunk.rstrip())
+        if end > start:
+            if pieces and _BARE_MARKER.fullmatch(text[pieces[-1][0]:pieces[-1][1]]):
+                pieces[-1] = (pieces[-1][0], end)
+            else:
+                pieces.append((start, end))
+        if match:
+            pos = match.end()
+    return pieces

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from mmrag.embedders.hashing import HashingEmbedder
 from mmrag.errors import InvalidInputError
 from mmrag.evaluation.hallucination import cross_validate_threshold, load_answers
-from mmrag.answering.verification import HallucinationDetector, Verdict, mark_unsupported, split_sentences
+from mmrag.answering.verification import HallucinationDetector, Verdict, mark_unsupported
+from mmrag.textanalysis import split_sentences
 
 CONTEXT = ("The Eiffel Tower is 330 metres tall. It was completed in 1889 for the World's Fair in Paris. "
            "About seven million people visit it every year.")

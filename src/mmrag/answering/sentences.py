@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from mmrag.answering.context import ContextBlock
+from mmrag.textanalysis import split_sentences
 
 # Two passages glued without a space ("...19th century.First for Women is ...") are common in
 # scraped corpora: a lower-case word, a full stop and a capitalised word start a new sentence.
@@ -27,8 +28,6 @@ _CLAUSE = re.compile(r"(?<=[;:])\s+|\s+[\u2014\u2013-]\s+|,\s+(?=(?:and|but|whil
 
 def split_passage(text: str) -> list[str]:
     """The sentences of a passage (the detector's splitter, plus glued passages split apart)."""
-    from mmrag.answering.verification import split_sentences
-
     out = []
     for part in _GLUED.split(text):
         out += [s for s in (part[a:b].strip() for a, b in split_sentences(part)) if s]

@@ -51,7 +51,7 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 
 from mmrag.errors import InvalidInputError
-from mmrag.textanalysis import DISCOURSE, STOPWORDS, content_tokens, stem, tokens
+from mmrag.textanalysis import DISCOURSE, STOPWORDS, content_tokens, split_sentences, stem, tokens
 from mmrag.tracing import span
 
 #: Default decision threshold on :attr:`Verdict.score` (see the module docstring for why 0.5).
@@ -68,9 +68,7 @@ POWER = 1.5
 # claims (TAU * ln 1000 ~ 80 units), not an infinite mass.
 READER_FLOOR = 1e-3
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"(\[*\-])|\n+")
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,2}[.)]|[*\-•])\s+")
-_BARE_MARKER = re.compile(r"(?:\d{1,2}|[a-z])[.)]")
 _REFUSAL = re.compile(
     r"unable to answer|(do|does|did) not (contain|provide|mention|include|specify|offer|say|state|give)"
     r"|no (specific )?information|cannot (provide|answer|determine)|can't (provide|answer)|there is no mention",
@@ -247,28 +245,6 @@ def _names(text: str) -> list[str]:
     found = [t for t in words[1:] if t[0].isupper() and len(t) > 2
              and t.lower() not in STOPWORDS and t.lower() not in DISCOURSE]
     return list(dict.fromkeys(found))
-
-
-def split_sentences(text: str) -> list[tuple[int, int]]:
-    """``(start, end)`` offsets of the sentences (and list items, lines) of ``text``.
-
-    A bare list marker ("1.") split off by the sentence rule is joined back to its item.
-    """
-    pieces: list[tuple[int, int]] = []
-    pos = 0
-    for match in [*_SENTENCE_END.finditer(text), None]:
-        stop = match.start() if match else len(text)
-        chunk = text[pos:stop]
-        left = len(chunk) - len(chunk.lstrip())
-        start, end = pos + left, pos + len(chunk.rstrip())
-        if end > start:
-            if pieces and _BARE_MARKER.fullmatch(text[pieces[-1][0]:pieces[-1][1]]):
-                pieces[-1] = (pieces[-1][0], end)
-            else:
-                pieces.append((start, end))
-        if match:
-            pos = match.end()
-    return pieces
 
 
 def _prepare(context: str | Sequence[str], answer: str, question: str | None) -> _Item:
