@@ -186,9 +186,10 @@ class RetrievalSettings(BaseModel):
 class RerankSettings(BaseModel):
     """The rerank stage after retrieval (:mod:`mmrag.rerank`): which model rereads the top hits.
 
-    ``model`` names a backend (:func:`mmrag.registry.build_reranker`): ``offline`` (mmrag's own
-    reader), ``cross-encoder:<hub name or folder>`` (sentence-transformers), or
-    ``litellm:<provider>/<model>`` (any provider of ``litellm.rerank``: Cohere, Jina, Voyage...).
+    ``model`` names a backend (:func:`mmrag.registry.build_reranker`): ``offline`` (the bundled
+    MiniLM reading each sentence of a hit, fused with the first stage), ``cross-encoder:<hub name
+    or folder>`` (sentence-transformers), or ``litellm:<provider>/<model>`` (any provider of
+    ``litellm.rerank``: Cohere, Jina, Voyage...).
     None: no rerank. ``MMRAG_RERANK__MODEL=cross-encoder:/models/bge-reranker-base``,
     ``MMRAG_RERANK__DEPTH=20``.
     """

@@ -182,9 +182,10 @@ class Reranker(Protocol):
     """Scores passages against a query by reading the two together (a cross-encoder, or a hosted API).
 
     ``name`` identifies the backend and its weights (``offline``, ``cross-encoder:<name or folder>``,
-    ``litellm:<provider>/<model>``). Implementations: :mod:`mmrag.rerankers` and the offline reader
-    (``mmrag.reader``); :func:`mmrag.registry.build_reranker` builds one from such a name. A reranker
-    may be called from several threads at once (the server shares one).
+    ``litellm:<provider>/<model>``). Implementations: :mod:`mmrag.rerankers` (``offline`` is
+    :mod:`mmrag.rerankers.sentences`); :func:`mmrag.registry.build_reranker` builds one from such a
+    name. A reranker may be called from several threads at once (the server shares one). One whose
+    ``fuses_first_stage`` is True has its order fused with the first stage's (:mod:`mmrag.rerank`).
 
     Example:
         >>> from mmrag.registry import build_reranker

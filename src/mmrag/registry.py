@@ -14,7 +14,6 @@ Rerankers (the stage after retrieval, :mod:`mmrag.rerank`) are built here too, b
 
 from __future__ import annotations
 
-import importlib
 import re
 import threading
 from dataclasses import dataclass, replace
@@ -24,7 +23,7 @@ from typing import Any, Callable, cast
 from mmrag.config import RerankSettings, Settings
 from mmrag.embedders.openclip import OFFLINE_CLIP_DIR, OFFLINE_CLIP_NAME, ClipSpec
 from mmrag.embedders.sentence import DEFAULT_TEXT_MODEL, offline_minilm_dir
-from mmrag.errors import ConfigError, InvalidInputError, ModelUnavailableError
+from mmrag.errors import ConfigError, InvalidInputError
 from mmrag.protocols import Embedder, ImageEmbedder, KeywordIndex, Reranker
 from mmrag.stores.backends import CHROMA, MEMORY, VectorBackend
 
@@ -220,25 +219,16 @@ def keyword_index_factory(backend: str) -> Callable[[Path], KeywordIndex]:
 
 
 # -- rerankers --------------------------------------------------------------------------------------
-#: Where mmrag's own offline reader lives: imported only when the ``offline`` reranker is asked for.
-OFFLINE_READER = "mmrag.reader:OfflineReader"
 #: Names that turn the rerank stage off (``--rerank none``, ``MMRAG_RERANK__MODEL=none``).
 NO_RERANK = ("none", "off", "")
 #: The forms :func:`build_reranker` accepts, for error messages.
 RERANKER_FORMS = ("offline", "cross-encoder:<hub name or folder>", "<folder>", "litellm:<provider>/<model>", "none")
 
 
-def _offline_reader(ref: str, device: str, options: RerankSettings) -> Reranker:
-    module_name, _, attr = OFFLINE_READER.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
-            raise  # the reader is there but one of its own imports is missing: not ours to hide
-        raise ModelUnavailableError(f"The offline reader ({module_name}) is not part of this install; "
-                                    "use a cross-encoder folder or a litellm reranker instead") from exc
-    reader: Reranker = getattr(module, attr).load(device=device, precision=options.precision)
-    return reader
+def _offline_reranker(ref: str, device: str, options: RerankSettings) -> Reranker:
+    from mmrag.rerankers.sentences import SentenceMatchReranker
+
+    return SentenceMatchReranker.load(device=device, precision=options.precision)
 
 
 def _cross_encoder(ref: str, device: str, options: RerankSettings) -> Reranker:
@@ -257,7 +247,7 @@ def _litellm_reranker(ref: str, device: str, options: RerankSettings) -> Reranke
 
 #: Reranker backends by the prefix of their name (``offline`` takes no reference).
 RERANKERS: dict[str, Callable[[str, str, RerankSettings], Reranker]] = {
-    "offline": _offline_reader, "cross-encoder": _cross_encoder, "litellm": _litellm_reranker,
+    "offline": _offline_reranker, "cross-encoder": _cross_encoder, "litellm": _litellm_reranker,
 }
 
 
@@ -265,7 +255,8 @@ def build_reranker(spec: str, device: str = "cpu", options: RerankSettings | Non
     """Build the reranker ``spec`` names.
 
     Args:
-        spec: ``offline`` (mmrag's own reader), ``cross-encoder:<hub name or folder>`` (a
+        spec: ``offline`` (the bundled MiniLM reading each sentence, :mod:`mmrag.rerankers.sentences`),
+            ``cross-encoder:<hub name or folder>`` (a
             sentence-transformers ``CrossEncoder``; a bare path to a folder means the same), or
             ``litellm:<provider>/<model>`` (``litellm.rerank``: ``cohere/rerank-v3.5``,
             ``jina_ai/jina-reranker-v2-base-multilingual``, ``voyage/rerank-2``...).

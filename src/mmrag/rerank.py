@@ -14,9 +14,13 @@ How the stage treats what it is given:
   text (unless the chunk opens with it), after the section path the text model also sees. A
   chunk's first words are often not its document's subject, and the title says what it is about.
 * **Below the depth** hits keep the first stage's order, after the reranked ones.
-* **Scores.** A reranked hit's ``score`` is the reranker's score; its metadata records it as
-  ``rerank_score`` beside ``first_stage_score`` (the retriever's, or the fusion's, score), so a
-  caller can see both. Equal rerank scores keep the first stage's order.
+* **Replace or fuse.** A reranker trained for the job (a cross-encoder, a hosted API) replaces the
+  first stage's order. One that says ``fuses_first_stage = True`` (the offline reranker, measured
+  below the first stage on its own and above it fused) is fused with it by reciprocal rank
+  (:data:`FUSE_K`): each text hit scores ``1/(k + first-stage rank) + 1/(k + reranker rank)``.
+* **Scores.** A reranked hit's ``score`` is the reranker's score (or the fused one); its metadata
+  records the reranker's as ``rerank_score`` beside ``first_stage_score`` (the retriever's, or the
+  fusion's, score), so a caller can see both. Equal scores keep the first stage's order.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from mmrag.types import Hit, embedding_text
 
 #: Hits the stage rereads when no depth is given (``MMRAG_RERANK__DEPTH``; the settings' default too).
 DEFAULT_DEPTH = 30
+#: The reciprocal-rank constant when a reranker's order is fused with the first stage's: the usual 60
+#: (Cormack et al. 2009), not fitted to any data set.
+FUSE_K = 60
 
 
 def passage_text(hit: Hit) -> str:
@@ -51,8 +58,9 @@ def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int 
         depth: how many of the top hits are reread.
 
     Returns:
-        The same hits: the text hits among the first ``depth`` reordered by the reranker's score (image
-        hits keep their places), then the rest in their order.
+        The same hits: the text hits among the first ``depth`` reordered by the reranker's score, or
+        by its rank fused with the first stage's (module docstring; image hits keep their places),
+        then the rest in their order.
 
     Raises:
         UpstreamError: the reranker returned the wrong number of scores, or a score that is not a number.
@@ -76,10 +84,15 @@ def rerank_hits(reranker: Reranker, query: str, hits: Sequence[Hit], depth: int 
     values = [float(s) for s in scores]
     if not all(math.isfinite(v) for v in values):
         raise UpstreamError(f"Reranker {reranker.name!r} returned a score that is not a finite number")
-    order = sorted(range(len(slots)), key=lambda j: -values[j])  # stable: ties keep the first stage's order
+    keys = values
+    if getattr(reranker, "fuses_first_stage", False):
+        own = sorted(range(len(slots)), key=lambda j: -values[j])  # stable: ties keep the first stage's order
+        place = {j: r for r, j in enumerate(own)}
+        keys = [1.0 / (FUSE_K + j + 1) + 1.0 / (FUSE_K + place[j] + 1) for j in range(len(slots))]
+    order = sorted(range(len(slots)), key=lambda j: -keys[j])  # stable: ties keep the first stage's order
     out = list(head)
     for slot, j in zip(slots, order):
         hit = head[slots[j]]
         meta = {**hit.metadata, "rerank_score": values[j], "first_stage_score": hit.score}
-        out[slot] = replace(hit, score=values[j], metadata=meta)
+        out[slot] = replace(hit, score=keys[j], metadata=meta)
     return out + tail

@@ -8,7 +8,6 @@ a seeded classification head: no download, and its scores are checked against tr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmrag.config import RerankSettings, Settings
-from mmrag.errors import ConfigError, RateLimitedError, UpstreamError, UpstreamTimeoutError
+from mmrag.errors import ConfigError, InvalidInputError, RateLimitedError, UpstreamError, UpstreamTimeoutError
 from mmrag.protocols import Reranker
 from mmrag.registry import build_reranker
 from tests.conftest import SAMPLE_CORPUS
@@ -133,13 +132,26 @@ def test_a_cross_encoder_with_several_outputs_is_refused(tmp_path: Path) -> None
         build_reranker(f"cross-encoder:{folder}")
 
 
-def test_the_offline_reader_by_name_when_installed() -> None:
-    if importlib.util.find_spec("mmrag.reader") is None:
-        pytest.skip("mmrag.reader is not in this checkout yet (another branch)")
-    reader = build_reranker("offline")
-    assert reader.name == "offline" and isinstance(reader, Reranker)
-    scores = reader.score(QUESTION, PASSAGES)
-    assert len(scores) == len(PASSAGES) and scores[0] == max(scores)
+def test_the_offline_reranker_scores_a_passage_by_its_best_sentence() -> None:
+    """``offline`` is the bundled MiniLM reading each sentence: an answer buried in the middle of a long
+    passage counts as much as if it stood alone, and the stage fuses its order with the first stage's."""
+    from mmrag.rerankers.sentences import SentenceMatchReranker, passage_units
+
+    reranker = build_reranker("offline", options=RerankSettings(precision="fp32"))
+    assert isinstance(reranker, SentenceMatchReranker) and isinstance(reranker, Reranker)
+    assert reranker.name == "offline" and reranker.fuses_first_stage
+    filler = " ".join(f"The {w} exhibit is on the {n} floor." for w, n in (("coin", "first"), ("map", "second"),
+                                                                          ("clock", "third"), ("glass", "fourth")))
+    buried = f"{filler} The museum closes at six in the evening on weekdays. {filler}"
+    passages = [filler, buried, "Parking is free for visitors on Sundays."]
+    scores = reranker.score("When does the museum close?", passages)
+    assert len(scores) == 3 and scores[1] == max(scores)
+    alone = reranker.score("When does the museum close?", ["The museum closes at six in the evening on weekdays."])
+    assert abs(alone[0] - scores[1]) < 1e-4, (alone, scores)  # the best sentence, whatever surrounds it
+    assert passage_units("# FAQ\n\nYes.") == ["# FAQ\n\nYes."]  # nothing of two words: the passage itself
+    assert reranker.score("q", []) == []
+    with pytest.raises(InvalidInputError, match="list of strings"):
+        reranker.score("q", "one passage")
 
 
 # -- (b) litellm.rerank against a loopback Cohere server ---------------------------------------------

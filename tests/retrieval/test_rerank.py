@@ -202,6 +202,42 @@ def test_a_reranker_that_breaks_its_contract_is_an_upstream_error(scores: list[f
         rerank_hits(_Broken(scores), "q", hits, depth=3)
 
 
+class _Reversing:
+    """Scores the first stage's order backwards; fused with it by reciprocal rank when ``fuses``."""
+
+    name = "test:reversing"
+
+    def __init__(self, fuses: bool) -> None:
+        self.fuses_first_stage = fuses
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        return [float(i) for i in range(len(passages))]
+
+
+def test_a_fusing_reranker_is_combined_with_the_first_stage_by_reciprocal_rank() -> None:
+    from mmrag.rerank import FUSE_K
+
+    hits = [Hit(f"h{i}", f"d{i}", "/d", "text", 1.0 - i / 10, text=f"t{i}") for i in range(4)]
+    hits.insert(1, Hit("img", "dimg", "/i.png", "image", 0.95))
+    replaced = rerank_hits(_Reversing(fuses=False), "q", hits, depth=5)
+    assert [h.id for h in replaced] == ["h3", "img", "h2", "h1", "h0"]
+    # Fused with a reversed order, h0 and h3 tie at 1/(k+1) + 1/(k+4), above h1 and h2 at 1/(k+2) +
+    # 1/(k+3); the first stage breaks the ties.
+    fused = rerank_hits(_Reversing(fuses=True), "q", hits, depth=5)
+    assert [h.id for h in fused] == ["h0", "img", "h3", "h1", "h2"]
+    assert fused[0].score == pytest.approx(1 / (FUSE_K + 1) + 1 / (FUSE_K + 4))
+    assert fused[0].metadata["rerank_score"] == 0.0 and fused[0].metadata["first_stage_score"] == 1.0
+    assert fused[1].score == 0.95  # the image keeps its place and score
+
+    class _ThirdBest(_Reversing):
+        def score(self, query: str, passages: Sequence[str]) -> list[float]:
+            return [0.5, 0.0, 1.0, 0.0]  # the reranker's favourite is the first stage's third
+
+    # h0 1/(k+1) + 1/(k+2) stays first; h2 (3rd, then 1st) passes h1 (2nd, then 3rd); h3 stays last.
+    fused = rerank_hits(_ThirdBest(fuses=True), "q", hits, depth=5)
+    assert [h.id for h in fused if h.modality == "text"] == ["h0", "h2", "h1", "h3"]
+
+
 def test_bad_depths_are_refused(kb) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInputError, match="rerank_depth"):
         Searcher(kb).search(Q, 3, reranker=HashReranker(), rerank_depth=0)
@@ -228,15 +264,6 @@ def test_a_missing_cross_encoder_folder_says_so(tmp_path: Path) -> None:
 def test_a_litellm_reranker_needs_a_provider() -> None:
     with pytest.raises(ConfigError, match="provider prefix"):
         build_reranker("litellm:rerank-v3.5")
-
-
-def test_offline_reader_is_unavailable_until_installed() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("mmrag.reader") is not None:
-        pytest.skip("mmrag.reader is installed: tests/rerankers/test_rerankers.py checks it")
-    with pytest.raises(ModelUnavailableError, match="offline reader"):
-        build_reranker("offline")
 
 
 def test_none_and_off_turn_the_stage_off() -> None:

@@ -88,7 +88,7 @@ class OfflineReader:
     Rust-backed) tokenizer is called under a lock.
     """
 
-    name = "offline"
+    name = "offline-reader"  # as a Reranker (score); `--rerank offline` is mmrag.rerankers.sentences
 
     def __init__(self, bert: Any, heads: Any, tokenizer: Any, *, trained_layers: Sequence[int],
                  settings: ReaderSettings | None = None, base_sha256: str = "") -> None:
