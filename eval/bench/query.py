@@ -58,6 +58,9 @@ import numpy as np
 from mmrag import (Caller, ChunkSpec, Indexer, KnowledgeBase, Query, Reranker, SentenceChunker, Searcher, Settings,
                    TextBlock, build_reranker, configure_logging, resolve_models)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from eval.bench.machine import cpu  # noqa: E402  (the repo root is put on the path first)
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SCIFACT_DIR = SHARED / "scifact"
 COLLECTION = "bench-query"
@@ -359,7 +362,9 @@ def format_report(report: dict[str, Any]) -> str:
     """The human-readable table."""
     lat, load, idx = report["latency"], report.get("load"), report["index"]
     lines = [f"index: {idx['text_records']} text chunks ({idx['source']}), {idx['clip_records']} CLIP records, BM25; "
-             f"ViT-B-32 (random weights) + all-MiniLM-L6-v2; {report['machine']['cpus']} CPUs",
+             f"ViT-B-32 (random weights) + all-MiniLM-L6-v2",
+             f"machine: {report['machine']['model']}; {report['machine']['cores']} CPUs; "
+             f"{' '.join(report['machine']['flags']) or 'no AVX2'}",
              f"queries: {report['queries']} (after 20 untimed warm-ups), k=10", "",
              f"{'retriever':<22}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"]
     for name, row in lat["mmrag"].items():
@@ -444,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mmrag-bench-query-"))
     workdir.mkdir(parents=True, exist_ok=True)
     settings = settings_for(workdir)
-    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    report: dict[str, Any] = {"machine": {**cpu(), "python": platform.python_version()},
                               "queries": args.queries}
     report["index"] = build_index(settings, args.chunks)
     queries = load_queries(args.queries)
