@@ -256,8 +256,8 @@ def build_reranker(spec: str, device: str = "cpu", options: RerankSettings | Non
 
     Args:
         spec: ``offline`` (the bundled MiniLM reading each sentence, :mod:`mmrag.rerankers.sentences`),
-            ``cross-encoder:<hub name or folder>`` (a
-            sentence-transformers ``CrossEncoder``; a bare path to a folder means the same), or
+            ``cross-encoder:<hub name or folder>`` (a sentence-transformers ``CrossEncoder``; a bare
+            path to a folder means the same), or
             ``litellm:<provider>/<model>`` (``litellm.rerank``: ``cohere/rerank-v3.5``,
             ``jina_ai/jina-reranker-v2-base-multilingual``, ``voyage/rerank-2``...).
         device: where a local model runs (``cpu``, ``cuda``, ``auto``).

@@ -15,9 +15,10 @@ How the stage treats what it is given:
   chunk's first words are often not its document's subject, and the title says what it is about.
 * **Below the depth** hits keep the first stage's order, after the reranked ones.
 * **Replace or fuse.** A reranker trained for the job (a cross-encoder, a hosted API) replaces the
-  first stage's order. One that says ``fuses_first_stage = True`` (the offline reranker, measured
-  below the first stage on its own and above it fused) is fused with it by reciprocal rank
-  (:data:`FUSE_K`): each text hit scores ``1/(k + first-stage rank) + 1/(k + reranker rank)``.
+  first stage's order. One that says ``fuses_first_stage = True`` (the offline reranker: on its own
+  it ranks below the first stage, fused it lifts a single retriever) is fused with it by reciprocal
+  rank (:data:`FUSE_K`): each text hit scores ``1/(k + first-stage rank) + 1/(k + reranker rank)``,
+  ranks counted among the text hits.
 * **Scores.** A reranked hit's ``score`` is the reranker's score (or the fused one); its metadata
   records the reranker's as ``rerank_score`` beside ``first_stage_score`` (the retriever's, or the
   fusion's, score), so a caller can see both. Equal scores keep the first stage's order.

@@ -2,9 +2,11 @@
 
 Issue 25: reranking hybrid's top 30 must raise nDCG@10 on SciFact's train queries by at least 0.01.
 The first stage is computed without an index by ``eval/reader/evaluate.py`` (BM25 + all-MiniLM-L6-v2,
-fused by reciprocal rank, as ``--retriever hybrid`` does); the CLI's ``--rerank offline`` is checked
-by the rerank stage's own tests. The near-miss answerability set is scored too: the reader must
-separate answerable from near-miss questions on data it never read.
+fused by reciprocal rank, as ``--retriever hybrid`` does). This is the trained cross-encoder's
+relevance head; ``--rerank offline`` is the sentence reranker (``mmrag.rerankers.sentences``, chosen
+because this head loses to it), measured through the CLI in ``docs/reranking.md``. The near-miss
+answerability set is scored too: the reader must separate answerable from near-miss questions on
+data it never read.
 """
 
 from __future__ import annotations
