@@ -226,9 +226,12 @@ RERANKER_FORMS = ("offline", "cross-encoder:<hub name or folder>", "<folder>", "
 
 
 def _offline_reranker(ref: str, device: str, options: RerankSettings) -> Reranker:
+    from mmrag.embedders.sentence import SentenceTransformerEmbedder
     from mmrag.rerankers.sentences import SentenceMatchReranker
 
-    return SentenceMatchReranker.load(device=device, precision=options.precision)
+    # The bundled MiniLM, numerics measured at load (mmrag.numerics); no network.
+    text = SentenceTransformerEmbedder(str(offline_minilm_dir()), device=device, precision=options.precision)
+    return SentenceMatchReranker(text)
 
 
 def _cross_encoder(ref: str, device: str, options: RerankSettings) -> Reranker:

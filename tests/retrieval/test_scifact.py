@@ -3,8 +3,9 @@
 Issue 2: `--retriever text` reaches 0.65 (all-MiniLM-L6-v2 over title + text scores 0.660 on this
 split when measured independently). Issue 3: the hybrid fusion beats every single retriever and
 reaches 0.72 (BM25 alone 0.696 and plain RRF of BM25 and MiniLM 0.719 when measured
-independently). One ingest serves all four retrievers; the corpus is converted with
-eval/datasets/beir.py.
+independently). Issue 25: ``--rerank offline`` lifts BM25, and (a strict xfail while the issue is
+open) is to lift the hybrid by 0.01. One ingest serves every retriever; the corpus is converted
+with eval/datasets/beir.py.
 """
 
 from __future__ import annotations
@@ -37,16 +38,20 @@ def scifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return out / "train.jsonl", data_dir
 
 
-def _metrics(scifact: tuple[Path, Path], retriever: str) -> dict[str, float]:
+def _report(scifact: tuple[Path, Path], retriever: str, *extra: str) -> dict:
     dataset, data_dir = scifact
     result = CliRunner().invoke(main, ["eval", "retrieval", str(dataset), "--retriever", retriever, "--k", "10",
                                        "--profile", "offline", "--data-dir", str(data_dir), "--collection",
-                                       "scifact", "--json"], catch_exceptions=False)
+                                       "scifact", "--json", *extra], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["n_queries"] == 809
-    print(retriever, report["metrics"])
-    return report["metrics"]
+    print(retriever, *extra, report["metrics"], report.get("rerank"))
+    return report
+
+
+def _metrics(scifact: tuple[Path, Path], retriever: str) -> dict[str, float]:
+    return _report(scifact, retriever)["metrics"]
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +87,20 @@ def test_eval_run_reports(scifact: tuple[Path, Path], tmp_path: Path) -> None:
     assert metrics["abstention_rate"]["n"] == 3
     assert "| ndcg@10 |" in (tmp_path / "out" / "report.md").read_text()
     assert_renders(tmp_path / "out" / "report.html", tmp_path, thumbnails=False)
+
+
+def test_offline_rerank_lifts_bm25(scifact: tuple[Path, Path]) -> None:
+    """``--rerank offline`` (the bundled MiniLM reading each sentence, fused with the first stage) over
+    BM25's top 30: measured 0.690 -> 0.711 nDCG@10; nothing in it is fitted to SciFact."""
+    rerank = _report(scifact, "bm25", "--rerank", "offline")["rerank"]
+    assert rerank["model"] == "offline" and rerank["depth"] == 30
+    assert rerank["delta"]["ndcg@10"] >= 0.01, rerank
+    assert rerank["delta"]["recall@10"] > 0, rerank
+
+
+@pytest.mark.xfail(strict=True, reason="issue 25 open (blocked on training data): over the hybrid fusion the "
+                   "offline reranker gives 0.729 -> 0.723; strict, so a reranker that meets the line shows")
+def test_offline_rerank_lifts_hybrid_by_0_01(scifact: tuple[Path, Path]) -> None:
+    """Issue 25, acceptance 1: ``--retriever hybrid --rerank offline`` at least 0.01 above hybrid."""
+    rerank = _report(scifact, "hybrid", "--rerank", "offline")["rerank"]
+    assert rerank["delta"]["ndcg@10"] >= 0.01, rerank

