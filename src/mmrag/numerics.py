@@ -97,7 +97,7 @@ class Choice:
             if t.note:
                 parts.append(f"{t.name}{mark} ({t.note})")
             else:
-                parts.append(f"{t.name}{mark} {t.seconds * 1000:.0f} ms cos {t.agreement:.4f}")
+                parts.append(f"{t.name}{mark} {t.seconds * 1000:.0f} ms agreement {t.agreement:.4f}")
         return ", ".join(parts) or self.name
 
     def as_dict(self) -> dict[str, Any]:
@@ -130,42 +130,53 @@ def candidates_for(wanted: str, device: str) -> tuple[str, ...]:
     return CPU_CANDIDATES if device == "cpu" else GPU_CANDIDATES
 
 
-def choose(candidates: Sequence[str], *, probe: Callable[[], np.ndarray], convert: Callable[[str], None],
+def choose(candidates: Sequence[str], *, probe: Callable[[], Any], convert: Callable[[str], None],
            restore: Callable[[], None], repeats: int = 2, what: str = "model",
-           key: dict[str, Any] | None = None, keep: str | None = None) -> Choice:
-    """Measure fp32 and each candidate on ``probe``; leave the model in the winner's numerics.
+           key: dict[str, Any] | None = None, keep: str | None = None, reference: str = "fp32",
+           agreement: Callable[[Any, Any], float] | None = None,
+           fingerprint: Callable[[], dict[str, Any]] | None = None) -> Choice:
+    """Measure the reference and each candidate on ``probe``; leave the model in the winner's numerics.
 
     Args:
-        candidates: names to try besides fp32, in order (from :func:`candidates_for`).
-        probe: runs the model in its current numerics on fixed inputs; returns unit rows.
-        convert: converts the fp32 model in place to a candidate; raises if it cannot.
-        restore: puts the model back in fp32 (reloads its weights).
+        candidates: names to try besides the reference, in order (from :func:`candidates_for`).
+        probe: runs the model in its current numerics on fixed inputs; returns unit rows (or
+            whatever ``agreement`` compares).
+        convert: converts the reference model in place to a candidate; raises if it cannot.
+        restore: puts the model back in the reference numerics (reloads its weights).
         repeats: timed runs per candidate, after one warm-up run (the first bf16 call builds kernels).
         what: the model's name, for the log line.
         key: what identifies the model (weights, device, part); with it the choice is remembered
             on this machine and a later call with the same key converts without measuring.
         keep: a candidate the caller asked for by name: it wins whenever it agrees, fast or not.
+        reference: the name of what the model runs before any conversion (fp32 for a torch model;
+            the OCR engine's is onnxruntime's fp32).
+        agreement: how alike a candidate's probe output is to the reference's, 0..1, judged
+            against :data:`MIN_COSINE` (default: the lowest cosine of the rows).
+        fingerprint: what makes this machine's timings its own (default :func:`machine_fingerprint`,
+            which includes torch's version and thread count).
 
     Returns:
         The choice, with every trial. With one explicit candidate (not ``auto``) that disagrees,
         the choice is fp32 and the caller decides whether that is an error.
     """
-    cache_key = _cache_key(key, candidates, keep) if key is not None else None
+    machine = (fingerprint or machine_fingerprint)() if key is not None else {}
+    cache_key = _cache_key(key, candidates, keep, machine) if key is not None else None
     remembered = _recall(cache_key) if cache_key else None
     if remembered is not None:  # the measurements are remembered; the rule is applied again
-        chosen = Choice(_pick(remembered.trials, keep).name, remembered.trials, cached=True)
-        if chosen.name != "fp32":
+        chosen = Choice(_pick(remembered.trials, keep, reference).name, remembered.trials, cached=True)
+        if chosen.name != reference:
             convert(chosen.name)
             release_freed_memory()  # the fp32 weights the conversion replaced
         log.info("%s numerics (measured earlier on this machine): %s", what, chosen.describe())
         return chosen
+    compare = agreement or _min_cosine
     ref_seconds, ref = _timed(probe, repeats)
-    trials = [Trial("fp32", ref_seconds, 1.0)]
-    state = "fp32"
+    trials = [Trial(reference, ref_seconds, 1.0)]
+    state = reference
     for name in candidates:
-        if state != "fp32":
+        if state != reference:
             restore()
-            state = "fp32"
+            state = reference
         try:
             convert(name)
             state = name
@@ -174,12 +185,12 @@ def choose(candidates: Sequence[str], *, probe: Callable[[], np.ndarray], conver
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is a measured "no"
             trials.append(Trial(name, math.nan, math.nan, f"unavailable: {type(exc).__name__}: {exc}"[:200]))
             continue
-        trials.append(Trial(name, seconds, _min_cosine(ref, out)))
-    best = _pick(trials, keep)
+        trials.append(Trial(name, seconds, compare(ref, out)))
+    best = _pick(trials, keep, reference)
     if state != best.name:
-        if state != "fp32":
+        if state != reference:
             restore()
-        if best.name != "fp32":
+        if best.name != reference:
             convert(best.name)
     release_freed_memory()  # the candidates' models and the weights the last conversion replaced
     choice = Choice(best.name, tuple(trials))
@@ -200,6 +211,11 @@ def machine_fingerprint() -> dict[str, Any]:
     """What makes one machine's timings another's: CPU model and flags, kernel caps, torch, threads."""
     import torch
 
+    return {**cpu_fingerprint(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def cpu_fingerprint() -> dict[str, Any]:
+    """The CPU's model, a hash of its flags, and the kernel-library caps in the environment."""
     model, flags = platform.processor(), ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
@@ -212,12 +228,11 @@ def machine_fingerprint() -> dict[str, Any]:
     except OSError:  # not Linux: the processor string is what there is
         pass
     return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
-            "caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ},
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ}}
 
 
-def _cache_key(key: dict[str, Any], candidates: Sequence[str], keep: str | None) -> str:
-    blob = json.dumps({"model": key, "candidates": list(candidates), "keep": keep, "machine": machine_fingerprint()},
+def _cache_key(key: dict[str, Any], candidates: Sequence[str], keep: str | None, machine: dict[str, Any]) -> str:
+    blob = json.dumps({"model": key, "candidates": list(candidates), "keep": keep, "machine": machine},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -256,12 +271,12 @@ def _remember(cache_key: str, choice: Choice) -> None:
         log.info("numerics cache %s not written (%s)", path, exc)
 
 
-def _pick(trials: Sequence[Trial], keep: str | None) -> Trial:
-    """The fastest trial that agrees (``keep`` first when it agrees); fp32 always qualifies."""
-    return min((t for t in trials if t.name == "fp32" or t.agrees), key=lambda t: (t.name != keep, t.seconds))
+def _pick(trials: Sequence[Trial], keep: str | None, reference: str = "fp32") -> Trial:
+    """The fastest trial that agrees (``keep`` first when it agrees); the reference always qualifies."""
+    return min((t for t in trials if t.name == reference or t.agrees), key=lambda t: (t.name != keep, t.seconds))
 
 
-def _timed(probe: Callable[[], np.ndarray], repeats: int) -> tuple[float, np.ndarray]:
+def _timed(probe: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     out = probe()  # warm-up: kernel set-up and caches
     best = math.inf
     for _ in range(max(1, repeats)):

@@ -85,7 +85,7 @@ def test_a_fast_candidate_that_disagrees_is_never_chosen(fake_clock: list[Script
     fake_clock.append(m := Scripted({"fp32": 1.0, "bf16": 0.8, "int8": 0.2}, {"bf16": 0.999, "int8": 0.975}))
     choice = _choose(m)
     assert choice.name == "bf16" and not dict((t.name, t.agrees) for t in choice.trials)["int8"]
-    assert "int8 200 ms cos 0.9750" in choice.describe() and "bf16*" in choice.describe()
+    assert "int8 200 ms agreement 0.9750" in choice.describe() and "bf16*" in choice.describe()
 
 
 def test_a_candidate_that_cannot_run_is_recorded_and_skipped(fake_clock: list[Scripted]) -> None:

@@ -1,4 +1,4 @@
-"""Optical character recognition on CPU, through RapidOCR (PP-OCRv4 models on onnxruntime).
+"""Optical character recognition on CPU, through RapidOCR (PP-OCRv4 models on onnxruntime or OpenVINO).
 
 The ``rapidocr-onnxruntime`` wheel ships its detection, direction and recognition models, so
 nothing is downloaded at run time. The loaders call :func:`read_text` on rendered PDF pages and
@@ -19,10 +19,12 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from mmrag.loaders.ocr_runtime import REFERENCE, choose_runtime
 from mmrag.types import ImageAsset, TextBlock
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,18 @@ log = logging.getLogger(__name__)
 #: its cores are busy. Measured on the 2-core machine under load, the LayoutParser page took
 #: 11.5 s with one thread and 23.5 s with two.
 OCR_THREADS = 1
-#: Recognition lines per onnxruntime call. Each batch is padded to its widest line, so larger
-#: batches waste work on a page of mixed line lengths: 16 took 27 s where 6 took 11.5 s. One line
-#: per call was faster again on the 2-core Xeon (recognition of a 150-DPI scanned abstract 6.8 s
-#: against 14.9 s at 6; the LayoutParser page's CER with spaces counted 4.59% against 4.68%).
-REC_BATCH = 1
-#: The detector reads a page shrunk to at most this long side (RapidOCR's default only grows short
-#: pages, so a 300-DPI page was detected at 2550x3300). Measured on the 2-core Xeon (shared, so
-#: +-15%): 300-DPI scanned abstracts 5.7 s a page at 1280 against 8.3 s uncapped, CER 0.11% and
-#: 0.06%; the LayoutParser page (1224x1584 once doubled) kept CER 4.59% with spaces counted.
+#: The detector reads a page shrunk to at most this long side. RapidOCR's "max" limit is not a
+#: cap: it picks 960, 1500 or 2000 from the page's own size, so a 150-DPI page (1275x1650) was
+#: detected whole and a 300-DPI one at 2000. Measured on the 2-core Xeon with OpenVINO bf16,
+#: 8 scanned abstracts at 150 DPI: 1.47 s a page uncapped, 1.21 s at 1280, CER 0.08% and 0.05%;
+#: the LayoutParser page (1224x1584 once doubled): CER 4.33% uncapped, 4.15% at 1280, 5.90% at 1024.
 DET_MAX_SIDE = 1280
+#: The recogniser's input width is rounded up to a multiple of this many pixels. Its input is
+#: 48 px high and as wide as the line, and OpenVINO prepares its kernels again for every new shape
+#: (it caches the shapes it has seen): a page of lines of 30 widths paid that 30 times. Measured on
+#: the 2-core Xeon, 8 scanned abstracts at 150 DPI, OpenVINO bf16 one line a call: 1.21 s a page
+#: with exact widths, 0.72 s at 64 px steps, 0.68 s at 128; fp32 1.69 and 1.47 s; CER 0.05% and 0.07%.
+REC_WIDTH_STEP = 64
 #: How far the detector grows each text box. RapidOCR's 1.6 crops lines so tightly that the
 #: (Chinese-and-English) recogniser drops most spaces between English words: the lorem ipsum
 #: scan came back as "Loremipsumdolorsitamet" (32 spaces on the page) at 1.3 and 151 at 1.6;
@@ -108,9 +112,11 @@ class RapidOcrEngine:
         self.use_cls = use_cls
         self._engine: Any = None
         self._preview: Any = None
+        #: How the models run, measured when the engine is built (:mod:`mmrag.loaders.ocr_runtime`).
+        self.runtime: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"threads": self.threads, "use_cls": self.use_cls, "_engine": None, "_preview": None}
+        return {"threads": self.threads, "use_cls": self.use_cls, "_engine": None, "_preview": None, "runtime": None}
 
     def _build(self, **options: Any) -> Any:
         try:
@@ -122,8 +128,11 @@ class RapidOcrEngine:
 
     def _get(self) -> Any:
         if self._engine is None:
-            self._engine = self._build(text_score=MIN_LINE_SCORE, rec_batch_num=REC_BATCH,
-                                       det_limit_type="max", det_limit_side_len=DET_MAX_SIDE)
+            engine = self._build(text_score=MIN_LINE_SCORE, rec_batch_num=REFERENCE.rec_batch)
+            _cap_detector(engine, DET_MAX_SIDE)
+            _step_recogniser_widths(engine, REC_WIDTH_STEP)
+            self.runtime = choose_runtime(engine, self.threads)
+            self._engine = engine
         return self._engine
 
     def text_share(self, image: Any) -> tuple[float, float]:
@@ -136,9 +145,12 @@ class RapidOcrEngine:
             OcrError: If the engine fails on this image.
         """
         if self._preview is None:
-            # "max": the detector keeps the preview's size (RapidOCR's "min" default would
-            # upscale it to 736 px on its short side, which is what makes a full read slow).
-            self._preview = self._build(det_limit_type="max")
+            # The detector keeps the preview's size (RapidOCR's "min" default would upscale it
+            # to 736 px on its short side, which is what makes a full read slow).
+            preview = self._build()
+            _cap_detector(preview, PREVIEW_SIDE)
+            choose_runtime(preview, self.threads)  # measured once per machine: the full engine's choice
+            self._preview = preview
         small = image.convert("RGB") if image.mode != "RGB" else image.copy()
         small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         started = time.perf_counter()
@@ -172,6 +184,22 @@ class RapidOcrEngine:
         seconds = time.perf_counter() - started
         lines = tuple(_line(item) for item in raw or ())
         return _result(lines, rgb.size, seconds)
+
+
+def _cap_detector(engine: Any, side: int) -> None:
+    """Make ``side`` the detector's cap on a page's long side (smaller pages keep their size)."""
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+
+    det = engine.text_det
+    det.get_preprocess = lambda _long_side: DetPreProcess(side, "max", det.mean, det.std)
+
+
+def _step_recogniser_widths(engine: Any, step: int) -> None:
+    """Round the recogniser's padded input width up to a multiple of ``step`` pixels."""
+    rec = engine.text_rec
+    height = rec.rec_image_shape[1]
+    resize = rec.resize_norm_img
+    rec.resize_norm_img = lambda img, ratio: resize(img, math.ceil(height * ratio / step) * step / height)
 
 
 def _bbox(points: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:

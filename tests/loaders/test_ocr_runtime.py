@@ -1,0 +1,115 @@
+"""The OCR runtime chosen by measurement (mmrag.loaders.ocr_runtime), on the real RapidOCR models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmrag import numerics
+from mmrag.loaders import ocr, ocr_runtime
+from mmrag.loaders.ocr_runtime import REFERENCE, Runtime, text_agreement
+
+
+@pytest.fixture
+def fresh_cache(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMRAG_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _probe_text(engine: Any) -> str:
+    lines, _ = engine(ocr_runtime.probe_image(), use_cls=False)
+    return "\n".join(str(line[1]) for line in lines or ())
+
+
+def test_text_agreement_is_the_share_of_characters_in_common() -> None:
+    assert text_agreement("same text", "same text") == 1.0
+    assert text_agreement("", "") == 1.0
+    assert text_agreement("abcdefghij" * 10, "abcdefghij" * 9 + "abcdefghiX") == pytest.approx(0.99)
+    assert text_agreement("some text", "") == 0.0
+
+
+def test_the_chosen_runtime_reads_the_probe_as_onnxruntime_does(fresh_cache: None,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = ocr.RapidOcrEngine()
+    rapid = engine._get()
+    choice = engine.runtime
+    names = [t.name for t in choice.trials]
+    assert names[0] == REFERENCE.label and choice.name in names
+    assert {"openvino fp32 b1", "openvino bf16 b1"} <= set(names)  # the wheel is a core dependency
+    assert choice.agreement >= numerics.MIN_COSINE
+    chosen = next(t for t in choice.trials if t.name == choice.name)
+    assert chosen.seconds <= choice.trials[0].seconds  # never slower than onnxruntime on the probe
+    monkeypatch.setattr(ocr_runtime, "_openvino", lambda: None)
+    reference = _probe_text(ocr.RapidOcrEngine()._get())  # the same engine on onnxruntime
+    assert "consistent across all three cohorts" in reference
+    assert text_agreement(reference, _probe_text(rapid)) >= ocr_runtime.MIN_AGREEMENT
+
+
+def test_a_second_engine_reuses_the_measurement(fresh_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = ocr.RapidOcrEngine()
+    first._get()
+    timed: list[int] = []
+    real = numerics._timed
+    monkeypatch.setattr(numerics, "_timed", lambda probe, repeats: timed.append(1) or real(probe, repeats))
+    second = ocr.RapidOcrEngine()
+    second._get()
+    assert timed == [] and second.runtime.cached
+    assert second.runtime.name == first.runtime.name
+
+
+def test_without_openvino_onnxruntime_reads(fresh_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ocr_runtime, "_openvino", lambda: None)
+    engine = ocr.RapidOcrEngine()
+    rapid = engine._get()
+    assert [t.name for t in engine.runtime.trials][0] == REFERENCE.label
+    assert engine.runtime.name.startswith("onnxruntime")
+    assert type(rapid.text_rec.session).__name__ == "OrtInferSession"
+    assert "consistent across all three cohorts" in _probe_text(rapid)
+
+
+def test_a_runtime_that_cannot_run_here_is_measured_as_unavailable(fresh_cache: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: no such device")
+
+    monkeypatch.setattr(ocr_runtime, "OpenVinoModel", broken)
+    engine = ocr.RapidOcrEngine()
+    rapid = engine._get()
+    notes = {t.name: t.note for t in engine.runtime.trials}
+    assert notes["openvino fp32 b1"].startswith("unavailable: RuntimeError")
+    assert engine.runtime.name.startswith("onnxruntime")
+    assert "consistent across all three cohorts" in _probe_text(rapid)
+
+
+def test_the_detector_is_capped_and_recogniser_widths_come_in_steps(fresh_cache: None) -> None:
+    engine = ocr.RapidOcrEngine()
+    rapid = engine._get()
+    det_shapes: list[tuple[int, ...]] = []
+    rec_shapes: list[tuple[int, ...]] = []
+
+    def spy(model: Any, shapes: list[tuple[int, ...]]) -> Any:
+        return lambda batch: shapes.append(batch.shape) or model(batch)
+
+    rapid.text_det.infer = spy(rapid.text_det.infer, det_shapes)
+    rapid.text_rec.session = spy(rapid.text_rec.session, rec_shapes)
+    page = Image.new("RGB", (1275, 1650), "white")  # a letter page at 150 DPI
+    page.paste(ocr_runtime.probe_image(), (100, 200))
+    result = engine.read(page)
+    assert "consistent across all three cohorts" in result.text
+    assert max(det_shapes[0][2:]) <= ocr.DET_MAX_SIDE
+    assert rec_shapes and all(shape[3] % ocr.REC_WIDTH_STEP == 0 for shape in rec_shapes)
+
+
+def test_switching_back_to_onnxruntime_lets_the_compiled_models_go() -> None:
+    rapid = ocr.RapidOcrEngine()._build(rec_batch_num=1)
+    switch = ocr_runtime.RuntimeSwitch(rapid, 1)
+    switch.use(Runtime("openvino", "fp32", 1))
+    assert isinstance(rapid.text_rec.session, ocr_runtime.OpenVinoModel)
+    switch.use(Runtime("openvino", "bf16", 1))
+    assert list(switch._compiled) == ["bf16"]  # one compiled pair at a time
+    switch.use(REFERENCE)
+    assert switch._compiled == {} and type(rapid.text_rec.session).__name__ == "OrtInferSession"
+    out = rapid.text_rec.session(np.zeros((1, 3, 48, 320), dtype=np.float32))
+    assert out[0].shape[0] == 1
