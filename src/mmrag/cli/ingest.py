@@ -35,6 +35,9 @@ from mmrag.redaction import STAT_PREFIX
 @click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process. ray: load and embed on Ray Data (pip install 'mmrag[ray]'); "
                    "this process still does every write.")
+@click.option("--load-workers", type=click.IntRange(0, 64), default=None,
+              help="local engine: processes that load PDFs, Office files and images (OCR) while this one embeds; "
+                   "0 loads everything here. [default: one per core when two such files or more and OCR is on]")
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
               help="Ray cluster to join (ray://host:10001 or host:6379). [env RAY_ADDRESS; default: start a local "
                    "Ray on this machine's cores]")
@@ -60,7 +63,8 @@ from mmrag.redaction import STAT_PREFIX
 @common_options
 @errors_to_click
 def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
-           max_file_mb: int, ocr: str, page_images: bool, engine_name: str, ray_address: str | None,
+           max_file_mb: int, ocr: str, page_images: bool, engine_name: str, load_workers: int | None,
+           ray_address: str | None,
            embed_workers: int | None, device: str, batch_size: int | None, storage_option: tuple[str, ...],
            progress_every: float, redact: str | None, as_json: bool, access_labels: tuple[str, ...] = (),
            **opts: Any) -> None:
@@ -95,8 +99,10 @@ def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str,
     except SourceNotFoundError as exc:  # the argument names nothing: a usage error, as an unknown collection is
         raise UsageFailure(str(exc)) from exc
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
-    engine: Any = LocalEngine()
+    engine: Any = LocalEngine(load_workers)
     if engine_name == "ray":
+        if load_workers is not None:
+            raise click.UsageError("--load-workers is the local engine's; Ray schedules its own load tasks")
         from mmrag.indexing.ray import RayEngine, RayOptions, import_ray
 
         import_ray()  # before any work: say how to install it

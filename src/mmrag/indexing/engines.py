@@ -7,8 +7,9 @@ An engine runs the planned files' work (:mod:`mmrag.indexing.steps`) and yields 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol, Sequence
 
+from mmrag.indexing.loadpool import LoadPool, plan_workers
 from mmrag.indexing.steps import FileResult, FileTask, LoadedDoc, Prepared, embed_documents, load_file
 from mmrag.tracing import span
 
@@ -38,20 +39,43 @@ class Engine(Protocol):
 
 
 class LocalEngine:
-    """Loads, chunks and embeds in this process, one file after another (the default)."""
+    """Embeds in this process; loads here too, or in worker processes the files that may need OCR (the default).
+
+    Args:
+        load_workers: processes that load PDFs, Office files and images while this one embeds
+            (:mod:`mmrag.indexing.loadpool`); ``None`` for one per core when a run has two such
+            files or more and OCR is on, 0 to load everything here.
+    """
 
     name = "local"
     startup_seconds = 0.0
 
+    def __init__(self, load_workers: int | None = None) -> None:
+        self.load_workers = load_workers
+        self._planned = 0
+
     def describe(self) -> dict[str, float]:
-        return {"embed": 1, "cpus": float(os.cpu_count() or 1)}
+        return {"embed": 1, "load": float(self._planned), "cpus": float(os.cpu_count() or 1)}
 
     def run(self, tasks: Sequence[FileTask], indexer: "Indexer") -> Iterator[FileResult | Prepared]:
+        def here(task: FileTask) -> Iterator[LoadedDoc | FileResult]:
+            return load_file(task, indexer.chunker, jsonl=indexer.jsonl, limits=indexer.limits,
+                             redactor=indexer.redactor)
+
+        self._planned = plan_workers(self.load_workers, tasks, indexer.limits)
+        if not self._planned:
+            yield from self._embed_files((here(task) for task in tasks), indexer)
+            return
+        with LoadPool(self._planned, chunk=indexer.kb.chunk_spec, jsonl=indexer.jsonl, limits=indexer.limits,
+                      redactor=indexer.redactor) as pool:
+            yield from self._embed_files(pool.load(tasks, here), indexer)
+
+    def _embed_files(self, files: Iterable[Iterable[LoadedDoc | FileResult]], indexer: "Indexer"
+                     ) -> Iterator[FileResult | Prepared]:
         buffer: list[LoadedDoc] = []
         items = 0
-        for task in tasks:
-            for item in load_file(task, indexer.chunker, jsonl=indexer.jsonl, limits=indexer.limits,
-                                  redactor=indexer.redactor):
+        for loaded in files:
+            for item in loaded:
                 if isinstance(item, LoadedDoc):
                     buffer.append(item)
                     items += item.items

@@ -95,7 +95,8 @@ class OpenVinoModel:
         ov = _openvino()
         hint = "bf16" if precision == "bf16" else "f32"
         self._model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                                 "INFERENCE_PRECISION_HINT": hint})
+                                                                 "INFERENCE_PRECISION_HINT": hint,
+                                                                 "ENABLE_CPU_PINNING": False})
         self._outputs = list(self._model.outputs)
         self._local = threading.local()
 
