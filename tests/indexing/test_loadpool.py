@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from mmrag.chunking import ChunkSpec, SentenceChunker
-from mmrag.indexing.loadpool import DIED, LoadPool, may_read_pixels, plan_workers
+from mmrag.indexing.loadpool import DIED, LoadPool, loads_in_worker, plan_workers
 from mmrag.indexing.steps import FileResult, FileTask, LoadedDoc, load_file
 from mmrag.loaders import FileRef, JsonlFields, LoaderLimits
 
@@ -56,16 +56,14 @@ def _summary(items: Any) -> list[tuple[str, ...]]:
     return out
 
 
-def test_plan_workers_takes_a_core_each_only_when_two_files_may_need_ocr(tmp_path: Path) -> None:
+def test_plan_workers_takes_a_core_each_only_when_two_files_load_in_one(tmp_path: Path) -> None:
     files = _files(tmp_path / "in")
     tasks = [_task(f) for f in files]
-    on, off = LoaderLimits(), LoaderLimits(ocr="never")
-    assert [may_read_pixels(t, on) for t in tasks] == [True, True, False, True, True]
+    assert [loads_in_worker(t) for t in tasks] == [True, True, False, True, True]
     cores = len(os.sched_getaffinity(0))
-    assert plan_workers(None, tasks, on) == (min(cores, 4) if cores >= 2 else 0)
-    assert plan_workers(None, tasks, off) == 0
-    assert plan_workers(None, tasks[:1], on) == 0
-    assert plan_workers(3, tasks, off) == 3  # asked for: kept
+    assert plan_workers(None, tasks) == (min(cores, 4) if cores >= 2 else 0)
+    assert plan_workers(None, tasks[:1] + tasks[2:3]) == 0  # one picture and a text file: loaded here
+    assert plan_workers(0, tasks) == 0 and plan_workers(3, tasks) == 3  # asked for: kept
 
 
 def test_workers_load_what_this_process_loads_in_the_same_order(tmp_path: Path) -> None:

@@ -36,8 +36,8 @@ from mmrag.redaction import STAT_PREFIX
               help="local: this process. ray: load and embed on Ray Data (pip install 'mmrag[ray]'); "
                    "this process still does every write.")
 @click.option("--load-workers", type=click.IntRange(0, 64), default=None,
-              help="local engine: processes that load PDFs, Office files and images (OCR) while this one embeds; "
-                   "0 loads everything here. [default: one per core when two such files or more and OCR is on]")
+              help="local engine: processes that load PDFs, Office files and images (parsing, OCR) while this one "
+                   "embeds; 0 loads everything here. [default: one per core when a run has two such files or more]")
 @click.option("--ray-address", envvar="RAY_ADDRESS", default=None,
               help="Ray cluster to join (ray://host:10001 or host:6379). [env RAY_ADDRESS; default: start a local "
                    "Ray on this machine's cores]")

@@ -39,18 +39,20 @@ class Engine(Protocol):
 
 
 class LocalEngine:
-    """Embeds in this process; loads here too, or in worker processes the files that may need OCR (the default).
+    """Embeds in this process; loads here, or PDFs, Office files and images in worker processes.
 
     Args:
         load_workers: processes that load PDFs, Office files and images while this one embeds
             (:mod:`mmrag.indexing.loadpool`); ``None`` for one per core when a run has two such
-            files or more and OCR is on, 0 to load everything here.
+            files or more. The default, 0, loads everything here: what the server's
+            uploads do, so that requests never start processes; ``mmrag ingest`` passes
+            ``--load-workers`` (``None`` unless given).
     """
 
     name = "local"
     startup_seconds = 0.0
 
-    def __init__(self, load_workers: int | None = None) -> None:
+    def __init__(self, load_workers: int | None = 0) -> None:
         self.load_workers = load_workers
         self._planned = 0
 
@@ -62,7 +64,7 @@ class LocalEngine:
             return load_file(task, indexer.chunker, jsonl=indexer.jsonl, limits=indexer.limits,
                              redactor=indexer.redactor)
 
-        self._planned = plan_workers(self.load_workers, tasks, indexer.limits)
+        self._planned = plan_workers(self.load_workers, tasks)
         if not self._planned:
             yield from self._embed_files((here(task) for task in tasks), indexer)
             return

@@ -1,11 +1,12 @@
-"""Files that may hold pixels to read, loaded in worker processes while this process embeds.
+"""PDFs, Office files and images, loaded in worker processes while this process embeds.
 
 OCR is what a scan costs: 0.7-2.5 s a page on one core, where embedding the page takes a
-twentieth of that. :class:`~mmrag.indexing.engines.LocalEngine` used to load and embed one file
-after another, so on a 2-core machine one core read pixels while the other waited. A
-:class:`LoadPool` runs :func:`~mmrag.indexing.steps.load_file` for PDFs, Office files and images
-(when OCR is on) in ``workers`` processes, one OCR thread each; everything else (text, HTML,
-JSONL, which stream and hold no pixels) loads in this process, in the same order.
+twentieth of that; parsing a PDF's layout and tables is the next cost. :class:`~mmrag.indexing.engines.LocalEngine`
+used to load and embed one file after another, so on a 2-core machine one core parsed and read
+pixels while the other waited. A :class:`LoadPool` runs :func:`~mmrag.indexing.steps.load_file`
+for PDFs, Office files and images in ``workers`` processes, one OCR thread each; everything else
+(text, Markdown, HTML, JSONL: they stream, and cost little to parse) loads in this process, in the
+same order.
 
 - **Processes, not threads.** pdfium is not thread-safe (pypdfium2 says so for any two documents
   at once), and the Python parsers hold the GIL.
@@ -39,8 +40,8 @@ from mmrag.loaders._common import DOC_TYPES
 
 log = logging.getLogger(__name__)
 
-#: Document types whose loading may run OCR (pages, embedded pictures, image files).
-PIXEL_TYPES = frozenset({"pdf", "docx", "pptx", "image"})
+#: Document types loaded in the workers: page layouts, renders and OCR of pages, embedded pictures, image files.
+HEAVY_TYPES = frozenset({"pdf", "docx", "pptx", "image"})
 #: Files submitted ahead per worker, so the workers keep reading while this process embeds a batch.
 AHEAD = 4
 #: Files of the plan looked at ahead of the one being taken (the in-process ones wait here).
@@ -53,13 +54,13 @@ DIED = ("the loading process died while reading this file (a crash in a decoder 
 Loaded = Iterable["LoadedDoc | FileResult"]
 
 
-def may_read_pixels(task: FileTask, limits: LoaderLimits) -> bool:
-    """Whether ``task``'s file may run OCR under ``limits`` (the files a :class:`LoadPool` takes)."""
-    return limits.ocr != "never" and DOC_TYPES.get(task.ref.suffix) in PIXEL_TYPES
+def loads_in_worker(task: FileTask) -> bool:
+    """Whether a :class:`LoadPool` loads ``task``'s file (a PDF, an Office file or an image)."""
+    return DOC_TYPES.get(task.ref.suffix) in HEAVY_TYPES
 
 
-def plan_workers(requested: int | None, tasks: Sequence[FileTask], limits: LoaderLimits) -> int:
-    """How many load processes a run gets: ``requested``, or one per core when two files or more may run OCR.
+def plan_workers(requested: int | None, tasks: Sequence[FileTask]) -> int:
+    """How many load processes a run gets: ``requested``, or one per core when two files or more load in one.
 
     Returns:
         0 to load everything in this process.
@@ -67,12 +68,12 @@ def plan_workers(requested: int | None, tasks: Sequence[FileTask], limits: Loade
     if requested is not None:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    heavy = sum(1 for task in tasks if may_read_pixels(task, limits))
+    heavy = sum(1 for task in tasks if loads_in_worker(task))
     return min(cores, heavy) if cores >= 2 and heavy >= 2 else 0
 
 
 class LoadPool:
-    """``workers`` processes that load the files :func:`may_read_pixels` picks.
+    """``workers`` processes that load the files :func:`loads_in_worker` picks.
 
     Args:
         workers: processes (at least 1).
@@ -84,7 +85,6 @@ class LoadPool:
                  redactor: Any = None) -> None:
         self.workers = max(1, workers)
         self._initargs = (chunk, jsonl, limits, redactor, os.getpid())
-        self.limits = limits
         self.restarts = 0
         self._executor: ProcessPoolExecutor | None = None
 
@@ -127,7 +127,7 @@ class LoadPool:
                 task = next(upcoming, None)
                 if task is None:
                     return
-                pooled = may_read_pixels(task, self.limits)
+                pooled = loads_in_worker(task)
                 pending.append((task, self._submit(task) if pooled else None))
                 in_flight += pooled
 
