@@ -214,6 +214,23 @@ def machine_fingerprint() -> dict[str, Any]:
     return {**cpu_fingerprint(), "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
+def remembered(key: dict[str, Any], compute: Callable[[], Any],
+               fingerprint: Callable[[], dict[str, Any]] | None = None) -> Any:
+    """A JSON value ``compute()`` found once on this machine for ``key``, kept in :func:`cache_path`.
+
+    For what is as costly and as machine-bound as a measurement (whether a runtime can run here
+    at all). ``MMRAG_NUMERICS_REMEASURE=1`` computes it again.
+    """
+    cache_key = _cache_key({"remembered": key}, (), None, (fingerprint or cpu_fingerprint)())
+    if os.environ.get("MMRAG_NUMERICS_REMEASURE", "").lower() not in {"1", "true", "yes"}:
+        entry = _load_cache().get(cache_key)
+        if isinstance(entry, dict) and "value" in entry:
+            return entry["value"]
+    value = compute()
+    _write_cache(cache_key, {"value": value})
+    return value
+
+
 def cpu_fingerprint() -> dict[str, Any]:
     """The CPU's model, a hash of its flags, and the kernel-library caps in the environment."""
     model, flags = platform.processor(), ""
@@ -256,11 +273,15 @@ def _recall(cache_key: str) -> Choice | None:
 
 
 def _remember(cache_key: str, choice: Choice) -> None:
+    _write_cache(cache_key, choice.as_dict())
+
+
+def _write_cache(cache_key: str, entry: dict[str, Any]) -> None:
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _load_cache()
-        data[cache_key] = choice.as_dict()
+        data[cache_key] = entry
         if len(data) > 256:  # bounded: the oldest entries go first (dicts keep insertion order)
             data = dict(list(data.items())[-256:])
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".numerics-", suffix=".json")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +51,7 @@ def test_the_chosen_runtime_reads_the_probe_as_onnxruntime_does(fresh_cache: Non
     assert text_agreement(reference, _probe_text(rapid)) >= ocr_runtime.MIN_AGREEMENT
 
 
-def test_a_second_engine_reuses_the_measurement(fresh_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_engine_reuses_the_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
     first = ocr.RapidOcrEngine()
     first._get()
     timed: list[int] = []
@@ -57,16 +61,6 @@ def test_a_second_engine_reuses_the_measurement(fresh_cache: None, monkeypatch: 
     second._get()
     assert timed == [] and second.runtime.cached
     assert second.runtime.name == first.runtime.name
-
-
-def test_without_openvino_onnxruntime_reads(fresh_cache: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ocr_runtime, "_openvino", lambda: None)
-    engine = ocr.RapidOcrEngine()
-    rapid = engine._get()
-    assert [t.name for t in engine.runtime.trials][0] == REFERENCE.label
-    assert engine.runtime.name.startswith("onnxruntime")
-    assert type(rapid.text_rec.session).__name__ == "OrtInferSession"
-    assert "consistent across all three cohorts" in _probe_text(rapid)
 
 
 def test_a_runtime_that_cannot_run_here_is_measured_as_unavailable(fresh_cache: None,
@@ -83,7 +77,7 @@ def test_a_runtime_that_cannot_run_here_is_measured_as_unavailable(fresh_cache: 
     assert "consistent across all three cohorts" in _probe_text(rapid)
 
 
-def test_the_detector_is_capped_and_recogniser_widths_come_in_steps(fresh_cache: None) -> None:
+def test_the_detector_is_capped_and_recogniser_widths_come_in_steps() -> None:
     engine = ocr.RapidOcrEngine()
     rapid = engine._get()
     det_shapes: list[tuple[int, ...]] = []
@@ -113,3 +107,43 @@ def test_switching_back_to_onnxruntime_lets_the_compiled_models_go() -> None:
     assert switch._compiled == {} and type(rapid.text_rec.session).__name__ == "OrtInferSession"
     out = rapid.text_rec.session(np.zeros((1, 3, 48, 320), dtype=np.float32))
     assert out[0].shape[0] == 1
+
+
+def test_compile_check_reports_a_crash_it_cannot_catch_in_process() -> None:
+    crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+    assert ocr_runtime.compile_check(crash) == "compiling the models killed the process (signal 11)"
+    fail = [sys.executable, "-c", "raise RuntimeError('no CPU plugin')"]
+    assert ocr_runtime.compile_check(fail) == "compiling the models failed: ['RuntimeError: no CPU plugin']"
+    assert ocr_runtime.compile_check([sys.executable, "-c", "pass"]) == ""
+
+
+def test_openvino_that_cannot_compile_here_is_left_out(fresh_cache: None, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(ocr_runtime, "compile_check", lambda: "compiling the models killed the process (signal 11)")
+    ocr_runtime._openvino.cache_clear()
+    try:
+        assert ocr_runtime.candidates() == []
+        engine = ocr.RapidOcrEngine()
+        rapid = engine._get()
+    finally:
+        ocr_runtime._openvino.cache_clear()
+    assert [t.name for t in engine.runtime.trials][0] == REFERENCE.label
+    assert engine.runtime.name.startswith("onnxruntime")
+    assert type(rapid.text_rec.session).__name__ == "OrtInferSession"
+    assert "consistent across all three cohorts" in _probe_text(rapid)
+    assert "OpenVINO is not used for OCR on this machine: compiling the models killed the process" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_ocr_reads_under_the_avx2_caps(tmp_path: Path) -> None:
+    """Under ONEDNN_MAX_CPU_ISA=AVX2 OpenVINO 2026.4 segfaults compiling on an AVX-512 CPU: OCR must still read."""
+    code = ("from mmrag.loaders import ocr, ocr_runtime\n"
+            "engine = ocr.RapidOcrEngine()\n"
+            "print(engine.read(ocr_runtime.probe_image()).text)\n"
+            "print('RUNTIME', engine.runtime.name)\n")
+    env = {**os.environ, "MMRAG_CACHE_DIR": str(tmp_path), "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+           "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "consistent across all three cohorts" in done.stdout

@@ -20,10 +20,12 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from mmrag import numerics
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 #: Recognition lines per call, tried for each runtime (each batch is padded to its widest line;
 #: RapidOCR sorts lines by width first, so neighbours in a batch are of like width).
 REC_BATCHES = (1, 6)
+#: Seconds the child process that checks OpenVINO may take (it compiles four models).
+CHECK_SECONDS = 120
 #: What a probe's text must share with the reference reading (characters, difflib's ratio).
 MIN_AGREEMENT = numerics.MIN_COSINE
 #: The probe: a page's worth of full-width lines and one short one, as a page has (the recogniser's
@@ -77,11 +81,50 @@ def candidates() -> list[Runtime]:
 
 @functools.lru_cache(maxsize=1)
 def _openvino() -> Any:
+    """The openvino module, when it is installed and can compile the OCR models on this machine."""
     try:
         import openvino
     except ImportError:  # optional: without it, onnxruntime runs the models
         return None
+    problem = numerics.remembered({"check": "openvino compiles the OCR models", **_versions()}, compile_check)
+    if problem:
+        log.warning("OpenVINO is not used for OCR on this machine: %s; onnxruntime runs the models", problem)
+        return None
     return openvino
+
+
+def compile_check(command: Sequence[str] | None = None) -> str:
+    """Compile and run both OCR models on OpenVINO, fp32 and bf16, in a child process.
+
+    A crash there cannot be caught in this process: with ``ONEDNN_MAX_CPU_ISA=AVX2`` on a CPU
+    that has AVX-512 (the AVX2 emulation of ../shared/NOTES.md), OpenVINO 2026.4 dies of a
+    segmentation fault while compiling. So the first use on a machine asks a child first.
+
+    Returns:
+        ``""`` when it ran; else why not, for the log.
+    """
+    command = list(command or [sys.executable, "-c", "from mmrag.loaders.ocr_runtime import _compile_all; _compile_all()"])
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_SECONDS)
+    except subprocess.TimeoutExpired:
+        return f"compiling the models took over {CHECK_SECONDS} s"
+    except OSError as exc:
+        return f"the check could not start ({exc})"
+    if done.returncode < 0:
+        return f"compiling the models killed the process (signal {-done.returncode})"
+    if done.returncode:
+        return f"compiling the models failed: {(done.stderr or '').strip().splitlines()[-1:] or done.returncode}"
+    return ""
+
+
+def _compile_all() -> None:
+    """What :func:`compile_check`'s child runs."""
+    import numpy as np
+
+    det, rec = model_paths()
+    for precision in ("fp32", "bf16"):
+        OpenVinoModel(det, precision, 1)(np.zeros((1, 3, 64, 64), dtype=np.float32))
+        OpenVinoModel(rec, precision, 1)(np.zeros((1, 3, 48, 64), dtype=np.float32))
 
 
 class OpenVinoModel:
@@ -92,7 +135,8 @@ class OpenVinoModel:
     """
 
     def __init__(self, path: Path, precision: str, threads: int) -> None:
-        ov = _openvino()
+        import openvino as ov
+
         hint = "bf16" if precision == "bf16" else "f32"
         self._model = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
                                                                  "INFERENCE_PRECISION_HINT": hint,
