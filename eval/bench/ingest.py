@@ -43,11 +43,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from eval.bench.machine import isa_caps  # noqa: E402  (the repo root is put on the path first)
+
 MODEL = "ViT-B-32"
 SEED = 0
 TARGET_RATIO = 3.0
-#: The variables that cap the kernel libraries (../shared/NOTES.md: they emulate an AVX2-only CPU).
-ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS")
 #: Peak RSS of the mmrag process at most this times the naive one's (issue 26: within 10%).
 MAX_RSS_RATIO = 1.10
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -374,7 +376,7 @@ def machine_info() -> dict[str, Any]:
         "bf16_supported": bool(torch.cpu._is_avx512_bf16_supported()),
         # The flags that decide the kernels, and any cap put on the kernel libraries.
         "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))),
-        "isa_caps": {k: v for k, v in os.environ.items() if k in ISA_CAPS},
+        "isa_caps": isa_caps(),
     }
 
 

@@ -11,6 +11,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+#: The variables that cap the kernel libraries (../shared/NOTES.md: they emulate an AVX2-only CPU).
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "FBGEMM_ENABLE_INSTRUCTIONS", "MKL_ENABLE_INSTRUCTIONS")
 #: The flags that decide which kernels (and so which numerics) are fast.
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -34,3 +36,8 @@ def cpu_line() -> str:
     """:func:`cpu` on one line, for a report's header."""
     info = cpu()
     return f"{info['model']}; {info['cores']} CPUs; {' '.join(info['flags']) or 'no AVX2'}"
+
+
+def isa_caps() -> dict[str, str]:
+    """The :data:`ISA_CAPS` set in this environment (printed beside a figure measured under them)."""
+    return {k: v for k, v in os.environ.items() if k in ISA_CAPS}

@@ -49,6 +49,7 @@ from mmrag.answering.grounding import check_grounding
 from mmrag.indexing import Indexer, IngestSummary
 from mmrag.llms import Message
 from mmrag.llms.litellm import LiteLLMChatModel
+from mmrag.loaders.ocr import read_text
 from mmrag.kb import KnowledgeBase
 from mmrag.logs import configure_logging
 from mmrag.protocols import Reranker
@@ -74,7 +75,7 @@ __all__ = [
     "SentenceTransformerEmbedder", "Settings", "StoreError", "TextBlock", "UpstreamError", "answer_mode",
     "answer_options", "answer_stop", "build_chat_model", "build_reranker", "check_gates", "check_grounding",
     "compare_runs", "configure_logging", "evaluate_dataset", "evaluate_retrieval", "load_dataset", "load_report",
-    "ndcg_at", "offline_minilm_dir", "open_client", "parse_gates", "precision_at", "resolve_models", "rrf",
-    "run_evaluation", "set_labels", "write_reports",
+    "ndcg_at", "offline_minilm_dir", "open_client", "parse_gates", "precision_at", "read_text", "resolve_models",
+    "rrf", "run_evaluation", "set_labels", "write_reports",
 ]
 __version__ = "0.1.0"
