@@ -34,8 +34,7 @@ def test_text_agreement_is_the_share_of_characters_in_common() -> None:
     assert text_agreement("some text", "") == 0.0
 
 
-def test_the_chosen_runtime_reads_the_probe_as_onnxruntime_does(fresh_cache: None,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_chosen_runtime_reads_the_probe_as_onnxruntime_does(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = ocr.RapidOcrEngine()
     rapid = engine._get()
     choice = engine.runtime
@@ -63,6 +62,8 @@ def test_a_second_engine_reuses_the_measurement(monkeypatch: pytest.MonkeyPatch)
     assert second.runtime.name == first.runtime.name
 
 
+@pytest.mark.slow
+@pytest.mark.long
 def test_a_runtime_that_cannot_run_here_is_measured_as_unavailable(fresh_cache: None,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
@@ -117,6 +118,8 @@ def test_compile_check_reports_a_crash_it_cannot_catch_in_process() -> None:
     assert ocr_runtime.compile_check([sys.executable, "-c", "pass"]) == ""
 
 
+@pytest.mark.slow
+@pytest.mark.long
 def test_openvino_that_cannot_compile_here_is_left_out(fresh_cache: None, monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(ocr_runtime, "compile_check", lambda: "compiling the models killed the process (signal 11)")

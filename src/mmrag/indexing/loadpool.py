@@ -37,6 +37,7 @@ from mmrag.chunking import ChunkSpec, SentenceChunker
 from mmrag.indexing.steps import FileResult, FileTask, LoadedDoc, load_file
 from mmrag.loaders import JsonlFields, LoaderLimits
 from mmrag.loaders._common import DOC_TYPES
+from mmrag.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ class LoadPool:
     def __init__(self, workers: int, *, chunk: ChunkSpec, jsonl: JsonlFields, limits: LoaderLimits,
                  redactor: Any = None) -> None:
         self.workers = max(1, workers)
-        self._initargs = (chunk, jsonl, limits, redactor, os.getpid())
+        # The worker logs as this process does (the loaders' warnings name the file and what went wrong).
+        self._initargs = (chunk, jsonl, limits, redactor, os.getpid(), logging.getLogger().getEffectiveLevel())
         self.restarts = 0
         self._executor: ProcessPoolExecutor | None = None
 
@@ -169,9 +171,11 @@ class LoadPool:
 _STATE: tuple[SentenceChunker, JsonlFields, LoaderLimits, Any] | None = None
 
 
-def _start_worker(chunk: ChunkSpec, jsonl: JsonlFields, limits: LoaderLimits, redactor: Any, parent: int) -> None:
+def _start_worker(chunk: ChunkSpec, jsonl: JsonlFields, limits: LoaderLimits, redactor: Any, parent: int,
+                  log_level: int) -> None:
     global _STATE
     _die_with(parent)
+    configure_logging(log_level)
     _STATE = (SentenceChunker(chunk), jsonl, limits, redactor)
 
 
