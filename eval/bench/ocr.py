@@ -231,6 +231,7 @@ def ocr_accuracy() -> dict[str, Any]:
 
 
 def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance of two strings (characters; tests/loaders/test_ocr_docs.py uses it too)."""
     prev = list(range(len(b) + 1))
     for i, ca in enumerate(a, 1):
         cur = [i]

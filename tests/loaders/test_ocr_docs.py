@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from eval.bench.ocr import edit_distance
 from mmrag.cli import main
 from mmrag.loaders import FileRef, LoaderLimits, load
 from mmrag.loaders.ocr import read_text
@@ -34,16 +35,6 @@ def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
 
 
-def _edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
 def test_ocr_character_error_rate_on_the_layoutparser_page_image() -> None:
     from PIL import Image
 
@@ -52,7 +43,7 @@ def test_ocr_character_error_rate_on_the_layoutparser_page_image() -> None:
     reference = _normalise(doc.texts[0].text)  # page 1's text layer: the page the JPEG shows
     with Image.open(shared("ingest_docs", DOCS, "img", "layout-parser-paper-fast.jpg")) as image:
         result = read_text(image)
-    cer = _edit_distance(_normalise(result.text), reference) / len(reference)
+    cer = edit_distance(_normalise(result.text), reference) / len(reference)
     print(f"CER {cer:.2%} over {len(reference)} characters, {result.seconds:.1f} s, confidence {result.confidence:.3f}")
     assert cer <= 0.05
 
