@@ -332,3 +332,12 @@ def test_serve_refuses_a_port_in_use_before_starting(tmp_path: Path) -> None:
     assert f"port {port} on 127.0.0.1 is in use; pass --port or stop the other process" in done.stderr
     assert "Errno 98" not in done.stderr and "startup complete" not in done.stderr.lower()
     assert time.monotonic() - started < 60  # refused before the app and its models load
+
+
+def test_load_workers_is_the_local_engines_and_the_summary_says_how_many_ran(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path / "corpus")
+    refused = _cli("ingest", str(corpus), "--engine", "ray", "--load-workers", "2", data_dir=tmp_path / "data")
+    assert refused.exit_code == 2 and "--load-workers is the local engine's" in refused.output
+    here = _cli("ingest", str(corpus), "--load-workers", "0", "--json", data_dir=tmp_path / "data")
+    assert here.exit_code == 0, here.output
+    assert json.loads(here.stdout)["workers"]["load"] == 0

@@ -64,8 +64,8 @@ from mmrag.redaction import STAT_PREFIX
 @errors_to_click
 def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str, jsonl_text: str,
            max_file_mb: int, ocr: str, page_images: bool, engine_name: str, load_workers: int | None,
-           ray_address: str | None,
-           embed_workers: int | None, device: str, batch_size: int | None, storage_option: tuple[str, ...],
+           ray_address: str | None, embed_workers: int | None, device: str, batch_size: int | None,
+           storage_option: tuple[str, ...],
            progress_every: float, redact: str | None, as_json: bool, access_labels: tuple[str, ...] = (),
            **opts: Any) -> None:
     """Index files and folders (text, Markdown, HTML, PDF, DOCX, PPTX, images, JSONL corpora).
@@ -86,6 +86,8 @@ def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str,
     from mmrag.sources import SourceNotFoundError, discover_sources, is_url, storage_options
 
     policy = parse_policy(redact) if redact is not None else None  # a typo fails before the models load
+    if engine_name == "ray" and load_workers is not None:
+        raise click.UsageError("--load-workers is the local engine's; Ray schedules its own load tasks")
     settings = settings_from(opts)
     extra = dict(_option(o) for o in storage_option)
     sources: list[str | Path] = [p if is_url(p) else Path(p) for p in paths]
@@ -101,8 +103,6 @@ def ingest(paths: tuple[str, ...], prune: bool, jsonl_id: str, jsonl_title: str,
     kb = open_kb({**opts, "device": device, "batch_size": batch_size}, create=True)
     engine: Any = LocalEngine(load_workers)
     if engine_name == "ray":
-        if load_workers is not None:
-            raise click.UsageError("--load-workers is the local engine's; Ray schedules its own load tasks")
         from mmrag.indexing.ray import RayEngine, RayOptions, import_ray
 
         import_ray()  # before any work: say how to install it
