@@ -34,6 +34,8 @@ def test_text_agreement_is_the_share_of_characters_in_common() -> None:
     assert text_agreement("some text", "") == 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.long
 def test_the_chosen_runtime_reads_the_probe_as_onnxruntime_does(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = ocr.RapidOcrEngine()
     rapid = engine._get()
