@@ -159,8 +159,7 @@ def choose(candidates: Sequence[str], *, probe: Callable[[], Any], convert: Call
         The choice, with every trial. With one explicit candidate (not ``auto``) that disagrees,
         the choice is fp32 and the caller decides whether that is an error.
     """
-    machine = (fingerprint or machine_fingerprint)() if key is not None else {}
-    cache_key = _cache_key(key, candidates, keep, machine) if key is not None else None
+    cache_key = _cache_key(key, candidates, keep, (fingerprint or machine_fingerprint)()) if key is not None else None
     remembered = _recall(cache_key) if cache_key else None
     if remembered is not None:  # the measurements are remembered; the rule is applied again
         chosen = Choice(_pick(remembered.trials, keep, reference).name, remembered.trials, cached=True)
@@ -222,7 +221,7 @@ def remembered(key: dict[str, Any], compute: Callable[[], Any],
     at all). ``MMRAG_NUMERICS_REMEASURE=1`` computes it again.
     """
     cache_key = _cache_key({"remembered": key}, (), None, (fingerprint or cpu_fingerprint)())
-    if os.environ.get("MMRAG_NUMERICS_REMEASURE", "").lower() not in {"1", "true", "yes"}:
+    if not _remeasure():
         entry = _load_cache().get(cache_key)
         if isinstance(entry, dict) and "value" in entry:
             return entry["value"]
@@ -262,8 +261,13 @@ def _load_cache() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _remeasure() -> bool:
+    """``MMRAG_NUMERICS_REMEASURE`` is set: nothing is read back from the cache."""
+    return os.environ.get("MMRAG_NUMERICS_REMEASURE", "").lower() in {"1", "true", "yes"}
+
+
 def _recall(cache_key: str) -> Choice | None:
-    if os.environ.get("MMRAG_NUMERICS_REMEASURE", "").lower() in {"1", "true", "yes"}:
+    if _remeasure():
         return None
     entry = _load_cache().get(cache_key)
     try:
