@@ -152,3 +152,12 @@ def test_ocr_reads_under_the_avx2_caps(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "consistent across all three cohorts" in done.stdout
+
+
+def test_the_preview_runs_the_full_engines_detector_model() -> None:
+    engine = ocr.RapidOcrEngine()
+    page = Image.new("RGB", (1275, 1650), "white")
+    page.paste(ocr_runtime.probe_image(), (100, 200))
+    share, _ = engine.text_share(page)
+    assert share > 0.01
+    assert engine._preview.text_det.infer is engine._get().text_det.infer  # one compiled detector, not two

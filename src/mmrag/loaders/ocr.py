@@ -149,7 +149,9 @@ class RapidOcrEngine:
             # to 736 px on its short side, which is what makes a full read slow).
             preview = self._build()
             _cap_detector(preview, PREVIEW_SIDE)
-            choose_runtime(preview, self.threads)  # measured once per machine: the full engine's choice
+            # The full engine's detector model, on the runtime measured for it: no second
+            # compilation, and the measurement is always the full engine's (1280-px detector).
+            preview.text_det.infer = self._get().text_det.infer
             self._preview = preview
         small = image.convert("RGB") if image.mode != "RGB" else image.copy()
         small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
