@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal, Mapping, Sequence, Union
 
 MetaValue = Union[str, int, float, bool]
 Metadata = Mapping[str, MetaValue]
@@ -123,10 +123,14 @@ def is_image_id(rid: str) -> bool:
 
 @dataclass(frozen=True)
 class Record:
-    """What a vector store holds: an id, a vector, the text (if any) and flat metadata."""
+    """What a vector store holds: an id, a vector, the text (if any) and flat metadata.
+
+    ``embedding`` is any sequence of floats: a list, or a row of a float32 numpy matrix (what the
+    ingest writer passes, so a batch's vectors are never turned into Python floats).
+    """
 
     id: str
-    embedding: tuple[float, ...] | list[float]
+    embedding: Sequence[float]
     metadata: Metadata
     document: str | None = None
 

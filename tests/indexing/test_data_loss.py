@@ -119,6 +119,7 @@ def test_bm25_sees_each_batch_during_a_long_ingest(hashing_kb, tmp_path: Path, m
 
     monkeypatch.setattr(engines, "FLUSH_ITEMS", 4)  # the engine's embedding batches
     monkeypatch.setattr(writer, "WRITE_ITEMS", 4)  # and the writer's write batches
+    monkeypatch.setattr(writer, "BATCH_SLICES", 1)  # of one slice each
     root = tmp_path / "corpus"
     root.mkdir()
     for i in range(12):

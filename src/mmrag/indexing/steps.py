@@ -144,11 +144,13 @@ class Prepared:
     def items(self) -> int:
         return len(self.clip_ids) + len(self.text_ids)
 
+    # Each record's vector is a row of the float32 matrix, not a list: the store stacks the rows
+    # again, and a round trip through Python floats cost a 10k bulk build 0.5 s of its 3.8 s own work.
     def clip_records(self) -> list[Record]:
-        return [Record(i, v.tolist(), m, t) for i, m, t, v in zip(self.clip_ids, self.clip_metas, self.clip_texts, self.clip_vecs)]
+        return [Record(i, v, m, t) for i, m, t, v in zip(self.clip_ids, self.clip_metas, self.clip_texts, self.clip_vecs)]
 
     def text_records(self) -> list[Record]:
-        return [Record(i, v.tolist(), m, t) for i, m, t, v in zip(self.text_ids, self.text_metas, self.text_texts, self.text_vecs)]
+        return [Record(i, v, m, t) for i, m, t, v in zip(self.text_ids, self.text_metas, self.text_texts, self.text_vecs)]
 
 
 def load_file(task: FileTask, chunker: SentenceChunker, *, jsonl: JsonlFields, limits: LoaderLimits,

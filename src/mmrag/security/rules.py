@@ -59,6 +59,8 @@ class AccessRules:
     labels: tuple[str, ...] = ()
     roots: Sequence[Path] = ()
     _folders: dict[Path, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    #: Folder labels per source, for the run: a JSONL file's thousands of records resolve its path once.
+    _sources: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.labels = parse_labels(self.labels, "--access")
@@ -74,7 +76,9 @@ class AccessRules:
         raw = metadata.get(LABELS_KEY)
         if raw is not None:
             found.update(parse_labels(str(raw), f"{source}: field {LABELS_KEY!r}"))
-        found.update(self._folder_labels(Path(source)))
+        if source not in self._sources:
+            self._sources[source] = frozenset(self._folder_labels(Path(source)))
+        found.update(self._sources[source])
         return tuple(sorted(found))
 
     def _folder_labels(self, source: Path) -> set[str]:
