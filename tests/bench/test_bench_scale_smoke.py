@@ -35,6 +35,7 @@ def test_scale_bench_reports_every_figure_for_every_size(tmp_path: Path) -> None
         for op in ("add", "replace", "delete", "noop"):
             assert len(r["writes"][op]["all_s"]) == 2 and r["writes"][op]["median_s"] >= 0
         assert r["writes"]["first_write_s"] > 0
+        assert len(r["cli_delete"]["all_s"]) == 2 and r["cli_delete"]["median_s"] > 0, r["cli_delete"]
         for retriever in ("bm25", "text", "clip", "hybrid"):
             q = r["queries"][retriever]
             assert q["n"] == 25 and q["p95_ms"] >= q["p50_ms"] > 0 and q["empty_results"] == 0, q
@@ -49,6 +50,6 @@ def test_scale_bench_reports_every_figure_for_every_size(tmp_path: Path) -> None
     assert "| | 100 | 300 |" in table
     for row in ("build: records/s", "add one document", "replace one document", "delete one document",
                 "bm25 query p50", "text query p50", "clip query p50", "hybrid query p50", "disk (data dir)",
-                "serving RSS", "baseline: read all text records back", "raw Chroma loop", "| target | measured |"):
+                "serving RSS", "baseline: read all text records back", "CLI `mmrag delete` of one document", "raw Chroma loop", "| target | measured |"):
         assert row in table, row
     assert not (tmp_path / "w" / "kb-100").exists(), "without --keep the built knowledge bases are removed"
