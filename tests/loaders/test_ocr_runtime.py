@@ -64,6 +64,21 @@ def test_a_second_engine_reuses_the_measurement(monkeypatch: pytest.MonkeyPatch)
     assert second.runtime.name == first.runtime.name
 
 
+def test_the_measurement_is_kept_per_engine_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release that changes the detector's cap or the width steps measures again (the cache key has them)."""
+    keys: list[dict[str, Any]] = []
+
+    def recording(names: list[str], **kwargs: Any) -> numerics.Choice:
+        keys.append(kwargs["key"])
+        return numerics.Choice(names[0], (), cached=True)
+
+    monkeypatch.setattr(ocr_runtime.numerics, "choose", recording)
+    monkeypatch.setattr(ocr, "DET_MAX_SIDE", 960)
+    ocr.RapidOcrEngine()._get()
+    assert len(keys) == 2  # the runtimes, then the recognition batch
+    assert all(k["det_max_side"] == 960 and k["rec_width_step"] == ocr.REC_WIDTH_STEP for k in keys), keys
+
+
 @pytest.mark.slow
 @pytest.mark.long
 def test_a_runtime_that_cannot_run_here_is_measured_as_unavailable(fresh_cache: None,

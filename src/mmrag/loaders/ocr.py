@@ -131,7 +131,8 @@ class RapidOcrEngine:
             engine = self._build(text_score=MIN_LINE_SCORE, rec_batch_num=REFERENCE.rec_batch)
             _cap_detector(engine, DET_MAX_SIDE)
             _step_recogniser_widths(engine, REC_WIDTH_STEP)
-            self.runtime = choose_runtime(engine, self.threads)
+            self.runtime = choose_runtime(engine, self.threads,
+                                          setup={"det_max_side": DET_MAX_SIDE, "rec_width_step": REC_WIDTH_STEP})
             self._engine = engine
         return self._engine
 

@@ -26,7 +26,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from mmrag import numerics
 
@@ -183,7 +183,7 @@ class RuntimeSwitch:
         self.engine.text_rec.rec_batch_num = runtime.rec_batch
 
 
-def choose_runtime(engine: Any, threads: int) -> numerics.Choice:
+def choose_runtime(engine: Any, threads: int, setup: Mapping[str, Any] | None = None) -> numerics.Choice:
     """Time each candidate on the probe and leave ``engine`` on the fastest that agrees.
 
     Two measurements: the runtimes at the reference's batch size, then the winner's batch sizes
@@ -192,6 +192,9 @@ def choose_runtime(engine: Any, threads: int) -> numerics.Choice:
     Args:
         engine: a ``rapidocr_onnxruntime.RapidOCR`` built with ``threads`` intra-op threads.
         threads: the threads each model may use.
+        setup: what the caller did to the engine that changes its speed (the detector's cap, the
+            recogniser's width steps): part of the cache key, so a release that changes them
+            measures again instead of reusing a measurement of the old set-up.
 
     Returns:
         The choice: the other runtimes' trials, then the winner's at each batch size (``describe()``
@@ -206,7 +209,7 @@ def choose_runtime(engine: Any, threads: int) -> numerics.Choice:
 
     def measure(options: list[Runtime], reference: Runtime, what: str) -> numerics.Choice:
         by_label = {r.label: r for r in options}
-        key = {"ocr": "PP-OCRv4", "threads": threads, "reference": reference.label, **_versions()}
+        key = {"ocr": "PP-OCRv4", "threads": threads, "reference": reference.label, **dict(setup or {}), **_versions()}
         return numerics.choose(list(by_label), probe=probe, convert=lambda label: switch.use(by_label[label]),
                                restore=lambda: switch.use(reference), what=what, key=key, repeats=1,
                                reference=reference.label, agreement=text_agreement,
