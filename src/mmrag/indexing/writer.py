@@ -71,6 +71,8 @@ class Writer:
         concurrency = indexer.write_concurrency if self.kb.store_url else 1
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="mmrag-write") if concurrency > 1 else None
         self.limit = concurrency
+        # Batches in flight on a server each hold one slice; the embedded store writes them in turn.
+        self.batch_records = WRITE_ITEMS if self.pool is not None else WRITE_ITEMS * BATCH_SLICES
         self.inflight: deque[tuple[list[Prepared], list[Record], Future[None] | None]] = deque()
         self._retries = 0
         self._lock = threading.Lock()
@@ -115,7 +117,7 @@ class Writer:
     def add(self, doc: Prepared) -> None:
         self.batch.append(doc)
         self.items += len(doc.clip_ids)
-        if self.items >= (WRITE_ITEMS if self.pool is not None else WRITE_ITEMS * BATCH_SLICES):
+        if self.items >= self.batch_records:
             self.flush()
 
     def flush(self) -> None:
