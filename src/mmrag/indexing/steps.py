@@ -140,10 +140,6 @@ class Prepared:
     text_computed: int = 0
     stamp: tuple[int, int] | None = None  # the file's (size, mtime_ns) when it was read (LoadedDoc.stamp)
 
-    @property
-    def items(self) -> int:
-        return len(self.clip_ids) + len(self.text_ids)
-
     # Each record's vector is a row of the float32 matrix, not a list: the store stacks the rows
     # again, and a round trip through Python floats cost a 10k bulk build 0.5 s of its 3.8 s own work.
     def clip_records(self) -> list[Record]:

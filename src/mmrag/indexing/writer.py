@@ -67,7 +67,7 @@ class Writer:
         self.summary = summary
         self.run = run
         self.batch: list[Prepared] = []
-        self.items = 0
+        self.records = 0  # joint-space records in the batch
         concurrency = indexer.write_concurrency if self.kb.store_url else 1
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="mmrag-write") if concurrency > 1 else None
         self.limit = concurrency
@@ -116,13 +116,13 @@ class Writer:
 
     def add(self, doc: Prepared) -> None:
         self.batch.append(doc)
-        self.items += len(doc.clip_ids)
-        if self.items >= self.batch_records:
+        self.records += len(doc.clip_ids)
+        if self.records >= self.batch_records:
             self.flush()
 
     def flush(self) -> None:
         kb, col, summary = self.kb, self.kb.collection, self.summary
-        docs, self.batch, self.items = self.batch, [], 0
+        docs, self.batch, self.records = self.batch, [], 0
         if not docs and not self.run.stamps:
             return
         self._hold()
