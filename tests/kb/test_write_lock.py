@@ -60,9 +60,12 @@ def _long_corpus(folder, files: int):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_finding7_small_ingests_are_not_held_behind_a_long_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from mmrag.indexing import Indexer
+def test_finding7_small_ingests_are_not_held_behind_a_long_one(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mmrag.indexing import Indexer, writer
 
+    # The long run's ~1,200 chunks in several batches of several slices (the product's 4 x 1,024
+    # would make them one batch, written at the end): small ingests land between batches and slices.
+    monkeypatch.setattr(writer, "WRITE_ITEMS", 64)
     kb = _paced_kb(tmp_path / "kb", per_text=0.004)
     corpus = _long_corpus(tmp_path / "long", 40)
     done: dict[str, object] = {}
