@@ -328,7 +328,7 @@ class Manifest:
         if status:
             sql += " AND status=?"
             args += (status,)
-        for row in self._read(sql + " ORDER BY doc_id", args):
+        for row in self._read_by_doc_id(sql, args, filtered=bool(status)):
             yield DocState(*row)  # type: ignore[arg-type]
 
     def listing(self, collection: str, status: str | None = None) -> list[tuple[DocState, float]]:
@@ -339,7 +339,19 @@ class Manifest:
         if status:
             sql += " AND status=?"
             args += (status,)
-        return [(DocState(*row[:8]), float(row[8])) for row in self._read(sql + " ORDER BY doc_id", args)]  # type: ignore[arg-type]
+        return [(DocState(*row[:8]), float(row[8])) for row in self._read_by_doc_id(sql, args, filtered=bool(status))]  # type: ignore[arg-type]
+
+    def _read_by_doc_id(self, sql: str, args: tuple[object, ...], *, filtered: bool) -> list[tuple[object, ...]]:
+        """Rows of ``sql`` ordered by doc id (their first column).
+
+        A query filtered by an indexed column (status, source) is sorted here, not by ``ORDER BY``:
+        SQLite then walked the primary key in doc-id order to skip the sort, reading every row of the
+        collection to find the few pending ones (0.17 s at 1M documents, before every ingest).
+        Python's order of ``str`` is SQLite's BINARY order of their UTF-8 bytes.
+        """
+        if not filtered:
+            return self._read(sql + " ORDER BY doc_id", args)
+        return sorted(self._read(sql, args), key=lambda row: str(row[0]))
 
     def under(self, collection: str, prefix: str) -> Iterator[DocState]:
         """Documents whose source path starts with ``prefix``, by an index range scan on ``source``."""
