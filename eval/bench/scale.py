@@ -180,6 +180,16 @@ def cycled(texts: Sequence[str], i: int) -> str:
     return texts[pos] if cycle == 0 else f"{texts[pos]} [v{cycle}]"
 
 
+def bulk_id(i: int) -> str:
+    """The doc id of bulk record ``i`` (what :func:`write_corpus` writes)."""
+    return f"c{i:07d}"
+
+
+def random_bulk_id(rng: np.random.Generator, n: int) -> str:
+    """A bulk record of a size-``n`` corpus, at random (the edit file's records excluded)."""
+    return bulk_id(int(rng.integers(0, n - EDIT_RECORDS)))
+
+
 def load_queries(n: int) -> list[str]:
     """The first ``n`` SciFact train queries (cycled if ``n`` is larger)."""
     with open(SCIFACT_DIR / "queries.train.jsonl", encoding="utf-8") as fh:
@@ -204,7 +214,7 @@ def write_corpus(corpus: Path, n: int) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "text.jsonl", "w", encoding="utf-8") as out:
             for i in range(s * SHARD_RECORDS, min(bulk, (s + 1) * SHARD_RECORDS)):
-                out.write(json.dumps({"_id": f"c{i:07d}", "text": cycled(texts, i)}) + "\n")
+                out.write(json.dumps({"_id": bulk_id(i), "text": cycled(texts, i)}) + "\n")
         per_shard = -(-n_images // shards)
         for j in range(s * per_shard, min(n_images, (s + 1) * per_shard)):
             buf = io.BytesIO()
@@ -346,7 +356,7 @@ def phase_writes(home: Path, n: int, reps: int) -> dict[str, Any]:
         times["noop"].append(seconds)
 
         for _ in range(100):  # a bulk record not deleted by an earlier run over a kept knowledge base
-            seconds, existed = _timed(lambda: indexer.delete([f"c{int(rng.integers(0, n - EDIT_RECORDS)):07d}"]))
+            seconds, existed = _timed(lambda: indexer.delete([random_bulk_id(rng, n)]))
             if existed:
                 break
         expect(bool(existed), "a delete", None)
@@ -365,7 +375,7 @@ def phase_cli_delete(home: Path, n: int, reps: int) -> dict[str, Any]:
     rng = np.random.default_rng(time.time_ns())  # a kept knowledge base: not the ids an earlier run deleted
     times: list[float] = []
     for _ in range(100 * reps):  # a document deleted earlier (by writes or a run before) is tried again
-        doc_id = f"c{int(rng.integers(0, n - EDIT_RECORDS)):07d}"
+        doc_id = random_bulk_id(rng, n)
         cmd = [sys.executable, "-m", "mmrag", "delete", "--data-dir", str(home / "data"), "--collection", COLLECTION,
                "--profile", "offline", "--json", doc_id]
         started = time.perf_counter()
@@ -499,7 +509,8 @@ def measure_size(n: int, workdir: Path, args: argparse.Namespace) -> dict[str, A
     for name in ("queries", "rss"):
         result[name] = run_phase(name, home, n, args)
     result["baseline"] = run_phase("baseline", home, n, args) if n <= args.baseline_max else None
-    result["writes"] = run_phase("writes", home, n, args)  # last: they change a few documents
+    # Last, both: they change a few documents.
+    result["writes"] = run_phase("writes", home, n, args)
     result["cli_delete"] = run_phase("cli_delete", home, n, args)
     result["disk_mb_after"] = round(disk_bytes(home / "data") / 2**20, 1)
     if not args.keep and not reused:
