@@ -344,9 +344,10 @@ class Manifest:
     def _read_by_doc_id(self, sql: str, args: tuple[object, ...], *, filtered: bool) -> list[tuple[object, ...]]:
         """Rows of ``sql`` ordered by doc id (their first column).
 
-        A query filtered by an indexed column (status, source) is sorted here, not by ``ORDER BY``:
-        SQLite then walked the primary key in doc-id order to skip the sort, reading every row of the
-        collection to find the few pending ones (0.17 s at 1M documents, before every ingest).
+        A query filtered by status is sorted here, not by ``ORDER BY``: SQLite then walked the primary
+        key in doc-id order to skip the sort, reading every row of the collection to find the few
+        pending ones (0.17 s at 1M documents, before every ingest). (:meth:`under` keeps its
+        ``ORDER BY``: SQLite searches its source index and sorts the few rows found.)
         Python's order of ``str`` is SQLite's BINARY order of their UTF-8 bytes.
         """
         if not filtered:
