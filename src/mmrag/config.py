@@ -20,9 +20,10 @@ class ClipSettings(BaseModel):
 
     model: str | None = None
     pretrained: str | None = None
-    #: ``auto`` times fp32, bf16 and int8 (fp16 on a GPU) per tower and keeps the fastest that
-    #: agrees with fp32 (mmrag.numerics); a name forces it, still checked against fp32.
-    precision: Literal["auto", "bf16", "fp16", "fp32", "int8"] = "auto"
+    #: ``auto`` times fp32, bf16 and int8 (torch's x86 kernels, and oneDNN's: ``int8-onednn``; fp16 on a
+    #: GPU) per tower and keeps the fastest that agrees with fp32 (mmrag.numerics); a name forces it,
+    #: still checked against fp32.
+    precision: Literal["auto", "bf16", "fp16", "fp32", "int8", "int8-onednn"] = "auto"
     #: Where the models run: ``cpu``, ``cuda`` or ``auto`` (cuda when torch sees a GPU). MMRAG_CLIP__DEVICE.
     device: str = "cpu"
     batch_size: int = Field(32, ge=1, le=1024)
@@ -207,9 +208,9 @@ class RerankSettings(BaseModel):
     api_key: SecretStr | None = None
     #: Tokens a cross-encoder reads per (query, passage) pair; None: the model's own limit.
     max_length: int | None = Field(None, ge=16, le=8192)
-    #: Reranker numerics: ``auto`` times fp32 and the candidates (bf16, int8 on a CPU; fp16 on a GPU) on
+    #: Reranker numerics: ``auto`` times fp32 and the candidates (bf16, int8, int8-onednn on a CPU; fp16 on a GPU) on
     #: this machine and keeps the fastest that agrees with fp32 (:mod:`mmrag.numerics`).
-    precision: Literal["auto", "bf16", "fp16", "fp32", "int8"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32", "int8", "int8-onednn"] = "auto"
     batch_size: int = Field(32, ge=1, le=1024)
     #: Other rerankers an API request's ``rerank`` field may name, besides ``model`` (each built once).
     allowed: list[str] = []

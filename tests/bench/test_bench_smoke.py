@@ -64,7 +64,7 @@ def test_both_pipelines_ingest_the_same_items_and_agree(bench, tmp_path):
             assert naive["precision"] == "fp32"
             # mmrag measured its candidates per tower and says which won (one name, or one per tower).
             chosen = {part: m["chosen"] for part, m in mine["numerics"].items()}
-            assert set(chosen) == {"image", "text"} and set(chosen.values()) <= {"fp32", "bf16", "int8"}
+            assert set(chosen) == {"image", "text"} and set(chosen.values()) <= {"fp32", "bf16", "int8", "int8-onednn"}
             assert mine["precision"] in {f"image={chosen['image']},text={chosen['text']}", chosen["image"]}
             agree = bench.agreement(naive_vecs, mine_vecs, items)
             assert agree["cosine_min"] > 0.98

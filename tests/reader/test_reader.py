@@ -147,7 +147,7 @@ def test_concurrent_scoring_matches_serial(reader: OfflineReader) -> None:
 def test_auto_numerics_are_measured_and_agree_with_fp32(reader: OfflineReader) -> None:
     """The shipped reader's ``auto`` is a measurement of fp32, bf16 and int8, not a CPU flag."""
     choice = reader.numerics
-    assert choice is not None and [t.name for t in choice.trials] == ["fp32", "bf16", "int8"], choice
+    assert choice is not None and [t.name for t in choice.trials] == ["fp32", "bf16", "int8", "int8-onednn"], choice
     assert reader.precision == choice.name and (choice.name == "fp32" or choice.agreement >= 0.99)
     assert reader._fp32_bert is None  # the copy kept to undo int8 is let go once the choice is made
     # The chosen numerics rank as fp32 does: the same best passage of all eight for every question.

@@ -90,7 +90,7 @@ def test_cross_encoder_numerics_are_measured_and_the_choice_agrees_with_fp32(cro
     monkeypatch.setenv("MMRAG_NUMERICS_REMEASURE", "1")
     auto = build_reranker(f"cross-encoder:{cross_encoder_dir}")
     choice = getattr(auto, "numerics")
-    assert [t.name for t in choice.trials] == ["fp32", "bf16", "int8"], choice.describe()
+    assert [t.name for t in choice.trials] == ["fp32", "bf16", "int8", "int8-onednn"], choice.describe()
     assert all(t.seconds > 0 for t in choice.trials if not t.note), choice.describe()
     assert getattr(auto, "precision") == choice.name and (choice.name == "fp32" or choice.agreement >= 0.99)
     ref = _reference_scores(cross_encoder_dir, QUESTION, PASSAGES)

@@ -105,12 +105,12 @@ class SentenceTransformerEmbedder:
     def _convert(self, name: str) -> None:
         import torch
 
-        from mmrag.numerics import quantize_linear_int8
+        from mmrag.numerics import is_int8, quantize_linear_int8
 
-        if name == "int8":
+        if is_int8(name):
             if self._model.device.type != "cpu":
                 raise ValueError("int8 dynamic quantisation runs on the CPU only")
-            quantize_linear_int8(self._model)
+            quantize_linear_int8(self._model, name)
         else:
             self._model.to(torch.bfloat16 if name == "bf16" else torch.float16)
 

@@ -31,13 +31,14 @@ from typing import Any, Sequence
 
 from mmrag.embedders.sentence import offline_minilm_dir
 from mmrag.errors import InvalidInputError, MissingDependencyError, ModelUnavailableError
+from mmrag.numerics import is_int8
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "reader"
 WEIGHTS_FILE = "mmrag-reader-minilm.safetensors"
 CONFIG_FILE = "mmrag-reader-minilm.json"
 HEADS = ("relevance", "answerability", "support")
 #: What ``precision`` may name; ``auto`` measures the candidates on this machine (:mod:`mmrag.numerics`).
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-onednn")
 #: Question and passage pairs the numerics are measured on: the length of a chunk, a rerank batch's size.
 _PROBE_PAIRS = 20
 
@@ -53,8 +54,8 @@ class ReaderSettings:
         first_max_tokens: the question or claim is cut to this many tokens before pairing.
         batch_size: pairs per forward pass.
         precision: ``auto`` (the fastest of fp32, bf16 autocast and int8 dynamic quantisation that
-            agrees with fp32, timed on this machine when the trained weights load), ``fp32``, ``bf16``
-            or ``int8``.
+            agrees with fp32, timed on this machine when the trained weights load), ``fp32``, ``bf16``,
+            ``int8`` or ``int8-onednn`` (int8 with oneDNN's kernels, see :data:`mmrag.numerics.INT8_ENGINES`).
         window_stride: tokens shared by consecutive windows of a long second segment.
     """
 
@@ -210,7 +211,7 @@ class OfflineReader:
             ModelUnavailableError: an explicit ``bf16`` or ``int8`` disagrees with fp32 on this machine,
                 or an int8 reader is asked to leave the CPU.
         """
-        if self.precision == "int8":
+        if is_int8(self.precision):
             # Quantised layers run on the CPU only, and the fp32 copy was let go after the measurement.
             if _torch().device(device).type != "cpu":
                 raise ModelUnavailableError("The reader was quantised to int8 on the CPU; load it again with "
@@ -255,13 +256,13 @@ class OfflineReader:
             return self.features(batch).cpu().numpy()
 
     def _convert(self, name: str) -> None:
-        if name == "int8":
+        if is_int8(name):
             if self.device.type != "cpu":
                 raise ValueError("int8 dynamic quantisation runs on the CPU only")
             from mmrag.numerics import quantize_linear_int8
 
             self._fp32_bert = copy.deepcopy(self._bert)  # quantisation cannot be undone: keep fp32 to go back
-            quantize_linear_int8(self._bert)
+            quantize_linear_int8(self._bert, name)
         elif name != "bf16":  # bf16 is autocast at inference: the weights stay fp32
             raise ValueError(f"the reader has no {name} path")
         self.precision = name

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from mmrag.errors import ConfigError, MissingDependencyError, ModelUnavailableError
 from mmrag.tracing import span
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32", "int8")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "int8", "int8-onednn")
 #: (query, passage) pairs the numerics are measured on: about a rerank batch, at chunk length.
 _PROBE_PAIRS = 20
 
@@ -132,12 +132,12 @@ class CrossEncoderReranker:
     def _convert(self, name: str) -> None:
         import torch
 
-        if name == "int8":
+        from mmrag.numerics import is_int8, quantize_linear_int8
+
+        if is_int8(name):
             if self._model.device.type != "cpu":
                 raise ValueError("int8 dynamic quantisation runs on the CPU only")
-            from mmrag.numerics import quantize_linear_int8
-
-            quantize_linear_int8(self._model.model)
+            quantize_linear_int8(self._model.model, name)
         else:
             self._model.to(torch.bfloat16 if name == "bf16" else torch.float16)
 
