@@ -129,9 +129,9 @@ def test_a_torn_cache_file_means_measure_again(fake_clock: list[Scripted], monke
 
 
 def test_unknown_precision_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="Known: auto, fp32, bf16, fp16, int8"):
+    with pytest.raises(ValueError, match="Known: auto, fp32, bf16, fp16, int8, int8-onednn"):
         numerics.candidates_for("int4", "cpu")
-    assert numerics.candidates_for("auto", "cpu") == ("bf16", "int8")
+    assert numerics.candidates_for("auto", "cpu") == ("bf16", "int8", "int8-onednn")
     assert numerics.candidates_for("auto", "gpu") == ("fp16",) and numerics.candidates_for("fp32", "cpu") == ()
 
 
@@ -154,7 +154,7 @@ def test_clip_auto_measures_each_tower_and_its_vectors_agree_with_fp32(monkeypat
     assert seen == [f"load {i + 1} with 0 earlier alive" for i in range(len(seen))]
     for part in ("image", "text"):
         names = [t.name for t in emb.numerics[part].trials]
-        assert names == ["fp32", "bf16", "int8"], names
+        assert names == ["fp32", "bf16", "int8", "int8-onednn"], names
         assert all(t.seconds > 0 or t.note for t in emb.numerics[part].trials)
     assert emb.identity()["precision"] == emb.precision and emb.agreement >= numerics.MIN_COSINE
     texts = ["a red circle", "a blue square on a white background", "quarterly revenue grew four percent"]
@@ -168,11 +168,47 @@ def test_clip_auto_measures_each_tower_and_its_vectors_agree_with_fp32(monkeypat
     assert again.precision == emb.precision and all(c.cached for c in again.numerics.values())
 
 
-def test_clip_int8_quantises_the_text_towers_attention_too() -> None:
-    emb = OpenClipEmbedder(_spec("int8"))
-    assert emb.numerics["text"].name == "int8"
-    block = emb._model.transformer.resblocks[0]
-    assert "quantized.dynamic" in type(block.mmrag_qkv).__module__ and "quantized.dynamic" in type(block.mlp.c_fc).__module__
+@pytest.mark.parametrize("name", ["int8", "int8-onednn"])
+def test_clip_int8_quantises_both_towers_attention_too(name: str) -> None:
+    emb = OpenClipEmbedder(_spec(name))
+    assert emb.numerics["text"].name == emb.numerics["image"].name == name
+    for blocks in (emb._model.transformer.resblocks, emb._model.visual.transformer.resblocks):
+        block = blocks[0]
+        assert "quantized.dynamic" in type(block.mmrag_qkv).__module__, type(block.mmrag_qkv)
+        assert "quantized.dynamic" in type(block.mmrag_out).__module__ and "quantized.dynamic" in type(block.mlp.c_fc).__module__
+
+
+def test_quantize_linear_int8_packs_for_the_named_engine_and_leaves_the_process_engine_alone() -> None:
+    import torch
+
+    import copy
+
+    before = torch.backends.quantized.engine
+    layer = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    layers = {}
+    for name in numerics.INT8_ENGINES:
+        layers[name] = copy.deepcopy(layer)
+        numerics.quantize_linear_int8(layers[name], name)
+        assert torch.backends.quantized.engine == before
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        a, b = (layers[n](x) for n in ("int8", "int8-onednn"))
+    assert torch.allclose(a, b, atol=0.1), (a - b).abs().max()  # same weights, two kernel libraries
+    with pytest.raises(ValueError, match="'bf16' is not an int8 precision"):
+        numerics.quantize_linear_int8(torch.nn.Linear(4, 4), "bf16")
+
+
+def test_clip_image_path_is_open_clips_encode_image_with_less_work() -> None:
+    """The last block computes the class token only, and the attention runs without nn.MultiheadAttention:
+    the vectors are open_clip's own (fp32), to rounding."""
+    import torch
+
+    emb = OpenClipEmbedder(_spec("fp32"))
+    assert emb._plain_vit
+    pixels = torch.rand(3, 3, emb.image_size, emb.image_size, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        ours, theirs = emb._encode_pixels(pixels), emb._model.encode_image(pixels)
+    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), (ours - theirs).abs().max()
 
 
 @pytest.mark.long  # 12 s: a CLIP measurement of its own
@@ -207,7 +243,7 @@ def test_the_text_model_measures_the_same_way(monkeypatch: pytest.MonkeyPatch, t
     emb = SentenceTransformerEmbedder(folder)
     # One model at a time, as for CLIP above.
     assert len(seen) >= 3 and seen == [f"load {i + 1} with 0 earlier alive" for i in range(len(seen))], seen
-    assert [t.name for t in emb.numerics.trials] == ["fp32", "bf16", "int8"]
+    assert [t.name for t in emb.numerics.trials] == ["fp32", "bf16", "int8", "int8-onednn"]
     assert emb.precision == emb.numerics.name and emb.agreement >= numerics.MIN_COSINE
     ref = SentenceTransformerEmbedder(folder, precision="fp32")
     texts = ["What is the boiling point of water?", "Revenue grew four percent."]
