@@ -198,17 +198,24 @@ def test_quantize_linear_int8_packs_for_the_named_engine_and_leaves_the_process_
         numerics.quantize_linear_int8(torch.nn.Linear(4, 4), "bf16")
 
 
-def test_clip_image_path_is_open_clips_encode_image_with_less_work() -> None:
-    """The last block computes the class token only, and the attention runs without nn.MultiheadAttention:
-    the vectors are open_clip's own (fp32), to rounding."""
+def test_clip_paths_are_open_clips_own_with_less_work() -> None:
+    """Each tower's last block computes its pooled token only (the class token; each text's end-of-text
+    token, at its own position in a padded batch), the attention runs without nn.MultiheadAttention, and
+    text batches are cut to their longest: the vectors are open_clip's own (fp32), to rounding."""
     import torch
 
     emb = OpenClipEmbedder(_spec("fp32"))
-    assert emb._plain_vit
+    assert emb._plain_vit and emb._plain_causal_text
     pixels = torch.rand(3, 3, emb.image_size, emb.image_size, generator=torch.Generator().manual_seed(2))
+    tokens = emb._tokenizer(["a cat", "a red circle next to a blue square on a white table", "",
+                             " ".join(["word"] * 100)])  # short, longer, empty, cut at the context length
     with torch.inference_mode():
         ours, theirs = emb._encode_pixels(pixels), emb._model.encode_image(pixels)
-    assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), (ours - theirs).abs().max()
+        assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), (ours - theirs).abs().max()
+        ours, theirs = emb._encode_text_tokens(tokens), emb._model.encode_text(tokens)
+        assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), (ours - theirs).abs().max()
+        short = emb._encode_text_tokens(tokens[:3])  # a batch cut to 12 tokens, not 77
+        assert torch.allclose(short, theirs[:3], atol=1e-5, rtol=1e-4), (short - theirs[:3]).abs().max()
 
 
 @pytest.mark.long  # 12 s: a CLIP measurement of its own

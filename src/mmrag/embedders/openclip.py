@@ -294,12 +294,15 @@ class OpenClipEmbedder:
         x = model.token_embedding(tokens).to(cast)
         x = x + model.positional_embedding[:length].to(cast)
         if self._plain_causal_text:
-            for block in model.transformer.resblocks:
-                x = _plain_block(block, x, causal=True)
+            # Pooled at the end-of-text token: the last block computes that row alone.
+            eot = tokens.argmax(dim=-1)
+            blocks = model.transformer.resblocks
+            for n, block in enumerate(blocks):
+                x = _plain_block(block, x, causal=True, rows=eot if n == len(blocks) - 1 else None)
+            x = model.ln_final(x)[:, 0]
         else:
             x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
-        x = text_global_pool(x, tokens, model.text_pool_type)
+            x = text_global_pool(model.ln_final(x), tokens, model.text_pool_type)
         if model.text_projection is not None:
             x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
         return x
@@ -336,14 +339,15 @@ class OpenClipEmbedder:
         but only that token's query, attention output and MLP: the same numbers for a twelfth less
         work (ViT-B-32). Any other vision tower runs open_clip's own ``encode_image``.
         """
-        visual = self._model.visual
+        visual, torch = self._model.visual, self._torch
         if not self._plain_vit:
             return self._model.encode_image(pixels)
         x = visual._embeds(pixels)
         blocks = visual.transformer.resblocks
         class_token_only = visual.attn_pool is None and visual.pool_type == "tok" and not visual.final_ln_after_pool
+        first = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # the class token's row
         for n, block in enumerate(blocks):
-            x = _plain_block(block, x, causal=False, first_only=class_token_only and n == len(blocks) - 1)
+            x = _plain_block(block, x, causal=False, rows=first if class_token_only and n == len(blocks) - 1 else None)
         pooled, _ = visual._pool(x)
         return pooled @ visual.proj if visual.proj is not None else pooled
 
@@ -438,7 +442,7 @@ def _is_plain_vit(visual: Any, torch: Any) -> bool:
     )
 
 
-def _plain_block(block: Any, x: Any, *, causal: bool, first_only: bool = False) -> Any:
+def _plain_block(block: Any, x: Any, *, causal: bool, rows: Any = None) -> Any:
     """``block(x)`` (``attn_mask=causal`` for the text tower) for [batch, length, width] input, without its slow path.
 
     nn.MultiheadAttention leaves its fast path for any float mask, transposes the input to
@@ -447,8 +451,10 @@ def _plain_block(block: Any, x: Any, *, causal: bool, first_only: bool = False) 
     in bf16 on CPU (measured). Same weights and maths; SDPA's is_causal replaces the -inf mask.
     The projections are the block's ``mmrag_qkv``/``mmrag_out`` layers when
     :func:`_attention_as_linears` gave it them (int8), else the attention's own weights.
-    ``first_only`` returns the first token's row alone: all keys and values, one query.
+    ``rows`` (a [batch] index tensor) returns one token's row per item, ``[batch, 1, width]``: the
+    keys and values of every token, one query (a last block whose output is pooled at that token).
     """
+    import torch
     import torch.nn.functional as F
 
     attn = block.attn
@@ -458,10 +464,14 @@ def _plain_block(block: Any, x: Any, *, causal: bool, first_only: bool = False) 
     h = block.ln_1(x)
     qkv = qkv_proj(h) if qkv_proj is not None else F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
     q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-    if first_only:
-        q, x = q[:, :, :1], x[:, :1]
-    rows = q.shape[2]
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(batch, rows, width)
+    mask = None
+    if rows is not None:
+        pick = torch.arange(batch, device=x.device)
+        q, x = q[pick, :, rows].unsqueeze(2), x[pick, rows].unsqueeze(1)
+        if causal:  # the query sees the keys up to its own position (is_causal would align it to key 0)
+            mask = (torch.arange(length, device=x.device) <= rows[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and rows is None)
+    out = out.transpose(1, 2).reshape(batch, q.shape[2], width)
     out = out_proj(out) if out_proj is not None else F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
     x = x + block.ls_1(out)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
