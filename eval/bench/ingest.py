@@ -353,6 +353,69 @@ def clip_token_lengths(texts: Sequence[str]) -> dict[str, float]:
     return {"median": float(np.median(lengths)), "truncated_share": float((lengths >= ctx).mean()), "context": int(ctx)}
 
 
+def matmul_bound(threads: int, repeats: int = 5) -> dict[str, Any]:
+    """The fastest any pipeline could embed on this machine if matmuls were all it did.
+
+    Each tower's matmul work per item is counted by torch's ``FlopCounterMode`` on one fp32 item
+    (a 224-pixel image; a text at CLIP's full 77 tokens, as the SciFact chunks are), and the
+    matmul rate is measured here on one MLP layer at batch 32, in fp32 and in each int8 engine
+    (:data:`mmrag.numerics.INT8_ENGINES`). Work / best rate is a floor on the time per item that
+    no kernel choice can beat; its ratio to the naive rate is a ceiling on the speed-up. With the
+    kernel libraries capped at AVX2 it says whether a target is reachable at all.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmrag import numerics
+
+    torch.set_num_threads(threads)
+    out: dict[str, Any] = {"rates": {}, "work": {}}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        import open_clip
+
+        model, _, _ = open_clip.create_model_and_transforms(MODEL, pretrained=None)
+    model.eval()
+    tokens = torch.randint(1, 49000, (1, 77))
+    # nn.MultiheadAttention's fast path is one fused op the counter has no formula for.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    with torch.inference_mode():
+        for modality, run in (("images", lambda: model.encode_image(torch.rand(1, 3, 224, 224))),
+                              ("texts", lambda: model.encode_text(tokens))):
+            counter = FlopCounterMode(display=False)
+            with counter:
+                run()
+            out["work"][modality] = counter.get_total_flops()
+    torch.backends.mha.set_fastpath_enabled(fastpath)
+    shapes = {"images": (32 * 50, model.visual.transformer.width), "texts": (32 * 77, model.transformer.width)}
+    del model
+    with torch.inference_mode():
+        for modality, (rows, width) in shapes.items():
+            x = torch.randn(rows, width)
+            layer = torch.nn.Sequential(torch.nn.Linear(width, 4 * width))
+            rates = {"fp32": _rate(layer, x, repeats)}
+            for name in numerics.INT8_ENGINES:
+                quantised = torch.nn.Sequential(torch.nn.Linear(width, 4 * width))
+                quantised.load_state_dict(layer.state_dict())
+                numerics.quantize_linear_int8(quantised, name)
+                rates[name] = _rate(quantised, x, repeats)
+            out["rates"][modality] = rates
+    return out
+
+
+def _rate(layer: Any, x: Any, repeats: int) -> float:
+    """Operations per second of ``layer(x)`` (2 per multiply-add), best of ``repeats`` after a warm-up."""
+    layer(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        layer(x)
+        best = min(best, time.perf_counter() - start)
+    first = next(m for m in layer.modules() if hasattr(m, "in_features"))
+    return 2 * x.shape[0] * first.in_features * first.out_features / best
+
+
 def machine_info() -> dict[str, Any]:
     import chromadb
     import open_clip
@@ -430,6 +493,15 @@ def format_report(report: dict[str, Any]) -> str:
             f"RSS before timing naive {_mib(nv['rss_before_mib'])} / mmrag {_mib(mm['rss_before_mib'])}; "
             f"CPUs busy naive {nv['cpu_busy']:.2f} / mmrag {mm['cpu_busy']:.2f} of {cfg['threads']}"
         )
+    bound = report.get("matmul_bound")
+    for mod, row in report["results"].items() if bound else ():
+        rates = bound["rates"][mod]
+        best = max(rates, key=rates.get)
+        most = rates[best] / bound["work"][mod]
+        lines.append(
+            f"{mod}: matmul bound: {bound['work'][mod] / 1e9:.1f} GFLOP an item at this machine's fastest matmul "
+            f"({best}, {rates[best] / 1e9:.0f} GOP/s; fp32 {rates['fp32'] / 1e9:.0f}) = at most {most:.1f} items/s, "
+            f"{most / row['naive_items_per_s']:.2f}x naive, with every other op free")
     busy = [row[f"{p}_detail"]["cpu_busy"] for row in report["results"].values() for p in PIPELINES]
     if busy and min(busy) < 0.85 * cfg["threads"]:
         load = report.get("load_average") or [float("nan")]
@@ -503,6 +575,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="mmrag precision (auto: measured per tower, see mmrag.numerics)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 if a ratio or agreement misses its target")
+    parser.add_argument("--matmul-bound", action="store_true",
+                        help="also measure the matmul rates here and print the speed-up no kernel choice can beat")
     parser.add_argument("--only", choices=PIPELINES, help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--modality", choices=MODALITIES, help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
@@ -549,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "agreement": agreement(naive.pop("vectors"), mine.pop("vectors"), items),
                 "naive_detail": naive, "mmrag_detail": mine,
             }
+        if args.matmul_bound:
+            report["matmul_bound"] = matmul_bound(args.threads)
         if load_before is not None:
             # 1-minute averages, before any child ran and after the last (which includes our own load).
             report["load_average"] = [load_before, os.getloadavg()[0]]

@@ -83,3 +83,29 @@ def test_both_pipelines_ingest_the_same_items_and_agree(bench, tmp_path):
         "results": report, "text_tokens": bench.clip_token_lengths(texts),
     })
     assert "images" in text and "texts" in text and "ratio" in text
+
+
+@pytest.mark.slow
+@pytest.mark.long  # 10 s: a ViT-B-32 load and three matmul timings per tower
+def test_matmul_bound_counts_the_towers_work_and_prints_a_ceiling(bench):
+    bound = bench.matmul_bound(threads=1, repeats=1)
+    # ViT-B-32 at 224 px: 12 blocks of 50 tokens at width 768, about 8.7 GFLOP; the text tower at 77 tokens
+    # about 5.8. The attention's in-projections must be counted (nn.MultiheadAttention's fast path is not).
+    assert 8.0e9 < bound["work"]["images"] < 9.5e9 and 5.0e9 < bound["work"]["texts"] < 6.5e9, bound["work"]
+    assert set(bound["rates"]["images"]) == {"fp32", "int8", "int8-onednn"}
+    assert all(rate > 0 for rates in bound["rates"].values() for rate in rates.values())
+    row = {"naive_items_per_s": 1.0}
+    lines = bench.format_report({
+        "machine": bench.machine_info(), "inputs": {}, "config": {"threads": 1, "batch_size": 32, "warmup": 1},
+        "mmrag_precision": "int8", "matmul_bound": bound,
+        "results": {m: {"items": 1, "mmrag_items_per_s": 1.0, "ratio": 1.0, "naive_peak_rss_mib": 1.0,
+                        "mmrag_peak_rss_mib": 1.0, **row,
+                        "agreement": {"cosine_min": 1.0, "cosine_mean": 1.0, "between_items_mean": 0.5,
+                                      "self_retrieval_at_1": 1.0, "distinct_items": 1},
+                        "naive_detail": {"rss_before_mib": 1.0, "cpu_busy": 1.0},
+                        "mmrag_detail": {"embed_seconds": 1.0, "write_seconds": 0.1, "rss_before_mib": 1.0,
+                                         "cpu_busy": 1.0}} for m in ("images", "texts")},
+    }).splitlines()
+    images = next(line for line in lines if line.startswith("images: matmul bound"))
+    best = max(bound["rates"]["images"].values())
+    assert f"at most {best / bound['work']['images']:.1f} items/s" in images, images
