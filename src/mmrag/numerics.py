@@ -50,8 +50,8 @@ CPU_CANDIDATES = ("bf16", "int8", "int8-onednn")
 GPU_CANDIDATES = ("fp16",)
 #: int8 dynamic quantisation, by the torch quantized engine that packs the weights (and so picks the
 #: kernels): ``x86`` chooses fbgemm or oneDNN per layer shape, ``onednn`` always oneDNN. Neither wins
-#: everywhere: measured on one 2-core Xeon (ViT-B-32 image tower), oneDNN was 1.4x faster natively
-#: (AMX) and 1.15x with the kernel libraries capped at AVX2; fbgemm is the one tuned for AVX2 CPUs.
+#: everywhere: on one 2-core Xeon (ViT-B-32 image tower) oneDNN's probe ran 1.45x faster natively
+#: (AMX), and with the kernel libraries capped at AVX2 x86's ran 1.17x faster (a tie at batch 32).
 INT8_ENGINES = {"int8": "x86", "int8-onednn": "onednn"}
 #: The names a caller may ask for.
 KNOWN = ("auto", "fp32", "bf16", "fp16", *INT8_ENGINES)
@@ -368,6 +368,10 @@ def _glibc() -> Any:
 _LIBC = _glibc()
 
 
+#: The quantized engine is process-wide: two conversions at once must not switch it under each other.
+_ENGINE_LOCK = threading.Lock()
+
+
 def is_int8(name: str) -> bool:
     """True for the int8 candidates (:data:`INT8_ENGINES`): those that :func:`quantize_linear_int8` makes."""
     return name in INT8_ENGINES
@@ -411,7 +415,3 @@ def quantize_linear_int8(module: Any, name: str = "int8") -> None:
                 release_freed_memory()
         finally:
             torch.backends.quantized.engine = previous
-
-
-#: The quantized engine is process-wide: two conversions at once must not switch it under each other.
-_ENGINE_LOCK = threading.Lock()
