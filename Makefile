@@ -56,7 +56,7 @@ test-all: install-dev
 	$(BIN)/python -m pytest
 
 bench: install-dev
-	$(BIN)/python eval/bench/ingest.py
+	$(BIN)/python eval/bench/ingest.py --matmul-bound
 
 # Query latency over a 10k-chunk index, then a 20-client load on a local `mmrag serve`.
 bench-query: install-dev

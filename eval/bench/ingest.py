@@ -23,7 +23,8 @@ CPUs than threads). It is one file on purpose: each child re-runs this same file
 
 Usage::
 
-    .venv/bin/python eval/bench/ingest.py [--images 240] [--texts 300] [--json out.json]   # or: make bench
+    .venv/bin/python eval/bench/ingest.py [--images 240] [--texts 300] [--json out.json] [--matmul-bound]
+    make bench   # the same with --matmul-bound
 """
 
 from __future__ import annotations
