@@ -368,12 +368,14 @@ def _glibc() -> Any:
 _LIBC = _glibc()
 
 
-#: Blocks converted to int8 between two hand-backs of freed memory. A hand-back (malloc_trim) costs
-#: 0.18 s beside a ViT-B-32. Measured there (peak RSS of the numerics measurement; a start with the
-#: int8 choice remembered): every block 1466 MiB, 8.0 s; every 2nd 1472-1493 MiB, 5.2 s; every 3rd
-#: 1491-1507 MiB, 4.6 s; every 4th 1536-1583 MiB, 4.4 s; only at the end 1636 MiB, 3.4 s. The ingest
-#: bench's naive text run peaks at 1442 MiB, and mmrag's may be 10% above it (1586).
-TRIM_EVERY_BLOCKS = 3
+#: fp32 Linear weights converted to int8 between two hand-backs of freed memory. A hand-back
+#: (malloc_trim) costs 0.18 s beside a ViT-B-32, whose blocks hold 28 MB of such weights. Measured
+#: there (peak RSS of the numerics measurement; a start with the int8 choice remembered): a hand-back
+#: every block 1466 MiB, 8.0 s; every 2nd 1472-1493 MiB, 5.2 s; every 3rd 1491-1507 MiB, 4.6 s; every
+#: 4th 1536-1583 MiB, 4.4 s; only at the end 1636 MiB, 3.4 s. The ingest bench's naive text run peaks
+#: at 1442 MiB, and mmrag's may be 10% above it (1586). 64 MiB is every 3rd block there; a small model
+#: (MiniLM, the offline CLIP) is handed back once, at the end.
+TRIM_EVERY_BYTES = 64 * 2**20
 #: The quantized engine is process-wide: two conversions at once must not switch it under each other.
 _ENGINE_LOCK = threading.Lock()
 
@@ -392,7 +394,7 @@ def quantize_linear_int8(module: Any, name: str = "int8") -> None:
 
     The blocks of a stack (an ``nn.ModuleList``'s items: CLIP's resblocks, BERT's layers) are
     converted one at a time, and the freed fp32 weights handed back to the OS every
-    :data:`TRIM_EVERY_BLOCKS` of them: converted at once, the freed weights stayed in glibc's heap
+    :data:`TRIM_EVERY_BYTES` of them: converted at once, the freed weights stayed in glibc's heap
     until the end, and ViT-B-32's image tower peaked 200 MB above the fp32 model
     (:func:`release_freed_memory`).
 
@@ -417,9 +419,13 @@ def quantize_linear_int8(module: Any, name: str = "int8") -> None:
         spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
         try:
             blocks = [b for stack in module.modules() if isinstance(stack, torch.nn.ModuleList) for b in stack]
-            for i, part in enumerate([*blocks, module]):  # the module last: what lies outside every stack
+            freed = 0
+            for part in [*blocks, module]:  # the module last: what lies outside every stack
+                freed += sum(p.numel() * p.element_size() for m in part.modules() if isinstance(m, torch.nn.Linear)
+                             for p in m.parameters(recurse=False))
                 quantize_dynamic(part, spec, dtype=torch.qint8, inplace=True)
-                if (i + 1) % TRIM_EVERY_BLOCKS == 0 or part is module:
+                if freed >= TRIM_EVERY_BYTES or part is module:
                     release_freed_memory()
+                    freed = 0
         finally:
             torch.backends.quantized.engine = previous
