@@ -354,20 +354,20 @@ def clip_token_lengths(texts: Sequence[str]) -> dict[str, float]:
     return {"median": float(np.median(lengths)), "truncated_share": float((lengths >= ctx).mean()), "context": int(ctx)}
 
 
-def matmul_bound(threads: int, repeats: int = 5) -> dict[str, Any]:
+def matmul_bound(threads: int, batch_size: int = 32, repeats: int = 5) -> dict[str, Any]:
     """The fastest any pipeline could embed on this machine if matmuls were all it did.
 
     Each tower's matmul work per item is counted by torch's ``FlopCounterMode`` on one fp32 item
     (a 224-pixel image; a text at CLIP's full 77 tokens, as the SciFact chunks are), and the
-    matmul rate is measured here on one MLP layer at batch 32, in fp32 and in each int8 engine
-    (:data:`mmrag.numerics.INT8_ENGINES`). Work / best rate is a floor on the time per item that
+    matmul rate is measured here on one MLP layer at ``batch_size``, in fp32 and in each int8 engine
+    (:data:`mmrag.INT8_ENGINES`). Work / best rate is a floor on the time per item that
     no kernel choice can beat; its ratio to the naive rate is a ceiling on the speed-up. With the
     kernel libraries capped at AVX2 it says whether a target is reachable at all.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mmrag import numerics
+    from mmrag import INT8_ENGINES, quantize_linear_int8
 
     torch.set_num_threads(threads)
     out: dict[str, Any] = {"rates": {}, "work": {}}
@@ -381,25 +381,30 @@ def matmul_bound(threads: int, repeats: int = 5) -> dict[str, Any]:
     # nn.MultiheadAttention's fast path is one fused op the counter has no formula for.
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
-    with torch.inference_mode():
-        for modality, run in (("images", lambda: model.encode_image(torch.rand(1, 3, 224, 224))),
-                              ("texts", lambda: model.encode_text(tokens))):
-            counter = FlopCounterMode(display=False)
-            with counter:
-                run()
-            out["work"][modality] = counter.get_total_flops()
-    torch.backends.mha.set_fastpath_enabled(fastpath)
-    shapes = {"images": (32 * 50, model.visual.transformer.width), "texts": (32 * 77, model.transformer.width)}
+    try:
+        with torch.inference_mode():
+            for modality, run in (("images", lambda: model.encode_image(torch.rand(1, 3, 224, 224))),
+                                  ("texts", lambda: model.encode_text(tokens))):
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    run()
+                out["work"][modality] = counter.get_total_flops()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    # One batch's rows (tokens) through the first MLP layer of each tower.
+    grid = model.visual.grid_size
+    shapes = {"images": (batch_size * (grid[0] * grid[1] + 1), model.visual.transformer.resblocks[0].mlp.c_fc),
+              "texts": (batch_size * model.context_length, model.transformer.resblocks[0].mlp.c_fc)}
     del model
     with torch.inference_mode():
-        for modality, (rows, width) in shapes.items():
-            x = torch.randn(rows, width)
-            layer = torch.nn.Sequential(torch.nn.Linear(width, 4 * width))
+        for modality, (rows, fc) in shapes.items():
+            x = torch.randn(rows, fc.in_features)
+            layer = torch.nn.Sequential(torch.nn.Linear(fc.in_features, fc.out_features))
             rates = {"fp32": _rate(layer, x, repeats)}
-            for name in numerics.INT8_ENGINES:
-                quantised = torch.nn.Sequential(torch.nn.Linear(width, 4 * width))
+            for name in INT8_ENGINES:
+                quantised = torch.nn.Sequential(torch.nn.Linear(fc.in_features, fc.out_features))
                 quantised.load_state_dict(layer.state_dict())
-                numerics.quantize_linear_int8(quantised, name)
+                quantize_linear_int8(quantised, name)
                 rates[name] = _rate(quantised, x, repeats)
             out["rates"][modality] = rates
     return out
@@ -495,7 +500,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"CPUs busy naive {nv['cpu_busy']:.2f} / mmrag {mm['cpu_busy']:.2f} of {cfg['threads']}"
         )
     bound = report.get("matmul_bound")
-    for mod, row in report["results"].items() if bound else ():
+    for mod, row in report["results"].items():
+        if not bound:
+            break
         rates = bound["rates"][mod]
         best = max(rates, key=rates.get)
         most = rates[best] / bound["work"][mod]
@@ -625,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "naive_detail": naive, "mmrag_detail": mine,
             }
         if args.matmul_bound:
-            report["matmul_bound"] = matmul_bound(args.threads)
+            report["matmul_bound"] = matmul_bound(args.threads, args.batch_size)
         if load_before is not None:
             # 1-minute averages, before any child ran and after the last (which includes our own load).
             report["load_average"] = [load_before, os.getloadavg()[0]]

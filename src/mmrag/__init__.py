@@ -52,6 +52,7 @@ from mmrag.llms.litellm import LiteLLMChatModel
 from mmrag.loaders.ocr import read_text
 from mmrag.kb import KnowledgeBase
 from mmrag.logs import configure_logging
+from mmrag.numerics import INT8_ENGINES, quantize_linear_int8
 from mmrag.protocols import Reranker
 from mmrag.reader import OfflineReader, ReaderSettings
 from mmrag.redaction import Redactor
@@ -67,15 +68,16 @@ from mmrag.types import Chunk, Document, Hit, ImageAsset, Query, Record, TextBlo
 __all__ = [
     "ABSTAIN_TEXT", "ANSWER_MODES", "AbstentionGate", "AccessRules", "Answer", "Answerer", "Caller",
     "ChromaStore", "Chunk", "ChunkSpec", "Citation", "ClipSpec", "ConfigError", "Document",
-    "EmbedderMismatchError", "EvalConfig", "EvalQuery", "EvalRun", "Extractor", "Hit", "ImageAsset",
-    "Indexer", "IngestSummary", "InvalidInputError", "JudgeConfig", "KnowledgeBase", "LiteLLMChatModel",
-    "LoadError", "Message", "MissingDependencyError", "MmragError", "ModelChoice", "ModelUnavailableError",
-    "NotFoundError", "OfflineReader", "OpenClipEmbedder", "Query", "ReaderSettings", "Record",
-    "RedactionPolicyError", "Redactor", "Reranker", "SearchFilter", "Searcher", "SentenceChunker",
+    "EmbedderMismatchError", "EvalConfig", "EvalQuery", "EvalRun", "Extractor", "Hit", "INT8_ENGINES",
+    "ImageAsset", "Indexer", "IngestSummary", "InvalidInputError", "JudgeConfig", "KnowledgeBase",
+    "LiteLLMChatModel", "LoadError", "Message", "MissingDependencyError", "MmragError", "ModelChoice",
+    "ModelUnavailableError", "NotFoundError", "OfflineReader", "OpenClipEmbedder", "Query", "ReaderSettings",
+    "Record", "RedactionPolicyError", "Redactor", "Reranker", "SearchFilter", "Searcher", "SentenceChunker",
     "SentenceTransformerEmbedder", "Settings", "StoreError", "TextBlock", "UpstreamError", "answer_mode",
     "answer_options", "answer_stop", "build_chat_model", "build_reranker", "check_gates", "check_grounding",
-    "compare_runs", "configure_logging", "evaluate_dataset", "evaluate_retrieval", "load_dataset", "load_report",
-    "ndcg_at", "offline_minilm_dir", "open_client", "parse_gates", "precision_at", "read_text", "resolve_models",
-    "rrf", "run_evaluation", "set_labels", "write_reports",
+    "compare_runs", "configure_logging", "evaluate_dataset", "evaluate_retrieval", "load_dataset",
+    "load_report", "ndcg_at", "offline_minilm_dir", "open_client", "parse_gates", "precision_at",
+    "quantize_linear_int8", "read_text", "resolve_models", "rrf", "run_evaluation", "set_labels",
+    "write_reports",
 ]
 __version__ = "0.1.0"
