@@ -395,7 +395,6 @@ def matmul_bound(threads: int, batch_size: int = 32, repeats: int = 5) -> dict[s
     grid = model.visual.grid_size
     shapes = {"images": (batch_size * (grid[0] * grid[1] + 1), model.visual.transformer.resblocks[0].mlp.c_fc),
               "texts": (batch_size * model.context_length, model.transformer.resblocks[0].mlp.c_fc)}
-    del model
     with torch.inference_mode():
         for modality, (rows, fc) in shapes.items():
             x = torch.randn(rows, fc.in_features)
