@@ -176,12 +176,14 @@ def test_clip_int8_quantises_both_towers_attention_too(name: str) -> None:
         block = blocks[0]
         assert "quantized.dynamic" in type(block.mmrag_qkv).__module__, type(block.mmrag_qkv)
         assert "quantized.dynamic" in type(block.mmrag_out).__module__ and "quantized.dynamic" in type(block.mlp.c_fc).__module__
+        # The attention's own fp32 copies are let go: kept, they stay resident beside the int8 layers.
+        assert block.attn.in_proj_weight.numel() == block.attn.out_proj.weight.numel() == 0
 
 
 def test_quantize_linear_int8_packs_for_the_named_engine_and_leaves_the_process_engine_alone() -> None:
-    import torch
-
     import copy
+
+    import torch
 
     before = torch.backends.quantized.engine
     layer = torch.nn.Sequential(torch.nn.Linear(64, 32))
@@ -196,6 +198,21 @@ def test_quantize_linear_int8_packs_for_the_named_engine_and_leaves_the_process_
     assert torch.allclose(a, b, atol=0.1), (a - b).abs().max()  # same weights, two kernel libraries
     with pytest.raises(ValueError, match="'bf16' is not an int8 precision"):
         numerics.quantize_linear_int8(torch.nn.Linear(4, 4), "bf16")
+
+
+def test_int8_conversion_hands_memory_back_by_the_bytes_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every TRIM_EVERY_BYTES of fp32 Linear weights converted, and once at the end; never per layer."""
+    import torch
+
+    trims: list[int] = []
+    monkeypatch.setattr(numerics, "release_freed_memory", lambda: trims.append(sum(
+        isinstance(m, torch.nn.Linear) for m in model.modules())))  # fp32 layers left at each hand-back
+    block_bytes = (64 * 64 + 64) * 4
+    monkeypatch.setattr(numerics, "TRIM_EVERY_BYTES", 2 * block_bytes)
+    blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(64, 64)) for _ in range(5))
+    model = torch.nn.Sequential(blocks, torch.nn.Linear(64, 2))
+    numerics.quantize_linear_int8(model)
+    assert trims == [4, 2, 0], trims  # after blocks 2 and 4, then the rest (block 5 and the head) at the end
 
 
 def test_clip_paths_are_open_clips_own_with_less_work() -> None:
@@ -214,7 +231,7 @@ def test_clip_paths_are_open_clips_own_with_less_work() -> None:
         assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), (ours - theirs).abs().max()
         ours, theirs = emb._encode_text_tokens(tokens), emb._model.encode_text(tokens)
         assert torch.allclose(ours, theirs, atol=1e-5, rtol=1e-4), (ours - theirs).abs().max()
-        short = emb._encode_text_tokens(tokens[:3])  # a batch cut to 12 tokens, not 77
+        short = emb._encode_text_tokens(tokens[:3])  # a batch cut to its longest text, not to 77 tokens
         assert torch.allclose(short, theirs[:3], atol=1e-5, rtol=1e-4), (short - theirs[:3]).abs().max()
 
 
