@@ -323,36 +323,27 @@ class Manifest:
 
     def all(self, collection: str, status: str | None = None) -> Iterator[DocState]:
         """Every document of a collection, optionally of one status, ordered by doc id."""
-        sql = "SELECT doc_id, source, doc_type, content_hash, status, reason, n_clip, n_text FROM documents WHERE collection=?"
-        args: tuple[object, ...] = (collection,)
-        if status:
-            sql += " AND status=?"
-            args += (status,)
-        for row in self._read_by_doc_id(sql, args, filtered=bool(status)):
+        for row in self._by_doc_id("", collection, status):
             yield DocState(*row)  # type: ignore[arg-type]
 
     def listing(self, collection: str, status: str | None = None) -> list[tuple[DocState, float]]:
         """Every document of a collection (optionally of one status) with its last update time, by doc id."""
-        sql = ("SELECT doc_id, source, doc_type, content_hash, status, reason, n_clip, n_text, updated_at "
-               "FROM documents WHERE collection=?")
-        args: tuple[object, ...] = (collection,)
-        if status:
-            sql += " AND status=?"
-            args += (status,)
-        return [(DocState(*row[:8]), float(row[8])) for row in self._read_by_doc_id(sql, args, filtered=bool(status))]  # type: ignore[arg-type]
+        return [(DocState(*row[:8]), float(row[8])) for row in self._by_doc_id(", updated_at", collection, status)]  # type: ignore[arg-type]
 
-    def _read_by_doc_id(self, sql: str, args: tuple[object, ...], *, filtered: bool) -> list[tuple[object, ...]]:
-        """Rows of ``sql`` ordered by doc id (their first column).
+    def _by_doc_id(self, extra_columns: str, collection: str, status: str | None) -> list[tuple[object, ...]]:
+        """A collection's rows (a DocState's columns, then ``extra_columns``), optionally of one status, by doc id.
 
-        A query filtered by status is sorted here, not by ``ORDER BY``: SQLite then walked the primary
+        A listing of one status is sorted here, not by ``ORDER BY``: SQLite then walked the primary
         key in doc-id order to skip the sort, reading every row of the collection to find the few
         pending ones (0.17 s at 1M documents, before every ingest). (:meth:`under` keeps its
         ``ORDER BY``: SQLite searches its source index and sorts the few rows found.)
         Python's order of ``str`` is SQLite's BINARY order of their UTF-8 bytes.
         """
-        if not filtered:
-            return self._read(sql + " ORDER BY doc_id", args)
-        return sorted(self._read(sql, args), key=lambda row: str(row[0]))
+        sql = ("SELECT doc_id, source, doc_type, content_hash, status, reason, n_clip, n_text"
+               f"{extra_columns} FROM documents WHERE collection=?")
+        if not status:
+            return self._read(sql + " ORDER BY doc_id", (collection,))
+        return sorted(self._read(sql + " AND status=?", (collection, status)), key=lambda row: str(row[0]))
 
     def under(self, collection: str, prefix: str) -> Iterator[DocState]:
         """Documents whose source path starts with ``prefix``, by an index range scan on ``source``."""
