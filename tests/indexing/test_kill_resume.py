@@ -39,6 +39,12 @@ def _corpus(root: Path) -> Path:
     return root
 
 
+#: ``python -m mmrag`` with smaller write batches. The product's batch (4 slices of 1,024 records,
+#: indexing.writer) would hold this whole corpus: every document would be marked done in one step at
+#: the end, and no kill could land between two batches. 64-record slices make batches of 256.
+SMALL_BATCHES = "from mmrag.indexing import writer; writer.WRITE_ITEMS = 64; from mmrag.cli import main; main()"
+
+
 def _ingest(corpus: Path, data_dir: Path) -> subprocess.Popen:  # type: ignore[type-arg]
     """Start an ingest whose output goes to files beside ``data_dir`` (read them with :func:`_output`).
 
@@ -48,7 +54,7 @@ def _ingest(corpus: Path, data_dir: Path) -> subprocess.Popen:  # type: ignore[t
     env = {**os.environ, "MMRAG_DATA_DIR": str(data_dir), "MMRAG_PROFILE": "offline"}
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(_log(data_dir, "out"), "wb") as out, open(_log(data_dir, "err"), "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "mmrag", "ingest", str(corpus), "--json"], env=env,
+        return subprocess.Popen([sys.executable, "-c", SMALL_BATCHES, "ingest", str(corpus), "--json"], env=env,
                                 stdout=out, stderr=err)
 
 
