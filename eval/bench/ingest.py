@@ -567,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from eval.bench import engines
 
         return engines.main(argv)
+    from mmrag import INT8_ENGINES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="--engine ray [...]: compare `mmrag ingest --engine ray` with the local "
                                             "engine instead (see eval/bench/engines.py)")
@@ -578,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=32, help="untimed warm-up items per pipeline")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both pipelines")
     parser.add_argument("--batch-size", type=int, default=32, help="mmrag's CLIP batch size")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "int8", "int8-onednn", "fp32"],
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32", *INT8_ENGINES],
                         help="mmrag precision (auto: measured per tower, see mmrag.numerics)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 if a ratio or agreement misses its target")

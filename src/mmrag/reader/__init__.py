@@ -31,14 +31,14 @@ from typing import Any, Sequence
 
 from mmrag.embedders.sentence import offline_minilm_dir
 from mmrag.errors import InvalidInputError, MissingDependencyError, ModelUnavailableError
-from mmrag.numerics import is_int8
+from mmrag.numerics import KNOWN, is_int8
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "reader"
 WEIGHTS_FILE = "mmrag-reader-minilm.safetensors"
 CONFIG_FILE = "mmrag-reader-minilm.json"
 HEADS = ("relevance", "answerability", "support")
 #: What ``precision`` may name; ``auto`` measures the candidates on this machine (:mod:`mmrag.numerics`).
-PRECISIONS = ("auto", "fp32", "bf16", "int8", "int8-onednn")
+PRECISIONS = tuple(p for p in KNOWN if p != "fp16")  # bf16 is autocast; no fp16 path
 #: Question and passage pairs the numerics are measured on: the length of a chunk, a rerank batch's size.
 _PROBE_PAIRS = 20
 

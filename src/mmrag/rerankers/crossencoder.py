@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mmrag.errors import ConfigError, MissingDependencyError, ModelUnavailableError
+from mmrag.numerics import KNOWN
 from mmrag.tracing import span
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32", "int8", "int8-onednn")
+#: What ``precision`` may name: every numerics name (:data:`mmrag.numerics.KNOWN`).
+PRECISIONS = KNOWN
+
 #: (query, passage) pairs the numerics are measured on: about a rerank batch, at chunk length.
 _PROBE_PAIRS = 20
 
